@@ -1,0 +1,340 @@
+"""Versioned caption store: one record per image, every save a new version, stale saves refused.
+
+Layout of a store folder (``<project>/captions/<store>/``)::
+
+    HEAD                  current version number, rewritten atomically
+    versions/000001.json  one file per version: header + the records it changed
+    snapshots/000050.jsonl  full state every ``SNAPSHOT_EVERY`` versions (speeds up loading)
+    pending/<key>.jsonl   captions of an unfinished captioning job (lets it resume)
+    .lock                 fcntl lock serialising writers across processes
+
+A version file holds ``{"version", "parent", "created_at", "author", "message", "records": [...]}``
+where each record is ``{"id", "label", "caption", "source", "timestamp"}`` (``caption`` None means
+deleted). Versions are deltas, so a hand edit of one caption costs one small file, not a rewrite
+of 50,000 records. The state at version v is the latest record per id over versions 1..v.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .common import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+SNAPSHOT_EVERY = 50
+HAND_EDIT = {"captioner": "hand", "model": None, "params": {}}
+
+
+@dataclass(frozen=True)
+class CaptionRecord:
+    """The caption of one image and where it came from."""
+
+    id: str  # stable image id from the data layer
+    label: str  # class name
+    caption: str  # the caption text
+    source: Mapping[str, Any]  # {"captioner", "model", "params"}; captioner "hand" = edited by hand
+    timestamp: str  # ISO-8601 UTC time the caption was written
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "label": self.label, "caption": self.caption,
+                "source": dict(self.source), "timestamp": self.timestamp}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CaptionRecord:
+        return cls(data["id"], data["label"], data["caption"], data.get("source") or {},
+                   data.get("timestamp") or "")
+
+    @property
+    def edited_by_hand(self) -> bool:
+        return self.source.get("captioner") == "hand"
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """Header of one saved version."""
+
+    version: int
+    parent: int
+    created_at: str
+    author: str
+    message: str
+    changed: int  # number of records this version wrote
+
+
+@dataclass(frozen=True)
+class CaptionChange:
+    """One difference between two versions."""
+
+    id: str
+    before: str | None
+    after: str | None
+
+
+class CaptionConflictError(RuntimeError):
+    """A save based on a stale version would overwrite someone else's edit."""
+
+    def __init__(self, store: str, base: int, head: int, ids: list[str]) -> None:
+        shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        super().__init__(
+            f"caption store {store!r}: your edit is based on version {base}, but version {head} "
+            f"already changed {shown}; reload the captions and apply your edit again"
+        )
+        self.base, self.head, self.ids = base, head, ids
+
+
+@dataclass
+class CaptionStore:
+    """A folder of versioned captions. Safe for several processes writing at once."""
+
+    root: Path
+    _cache: tuple[int, dict[str, CaptionRecord]] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @classmethod
+    def open(cls, root: Path, create: bool = True) -> CaptionStore:
+        root = Path(root)
+        if not (root / "HEAD").exists():
+            if not create:
+                raise FileNotFoundError(f"no caption store at {root}")
+            (root / "versions").mkdir(parents=True, exist_ok=True)
+            (root / "snapshots").mkdir(exist_ok=True)
+            atomic_write_text(root / "HEAD", "0\n")
+        return cls(root)
+
+    def meta(self) -> dict[str, Any]:
+        """What the store captions: dataset name, fingerprint and class names (set on first use)."""
+        path = self.root / "meta.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+    def bind(self, dataset_name: str, fingerprint: str, class_names: list[str]) -> None:
+        """Tie the store to one dataset; refuse to mix captions of different data in one store."""
+        meta = self.meta()
+        if meta and meta.get("fingerprint") != fingerprint:
+            raise ValueError(
+                f"caption store {self.name!r} holds captions of dataset {meta.get('dataset')!r} "
+                f"(fingerprint {meta.get('fingerprint', '')[:12]}), not of {dataset_name!r} "
+                f"(fingerprint {fingerprint[:12]}); choose another store name"
+            )
+        if not meta:
+            atomic_write_text(self.root / "meta.json", json.dumps(
+                {"dataset": dataset_name, "fingerprint": fingerprint, "classes": class_names}, indent=2))
+
+    # -- reading --------------------------------------------------------------------------------
+    def head(self) -> int:
+        """The newest version number (0 for an empty store)."""
+        return int((self.root / "HEAD").read_text().strip() or 0)
+
+    def records(self, version: int | None = None) -> dict[str, CaptionRecord]:
+        """State at ``version`` (default: head) as {image id: record}; deleted ids are absent."""
+        head = self.head()
+        version = head if version is None else version
+        if not 0 <= version <= head:
+            raise ValueError(f"caption store {self.name!r} has versions 0..{head}, not {version}")
+        if self._cache and self._cache[0] == version:
+            return dict(self._cache[1])
+        if version == head and self._cache and self._cache[0] < version:
+            # another save happened since we last read: apply just the new deltas
+            state = self._apply(dict(self._cache[1]), self._cache[0] + 1, version)
+        else:
+            state = self._replay(version)
+        if version == head:
+            self._cache = (version, state)
+        return dict(state)
+
+    def get(self, image_id: str, version: int | None = None) -> CaptionRecord | None:
+        return self.records(version).get(image_id)
+
+    def history(self) -> list[VersionInfo]:
+        """Headers of every version, oldest first."""
+        return [self._header(v) for v in range(1, self.head() + 1)]
+
+    def diff(self, a: int, b: int) -> list[CaptionChange]:
+        """Captions that differ between versions ``a`` and ``b`` (sorted by id)."""
+        old, new = self.records(a), self.records(b)
+        changes = []
+        for image_id in sorted(set(old) | set(new)):
+            before = old[image_id].caption if image_id in old else None
+            after = new[image_id].caption if image_id in new else None
+            if before != after:
+                changes.append(CaptionChange(image_id, before, after))
+        return changes
+
+    # -- writing --------------------------------------------------------------------------------
+    def save(
+        self,
+        records: Iterable[CaptionRecord],
+        base_version: int | None = None,
+        author: str = "",
+        message: str = "",
+    ) -> int:
+        """Write ``records`` as a new version and return its number.
+
+        ``base_version`` is the version the caller's edit started from. If any record being saved
+        was changed by a version after it, the save is refused with :class:`CaptionConflictError`;
+        edits to other images are merged on top of the newer head. ``None`` skips the check (for
+        jobs that own the records they write, such as a captioning run).
+        """
+        records = list(records)
+        with self._locked():
+            head = self.head()
+            if base_version is not None and base_version != head:
+                touched = self._changed_since(base_version, {r.id for r in records})
+                if touched:
+                    raise CaptionConflictError(self.name, base_version, head, sorted(touched))
+            version = head + 1
+            payload = {
+                "version": version,
+                "parent": head,
+                "created_at": _now(),
+                "author": author or os.environ.get("USER", ""),
+                "message": message,
+                "records": [r.to_dict() for r in records],
+            }
+            atomic_write_text(self._version_path(version), json.dumps(payload, ensure_ascii=False) + "\n")
+            atomic_write_text(self.root / "HEAD", f"{version}\n")
+            if version % SNAPSHOT_EVERY == 0:
+                self._write_snapshot(version)
+        logger.info("caption store %s: saved version %d (%d records)", self.name, version, len(records))
+        return version
+
+    def edit(
+        self,
+        captions: Mapping[str, str],
+        base_version: int,
+        author: str = "",
+        message: str = "edited by hand",
+    ) -> int:
+        """Hand edits {image id: new caption} based on ``base_version``; see :meth:`save`."""
+        current = self.records(self.head())
+        unknown = [i for i in captions if i not in current]
+        if unknown:
+            raise KeyError(f"no caption for image ids {unknown[:5]} in store {self.name!r}")
+        stamp = _now()
+        changed = [
+            CaptionRecord(i, current[i].label, text.strip(), HAND_EDIT, stamp)
+            for i, text in captions.items()
+            if text.strip() != current[i].caption
+        ]
+        if not changed:
+            return self.head()
+        return self.save(changed, base_version=base_version, author=author, message=message)
+
+    def rollback(self, version: int, author: str = "") -> int:
+        """Make the state of ``version`` current again, as a new version (history is kept)."""
+        target, current = self.records(version), self.records()
+        stamp = _now()
+        changes = [r for i, r in target.items() if current.get(i) != r]
+        # ids that did not exist at the target version are deleted (caption None)
+        changes += [CaptionRecord(i, current[i].label, None, HAND_EDIT, stamp)  # type: ignore[arg-type]
+                    for i in current if i not in target]
+        return self.save(changes, author=author, message=f"rollback to version {version}")
+
+    # -- pending work (resumable captioning) --------------------------------------------------------
+    def pending_path(self, key: str) -> Path:
+        return self.root / "pending" / f"{key}.jsonl"
+
+    def read_pending(self, key: str) -> dict[str, CaptionRecord]:
+        """Records appended by an unfinished job; a torn last line (crash mid-write) is dropped."""
+        path = self.pending_path(key)
+        found: dict[str, CaptionRecord] = {}
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = CaptionRecord.from_dict(json.loads(line))
+                except (ValueError, KeyError):
+                    continue
+                found[record.id] = record
+        return found
+
+    def append_pending(self, key: str, records: Iterable[CaptionRecord]) -> None:
+        path = self.pending_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def clear_pending(self, key: str) -> None:
+        self.pending_path(key).unlink(missing_ok=True)
+
+    # -- internals ------------------------------------------------------------------------------
+    def _version_path(self, version: int) -> Path:
+        return self.root / "versions" / f"{version:06d}.json"
+
+    def _read_version(self, version: int) -> dict[str, Any]:
+        return json.loads(self._version_path(version).read_text(encoding="utf-8"))
+
+    def _header(self, version: int) -> VersionInfo:
+        data = self._read_version(version)
+        return VersionInfo(data["version"], data["parent"], data["created_at"], data.get("author", ""),
+                           data.get("message", ""), len(data["records"]))
+
+    def _replay(self, version: int) -> dict[str, CaptionRecord]:
+        start, state = 0, {}
+        snapshots = sorted(int(p.stem) for p in (self.root / "snapshots").glob("*.jsonl"))
+        usable = [s for s in snapshots if s <= version]
+        if usable:
+            start = usable[-1]
+            path = self.root / "snapshots" / f"{start:06d}.jsonl"
+            for line in path.read_text(encoding="utf-8").splitlines():
+                record = CaptionRecord.from_dict(json.loads(line))
+                state[record.id] = record
+        return self._apply(state, start + 1, version)
+
+    def _apply(self, state: dict[str, CaptionRecord], first: int, last: int) -> dict[str, CaptionRecord]:
+        for v in range(first, last + 1):
+            for data in self._read_version(v)["records"]:
+                if data["caption"] is None:
+                    state.pop(data["id"], None)
+                else:
+                    state[data["id"]] = CaptionRecord.from_dict(data)
+        return state
+
+    def _changed_since(self, base: int, ids: set[str]) -> set[str]:
+        touched: set[str] = set()
+        for v in range(base + 1, self.head() + 1):
+            touched |= {r["id"] for r in self._read_version(v)["records"] if r["id"] in ids}
+        return touched
+
+    def _write_snapshot(self, version: int) -> None:
+        lines = "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n"
+                        for r in self._replay(version).values())
+        atomic_write_text(self.root / "snapshots" / f"{version:06d}.jsonl", lines)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def list_stores(captions_dir: Path) -> list[str]:
+    """Names of the caption stores in a project's captions folder."""
+    if not Path(captions_dir).is_dir():
+        return []
+    return sorted(p.name for p in Path(captions_dir).iterdir() if (p / "HEAD").exists())

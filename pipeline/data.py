@@ -1,0 +1,478 @@
+"""Data layer: labelled image datasets from several sources, with stable ids and MIA splits.
+
+Every source yields the same thing: a :class:`ImageDataset` whose records carry a stable id, a label
+and a split, whose images are decoded lazily, and whose content fingerprint lets runs say which data
+they used. The member / non-member split for membership-inference audits is seeded and recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .common import to_jsonable
+from .registry import Registry
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """Which dataset to load and how to split it."""
+
+    source: str = "digits"  # registered source: digits | imagefolder | parquet | hf
+    path: str | None = None  # folder, parquet file/folder, hub id or save_to_disk folder
+    image_column: str | None = None  # image column of parquet / HF data (None: detect)
+    label_column: str | None = None  # label column of parquet / HF data (None: detect)
+    train_split: str = "train"  # name of the training split in the source
+    test_split: str = "test"  # name of the test split (carved from train when absent)
+    test_fraction: float = 0.2  # share of images held out as test when the source has no test split
+    member_fraction: float = 0.5  # share of the training split that are MIA "members"
+    seed: int = 0  # seeds the member / non-member split
+    limit: int | None = None  # keep at most this many images per split (quick experiments)
+
+    @property
+    def name(self) -> str:
+        """A short human name, e.g. 'digits' or 'parquet:cifar10'."""
+        if self.path is None:
+            return self.source
+        return f"{self.source}:{Path(str(self.path).rstrip('/')).name}"
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One labelled image; ``id`` is stable across loads of the same data."""
+
+    id: str
+    label: int
+    split: str  # "train" or "test"
+
+
+@dataclass(frozen=True)
+class MembershipSplit:
+    """Which training images are MIA members (seen by target models) and which are held out."""
+
+    members: tuple[str, ...]
+    nonmembers: tuple[str, ...]
+    seed: int
+    member_fraction: float
+    nonmember_source: str  # "train" (held-out training images) or "test"
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(self)
+
+
+class CorruptImageError(ValueError):
+    """An image that cannot be decoded; the message names its path or id."""
+
+
+@dataclass
+class ImageDataset:
+    """A labelled image dataset with lazily decoded images.
+
+    ``read_bytes(record)`` returns the encoded (or raw) bytes of one image and ``decode`` turns them
+    into a PIL image; both are provided by the source.
+    """
+
+    name: str
+    class_names: list[str]
+    records: list[ImageRecord]
+    read_bytes: Callable[[ImageRecord], bytes]
+    decode: Callable[[bytes, ImageRecord], Image.Image]
+    describe_location: Callable[[ImageRecord], str]
+    config: DatasetConfig = field(default_factory=DatasetConfig)
+    skipped: dict[str, str] = field(default_factory=dict)  # id -> reason, filled while iterating
+    _by_id: dict[str, ImageRecord] = field(default_factory=dict, repr=False)
+    _fingerprint: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self._by_id = {r.id: r for r in self.records}
+        if len(self._by_id) != len(self.records):
+            raise ValueError(f"dataset {self.name!r} has duplicate image ids")
+
+    # -- lookup -------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def record(self, image_id: str) -> ImageRecord:
+        try:
+            return self._by_id[image_id]
+        except KeyError:
+            raise KeyError(f"no image with id {image_id!r} in dataset {self.name!r}") from None
+
+    def split(self, name: str) -> list[ImageRecord]:
+        return [r for r in self.records if r.split == name]
+
+    def class_name(self, label: int) -> str:
+        return self.class_names[label]
+
+    # -- images -------------------------------------------------------------------------------
+    def load_image(self, record: ImageRecord | str) -> Image.Image:
+        """Decode one image as RGB; raises :class:`CorruptImageError` naming its location."""
+        if isinstance(record, str):
+            record = self.record(record)
+        where = self.describe_location(record)
+        try:
+            data = self.read_bytes(record)
+            image = self.decode(data, record)
+            image.load()
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+            raise CorruptImageError(f"cannot read image {record.id!r} at {where}: {err}") from err
+        return image.convert("RGB")
+
+    def iter_images(
+        self, records: Sequence[ImageRecord] | None = None
+    ) -> Iterator[tuple[ImageRecord, Image.Image]]:
+        """Yield (record, image) pairs, skipping unreadable images.
+
+        A skipped image is logged with its location and recorded in ``self.skipped``; its record is
+        simply left out, so no other image changes label.
+        """
+        for record in self.records if records is None else records:
+            try:
+                yield record, self.load_image(record)
+            except CorruptImageError as err:
+                self.skipped[record.id] = str(err)
+                logger.warning("skipping %s", err)
+
+    # -- identity and splits --------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 over ids, labels, class names and image bytes (order independent)."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256("\n".join(self.class_names).encode())
+            for record in sorted(self.records, key=lambda r: (r.split, r.id)):
+                try:
+                    content = hashlib.sha256(self.read_bytes(record)).hexdigest()
+                except OSError:
+                    content = "unreadable"
+                digest.update(f"{record.split}\t{record.id}\t{record.label}\t{content}\n".encode())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+    def membership(self) -> MembershipSplit:
+        """Seeded member / non-member split of the training images.
+
+        Members are a ``member_fraction`` share of the training split, drawn per class so that the
+        class balance is kept. Non-members are the remaining training images; when every training
+        image is a member (fraction 1.0, TCKR's setting) the test split serves as non-members.
+        """
+        cfg = self.config
+        if not 0.0 < cfg.member_fraction <= 1.0:
+            raise ValueError(f"member_fraction must be in (0, 1], got {cfg.member_fraction}")
+        rng = np.random.default_rng(cfg.seed)
+        members: list[str] = []
+        rest: list[str] = []
+        train = self.split("train")
+        for label in range(len(self.class_names)):
+            ids = sorted(r.id for r in train if r.label == label)
+            order = rng.permutation(len(ids))
+            k = int(round(cfg.member_fraction * len(ids)))
+            members += [ids[i] for i in order[:k]]
+            rest += [ids[i] for i in order[k:]]
+        source = "train"
+        if not rest:
+            rest, source = [r.id for r in self.split("test")], "test"
+        return MembershipSplit(
+            members=tuple(sorted(members)),
+            nonmembers=tuple(sorted(rest)),
+            seed=cfg.seed,
+            member_fraction=cfg.member_fraction,
+            nonmember_source=source,
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """Counts per split and class, for `datasets inspect` and the studio."""
+        counts: dict[str, dict[str, int]] = {}
+        for r in self.records:
+            per_class = counts.setdefault(r.split, {name: 0 for name in self.class_names})
+            per_class[self.class_names[r.label]] += 1
+        return {
+            "name": self.name,
+            "classes": list(self.class_names),
+            "images": len(self.records),
+            "per_split": counts,
+        }
+
+
+# ------------------------------------------------------------------------------------------------
+# Sources
+# ------------------------------------------------------------------------------------------------
+SOURCES: Registry[Callable[[DatasetConfig], ImageDataset]] = Registry("dataset source")
+
+
+def load_dataset(config: DatasetConfig) -> ImageDataset:
+    """Load a labelled image dataset from the source named in ``config``."""
+    dataset = SOURCES.get(config.source)(config)
+    if not dataset.split("train"):
+        raise ValueError(f"dataset {dataset.name!r} has no training images")
+    logger.info("loaded %s: %d images, %d classes", dataset.name, len(dataset), len(dataset.class_names))
+    return dataset
+
+
+def _hash_fraction(image_id: str) -> float:
+    """A number in [0, 1) fixed by the id alone, so carved-out test splits never move."""
+    return int(hashlib.sha256(image_id.encode()).hexdigest()[:8], 16) / 16**8
+
+
+def _carve_test(ids_labels: list[tuple[str, int]], fraction: float) -> list[ImageRecord]:
+    return [
+        ImageRecord(i, label, "test" if _hash_fraction(i) < fraction else "train")
+        for i, label in ids_labels
+    ]
+
+
+def _apply_limit(records: list[ImageRecord], limit: int | None) -> list[ImageRecord]:
+    if limit is None:
+        return records
+    kept: list[ImageRecord] = []
+    for split in ("train", "test"):
+        kept += [r for r in records if r.split == split][:limit]
+    return kept
+
+
+def _decode_encoded(data: bytes, _: ImageRecord) -> Image.Image:
+    return Image.open(io.BytesIO(data))
+
+
+@SOURCES.register("digits", help="built-in: scikit-learn's 8x8 handwritten digits (1,797 images, offline)")
+def _digits(config: DatasetConfig) -> ImageDataset:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    # 0..16 intensities -> 0..255 grey, white digit on black as in the original scans
+    pixels = np.clip(np.rint(bunch.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+    ids = [f"digit-{i:04d}" for i in range(len(pixels))]
+    index = {image_id: i for i, image_id in enumerate(ids)}
+    records = _carve_test(list(zip(ids, (int(t) for t in bunch.target))), config.test_fraction)
+
+    def read_bytes(record: ImageRecord) -> bytes:
+        return pixels[index[record.id]].tobytes()
+
+    def decode(data: bytes, _: ImageRecord) -> Image.Image:
+        return Image.frombytes("L", (8, 8), data)
+
+    return ImageDataset(
+        name="digits",
+        class_names=[str(d) for d in range(10)],
+        records=_apply_limit(records, config.limit),
+        read_bytes=read_bytes,
+        decode=decode,
+        describe_location=lambda r: f"sklearn digits #{index[r.id]}",
+        config=config,
+    )
+
+
+@SOURCES.register("imagefolder", help="folder/<class>/<image> or folder/{train,test}/<class>/<image>")
+def _imagefolder(config: DatasetConfig) -> ImageDataset:
+    root = _require_path(config)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist")
+    split_dirs = {s: root / name for s, name in (("train", config.train_split), ("test", config.test_split))}
+    has_splits = split_dirs["train"].is_dir()
+    tops = [split_dirs["train"]] + ([split_dirs["test"]] if split_dirs["test"].is_dir() else [])
+    if not has_splits:
+        tops = [root]
+    class_names = sorted({d.name for top in tops for d in top.iterdir() if d.is_dir()})
+    if not class_names:
+        raise ValueError(f"no class folders in {root}: expected {root}/<class>/<image files>")
+    ids_labels: list[tuple[str, int, str | None]] = []
+    for split, top in (split_dirs.items() if has_splits else [(None, root)]):
+        if not top.is_dir():
+            continue
+        for label, name in enumerate(class_names):
+            for file in sorted((top / name).rglob("*")) if (top / name).is_dir() else []:
+                if file.is_file() and file.suffix.lower() in IMAGE_EXTENSIONS:
+                    ids_labels.append((file.relative_to(root).as_posix(), label, split))
+    if has_splits and split_dirs["test"].is_dir():
+        records = [ImageRecord(i, label, split) for i, label, split in ids_labels]
+    else:
+        records = _carve_test([(i, label) for i, label, _ in ids_labels], config.test_fraction)
+    return ImageDataset(
+        name=config.name,
+        class_names=class_names,
+        records=_apply_limit(records, config.limit),
+        read_bytes=lambda r: (root / r.id).read_bytes(),
+        decode=_decode_encoded,
+        describe_location=lambda r: str(root / r.id),
+        config=config,
+    )
+
+
+@SOURCES.register("parquet", help="Hugging Face-style parquet files (image struct + label columns)")
+def _parquet(config: DatasetConfig) -> ImageDataset:
+    import pyarrow.parquet as pq
+
+    root = _require_path(config)
+    files = _parquet_files(root, config)
+    tables = {split: pq.read_table(path) for split, path in files.items()}
+    first = next(iter(tables.values()))
+    image_col = config.image_column or _detect_image_column(first.schema.names, first.schema)
+    label_col = config.label_column or _detect_label_column(first.schema.names)
+    class_names = _parquet_class_names(pq.read_schema(next(iter(files.values()))), tables, label_col)
+    columns: dict[str, list[Any]] = {}
+    raw: list[tuple[str, int, str | None]] = []
+    for split, table in tables.items():
+        for name in (image_col, label_col):
+            if name not in table.schema.names:
+                raise ValueError(f"{files[split]} has no column {name!r}; columns: {table.schema.names}")
+        images = table.column(image_col).to_pylist()
+        labels = table.column(label_col).to_pylist()
+        for row, (image, label) in enumerate(zip(images, labels)):
+            image_id = f"{split}/{row:06d}"
+            columns[image_id] = image
+            raw.append((image_id, int(label), split))
+    records = _split_records(raw, config)
+    return ImageDataset(
+        name=config.name,
+        class_names=class_names,
+        records=_apply_limit(records, config.limit),
+        read_bytes=lambda r: _image_cell_bytes(columns[r.id], r),
+        decode=_decode_encoded,
+        describe_location=lambda r: f"{files[r.id.split('/')[0]]} row {int(r.id.split('/')[1])}",
+        config=config,
+    )
+
+
+@SOURCES.register("hf", help="Hugging Face datasets: a hub id (online) or a save_to_disk folder")
+def _hf(config: DatasetConfig) -> ImageDataset:
+    import datasets as hf
+
+    path = config.path
+    if not path:
+        raise ValueError("the 'hf' source needs a path: a hub id or a folder written by save_to_disk")
+    local = Path(path)
+    if local.is_dir() and any((local / f).exists() for f in ("dataset_dict.json", "dataset_info.json")):
+        loaded = hf.load_from_disk(path)
+    else:
+        loaded = hf.load_dataset(path)
+    splits = loaded if isinstance(loaded, hf.DatasetDict) else hf.DatasetDict({config.train_split: loaded})
+    if config.train_split not in splits:
+        raise ValueError(f"{path} has no split {config.train_split!r}; splits: {list(splits)}")
+    first = splits[config.train_split]
+    image_col = config.image_column or _detect_image_column(first.column_names, first.features)
+    label_col = config.label_column or _detect_label_column(first.column_names)
+    label_feature = first.features[label_col]
+    class_names = list(getattr(label_feature, "names", None) or [])
+    columns: dict[str, Any] = {}
+    raw: list[tuple[str, int, str | None]] = []
+    for split, name in (("train", config.train_split), ("test", config.test_split)):
+        if name not in splits:
+            continue
+        ds = splits[name]
+        if isinstance(ds.features[image_col], hf.Image):
+            ds = ds.cast_column(image_col, hf.Image(decode=False))  # decode lazily, one at a time
+        for row, (image, label) in enumerate(zip(ds[image_col], ds[label_col])):
+            image_id = f"{split}/{row:06d}"
+            columns[image_id] = image
+            raw.append((image_id, int(label), split if config.test_split in splits else None))
+    if not class_names:
+        class_names = [str(i) for i in range(max(label for _, label, _ in raw) + 1)]
+    records = _split_records(raw, config)
+    return ImageDataset(
+        name=config.name,
+        class_names=class_names,
+        records=_apply_limit(records, config.limit),
+        read_bytes=lambda r: _image_cell_bytes(columns[r.id], r),
+        decode=_decode_encoded,
+        describe_location=lambda r: f"{path} {r.id}",
+        config=config,
+    )
+
+
+# -- source helpers --------------------------------------------------------------------------------
+def _require_path(config: DatasetConfig) -> Path:
+    if not config.path:
+        raise ValueError(f"the {config.source!r} source needs a path")
+    return Path(config.path).expanduser()
+
+
+def _split_records(raw: list[tuple[str, int, str | None]], config: DatasetConfig) -> list[ImageRecord]:
+    if any(split == "test" for _, _, split in raw):
+        return [ImageRecord(i, label, split or "train") for i, label, split in raw]
+    return _carve_test([(i, label) for i, label, _ in raw], config.test_fraction)
+
+
+def _parquet_files(root: Path, config: DatasetConfig) -> dict[str, Path]:
+    if root.is_file():
+        return {"train": root}
+    if not root.is_dir():
+        raise FileNotFoundError(f"parquet path {root} does not exist")
+    files: dict[str, Path] = {}
+    for split, name in (("train", config.train_split), ("test", config.test_split)):
+        found = sorted(root.glob(f"{name}.parquet")) or sorted(root.glob(f"{name}-*.parquet"))
+        if len(found) > 1:
+            raise ValueError(f"several parquet files for split {name!r} in {root}: merge them first")
+        if found:
+            files[split] = found[0]
+    if "train" not in files:
+        raise FileNotFoundError(f"no {config.train_split}.parquet in {root}")
+    return files
+
+
+def _parquet_class_names(schema: Any, tables: dict[str, Any], label_col: str) -> list[str]:
+    meta = schema.metadata or {}
+    if b"classes" in meta:
+        text = meta[b"classes"].decode()
+        try:
+            import json
+
+            names = json.loads(text)
+        except ValueError:
+            names = [n.strip() for n in text.split(",")]
+        return [str(n) for n in names]
+    if b"huggingface" in meta:
+        import json
+
+        features = json.loads(meta[b"huggingface"]).get("info", {}).get("features", {})
+        names = features.get(label_col, {}).get("names")
+        if names:
+            return list(names)
+    top = max(max(t.column(label_col).to_pylist(), default=0) for t in tables.values())
+    return [str(i) for i in range(int(top) + 1)]
+
+
+def _detect_image_column(names: Sequence[str], schema_or_features: Any) -> str:
+    for candidate in ("image", "img", "picture", "pixel_values"):
+        if candidate in names:
+            return candidate
+    raise ValueError(f"cannot tell the image column among {list(names)}; pass image_column")
+
+
+def _detect_label_column(names: Sequence[str]) -> str:
+    for candidate in ("label", "labels", "fine_label", "class", "target"):
+        if candidate in names:
+            return candidate
+    raise ValueError(f"cannot tell the label column among {list(names)}; pass label_column")
+
+
+def _image_cell_bytes(cell: Any, record: ImageRecord) -> bytes:
+    """Bytes of one HF-style image cell: a {'bytes', 'path'} struct, raw bytes or a file path."""
+    if isinstance(cell, dict):
+        if cell.get("bytes"):
+            return cell["bytes"]
+        if cell.get("path"):
+            return Path(cell["path"]).read_bytes()
+    if isinstance(cell, (bytes, bytearray)):
+        return bytes(cell)
+    if isinstance(cell, str):
+        return Path(cell).read_bytes()
+    raise OSError(f"image cell of {record.id} holds no bytes or path")
+
+
+def parse_dataset_spec(spec: str, **overrides: Any) -> DatasetConfig:
+    """'digits', 'imagefolder:/data/x', 'parquet:../cifar10', 'hf:user/name' -> DatasetConfig."""
+    source, _, path = spec.partition(":")
+    if source not in SOURCES:
+        raise ValueError(f"unknown dataset source {source!r}; valid: {', '.join(SOURCES.names())}")
+    return DatasetConfig(source=source, path=path or None, **overrides)

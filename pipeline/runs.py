@@ -1,0 +1,274 @@
+"""Run registry: every stage run recorded in SQLite with its config, status, metrics and lineage.
+
+Schema (``<project>/registry.sqlite``, WAL mode so readers never block the writer)::
+
+    runs(id TEXT PRIMARY KEY, kind TEXT, status TEXT, config TEXT (JSON), metrics TEXT (JSON),
+         progress TEXT (JSON: latest progress event), error TEXT, pid INTEGER, run_dir TEXT,
+         created_at TEXT, started_at TEXT, finished_at TEXT)
+    links(run_id TEXT, role TEXT, ref_kind TEXT, ref TEXT)   -- lineage: what a run was made from
+    meta(key TEXT PRIMARY KEY, value TEXT)                    -- schema_version
+
+``ref_kind`` is "dataset" (fingerprint), "captions" ("<store>@<version>") or "run" (a parent run
+id); ``role`` says what the parent was used as ("data", "captions", "generator", "teacher", ...).
+Artefacts of a run live in ``<project>/runs/<id>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .common import to_jsonable, write_json
+
+STATUSES = ("queued", "running", "done", "failed", "cancelled")
+SCHEMA_VERSION = "1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('queued','running','done','failed','cancelled')),
+    config TEXT NOT NULL,
+    metrics TEXT NOT NULL DEFAULT '{}',
+    progress TEXT,
+    error TEXT,
+    pid INTEGER,
+    run_dir TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_kind ON runs(kind, created_at);
+CREATE TABLE IF NOT EXISTS links (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    role TEXT NOT NULL,
+    ref_kind TEXT NOT NULL CHECK (ref_kind IN ('dataset','captions','run')),
+    ref TEXT NOT NULL,
+    PRIMARY KEY (run_id, role, ref)
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Link:
+    """One lineage edge: the run was made from ``ref`` (of ``ref_kind``) used as ``role``."""
+
+    role: str
+    ref_kind: str
+    ref: str
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One row of the registry."""
+
+    id: str
+    kind: str
+    status: str
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    progress: dict[str, Any] | None
+    error: str | None
+    pid: int | None
+    run_dir: Path
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    links: tuple[Link, ...] = field(default=())
+
+
+class RunCancelled(Exception):
+    """Raised inside a run when someone asked for it to be cancelled."""
+
+
+class RunRegistry:
+    """Runs of one project. Each call opens its own short transaction, so several processes can
+    write at once (SQLite serialises them; ``busy_timeout`` makes writers wait, not fail)."""
+
+    def __init__(self, project_dir: Path) -> None:
+        self.project_dir = Path(project_dir)
+        self.db_path = self.project_dir / "registry.sqlite"
+        self.runs_dir = self.project_dir / "runs"
+        self.project_dir.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.db_path, timeout=30.0)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")  # persistent: readers never block the writer
+            db.executescript(_SCHEMA)
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+            db.commit()
+        finally:
+            db.close()
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
+        try:
+            db.execute("PRAGMA busy_timeout=30000")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.row_factory = sqlite3.Row
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
+    # -- writing --------------------------------------------------------------------------------
+    def create(self, kind: str, config: Any, links: list[Link] | tuple[Link, ...] = ()) -> RunRecord:
+        """Register a queued run, make its folder and save its resolved config there."""
+        run_id = f"{kind}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        run_dir = self.runs_dir / run_id
+        run_dir.mkdir(parents=True, exist_ok=False)
+        config_json = to_jsonable(config)
+        write_json(run_dir / "config.json", {"kind": kind, "config": config_json,
+                                             "links": [to_jsonable(link) for link in links]})
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO runs (id, kind, status, config, run_dir, created_at) VALUES (?,?,?,?,?,?)",
+                (run_id, kind, "queued", json.dumps(config_json), str(run_dir), _now()),
+            )
+            db.executemany("INSERT OR IGNORE INTO links VALUES (?,?,?,?)",
+                           [(run_id, k.role, k.ref_kind, k.ref) for k in links])
+        return self.get(run_id)
+
+    def start(self, run_id: str) -> None:
+        self._update(run_id, status="running", started_at=_now(), pid=os.getpid())
+
+    def report(self, run_id: str, progress: dict[str, Any] | None = None, **metrics: Any) -> None:
+        """Store the latest progress event and/or merge metrics into the run's metrics."""
+        with self._connect() as db:
+            row = db.execute("SELECT metrics, status FROM runs WHERE id=?", (run_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no run {run_id!r}")
+            if row["status"] == "cancelled":
+                raise RunCancelled(run_id)
+            merged = {**json.loads(row["metrics"]), **to_jsonable(metrics)}
+            db.execute("UPDATE runs SET metrics=? WHERE id=?", (json.dumps(merged), run_id))
+            if progress is not None:
+                db.execute("UPDATE runs SET progress=? WHERE id=?",
+                           (json.dumps(to_jsonable(progress)), run_id))
+
+    def finish(self, run_id: str, **metrics: Any) -> None:
+        if metrics:
+            self.report(run_id, **metrics)
+        self._update(run_id, status="done", finished_at=_now())
+
+    def fail(self, run_id: str, error: str) -> None:
+        self._update(run_id, status="failed", finished_at=_now(), error=error)
+
+    def cancel(self, run_id: str) -> None:
+        """Mark a run cancelled; a running job notices at its next progress report and stops."""
+        record = self.get(run_id)
+        if record.status in ("done", "failed", "cancelled"):
+            return
+        self._update(run_id, status="cancelled", finished_at=_now())
+
+    def link(self, run_id: str, *links: Link) -> None:
+        with self._connect() as db:
+            db.executemany("INSERT OR IGNORE INTO links VALUES (?,?,?,?)",
+                           [(run_id, k.role, k.ref_kind, k.ref) for k in links])
+
+    def _update(self, run_id: str, **values: Any) -> None:
+        columns = ", ".join(f"{k}=?" for k in values)
+        with self._connect() as db:
+            cursor = db.execute(f"UPDATE runs SET {columns} WHERE id=?", (*values.values(), run_id))
+            if cursor.rowcount == 0:
+                raise KeyError(f"no run {run_id!r}")
+
+    # -- reading --------------------------------------------------------------------------------
+    def get(self, run_id: str) -> RunRecord:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no run {run_id!r} in {self.db_path}")
+            links = db.execute("SELECT role, ref_kind, ref FROM links WHERE run_id=?", (run_id,)).fetchall()
+        return _record(row, links)
+
+    def list(self, kind: str | None = None, status: str | None = None, limit: int = 200) -> list[RunRecord]:
+        """Newest first."""
+        query, args = "SELECT * FROM runs WHERE 1=1", []
+        if kind:
+            query, args = query + " AND kind=?", [*args, kind]
+        if status:
+            if status not in STATUSES:
+                raise ValueError(f"unknown status {status!r}; valid: {', '.join(STATUSES)}")
+            query, args = query + " AND status=?", [*args, status]
+        query += " ORDER BY created_at DESC, rowid DESC LIMIT ?"
+        with self._connect() as db:
+            rows = db.execute(query, (*args, limit)).fetchall()
+            links = db.execute("SELECT run_id, role, ref_kind, ref FROM links").fetchall()
+        by_run: dict[str, list[Any]] = {}
+        for link in links:
+            by_run.setdefault(link["run_id"], []).append(link)
+        return [_record(row, by_run.get(row["id"], [])) for row in rows]
+
+    def lineage(self, run_id: str) -> list[tuple[int, RunRecord | None, Link]]:
+        """Every ancestor of a run, depth first: (depth, parent record or None, link)."""
+        out: list[tuple[int, RunRecord | None, Link]] = []
+
+        def walk(rid: str, depth: int) -> None:
+            for link in self.get(rid).links:
+                parent = self.get(link.ref) if link.ref_kind == "run" else None
+                out.append((depth, parent, link))
+                if parent is not None:
+                    walk(parent.id, depth + 1)
+
+        walk(run_id, 0)
+        return out
+
+    # -- running ------------------------------------------------------------------------------
+    @contextmanager
+    def track(self, run_id: str) -> Iterator[RunRecord]:
+        """Mark a run running; on exit mark it done, failed (with the error) or cancelled."""
+        self.start(run_id)
+        try:
+            yield self.get(run_id)
+        except (RunCancelled, KeyboardInterrupt):
+            self.cancel(run_id)
+            raise
+        except BaseException as err:
+            self.fail(run_id, f"{type(err).__name__}: {err}")
+            raise
+        if self.get(run_id).status == "running":
+            self._update(run_id, status="done", finished_at=_now())
+
+
+def _record(row: sqlite3.Row, links: list[Any]) -> RunRecord:
+    return RunRecord(
+        id=row["id"], kind=row["kind"], status=row["status"], config=json.loads(row["config"]),
+        metrics=json.loads(row["metrics"]), progress=json.loads(row["progress"]) if row["progress"] else None,
+        error=row["error"], pid=row["pid"], run_dir=Path(row["run_dir"]), created_at=row["created_at"],
+        started_at=row["started_at"], finished_at=row["finished_at"],
+        links=tuple(Link(k["role"], k["ref_kind"], k["ref"]) for k in links),
+    )
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def throttle(seconds: float):
+    """A predicate that is true at most once per ``seconds`` (to rate-limit progress writes)."""
+    last = [0.0]
+
+    def ready(force: bool = False) -> bool:
+        now = time.monotonic()
+        if force or now - last[0] >= seconds:
+            last[0] = now
+            return True
+        return False
+
+    return ready
