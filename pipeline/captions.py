@@ -1,0 +1,167 @@
+"""Captioning stage: caption every training image into a versioned caption store (TCKR step 1).
+
+Also holds the prompt templates that turn a caption record into a generation prompt.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .caption_store import CaptionRecord, CaptionStore
+from .captioners import Captioner, CaptionerConfig, create_captioner
+from .common import Progress, ProgressFn, config_hash, no_progress, write_json
+from .data import DatasetConfig, ImageDataset, ImageRecord, load_dataset
+from .project import Project
+from .runs import Link, throttle
+
+logger = logging.getLogger(__name__)
+
+# TCKR's prompt variants (Sec. 4.3): class name only, caption only, and "class: caption" (default)
+TEMPLATES = {"class": "{label}", "caption": "{caption}", "class_caption": "{label}: {caption}"}
+DEFAULT_TEMPLATE = "class_caption"
+SUBSETS = ("train", "members", "all")
+
+
+def build_prompt(label: str, caption: str, template: str = DEFAULT_TEMPLATE) -> str:
+    """A generation prompt from a class name and a caption.
+
+    ``template`` is a name from :data:`TEMPLATES` or a format string using ``{label}`` and/or
+    ``{caption}``.
+    """
+    fmt = TEMPLATES.get(template, template)
+    if "{label}" not in fmt and "{caption}" not in fmt:
+        raise ValueError(
+            f"unknown prompt template {template!r}; use one of {', '.join(TEMPLATES)} "
+            "or a format string with {label} and/or {caption}"
+        )
+    return fmt.format(label=label, caption=caption)
+
+
+@dataclass(frozen=True)
+class CaptionConfig:
+    """What to caption, with which captioner, into which store."""
+
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)  # the images
+    captioner: CaptionerConfig = field(default_factory=CaptionerConfig)  # the captioning model
+    store: str | None = None  # caption store name (default: the dataset's name)
+    subset: str = "train"  # which images: train | members (MIA members only) | all (train + test)
+    overwrite: bool = False  # re-caption images that already have a machine caption (hand edits are kept)
+
+
+@dataclass(frozen=True)
+class CaptionResult:
+    """What a captioning run produced."""
+
+    run_id: str
+    store: str
+    version: int  # caption store version holding the new captions
+    captioned: int  # images captioned by this run (including resumed pending ones)
+    already_done: int  # images skipped because they already had a caption (or a hand edit)
+    corrupt: dict[str, str]  # image id -> reason, for images that could not be read
+    seconds: float
+
+
+def default_store_name(dataset: ImageDataset) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", dataset.name).strip("-") or "captions"
+
+
+def select_images(dataset: ImageDataset, subset: str) -> list[ImageRecord]:
+    if subset == "train":
+        return dataset.split("train")
+    if subset == "members":
+        members = set(dataset.membership().members)
+        return [r for r in dataset.split("train") if r.id in members]
+    if subset == "all":
+        return list(dataset.records)
+    raise ValueError(f"unknown subset {subset!r}; valid: {', '.join(SUBSETS)}")
+
+
+def caption(
+    config: CaptionConfig,
+    project: Project,
+    progress: ProgressFn = no_progress,
+    captioner: Captioner | None = None,
+) -> CaptionResult:
+    """Caption the chosen images into a caption store, resumably.
+
+    Captions are appended to the store's pending file after every batch; a rerun after a crash or
+    cancel picks them up and only captions what is missing. The finished captions become one new
+    store version.
+    """
+    started = time.monotonic()
+    # 1. load the data and the store
+    dataset = load_dataset(config.dataset)
+    store = project.caption_store(config.store or default_store_name(dataset), create=True)
+    store.bind(dataset.name, dataset.fingerprint, dataset.class_names)
+    captioner = captioner or create_captioner(config.captioner)
+    source = captioner.source()
+    pending_key = config_hash({"source": source, "fingerprint": dataset.fingerprint})
+
+    # 2. decide what is left to do
+    wanted = select_images(dataset, config.subset)
+    existing = store.records()
+    # hand edits are never overwritten by a machine captioner; other captions only when asked
+    done = {i: r for i, r in existing.items() if not config.overwrite or r.edited_by_hand}
+    pending = store.read_pending(pending_key)
+    todo = [r for r in wanted if r.id not in done and r.id not in pending]
+    logger.info("captioning %d images (%d already captioned, %d pending from an earlier run)",
+                len(todo), len(done), len(pending))
+
+    # 3. register the run
+    registry = project.registry()
+    run = registry.create("caption", config, links=[Link("data", "dataset", dataset.fingerprint)])
+    write_json(run.run_dir / "membership.json", dataset.membership().to_dict())
+    report_now = throttle(1.0)
+    with registry.track(run.id):
+        # 4. caption batch by batch, appending to the pending file
+        batch: list[tuple[ImageRecord, Any]] = []
+        finished = 0
+        for record, image in dataset.iter_images(todo):
+            batch.append((record, image))
+            if len(batch) == config.captioner.batch_size:
+                finished += _caption_batch(captioner, dataset, store, pending_key, source, batch)
+                batch = []
+                _report(progress, registry, run.id, finished, len(todo), started, report_now)
+        if batch:
+            finished += _caption_batch(captioner, dataset, store, pending_key, source, batch)
+        _report(progress, registry, run.id, finished, len(todo), started, report_now, force=True)
+
+        # 5. commit everything pending as one store version
+        new = store.read_pending(pending_key)
+        version = store.head()
+        if new:
+            version = store.save(new.values(), message=f"caption with {source['captioner']} "
+                                 f"({source.get('model') or 'no model'})", author=f"run {run.id}")
+        store.clear_pending(pending_key)
+        registry.link(run.id, Link("captions", "captions", f"{store.name}@{version}"))
+        registry.report(run.id, captioned=len(new), already_done=len(done),
+                        corrupt=len(dataset.skipped), store=store.name, version=version)
+
+    if dataset.skipped:
+        write_json(run.run_dir / "corrupt_images.json", dataset.skipped)
+    return CaptionResult(run.id, store.name, version, len(new), len(done), dict(dataset.skipped),
+                         time.monotonic() - started)
+
+
+def _caption_batch(captioner: Captioner, dataset: ImageDataset, store: CaptionStore, key: str,
+                   source: dict[str, Any], batch: list[tuple[ImageRecord, Any]]) -> int:
+    labels = [dataset.class_name(r.label) for r, _ in batch]
+    texts = captioner.caption([image for _, image in batch], labels)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    store.append_pending(key, [CaptionRecord(r.id, label, text.strip(), source, stamp)
+                               for (r, _), label, text in zip(batch, labels, texts)])
+    return len(batch)
+
+
+def _report(progress: ProgressFn, registry: Any, run_id: str, done: int, total: int, started: float,
+            ready: Any, force: bool = False) -> None:
+    rate = done / max(time.monotonic() - started, 1e-9)
+    event = Progress("caption", done, total, {"images_per_s": round(rate, 2)})
+    progress(event)
+    if ready(force):  # also where a cancel request is noticed (registry raises RunCancelled)
+        registry.report(run_id, progress={"stage": event.stage, "done": done, "total": total,
+                                          **event.info})

@@ -1,0 +1,365 @@
+"""Command line: ``python -m pipeline <command> ...`` (also installed as ``tckr``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .common import Progress, to_jsonable
+from .registry import UnknownNameError
+
+logger = logging.getLogger(__name__)
+Handler = Callable[[argparse.Namespace], int]
+
+
+class ProgressBars:
+    """Turns library progress events into one tqdm bar per stage."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.bars: dict[str, Any] = {}
+
+    def __call__(self, event: Progress) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        bar = self.bars.get(event.stage)
+        if bar is None or (event.total is not None and bar.total != event.total):
+            if bar is not None:
+                bar.close()
+            bar = self.bars[event.stage] = tqdm(total=event.total, desc=event.stage, dynamic_ncols=True,
+                                                leave=True, file=sys.stderr)
+        if event.info:
+            bar.set_postfix({k: _short(v) for k, v in event.info.items()}, refresh=False)
+        bar.update(event.done - bar.n)  # tqdm rate-limits redraws and computes rate / ETA
+        if event.total is not None and event.done >= event.total:
+            bar.close()
+            self.bars.pop(event.stage, None)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars.clear()
+
+
+def _short(value: Any) -> Any:
+    return f"{value:.4g}" if isinstance(value, float) else value
+
+
+# -- shared options -----------------------------------------------------------------------------------
+def add_project_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--project", default=None,
+                   help="project folder holding runs, captions and the registry "
+                        "(default: $TCKR_PROJECT or ./workspace)")
+
+
+def add_dataset_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="digits",
+                   help="dataset spec: digits (built-in), imagefolder:DIR, parquet:FILE_OR_DIR, "
+                        "hf:HUB_ID_OR_DIR (default: digits)")
+    p.add_argument("--image-column", default=None, help="image column of parquet / HF data (default: detect)")
+    p.add_argument("--label-column", default=None, help="label column of parquet / HF data (default: detect)")
+    p.add_argument("--member-fraction", type=float, default=0.5,
+                   help="share of training images that are MIA members (default 0.5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the member / non-member split")
+    p.add_argument("--limit", type=int, default=None, help="use at most N images per split")
+
+
+def dataset_config(args: argparse.Namespace):
+    from .data import parse_dataset_spec
+
+    return parse_dataset_spec(args.dataset, image_column=args.image_column, label_column=args.label_column,
+                              member_fraction=args.member_fraction, seed=args.seed, limit=args.limit)
+
+
+def project_of(args: argparse.Namespace):
+    from .project import Project
+
+    return Project.open(args.project)
+
+
+def print_json(obj: Any) -> None:
+    print(json.dumps(to_jsonable(obj), indent=2, sort_keys=True))
+
+
+def print_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> None:
+    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    for n, row in enumerate(cells):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+# -- datasets ------------------------------------------------------------------------------------------
+def cmd_datasets_list(args: argparse.Namespace) -> int:
+    from .data import SOURCES
+
+    print_table(list(SOURCES.describe().items()), ["source", "description"])
+    return 0
+
+
+def cmd_datasets_inspect(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+
+    dataset = load_dataset(dataset_config(args))
+    summary = dataset.summary()
+    summary["fingerprint"] = dataset.fingerprint
+    split = dataset.membership()
+    summary["membership"] = {"members": len(split.members), "nonmembers": len(split.nonmembers),
+                             "nonmember_source": split.nonmember_source, "seed": split.seed}
+    if args.check:
+        bars = ProgressBars(not args.quiet)
+        ok = 0
+        for n, _ in enumerate(dataset.iter_images(), 1):
+            ok = n
+            if n % 100 == 0:
+                bars(Progress("check", n, len(dataset)))
+        bars.close()
+        summary["readable"] = ok
+        summary["corrupt"] = dataset.skipped
+    print_json(summary)
+    return 0
+
+
+# -- captioning ---------------------------------------------------------------------------------------
+def cmd_caption(args: argparse.Namespace) -> int:
+    from .captioners import CaptionerConfig
+    from .captions import CaptionConfig, caption
+
+    captioner = CaptionerConfig(name=args.captioner, model=args.model, batch_size=args.batch_size,
+                                device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
+                                num_beams=args.num_beams, prompt=args.prompt,
+                                class_template=args.class_template)
+    config = CaptionConfig(dataset=dataset_config(args), captioner=captioner, store=args.store,
+                           subset=args.subset, overwrite=args.overwrite)
+    bars = ProgressBars(not args.quiet)
+    try:
+        result = caption(config, project_of(args), progress=bars)
+    finally:
+        bars.close()
+    print(f"captioned {result.captioned} images ({result.already_done} already had captions, "
+          f"{len(result.corrupt)} unreadable) -> store {result.store} version {result.version} "
+          f"[run {result.run_id}, {result.seconds:.1f} s]")
+    return 0
+
+
+def cmd_captions_list(args: argparse.Namespace) -> int:
+    project = project_of(args)
+    rows = []
+    for name in project.caption_stores():
+        store = project.caption_store(name)
+        rows.append([name, store.head(), len(store.records()), store.meta().get("dataset", "")])
+    print_table(rows, ["store", "version", "captions", "dataset"])
+    return 0
+
+
+def cmd_captions_show(args: argparse.Namespace) -> int:
+    store = project_of(args).caption_store(args.store)
+    records = store.records(args.version)
+    rows = [[r.id, r.label, r.source.get("captioner", ""), r.caption] for _, r in sorted(records.items())]
+    print_table(rows[: args.limit], ["id", "label", "source", "caption"])
+    if len(rows) > args.limit:
+        print(f"... {len(rows) - args.limit} more (use --limit)")
+    return 0
+
+
+def cmd_captions_export(args: argparse.Namespace) -> int:
+    from .caption_io import export_captions
+
+    store = project_of(args).caption_store(args.store)
+    n = export_captions(store, Path(args.out), args.format, args.version)
+    print(f"wrote {n} captions of {store.name} version {args.version or store.head()} to {args.out}")
+    return 0
+
+
+def cmd_captions_import(args: argparse.Namespace) -> int:
+    from .caption_io import import_captions
+    from .data import load_dataset
+
+    dataset = load_dataset(dataset_config(args))
+    store = project_of(args).caption_store(args.store, create=True)
+    report = import_captions(store, Path(args.file), args.format, dataset)
+    print(f"imported {report.imported} captions into {store.name} version {report.version}"
+          + (f" ({report.unused} unused captions in the file)" if report.unused else ""))
+    return 0
+
+
+def cmd_captions_history(args: argparse.Namespace) -> int:
+    store = project_of(args).caption_store(args.store)
+    rows = [[v.version, v.created_at, v.author, v.changed, v.message] for v in store.history()]
+    print_table(rows, ["version", "created", "author", "changed", "message"])
+    return 0
+
+
+def cmd_captions_diff(args: argparse.Namespace) -> int:
+    store = project_of(args).caption_store(args.store)
+    changes = store.diff(args.a, args.b if args.b is not None else store.head())
+    for change in changes:
+        print(f"{change.id}\n  - {change.before}\n  + {change.after}")
+    print(f"{len(changes)} captions differ")
+    return 0
+
+
+def cmd_captions_rollback(args: argparse.Namespace) -> int:
+    store = project_of(args).caption_store(args.store)
+    version = store.rollback(args.version)
+    print(f"{store.name}: version {version} restores the captions of version {args.version}")
+    return 0
+
+
+# -- runs ----------------------------------------------------------------------------------------------
+def cmd_runs_list(args: argparse.Namespace) -> int:
+    runs = project_of(args).registry().list(kind=args.kind, status=args.status, limit=args.limit)
+    rows = [[r.id, r.kind, r.status, r.created_at[:19], _metric_summary(r.metrics)] for r in runs]
+    print_table(rows, ["id", "kind", "status", "created", "metrics"])
+    return 0
+
+
+def cmd_runs_show(args: argparse.Namespace) -> int:
+    registry = project_of(args).registry()
+    record = registry.get(args.run_id)
+    print_json({**record.__dict__, "lineage": [
+        {"depth": d, "role": link.role, "kind": link.ref_kind, "ref": link.ref,
+         "status": parent.status if parent else None} for d, parent, link in registry.lineage(record.id)]})
+    return 0
+
+
+def cmd_runs_cancel(args: argparse.Namespace) -> int:
+    project_of(args).registry().cancel(args.run_id)
+    print(f"cancel requested for {args.run_id}")
+    return 0
+
+
+def _metric_summary(metrics: dict[str, Any]) -> str:
+    flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+    return ", ".join(f"{k}={_short(v)}" for k, v in list(flat.items())[:4])
+
+
+# -- parser --------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="Private synthetic training sets: caption, fine-tune a generator, generate, "
+                    "distil and audit (TCKR).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    ds = sub.add_parser("datasets", help="list dataset sources or inspect a dataset")
+    ds_sub = ds.add_subparsers(dest="action", metavar="ACTION", required=True)
+    ds_sub.add_parser("list", help="list dataset sources").set_defaults(func=cmd_datasets_list)
+    p = ds_sub.add_parser("inspect", help="classes, counts, fingerprint and MIA split of a dataset")
+    add_dataset_args(p)
+    p.add_argument("--check", action="store_true", help="decode every image and report unreadable ones")
+    p.set_defaults(func=cmd_datasets_inspect)
+
+    p = sub.add_parser("caption", help="caption training images into a caption store (resumable)")
+    add_project_arg(p)
+    add_dataset_args(p)
+    p.add_argument("--captioner", default="classname", help="classname | blip | blip2 (default classname)")
+    p.add_argument("--model", default=None, help="hub id or local folder of the BLIP / BLIP-2 model")
+    p.add_argument("--store", default=None, help="caption store name (default: the dataset's name)")
+    p.add_argument("--subset", default="train", choices=["train", "members", "all"],
+                   help="which images to caption (default train)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--dtype", default="auto", help="auto | float32 | float16 | bfloat16")
+    p.add_argument("--max-new-tokens", type=int, default=30)
+    p.add_argument("--num-beams", type=int, default=1)
+    p.add_argument("--prompt", default=None, help="conditional text prompt for BLIP / BLIP-2")
+    p.add_argument("--class-template", default="a photo of a {label}",
+                   help="classname captioner: caption made from the class name")
+    p.add_argument("--overwrite", action="store_true",
+                   help="re-caption images that already have machine captions (hand edits are kept)")
+    p.set_defaults(func=cmd_caption)
+
+    cap = sub.add_parser("captions", help="list, show, export, import, diff and roll back caption stores")
+    cap_sub = cap.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = cap_sub.add_parser("list", help="caption stores of the project")
+    add_project_arg(p)
+    p.set_defaults(func=cmd_captions_list)
+    p = cap_sub.add_parser("show", help="print the captions of a store")
+    add_project_arg(p)
+    p.add_argument("store")
+    p.add_argument("--version", type=int, default=None, help="store version (default: newest)")
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=cmd_captions_show)
+    p = cap_sub.add_parser("export", help="write captions to jsonl, csv or a TCKR prompt file")
+    add_project_arg(p)
+    p.add_argument("store")
+    p.add_argument("--format", default="jsonl", choices=["jsonl", "csv", "tckr-json"])
+    p.add_argument("--out", required=True, help="output file")
+    p.add_argument("--version", type=int, default=None, help="store version (default: newest)")
+    p.set_defaults(func=cmd_captions_export)
+    p = cap_sub.add_parser("import", help="read captions from jsonl, csv or a TCKR prompt file")
+    add_project_arg(p)
+    add_dataset_args(p)
+    p.add_argument("store")
+    p.add_argument("file")
+    p.add_argument("--format", default="jsonl", choices=["jsonl", "csv", "tckr-json"])
+    p.set_defaults(func=cmd_captions_import)
+    p = cap_sub.add_parser("history", help="versions of a store")
+    add_project_arg(p)
+    p.add_argument("store")
+    p.set_defaults(func=cmd_captions_history)
+    p = cap_sub.add_parser("diff", help="captions that differ between two versions")
+    add_project_arg(p)
+    p.add_argument("store")
+    p.add_argument("a", type=int, help="old version")
+    p.add_argument("b", type=int, nargs="?", default=None, help="new version (default: newest)")
+    p.set_defaults(func=cmd_captions_diff)
+    p = cap_sub.add_parser("rollback", help="restore the captions of an older version (as a new version)")
+    add_project_arg(p)
+    p.add_argument("store")
+    p.add_argument("version", type=int)
+    p.set_defaults(func=cmd_captions_rollback)
+
+    runs = sub.add_parser("runs", help="list, show or cancel runs")
+    runs_sub = runs.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = runs_sub.add_parser("list", help="runs, newest first")
+    add_project_arg(p)
+    p.add_argument("--kind", default=None)
+    p.add_argument("--status", default=None)
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=cmd_runs_list)
+    p = runs_sub.add_parser("show", help="one run with config, metrics and lineage")
+    add_project_arg(p)
+    p.add_argument("run_id")
+    p.set_defaults(func=cmd_runs_show)
+    p = runs_sub.add_parser("cancel", help="ask a running run to stop")
+    add_project_arg(p)
+    p.add_argument("run_id")
+    p.set_defaults(func=cmd_runs_cancel)
+
+    for extend in EXTENSIONS:
+        extend(sub)
+    return parser
+
+
+# later stages add their subcommands here
+EXTENSIONS: list[Callable[[Any], None]] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (UnknownNameError, ValueError, KeyError, FileNotFoundError, RuntimeError, OSError) as err:
+        # the CLI boundary: one line for the user, the traceback only with --verbose
+        logger.debug("command failed", exc_info=True)
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"error: {message}", file=sys.stderr)
+        return 2

@@ -1,0 +1,60 @@
+"""CLI: --help everywhere, one-line errors with a non-zero exit, the main commands on tiny data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from pipeline.cli import build_parser, main
+
+
+def _all_command_paths(parser: argparse.ArgumentParser, prefix=()):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*prefix, name)
+                yield from _all_command_paths(sub, (*prefix, name))
+
+
+def test_every_subcommand_has_help(capsys):
+    paths = list(_all_command_paths(build_parser()))
+    assert ("captions", "export") in paths and ("runs", "show") in paths
+    for path in paths:
+        with pytest.raises(SystemExit) as exit_info:
+            main([*path, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage:" in capsys.readouterr().out
+
+
+def test_bad_input_gives_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["caption", "--project", str(tmp_path), "--captioner", "nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: unknown captioner 'nope'; valid names: blip, blip2, classname"
+    assert main(["datasets", "inspect", "--dataset", "imagefolder:" + str(tmp_path / "none")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_caption_export_history_and_runs(tmp_path, capsys):
+    project = ["--project", str(tmp_path)]
+    assert main(["-q", "caption", *project, "--limit", "30"]) == 0
+    assert "captioned 30 images" in capsys.readouterr().out
+    out = tmp_path / "c.jsonl"
+    assert main(["captions", "export", *project, "digits", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 30 and rows[0]["caption"].startswith("a photo of a ")
+    rows[0]["caption"] = "changed"
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["captions", "import", *project, "--limit", "30", "digits", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["captions", "diff", *project, "digits", "1"]) == 0
+    assert "1 captions differ" in capsys.readouterr().out
+    assert main(["captions", "rollback", *project, "digits", "1"]) == 0
+    assert main(["runs", "list", *project]) == 0
+    listing = capsys.readouterr().out
+    assert "caption-" in listing and "done" in listing
+    run_id = listing.split("\n")[-2].split()[0]
+    assert main(["runs", "show", *project, run_id]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["status"] == "done" and shown["lineage"][0]["kind"] in ("dataset", "captions")
