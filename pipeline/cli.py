@@ -65,8 +65,10 @@ def add_dataset_args(p: argparse.ArgumentParser) -> None:
                         "hf:HUB_ID_OR_DIR (default: digits)")
     p.add_argument("--image-column", default=None, help="image column of parquet / HF data (default: detect)")
     p.add_argument("--label-column", default=None, help="label column of parquet / HF data (default: detect)")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of training images held out for validation (default 0.1)")
     p.add_argument("--member-fraction", type=float, default=0.5,
-                   help="share of training images that are MIA members (default 0.5)")
+                   help="share of the other training images that are MIA members (default 0.5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the member / non-member split")
     p.add_argument("--limit", type=int, default=None, help="use at most N images per split")
 
@@ -75,7 +77,8 @@ def dataset_config(args: argparse.Namespace):
     from .data import parse_dataset_spec
 
     return parse_dataset_spec(args.dataset, image_column=args.image_column, label_column=args.label_column,
-                              member_fraction=args.member_fraction, seed=args.seed, limit=args.limit)
+                              val_fraction=args.val_fraction, member_fraction=args.member_fraction,
+                              seed=args.seed, limit=args.limit)
 
 
 def project_of(args: argparse.Namespace):
@@ -113,6 +116,7 @@ def cmd_datasets_inspect(args: argparse.Namespace) -> int:
     summary["fingerprint"] = dataset.fingerprint
     split = dataset.membership()
     summary["membership"] = {"members": len(split.members), "nonmembers": len(split.nonmembers),
+                             "validation": len(split.validation),
                              "nonmember_source": split.nonmember_source, "seed": split.seed}
     if args.check:
         bars = ProgressBars(not args.quiet)

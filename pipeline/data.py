@@ -37,7 +37,8 @@ class DatasetConfig:
     train_split: str = "train"  # name of the training split in the source
     test_split: str = "test"  # name of the test split (carved from train when absent)
     test_fraction: float = 0.2  # share of images held out as test when the source has no test split
-    member_fraction: float = 0.5  # share of the training split that are MIA "members"
+    val_fraction: float = 0.1  # share of the training split held out for validation (never a member)
+    member_fraction: float = 0.5  # share of the remaining training images that are MIA "members"
     seed: int = 0  # seeds the member / non-member split
     limit: int | None = None  # keep at most this many images per split (quick experiments)
 
@@ -64,6 +65,7 @@ class MembershipSplit:
 
     members: tuple[str, ...]
     nonmembers: tuple[str, ...]
+    validation: tuple[str, ...]  # real training images for early stopping: neither member nor non-member
     seed: int
     member_fraction: float
     nonmember_source: str  # "train" (held-out training images) or "test"
@@ -161,31 +163,40 @@ class ImageDataset:
         return self._fingerprint
 
     def membership(self) -> MembershipSplit:
-        """Seeded member / non-member split of the training images.
+        """Seeded validation / member / non-member split of the training images, per class.
 
-        Members are a ``member_fraction`` share of the training split, drawn per class so that the
-        class balance is kept. Non-members are the remaining training images; when every training
-        image is a member (fraction 1.0, TCKR's setting) the test split serves as non-members.
+        First a ``val_fraction`` share of each class is set aside for validation (early stopping);
+        those images are never audited, since no target model trains on them. Of the rest,
+        ``member_fraction`` are members (the only real images the teacher and the generator see)
+        and the others non-members. When every remaining image is a member (fraction 1.0, TCKR's
+        setting) the test split serves as non-members.
         """
         cfg = self.config
         if not 0.0 < cfg.member_fraction <= 1.0:
             raise ValueError(f"member_fraction must be in (0, 1], got {cfg.member_fraction}")
+        if not 0.0 <= cfg.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {cfg.val_fraction}")
         rng = np.random.default_rng(cfg.seed)
         members: list[str] = []
         rest: list[str] = []
+        validation: list[str] = []
         train = self.split("train")
         for label in range(len(self.class_names)):
             ids = sorted(r.id for r in train if r.label == label)
-            order = rng.permutation(len(ids))
-            k = int(round(cfg.member_fraction * len(ids)))
-            members += [ids[i] for i in order[:k]]
-            rest += [ids[i] for i in order[k:]]
+            order = [ids[i] for i in rng.permutation(len(ids))]
+            n_val = int(round(cfg.val_fraction * len(ids)))
+            validation += order[:n_val]
+            order = order[n_val:]
+            k = int(round(cfg.member_fraction * len(order)))
+            members += order[:k]
+            rest += order[k:]
         source = "train"
         if not rest:
             rest, source = [r.id for r in self.split("test")], "test"
         return MembershipSplit(
             members=tuple(sorted(members)),
             nonmembers=tuple(sorted(rest)),
+            validation=tuple(sorted(validation)),
             seed=cfg.seed,
             member_fraction=cfg.member_fraction,
             nonmember_source=source,

@@ -39,11 +39,13 @@ def test_membership_split_is_seeded_disjoint_and_class_balanced():
     dataset = load_dataset(DatasetConfig(member_fraction=0.5, seed=3))
     split = dataset.membership()
     assert split == dataset.membership()  # same seed -> same split
-    assert set(split.members).isdisjoint(split.nonmembers)
-    assert set(split.members) | set(split.nonmembers) == {r.id for r in dataset.split("train")}
+    members, nonmembers, val = set(split.members), set(split.nonmembers), set(split.validation)
+    assert members.isdisjoint(nonmembers) and val.isdisjoint(members | nonmembers)
+    assert members | nonmembers | val == {r.id for r in dataset.split("train")}
     for label in range(10):
         ids = [r.id for r in dataset.split("train") if r.label == label]
-        share = len(set(ids) & set(split.members)) / len(ids)
+        assert abs(len(set(ids) & val) / len(ids) - 0.1) < 0.01
+        share = len(set(ids) & members) / len(set(ids) - val)
         assert abs(share - 0.5) < 0.01
     other = load_dataset(DatasetConfig(member_fraction=0.5, seed=4)).membership()
     assert other.members != split.members
