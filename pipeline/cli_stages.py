@@ -1,0 +1,183 @@
+"""CLI commands for the generator, generation, distillation and audit stages."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from .cli_common import (
+    ProgressBars,
+    add_dataset_args,
+    add_project_arg,
+    dataset_config,
+    print_table,
+    project_of,
+)
+
+
+def _options(pairs: list[str] | None) -> tuple[tuple[str, Any], ...]:
+    """KEY=VALUE strings -> typed pairs (JSON values where they parse, else strings)."""
+    out = []
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"option {pair!r} is not KEY=VALUE")
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
+        out.append((key.strip().replace("-", "_"), parsed))
+    return tuple(out)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .finetune import FinetuneConfig, finetune
+
+    options = list(_options(args.option))
+    for key in ("base", "steps", "lr", "batch_size", "resolution", "rank"):
+        value = getattr(args, key, None)
+        if value is not None:
+            options.append((key, value))
+    config = FinetuneConfig(dataset=dataset_config(args), generator=args.generator, options=tuple(options),
+                            store=args.store, store_version=args.store_version, template=args.template)
+    bars = ProgressBars(not args.quiet)
+    try:
+        result = finetune(config, project_of(args), progress=bars, resume=args.resume)
+    finally:
+        bars.close()
+    print(f"generator saved to {result.generator_dir} [run {result.run_id}]")
+    print_table([[k, v] for k, v in result.metrics.items()], ["metric", "value"])
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .generate import GenerateConfig, synthesize
+
+    options = list(_options(args.option))
+    if args.lora:
+        options.append(("lora_path", args.lora))
+    if args.fuse:
+        options.append(("fuse", True))
+    for key, value in (("num_inference_steps", args.steps), ("guidance_scale", args.guidance)):
+        if value is not None:
+            options.append((key, value))
+    if args.size:
+        options.append(("resolution", args.size[0]))
+    prompts = args.prompts
+    if prompts and not prompts.startswith("store:") and prompts != "classnames" and not Path(prompts).exists():
+        prompts = f"store:{prompts}"  # a bare name means a caption store
+    config = GenerateConfig(generator=args.generator or args.base, backend="sd-lora" if args.base else None,
+                            options=tuple(options), prompts=prompts or "classnames", template=args.template,
+                            dataset=dataset_config(args), cardinality=args.cardinality, num_images=args.num,
+                            round=args.round, seed=args.gen_seed, batch_size=args.batch_size, out_dir=args.out)
+    bars = ProgressBars(not args.quiet)
+    try:
+        result = synthesize(config, project_of(args), progress=bars)
+    finally:
+        bars.close()
+    print(f"{len(result.synthetic)} images in {result.synthetic.root} ({result.images_per_s:.1f} images/s) "
+          f"[run {result.run_id}]")
+    return 0
+
+
+def _run_experiment(args: argparse.Namespace, config: Any) -> int:
+    from .experiment import run_experiment, summary_rows
+
+    bars = ProgressBars(not args.quiet)
+    try:
+        result = run_experiment(config, project_of(args), progress=bars)
+    finally:
+        bars.close()
+    print()
+    print_table(summary_rows(result.metrics),
+                ["model", "accuracy", "MIA AUC", "AUC 95% CI", "TPR@0.1%FPR", "TPR@1%FPR", "AOP"])
+    teacher, student = result.metrics["teacher"], result.metrics["student"]
+    print(f"\nstudent / teacher accuracy: {student['accuracy'] / max(teacher['accuracy'], 1e-9):.3f}; "
+          f"MIA AUC {teacher['mia']['auc']:.3f} -> {student['mia']['auc']:.3f}")
+    print(f"run {result.run_id} finished in {result.seconds:.0f} s; metrics in "
+          f"{project_of(args).runs_dir / result.run_id / 'metrics.json'}")
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from .experiment import quickstart_config
+
+    code = _run_experiment(args, quickstart_config())
+    if code == 0 and getattr(args, "studio", False):
+        from .launch import launch_studio
+
+        return launch_studio(project_of(args).root, host=args.host, port=args.port)
+    return code
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .experiment import ExperimentConfig
+
+    return _run_experiment(args, ExperimentConfig.from_file(Path(args.config)))
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from .experiment import config_json, quickstart_config
+
+    print(config_json(quickstart_config()))
+    return 0
+
+
+def add_stage_commands(sub: Any) -> None:
+    p = sub.add_parser("finetune", help="train a generator (scratch) or LoRA-fine-tune Stable Diffusion")
+    add_project_arg(p)
+    add_dataset_args(p)
+    p.add_argument("--generator", default="scratch", help="scratch | sd-lora (default scratch)")
+    p.add_argument("--base", default=None, help="sd-lora: hub id or local pipeline folder")
+    p.add_argument("--store", default=None, help="caption store (default: class names only)")
+    p.add_argument("--store-version", type=int, default=None)
+    p.add_argument("--template", default="class_caption", help="class | caption | class_caption | format")
+    p.add_argument("--steps", type=int, default=None, help="training steps")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--resolution", type=int, default=None)
+    p.add_argument("--rank", type=int, default=None, help="sd-lora: LoRA rank")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="any other backend config field (repeatable), e.g. --option snr_gamma=5")
+    p.add_argument("--resume", default=None, metavar="RUN_ID", help="continue an interrupted finetune run")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("generate", help="generate a class-balanced synthetic set (resumable)")
+    add_project_arg(p)
+    add_dataset_args(p)
+    p.add_argument("--generator", default=None, help="a saved generator folder (runs/<id>/generator)")
+    p.add_argument("--base", default=None, help="or an SD pipeline: hub id or local folder (sd-lora)")
+    p.add_argument("--lora", default=None, help="LoRA .safetensors file or folder to load onto --base")
+    p.add_argument("--fuse", action="store_true", help="fuse the LoRA into the weights before generating")
+    p.add_argument("--prompts", default=None,
+                   help="caption store name (or store:NAME@VERSION), a TCKR .json / .txt prompt file, "
+                        "or classnames (default)")
+    p.add_argument("--template", default="class_caption")
+    p.add_argument("--out", default=None, help="output folder (default: the run folder); reuse it to resume")
+    p.add_argument("--num", type=int, default=None, help="number of images (default: cardinality x members)")
+    p.add_argument("--cardinality", type=float, default=1.0, help="images per member image (default 1)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    p.add_argument("--size", type=int, nargs=2, default=None, metavar=("W", "H"), help="sd-lora: image size")
+    p.add_argument("--round", type=int, default=0, help="regeneration round (fresh seeds per round)")
+    p.add_argument("--gen-seed", type=int, default=0, help="base seed of the images")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="other backend options")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("quickstart", help="the whole loop on the built-in dataset (offline, CPU, ~5 min)")
+    add_project_arg(p)
+    p.add_argument("--studio", action="store_true", help="then open the studio on the results")
+    p.add_argument("--host", default="127.0.0.1", help="studio address (default localhost only)")
+    p.add_argument("--port", type=int, default=8501)
+    p.set_defaults(func=cmd_quickstart)
+
+    p = sub.add_parser("run", help="the whole loop from a JSON config (see `config`)")
+    add_project_arg(p)
+    p.add_argument("config", help="JSON file with ExperimentConfig fields")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("config", help="print the quickstart's config as JSON (a template for `run`)")
+    p.set_defaults(func=cmd_config)

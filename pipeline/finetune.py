@@ -1,0 +1,131 @@
+"""Generator training stage: LoRA-fine-tune Stable Diffusion or train the scratch model (TCKR step 2).
+
+The generator sees only the MIA *members* of the training split, so that the audit's non-members
+are truly unseen by everything downstream.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .captions import DEFAULT_TEMPLATE, build_prompt
+from .common import Progress, ProgressFn, no_progress, read_json, to_jsonable, write_json
+from .data import DatasetConfig, load_dataset
+from .generators import Generator, generator_class
+from .project import Project
+from .runs import Link, throttle
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Which generator to train on which images and captions."""
+
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)  # the real images (members are used)
+    generator: str = "scratch"  # registered backend: scratch | sd-lora
+    options: tuple[tuple[str, Any], ...] = ()  # backend config fields, e.g. (("steps", 500),)
+    store: str | None = None  # caption store; None = prompts from class names only
+    store_version: int | None = None  # caption version (default: newest)
+    template: str = DEFAULT_TEMPLATE  # prompt template: class | caption | class_caption | format string
+    class_template: str = "a photo of a {label}"  # caption used when there is no caption store
+
+    def backend_config(self) -> Any:
+        cls = generator_class(self.generator)
+        try:
+            return cls.config_class(**dict(self.options))
+        except TypeError as err:
+            raise ValueError(f"bad option for generator {self.generator!r}: {err}") from None
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    run_id: str
+    generator_dir: Path  # load with load_generator(generator_dir)
+    metrics: dict[str, Any]
+
+
+def finetune(config: FinetuneConfig, project: Project, progress: ProgressFn = no_progress,
+             resume: str | None = None) -> FinetuneResult:
+    """Train a generator on the member images; ``resume`` = id of an interrupted run to continue."""
+    # 1. check inputs: backend config first, so a typo fails before any data is loaded
+    backend_config = config.backend_config()
+    dataset = load_dataset(config.dataset)
+    members = set(dataset.membership().members)
+    records = [r for r in dataset.split("train") if r.id in members]
+
+    # 2. prompts for each member image
+    captions: dict[str, Any] = {}
+    links = [Link("data", "dataset", dataset.fingerprint)]
+    if config.store:
+        store = project.caption_store(config.store)
+        version = store.head() if config.store_version is None else config.store_version
+        captions = store.records(version)
+        links.append(Link("captions", "captions", f"{store.name}@{version}"))
+        missing = [r.id for r in records if r.id not in captions]
+        if missing:
+            raise ValueError(f"{len(missing)} member images have no caption in store {config.store!r} "
+                             f"(e.g. {missing[0]}); caption them first")
+
+    def prompt_of(record_id: str, label: str) -> str:
+        if record_id in captions:
+            return build_prompt(label, captions[record_id].caption, config.template)
+        return config.class_template.format(label=label)
+
+    # 3. register (or reopen) the run
+    registry = project.registry()
+    if resume:
+        run = registry.get(resume)
+        if run.kind != "finetune":
+            raise ValueError(f"run {resume} is a {run.kind} run, not a finetune run")
+    else:
+        run = registry.create("finetune", config, links=links)
+    ready = throttle(2.0)
+
+    def report(event: Progress) -> None:
+        progress(event)
+        if ready(event.total is not None and event.done >= event.total):
+            registry.report(run.id, progress={"stage": event.stage, "done": event.done,
+                                              "total": event.total, **event.info})
+
+    with registry.track(run.id):
+        # 4. decode member images (unreadable ones are skipped and listed)
+        images, prompts, labels = [], [], []
+        for record, image in dataset.iter_images(records):
+            label = dataset.class_name(record.label)
+            images.append(image)
+            prompts.append(prompt_of(record.id, label))
+            labels.append(record.label)
+        write_json(run.run_dir / "membership.json", dataset.membership().to_dict())
+        write_json(run.run_dir / "training_prompts.json", {"class_names": dataset.class_names,
+                                                           "prompts": prompts, "labels": labels})
+
+        # 5. train, checkpointing into the run folder (resumes from the newest checkpoint)
+        started = time.monotonic()
+        generator = generator_class(config.generator)(backend_config)
+        metrics = generator.fit(images, prompts, labels, run.run_dir / "checkpoints", report)
+        metrics = {**to_jsonable(metrics), "train_images": len(images),
+                   "wall_seconds": round(time.monotonic() - started, 2)}
+
+        # 6. save the generator next to the run
+        generator.save(run.run_dir / "generator")
+        write_json(run.run_dir / "generator" / "backend.json", {"backend": config.generator, "run": run.id})
+        write_json(run.run_dir / "metrics.json", metrics)
+        registry.report(run.id, **metrics)
+    return FinetuneResult(run.id, run.run_dir / "generator", metrics)
+
+
+def load_generator(directory: Path, name: str | None = None, **overrides: Any) -> Generator:
+    """Load a saved generator; the backend is read from its ``backend.json`` unless named."""
+    directory = Path(directory)
+    if name is None:
+        meta = directory / "backend.json"
+        if not meta.exists():
+            raise FileNotFoundError(f"{directory} is not a saved generator (no backend.json); "
+                                    "pass the backend name")
+        name = read_json(meta)["backend"]
+    return generator_class(name).load(directory, **overrides)

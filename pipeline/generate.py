@@ -1,0 +1,265 @@
+"""Synthetic-set generation: N× the real training set, class-balanced, resumable, with a manifest.
+
+Output folder::
+
+    plan.json            what will be generated: items (index, label, prompt, seed), config, generator
+    images/<class>/r<round>-<index>.png
+    manifest.jsonl       one line per finished image: file, label, class, prompt, seed, round, generator
+
+Every item's file name and seed are fixed by the plan, images are written with write-then-rename and
+appended to the manifest only after their file is complete. A rerun after a kill reads the manifest,
+keeps the items whose file exists, and generates only the rest: no duplicates, no half-written files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .common import Progress, ProgressFn, atomic_write_bytes, no_progress, read_json, write_json
+from .data import DatasetConfig
+from .generators import Generator
+from .prompts import PromptPool
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerationPlan:
+    """Which images to make: class-balanced items with fixed prompts and seeds."""
+
+    total: int  # number of images
+    seed: int = 0  # base seed; item seeds derive from it, the round and the index
+    round: int = 0  # regeneration round k (GKD recycling): a fresh set of seeds per round
+    batch_size: int = 64  # images per generator call
+
+
+@dataclass(frozen=True)
+class SyntheticItem:
+    index: int
+    label: int
+    prompt: str
+    seed: int
+    file: str  # path relative to the output folder
+
+
+@dataclass(frozen=True)
+class SyntheticSet:
+    """A finished synthetic set read from its manifest."""
+
+    root: Path
+    class_names: tuple[str, ...]
+    items: tuple[SyntheticItem, ...] = field(repr=False)
+    generator: str = ""  # run id or folder of the generator that made it
+
+    @classmethod
+    def load(cls, root: Path) -> SyntheticSet:
+        root = Path(root)
+        plan = read_json(root / "plan.json")
+        done = _read_manifest(root / "manifest.jsonl")
+        missing = len(plan["items"]) - len(done)
+        if missing:
+            raise ValueError(f"synthetic set {root} is incomplete ({missing} images missing); "
+                             "rerun the generation to finish it")
+        items = tuple(SyntheticItem(**{k: d[k] for k in ("index", "label", "prompt", "seed", "file")})
+                      for d in sorted(done.values(), key=lambda d: d["index"]))
+        return cls(root, tuple(plan["class_names"]), items, plan.get("generator", ""))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def image(self, item: SyntheticItem) -> Image.Image:
+        return Image.open(self.root / item.file).convert("RGB")
+
+    def labels(self) -> np.ndarray:
+        return np.array([i.label for i in self.items], dtype=np.int64)
+
+
+def plan_items(pool: PromptPool, plan: GenerationPlan) -> list[SyntheticItem]:
+    """Class-balanced items: ``total`` split evenly over classes (the first classes get the
+    remainder), prompts drawn from each class's pool in a seeded order, cycling when short."""
+    n_classes = len(pool.class_names)
+    if plan.total < n_classes:
+        raise ValueError(f"asked for {plan.total} images but there are {n_classes} classes; "
+                         "ask for at least one image per class")
+    rng = np.random.default_rng([plan.seed, plan.round])
+    items, index = [], 0
+    for label, name in enumerate(pool.class_names):
+        count = plan.total // n_classes + (1 if label < plan.total % n_classes else 0)
+        prompts = pool.prompts[label]
+        order = rng.permutation(len(prompts))
+        for k in range(count):
+            prompt = prompts[order[k % len(prompts)]]
+            seed = int(np.random.SeedSequence([plan.seed, plan.round, index]).generate_state(1)[0])
+            items.append(SyntheticItem(index, label, prompt, seed,
+                                       f"images/{_safe(name)}/r{plan.round:02d}-{index:06d}.png"))
+            index += 1
+    return items
+
+
+def generate_set(
+    generator: Generator,
+    pool: PromptPool,
+    plan: GenerationPlan,
+    out_dir: Path,
+    generator_ref: str = "",
+    progress: ProgressFn = no_progress,
+) -> SyntheticSet:
+    """Generate (or finish generating) a synthetic set into ``out_dir``."""
+    out_dir = Path(out_dir)
+    # 1. fix the plan; a rerun must ask for the same plan
+    items = plan_items(pool, plan)
+    plan_record = {"plan": plan.__dict__, "class_names": list(pool.class_names),
+                   "prompt_source": pool.source, "generator": generator_ref,
+                   "items": [i.__dict__ for i in items]}
+    plan_path = out_dir / "plan.json"
+    if plan_path.exists():
+        previous = read_json(plan_path)
+        if previous["items"] != plan_record["items"]:
+            raise ValueError(f"{out_dir} holds a different generation plan; use another output folder")
+    else:
+        write_json(plan_path, plan_record)
+
+    # 2. keep what a previous run finished (file present and listed), compact the manifest
+    manifest = out_dir / "manifest.jsonl"
+    done = {i: d for i, d in _read_manifest(manifest).items() if (out_dir / d["file"]).exists()}
+    atomic_write_bytes(manifest, "".join(json.dumps(d) + "\n" for _, d in sorted(done.items())).encode())
+    for partial in out_dir.glob("images/*/.*.tmp"):  # files a kill left half-written
+        partial.unlink()
+    todo = [item for item in items if item.index not in done]
+    logger.info("generating %d images (%d already done) into %s", len(todo), len(done), out_dir)
+
+    # 3. generate batch by batch: files first, then their manifest lines
+    started, made = time.monotonic(), 0
+    progress(Progress("generate", len(done), len(items), {}))
+    with open(manifest, "a", encoding="utf-8") as log:
+        for start in range(0, len(todo), plan.batch_size):
+            batch = todo[start:start + plan.batch_size]
+            images = generator.generate([i.prompt for i in batch], [i.label for i in batch],
+                                        [i.seed for i in batch])
+            for item, image in zip(batch, images):
+                atomic_write_bytes(out_dir / item.file, _png_bytes(image))
+            for item in batch:
+                log.write(json.dumps({**item.__dict__, "class": pool.class_names[item.label],
+                                      "round": plan.round, "generator": generator_ref}) + "\n")
+            log.flush()
+            os.fsync(log.fileno())
+            made += len(batch)
+            rate = made / max(time.monotonic() - started, 1e-9)
+            progress(Progress("generate", len(done) + made, len(items),
+                              {"images_per_s": round(rate, 2),
+                               "eta_s": round((len(todo) - made) / max(rate, 1e-9), 1)}))
+    return SyntheticSet.load(out_dir)
+
+
+def _read_manifest(path: Path) -> dict[int, dict[str, Any]]:
+    done: dict[int, dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+                done[int(entry["index"])] = entry
+            except (ValueError, KeyError):
+                continue  # a line torn by a kill mid-write; its image is regenerated
+    return done
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "class"
+
+
+def balanced_total(n_real: int, cardinality: float, n_classes: int) -> int:
+    """N× the real set size (fractional allowed), at least one image per class."""
+    if cardinality <= 0:
+        raise ValueError(f"cardinality must be > 0, got {cardinality}")
+    return max(n_classes, int(round(n_real * cardinality)))
+
+
+# -- the stage entry: a registered generation run ------------------------------------------------------
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Which generator makes how many images from which prompts."""
+
+    generator: str  # a saved generator folder (runs/<id>/generator), or a base model for `backend`
+    backend: str | None = None  # backend name when `generator` is not a saved folder (e.g. sd-lora + hub id)
+    options: tuple[tuple[str, Any], ...] = ()  # backend overrides: num_inference_steps, guidance_scale, ...
+    prompts: str = "classnames"  # store:NAME[@VERSION] | a TCKR .json / .txt file | classnames
+    template: str = "class_caption"  # prompt template (see pipeline.captions.TEMPLATES)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)  # class names and real-set size
+    cardinality: float = 1.0  # images = cardinality x number of member images (class-balanced)
+    num_images: int | None = None  # exact number of images (overrides cardinality)
+    round: int = 0  # regeneration round k (fresh seeds per round)
+    seed: int = 0  # base seed
+    batch_size: int = 64  # images per generator call
+    out_dir: str | None = None  # output folder (default: the run folder); reuse it to resume
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    run_id: str
+    synthetic: SyntheticSet
+    images_per_s: float
+
+
+def synthesize(config: GenerateConfig, project: Any, progress: ProgressFn = no_progress,
+               generator: Generator | None = None) -> GenerateResult:
+    """Generate a synthetic set as a registered run (resumable through ``out_dir``)."""
+    from .data import load_dataset
+    from .finetune import load_generator
+    from .generators import create_generator
+    from .prompts import pool_from_class_names, pool_from_file, pool_from_store
+    from .runs import Link
+
+    # 1. check inputs: data, prompts, size
+    dataset = load_dataset(config.dataset)
+    members = dataset.membership().members
+    links = [Link("data", "dataset", dataset.fingerprint)]
+    if config.prompts.startswith("store:"):
+        name, _, version = config.prompts[len("store:"):].partition("@")
+        pool = pool_from_store(project, name, dataset, set(members), int(version) if version else None,
+                               config.template)
+        links.append(Link("captions", "captions", pool.source[len("store:"):]))
+    elif config.prompts == "classnames":
+        pool = pool_from_class_names(dataset.class_names)
+    else:
+        pool = pool_from_file(Path(config.prompts), dataset.class_names, config.template)
+    total = config.num_images or balanced_total(len(members), config.cardinality, len(dataset.class_names))
+
+    # 2. the generator
+    source = Path(config.generator)
+    if generator is None:
+        if config.backend is None:
+            generator = load_generator(source, **dict(config.options))
+        else:
+            generator = create_generator(config.backend, base=config.generator, **dict(config.options))
+    backend_file = source / "backend.json"
+    if backend_file.exists():
+        links.append(Link("generator", "run", read_json(backend_file)["run"]))
+
+    # 3. register and generate
+    registry = project.registry()
+    run = registry.create("generate", config, links=links)
+    out_dir = Path(config.out_dir) if config.out_dir else run.run_dir
+    plan = GenerationPlan(total=total, seed=config.seed, round=config.round, batch_size=config.batch_size)
+    with registry.track(run.id):
+        started = time.monotonic()
+        synthetic = generate_set(generator, pool, plan, out_dir, generator_ref=str(source), progress=progress)
+        rate = len(synthetic) / max(time.monotonic() - started, 1e-9)
+        registry.report(run.id, images=len(synthetic), images_per_s=round(rate, 2), out_dir=str(out_dir))
+    return GenerateResult(run.id, synthetic, rate)
