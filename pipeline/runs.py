@@ -144,6 +144,10 @@ class RunRegistry:
                            [(run_id, k.role, k.ref_kind, k.ref) for k in links])
         return self.get(run_id)
 
+    def set_pid(self, run_id: str, pid: int) -> None:
+        """Record the process that will execute a queued run (for cancel and crash detection)."""
+        self._update(run_id, pid=pid)
+
     def start(self, run_id: str) -> None:
         self._update(run_id, status="running", started_at=_now(), pid=os.getpid())
 

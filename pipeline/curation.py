@@ -1,0 +1,133 @@
+"""Caption curation helpers for people fixing captions by hand: filter, search, bulk find & replace
+with a preview, per-class statistics, re-captioning a selection. Pure functions over store records,
+plus :func:`recaption` which writes a new store version."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from .caption_store import CaptionChange, CaptionRecord, CaptionStore
+from .captioners import Captioner, CaptionerConfig, create_captioner
+from .data import ImageDataset
+
+STOPWORDS = frozenset("a an the of on in at with and is are to for by from its it this that".split())
+FILTERS = ("all", "edited", "machine", "needs review")
+
+
+@dataclass(frozen=True)
+class ClassStats:
+    """Statistics of one class's captions."""
+
+    label: str
+    count: int
+    mean_words: float
+    top_words: tuple[tuple[str, int], ...]  # most frequent non-stopwords with counts
+    missing_class_name: int  # captions that do not mention the class name
+
+
+def needs_review(record: CaptionRecord) -> bool:
+    """A machine caption that is empty, very short, repeats a word 3+ times or lacks the class name."""
+    words = record.caption.lower().split()
+    if record.edited_by_hand:
+        return False
+    repeated = any(n >= 3 for n in Counter(words).values())
+    return len(words) < 3 or repeated or not mentions_class(record.caption, record.label)
+
+
+def mentions_class(caption: str, label: str) -> bool:
+    return re.search(rf"\b{re.escape(label.lower().replace('_', ' '))}s?\b", caption.lower()) is not None
+
+
+def filter_records(records: Mapping[str, CaptionRecord], classes: Iterable[str] | None = None, text: str = "",
+                   status: str = "all") -> list[CaptionRecord]:
+    """Records (sorted by id) of the given classes whose caption contains ``text`` (case-insensitive)
+    and whose status is ``status``: all | edited (by hand) | machine | needs review."""
+    if status not in FILTERS:
+        raise ValueError(f"unknown filter {status!r}; valid: {', '.join(FILTERS)}")
+    wanted = set(classes) if classes else None
+    needle = text.lower().strip()
+    out = []
+    for image_id in sorted(records):
+        r = records[image_id]
+        if wanted is not None and r.label not in wanted:
+            continue
+        if needle and needle not in r.caption.lower() and needle not in r.id.lower():
+            continue
+        if status == "edited" and not r.edited_by_hand or status == "machine" and r.edited_by_hand:
+            continue
+        if status == "needs review" and not needs_review(r):
+            continue
+        out.append(r)
+    return out
+
+
+def find_replace(records: Iterable[CaptionRecord], find: str, replace: str, regex: bool = False,
+                 case_sensitive: bool = False) -> list[CaptionChange]:
+    """The changes a bulk find & replace would make (preview); nothing is written."""
+    if not find:
+        raise ValueError("nothing to find: the search text is empty")
+    flags = 0 if case_sensitive else re.IGNORECASE
+    try:
+        pattern = re.compile(find if regex else re.escape(find), flags)
+    except re.error as err:
+        raise ValueError(f"invalid regular expression {find!r}: {err}") from None
+    changes = []
+    for r in records:
+        new = pattern.sub(replace, r.caption)
+        if new != r.caption:
+            changes.append(CaptionChange(r.id, r.caption, new))
+    return changes
+
+
+def apply_changes(store: CaptionStore, changes: Iterable[CaptionChange], base_version: int,
+                  author: str = "", message: str = "find and replace") -> int:
+    """Save previewed changes as one hand edit (refused on conflict, like any edit)."""
+    return store.edit({c.id: c.after or "" for c in changes}, base_version=base_version, author=author,
+                      message=message)
+
+
+def class_stats(records: Mapping[str, CaptionRecord], class_names: Iterable[str], top: int = 8) -> list[ClassStats]:
+    """Per-class count, mean caption length, most frequent words and captions missing the class name."""
+    by_class: dict[str, list[CaptionRecord]] = {c: [] for c in class_names}
+    for r in records.values():
+        by_class.setdefault(r.label, []).append(r)
+    out = []
+    for label, items in by_class.items():
+        words = Counter(w for r in items for w in re.findall(r"[a-z']+", r.caption.lower()) if w not in STOPWORDS)
+        lengths = [len(r.caption.split()) for r in items]
+        out.append(ClassStats(label, len(items), sum(lengths) / len(lengths) if lengths else 0.0,
+                              tuple(words.most_common(top)),
+                              sum(not mentions_class(r.caption, r.label) for r in items)))
+    return out
+
+
+def recaption(store: CaptionStore, dataset: ImageDataset, ids: list[str], config: CaptionerConfig,
+              base_version: int, captioner: Captioner | None = None, author: str = "") -> int:
+    """Re-caption the selected images with a captioner; one new version (conflict-checked)."""
+    if not ids:
+        raise ValueError("select at least one image to re-caption")
+    captioner = captioner or create_captioner(config)
+    source = captioner.source()
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    records: list[CaptionRecord] = []
+    pairs = list(dataset.iter_images([dataset.record(i) for i in ids]))
+    for start in range(0, len(pairs), config.batch_size):
+        chunk = pairs[start:start + config.batch_size]
+        labels = [dataset.class_name(r.label) for r, _ in chunk]
+        texts = captioner.caption([img for _, img in chunk], labels)
+        records += [CaptionRecord(r.id, label, text.strip(), source, stamp)
+                    for (r, _), label, text in zip(chunk, labels, texts)]
+    return store.save(records, base_version=base_version, author=author,
+                      message=f"re-caption {len(records)} images with {source['captioner']}")
+
+
+def stats_table(stats: list[ClassStats]) -> list[dict[str, Any]]:
+    """Rows for a table widget."""
+    return [{"class": s.label, "captions": s.count, "mean words": round(s.mean_words, 1),
+             "missing class name": s.missing_class_name,
+             "top words": ", ".join(f"{w} ({n})" for w, n in s.top_words)} for s in stats]
