@@ -1,0 +1,427 @@
+"""Membership-inference maths: LiRA scores, ROC metrics and TCKR's Accuracy Over Privacy.
+
+Pure NumPy/SciPy functions on arrays (no I/O, no torch), in the manner of TF-Privacy's
+``advanced_mia.py``. Shapes use ``n`` challenge examples, ``m`` shadow models, ``a`` augmentations
+(views of one example, e.g. original + horizontal flip) and ``k`` classes.
+
+Convention throughout: a *higher* membership score means "more likely a member".
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from scipy import special, stats
+
+logger = logging.getLogger(__name__)
+
+# Added as a lower bound on every standard deviation, only so that a shadow distribution with
+# zero spread (all shadows gave the same score) does not divide by zero; it is far below any
+# real spread of logit-scaled scores, so it never changes a score otherwise. The reference LiRA
+# code adds 1e-30 to sigma for the same reason.
+SIGMA_FLOOR = 1e-30
+
+_LOG_SQRT_2PI = 0.5 * np.log(2.0 * np.pi)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-example scores
+# ---------------------------------------------------------------------------------------------
+
+
+def logit_scaled_confidence(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """LiRA's logit-scaled confidence ``log p_y - log sum_{y' != y} p_y'`` (Carlini et al. 2022).
+
+    Computed from the logits as ``z_y - logsumexp_{y' != y} z_y'`` (the softmax normaliser
+    cancels), so it stays exact for huge logits where ``p_y`` rounds to 1.
+
+    Args:
+        logits: (..., k) float logits, k >= 2.
+        labels: (...) int true class of each row, in [0, k).
+
+    Returns:
+        (...) float64 scores.
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels)
+    if z.ndim < 1 or z.shape[-1] < 2:
+        raise ValueError(f"logits must have shape (..., k) with k >= 2 classes; got {z.shape}")
+    if y.shape != z.shape[:-1]:
+        raise ValueError(f"labels shape {y.shape} must equal logits shape without the class axis "
+                         f"{z.shape[:-1]}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"labels must be integers; got dtype {y.dtype}")
+    k = z.shape[-1]
+    if y.size and (y.min() < 0 or y.max() >= k):
+        raise ValueError(f"labels must lie in [0, {k}); got range [{y.min()}, {y.max()}]")
+    if not np.all(np.isfinite(z)):
+        raise ValueError("logits contain NaN or infinity")
+    z_true = np.take_along_axis(z, y[..., None], axis=-1)[..., 0]
+    others = z.copy()
+    np.put_along_axis(others, y[..., None], -np.inf, axis=-1)
+    return z_true - special.logsumexp(others, axis=-1)
+
+
+def loss_threshold_scores(losses: np.ndarray) -> np.ndarray:
+    """The loss-threshold baseline attack (Yeom et al. 2018): score = -loss.
+
+    Args:
+        losses: (n,) per-example loss of the attacked model.
+
+    Returns:
+        (n,) float64 membership scores.
+    """
+    losses = np.asarray(losses, dtype=np.float64)
+    if losses.ndim != 1:
+        raise ValueError(f"losses must have shape (n,); got {losses.shape}")
+    if np.isnan(losses).any():
+        raise ValueError("losses contain NaN")
+    return -losses
+
+
+def _log_normal_pdf(s: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """log N(s; mu, sigma), elementwise (sigma already floored)."""
+    return -0.5 * ((s - mu) / sigma) ** 2 - np.log(sigma) - _LOG_SQRT_2PI
+
+
+def _check_lira_inputs(target: np.ndarray, shadow: np.ndarray, shadow_in: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate and lift to (n, a), (m, n, a), (m, n)."""
+    target = np.asarray(target, dtype=np.float64)
+    shadow = np.asarray(shadow, dtype=np.float64)
+    shadow_in = np.asarray(shadow_in)
+    if target.ndim not in (1, 2):
+        raise ValueError(f"target must have shape (n,) or (n, a); got {target.shape}")
+    if shadow.ndim != target.ndim + 1:
+        raise ValueError(f"shadow must have shape (m, n) for target (n,), or (m, n, a) for target "
+                         f"(n, a); got shadow {shadow.shape} with target {target.shape}")
+    if shadow.shape[1:] != target.shape:
+        raise ValueError(f"shadow shape {shadow.shape} does not match target shape {target.shape} "
+                         "(expected (m, *target.shape))")
+    if shadow_in.dtype != np.bool_:
+        raise ValueError(f"shadow_in must be a bool array; got dtype {shadow_in.dtype}")
+    if shadow_in.shape != shadow.shape[:2]:
+        raise ValueError(f"shadow_in must have shape (m, n) = {shadow.shape[:2]}; got {shadow_in.shape}")
+    if not (np.all(np.isfinite(target)) and np.all(np.isfinite(shadow))):
+        raise ValueError("target or shadow scores contain NaN or infinity")
+    if target.ndim == 1:
+        target, shadow = target[:, None], shadow[..., None]
+    return target, shadow, shadow_in
+
+
+def _require_count(count: np.ndarray, which: str, why: str) -> None:
+    """Raise naming the examples with fewer than two shadows of one kind."""
+    bad = np.flatnonzero(count < 2)
+    if bad.size:
+        shown = ", ".join(str(i) for i in bad[:20]) + (" ..." if bad.size > 20 else "")
+        raise ValueError(f"{bad.size} example(s) have fewer than 2 {which} shadows ({why}): "
+                         f"indices [{shown}]; train more shadow models or change the splits")
+
+
+def _median_std(shadow: np.ndarray, mask: np.ndarray, fixed_variance: bool
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Median and population std (ddof=0) over the shadows selected by ``mask``.
+
+    Args:
+        shadow: (m, n, a) scores.
+        mask: (m, n) bool, every column has >= 2 True entries.
+
+    Returns:
+        mu (n, a), sigma (n, a) or a broadcastable scalar when ``fixed_variance``.
+    """
+    vals = np.where(mask[:, :, None], shadow, np.nan)
+    mu = np.nanmedian(vals, axis=0)
+    if fixed_variance:
+        # One global sigma: pool every selected score after removing its own example's median.
+        sigma = np.nanstd(vals - mu[None])
+    else:
+        sigma = np.nanstd(vals, axis=0)
+    return mu, np.maximum(sigma, SIGMA_FLOOR)
+
+
+def lira_scores(target: np.ndarray, shadow: np.ndarray, shadow_in: np.ndarray,
+                online: bool = True, fixed_variance: bool = False) -> np.ndarray:
+    """Likelihood-ratio attack scores (LiRA, Carlini et al. 2022, arXiv 2112.03570, Alg. 1).
+
+    For each example j and augmentation v, fit a Gaussian to the shadow scores of the shadows
+    that trained on j ("in") and of those that did not ("out"): centre = median (robust, as in
+    the reference code), spread = population standard deviation (``ddof=0``, as ``np.std``).
+
+    * online:  mean_v [ log N(s_jv; mu_in, sigma_in) - log N(s_jv; mu_out, sigma_out) ]
+    * offline: mean_v [ log Phi((s_jv - mu_out) / sigma_out) ], the paper's one-sided offline
+      test, which needs out shadows only. ``Phi`` is the standard normal CDF, computed in log
+      space by ``scipy.special.log_ndtr`` so far tails stay finite.
+
+    ``fixed_variance=True`` replaces each per-example sigma_in (sigma_out) by one global value: the
+    population std of all in (out) shadow scores, over examples and augmentations, after
+    subtracting each example's own median for that augmentation (the paper's "fixed variance"
+    variant, for few shadows; the reference code instead takes ``np.std`` of the raw scores).
+    Every sigma is floored at ``SIGMA_FLOOR`` (1e-30) only to avoid dividing by zero.
+
+    Args:
+        target: (n,) or (n, a) scores of the attacked model, e.g. logit-scaled confidences.
+        shadow: (m, n) or (m, n, a) the same scores from m shadow models.
+        shadow_in: (m, n) bool, True where example j was in shadow i's training set.
+        online: use in and out shadows (True) or out shadows only (False).
+        fixed_variance: use one global sigma per side instead of a per-example one.
+
+    Returns:
+        (n,) float64 scores, higher = more likely a member.
+
+    Raises:
+        ValueError: on bad shapes, or an example with fewer than two out shadows (or, online,
+            fewer than two in shadows); the message lists the offending example indices.
+    """
+    target, shadow, shadow_in = _check_lira_inputs(target, shadow, shadow_in)
+    n_in = shadow_in.sum(axis=0)
+    n_out = shadow_in.shape[0] - n_in
+    _require_count(n_out, "out", "LiRA needs a spread of out-scores")
+    mu_out, sigma_out = _median_std(shadow, ~shadow_in, fixed_variance)
+    if online:
+        _require_count(n_in, "in", "online LiRA needs a spread of in-scores; or use online=False")
+        mu_in, sigma_in = _median_std(shadow, shadow_in, fixed_variance)
+        per_view = _log_normal_pdf(target, mu_in, sigma_in) - _log_normal_pdf(target, mu_out, sigma_out)
+    else:
+        per_view = special.log_ndtr((target - mu_out) / sigma_out)
+    return per_view.mean(axis=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# ROC metrics
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_scores(scores: np.ndarray, is_member: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.asarray(scores, dtype=np.float64)
+    is_member = np.asarray(is_member)
+    if scores.ndim != 1:
+        raise ValueError(f"scores must have shape (n,); got {scores.shape}")
+    if is_member.shape != scores.shape:
+        raise ValueError(f"is_member shape {is_member.shape} must equal scores shape {scores.shape}")
+    if is_member.dtype != np.bool_:
+        raise ValueError(f"is_member must be a bool array; got dtype {is_member.dtype}")
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("scores contain NaN or infinity")
+    n_pos = int(is_member.sum())
+    if n_pos == 0 or n_pos == is_member.size:
+        raise ValueError(f"need both members and non-members; got {n_pos} members of {is_member.size}")
+    return scores, is_member
+
+
+def roc_curve(scores: np.ndarray, is_member: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact ROC curve of the rule "member iff score >= threshold".
+
+    One point per distinct score (tied scores move together, giving a diagonal segment), plus a
+    first point (0, 0) at threshold +inf; the last point is (1, 1) at the smallest score.
+
+    Args:
+        scores: (n,) finite membership scores, higher = more likely member.
+        is_member: (n,) bool ground truth, with at least one member and one non-member.
+
+    Returns:
+        fpr (p,), tpr (p,), thresholds (p,), with p = distinct scores + 1; fpr and tpr
+        non-decreasing, thresholds decreasing.
+    """
+    scores, is_member = _check_scores(scores, is_member)
+    order = np.argsort(-scores, kind="mergesort")
+    s, y = scores[order], is_member[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(s) != 0), s.size - 1]
+    tps = np.cumsum(y)[last_of_tie]
+    fps = last_of_tie + 1 - tps
+    tpr = np.r_[0.0, tps / tps[-1]]
+    fpr = np.r_[0.0, fps / fps[-1]]
+    thresholds = np.r_[np.inf, s[last_of_tie]]
+    return fpr, tpr, thresholds
+
+
+def auc(fpr: np.ndarray, tpr: np.ndarray) -> float:
+    """Area under a ROC curve by the trapezoid rule.
+
+    On the exact curve from :func:`roc_curve` this equals the Mann-Whitney probability
+    P(score_member > score_nonmember) + 1/2 P(tie).
+
+    Args:
+        fpr: (p,) non-decreasing false-positive rates.
+        tpr: (p,) true-positive rates.
+    """
+    fpr, tpr = np.asarray(fpr, dtype=np.float64), np.asarray(tpr, dtype=np.float64)
+    if fpr.shape != tpr.shape or fpr.ndim != 1:
+        raise ValueError(f"fpr and tpr must be 1-D of equal length; got {fpr.shape}, {tpr.shape}")
+    if np.any(np.diff(fpr) < 0):
+        raise ValueError("fpr must be non-decreasing")
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
+
+
+def roc_auc(scores: np.ndarray, is_member: np.ndarray) -> float:
+    """AUC of the exact ROC curve (Mann-Whitney, ties counted 1/2).
+
+    Args:
+        scores: (n,) membership scores.
+        is_member: (n,) bool ground truth.
+    """
+    fpr, tpr, _ = roc_curve(scores, is_member)
+    return auc(fpr, tpr)
+
+
+def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
+    """Largest TPR among ROC points with FPR <= ``target`` (the LiRA paper's convention).
+
+    Args:
+        fpr: (p,) false-positive rates of the ROC points.
+        tpr: (p,) matching true-positive rates.
+        target: the FPR budget, e.g. 0.001 for "TPR at 0.1% FPR".
+    """
+    fpr, tpr = np.asarray(fpr, dtype=np.float64), np.asarray(tpr, dtype=np.float64)
+    if fpr.shape != tpr.shape or fpr.ndim != 1:
+        raise ValueError(f"fpr and tpr must be 1-D of equal length; got {fpr.shape}, {tpr.shape}")
+    ok = fpr <= target
+    if not ok.any():
+        raise ValueError(f"no ROC point has FPR <= {target}; a full curve starts at (0, 0)")
+    return float(tpr[ok].max())
+
+
+def balanced_attack_accuracy(fpr: np.ndarray, tpr: np.ndarray) -> float:
+    """Best balanced accuracy over thresholds: max of 1 - (FPR + (1 - TPR)) / 2.
+
+    Args:
+        fpr: (p,) false-positive rates of the ROC points.
+        tpr: (p,) matching true-positive rates.
+    """
+    fpr, tpr = np.asarray(fpr, dtype=np.float64), np.asarray(tpr, dtype=np.float64)
+    if fpr.shape != tpr.shape or fpr.ndim != 1 or fpr.size == 0:
+        raise ValueError(f"fpr and tpr must be 1-D of equal, non-zero length; got {fpr.shape}, {tpr.shape}")
+    return float(np.max(1.0 - (fpr + (1.0 - tpr)) / 2.0))
+
+
+def bootstrap_auc_ci(scores: np.ndarray, is_member: np.ndarray, n_boot: int = 1000,
+                     alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval for the AUC.
+
+    Members and non-members are resampled separately (stratified), keeping both group sizes, so
+    every replicate has both classes. Each replicate's AUC is the Mann-Whitney statistic from
+    average ranks (ties 1/2), the same value :func:`roc_auc` gives.
+
+    Args:
+        scores: (n,) membership scores.
+        is_member: (n,) bool ground truth.
+        n_boot: number of bootstrap replicates (>= 1).
+        alpha: 1 - confidence level, e.g. 0.05 for a 95% interval.
+        seed: seed of the resampling generator.
+
+    Returns:
+        (low, high) the alpha/2 and 1 - alpha/2 quantiles of the replicate AUCs.
+    """
+    scores, is_member = _check_scores(scores, is_member)
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1; got {n_boot}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must lie in (0, 1); got {alpha}")
+    rng = np.random.default_rng(seed)
+    pos, neg = scores[is_member], scores[~is_member]
+    n_pos, n_neg = pos.size, neg.size
+    chunk = max(1, 2_000_000 // scores.size)  # bound memory of the (chunk, n) rank matrix
+    aucs = []
+    for start in range(0, n_boot, chunk):
+        c = min(chunk, n_boot - start)
+        sample = np.concatenate([pos[rng.integers(0, n_pos, size=(c, n_pos))],
+                                 neg[rng.integers(0, n_neg, size=(c, n_neg))]], axis=1)
+        ranks = stats.rankdata(sample, axis=1)
+        aucs.append((ranks[:, :n_pos].sum(axis=1) - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    low, high = np.quantile(np.concatenate(aucs), [alpha / 2.0, 1.0 - alpha / 2.0])
+    return float(low), float(high)
+
+
+def aop(accuracy: float, auc: float) -> float:
+    """TCKR's Accuracy Over Privacy: accuracy / (2 * AUC)^2.
+
+    An AUC of 0.5 (no better than guessing) leaves the accuracy unchanged; a leakier model is
+    penalised quadratically. E.g. accuracy 0.9752, AUC 0.5389 -> 0.8395.
+
+    Args:
+        accuracy: classifier test accuracy in [0, 1].
+        auc: membership-inference AUC in (0, 1].
+    """
+    if not 0.0 <= accuracy <= 1.0:
+        raise ValueError(f"accuracy must lie in [0, 1]; got {accuracy}")
+    if not 0.0 < auc <= 1.0:
+        raise ValueError(f"auc must lie in (0, 1]; got {auc}")
+    return float(accuracy / (2.0 * auc) ** 2)
+
+
+def _downsample_roc(fpr: np.ndarray, tpr: np.ndarray, max_points: int = 500,
+                    exact_below: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+    """Thin a ROC curve for plotting/JSON while keeping its low-FPR end exact.
+
+    Steps: 1. drop interior points of vertical/horizontal runs (lossless); 2. if still too
+    many, keep every point with FPR <= ``exact_below`` (when they fit in a fifth of the budget),
+    and, for each FPR on a log- and a linearly-spaced grid plus the anchors 1e-5 ... 1e-1, the
+    last point at or below it and the next one, so ``tpr_at_fpr`` of the thinned curve at any
+    grid value (hence at 0.1% and 1%) equals the exact one.
+
+    Args:
+        fpr, tpr: (p,) exact ROC curve.
+
+    Returns:
+        fpr (q,), tpr (q,) with q <= about ``max_points``, first and last points kept.
+    """
+    # 1. lossless: drop interior points of vertical or horizontal runs (diagonal tie segments
+    #    are kept whole: their interior points matter to tpr_at_fpr)
+    if fpr.size > 2:
+        vertical = (fpr[1:-1] == fpr[:-2]) & (fpr[1:-1] == fpr[2:])
+        horizontal = (tpr[1:-1] == tpr[:-2]) & (tpr[1:-1] == tpr[2:])
+        keep = np.r_[True, ~(vertical | horizontal), True]
+        fpr, tpr = fpr[keep], tpr[keep]
+    if fpr.size <= max_points:
+        return fpr, tpr
+    # 2. lossy: exact low-FPR end plus grid-anchored points
+    chosen = [np.array([0, fpr.size - 1])]
+    low = np.flatnonzero(fpr <= exact_below)
+    if low.size <= max_points // 5:
+        chosen.append(low)
+    n_grid = max(2, (max_points - max_points // 5) // 4)
+    smallest = fpr[fpr > 0].min()
+    anchors = [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]  # the FPRs reports quote TPR at
+    grid = np.r_[np.logspace(np.log10(smallest), 0.0, n_grid), np.linspace(0.0, 1.0, n_grid), anchors]
+    at = np.searchsorted(fpr, grid, side="right") - 1
+    chosen += [at, np.minimum(at + 1, fpr.size - 1)]
+    idx = np.unique(np.concatenate(chosen))
+    return fpr[idx], tpr[idx]
+
+
+def attack_metrics(scores: np.ndarray, is_member: np.ndarray, accuracy: float | None = None,
+                   n_boot: int = 1000, seed: int = 0, max_roc_points: int = 500) -> dict[str, Any]:
+    """Every figure a privacy report needs, as plain JSON-serialisable Python values.
+
+    Args:
+        scores: (n,) membership scores, higher = more likely member.
+        is_member: (n,) bool ground truth.
+        accuracy: test accuracy of the attacked model; adds ``aop`` when given.
+        n_boot: bootstrap replicates for ``auc_ci95``; 0 skips it (value None).
+        seed: seed of the bootstrap.
+        max_roc_points: about how many points ``roc`` keeps (low-FPR end kept exact).
+
+    Returns:
+        dict with ``auc``, ``auc_ci95`` [low, high] (or None), ``tpr_at_0.1pct_fpr``,
+        ``tpr_at_1pct_fpr``, ``balanced_accuracy``, ``n_members``, ``n_nonmembers``,
+        ``roc`` {"fpr": [...], "tpr": [...]}, and ``aop`` when ``accuracy`` is given.
+    """
+    fpr, tpr, _ = roc_curve(scores, is_member)
+    area = auc(fpr, tpr)
+    n_members = int(np.sum(is_member))
+    ci = bootstrap_auc_ci(scores, is_member, n_boot=n_boot, seed=seed) if n_boot > 0 else None
+    roc_fpr, roc_tpr = _downsample_roc(fpr, tpr, max_points=max_roc_points)
+    out: dict[str, Any] = {
+        "auc": area,
+        "auc_ci95": [ci[0], ci[1]] if ci is not None else None,
+        "tpr_at_0.1pct_fpr": tpr_at_fpr(fpr, tpr, 0.001),
+        "tpr_at_1pct_fpr": tpr_at_fpr(fpr, tpr, 0.01),
+        "balanced_accuracy": balanced_attack_accuracy(fpr, tpr),
+        "n_members": n_members,
+        "n_nonmembers": int(np.size(is_member) - n_members),
+        "roc": {"fpr": [float(v) for v in roc_fpr], "tpr": [float(v) for v in roc_tpr]},
+    }
+    if accuracy is not None:
+        out["aop"] = aop(accuracy, area)
+    return out

@@ -1,0 +1,147 @@
+"""Stacked (vmap) training must equal separate ordinary trainings, model by model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.func import stack_module_state
+
+from pipeline.batched import (
+    TrainRecipe,
+    _per_model_losses,
+    predict_stacked,
+    train_single,
+    train_stacked,
+    unstack_models,
+)
+from pipeline.common import Progress
+
+
+def tiny_cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.GroupNorm(2, 4), nn.ReLU(),
+        nn.Conv2d(4, 6, 3, stride=2, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(24, 3),
+    )
+
+
+def toy_data(n: int = 24, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 6, 6, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def assert_same_weights(stacked: dict[str, torch.Tensor], i: int, model: nn.Module) -> None:
+    state = model.state_dict()
+    assert set(state) == set(stacked)
+    for name, value in state.items():
+        torch.testing.assert_close(stacked[name][i], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_stacked_equals_separate_trainings_equal_subsets():
+    # 2 models, 12 examples each, batch 4, 1 epoch -> 3 optimiser steps per model
+    x, y = toy_data()
+    masks = torch.zeros(2, 24, dtype=torch.bool)
+    masks[0, :12] = True
+    masks[1, 6:18] = True
+    recipe = TrainRecipe(epochs=1, batch_size=4, lr=1e-2, weight_decay=0.1, seed=3)
+    stacked = train_stacked(tiny_cnn, x, y, masks, recipe)
+    singles = [train_single(tiny_cnn, x, y, recipe, mask=masks[i], model_index=i) for i in range(2)]
+    for i, model in enumerate(singles):
+        assert_same_weights(stacked, i, model)
+    # the two models really differ (own seeds, own data), so the comparison above can fail
+    assert not torch.allclose(stacked["0.weight"][0], stacked["0.weight"][1])
+    # and training moved model 0 away from its initial weights (drawn from seed 3 + 0)
+    torch.manual_seed(3)
+    initial = tiny_cnn()
+    assert not torch.allclose(stacked["0.weight"][0], initial[0].weight, atol=1e-3)
+
+
+def test_stacked_equals_separate_unequal_subsets_flip_smoothing():
+    # 3 models with 7, 9 and 5 examples: 9 examples per epoch for everyone (smaller subsets
+    # topped up from a fresh permutation), batch 4 -> steps of 4, 4, 1; 2 epochs = 6 steps.
+    x, y = toy_data()
+    masks = torch.zeros(3, 24, dtype=torch.bool)
+    masks[0, :7] = True
+    masks[1, 10:19] = True
+    masks[2, ::5] = True
+    recipe = TrainRecipe(epochs=2, batch_size=4, lr=5e-3, label_smoothing=0.1, augment_flip=True,
+                         crop_padding=1, seed=11)
+    stacked = train_stacked(tiny_cnn, x, y, masks, recipe)
+    for i in range(3):
+        single = train_single(tiny_cnn, x, y, recipe, mask=masks[i], model_index=i, examples_per_epoch=9)
+        assert_same_weights(stacked, i, single)
+        torch.testing.assert_close(predict_stacked(tiny_cnn, stacked, x, batch_size=5)[i],
+                                   single(x).detach(), rtol=1e-4, atol=1e-5)
+
+
+def test_predict_stacked_matches_unstacked_models_and_shape():
+    x, y = toy_data(n=10)
+    masks = torch.ones(4, 10, dtype=torch.bool)
+    stacked = train_stacked(tiny_cnn, x, y, masks, TrainRecipe(epochs=1, batch_size=5))
+    logits = predict_stacked(tiny_cnn, stacked, x, batch_size=3)
+    assert logits.shape == (4, 10, 3)
+    for i, model in enumerate(unstack_models(tiny_cnn, stacked)):
+        torch.testing.assert_close(logits[i], model(x).detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_stacked_models_learn_an_easy_task():
+    # class 0: bright left half, class 1: bright right half, plus noise
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 2, (64,), generator=g)
+    x = 0.3 * torch.randn(64, 1, 6, 6, generator=g)
+    x[y == 0, :, :, :3] += 1.0
+    x[y == 1, :, :, 3:] += 1.0
+    masks = torch.rand(3, 64, generator=g) < 0.6
+    events: list[Progress] = []
+    stacked = train_stacked(tiny_cnn, x, y, masks, TrainRecipe(epochs=15, batch_size=16, lr=2e-2),
+                            progress=events.append)
+    accuracy = (predict_stacked(tiny_cnn, stacked, x).argmax(-1) == y).float().mean(1)
+    assert (accuracy > 0.9).all(), accuracy
+    assert events[-1].done == events[-1].total and events[-1].stage == "shadows"
+
+
+def test_rejects_batchnorm_and_empty_masks():
+    x, y = toy_data(n=8)
+    with pytest.raises(ValueError, match="BatchNorm"):
+        train_stacked(lambda: nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(),
+                                            nn.Linear(32, 3)),
+                      x, y, torch.ones(2, 8, dtype=torch.bool), TrainRecipe(epochs=1))
+    masks = torch.ones(2, 8, dtype=torch.bool)
+    masks[1] = False
+    with pytest.raises(ValueError, match=r"model\(s\) \[1\] have no training examples"):
+        train_stacked(tiny_cnn, x, y, masks, TrainRecipe(epochs=1))
+    with pytest.raises(ValueError, match="examples_per_epoch"):
+        train_single(tiny_cnn, x, y, TrainRecipe(epochs=1), examples_per_epoch=3)
+
+
+def test_stacked_gradient_is_each_models_own_mean_loss_gradient():
+    # Adam is nearly blind to a constant gradient scale, so check the gradients themselves:
+    # d(sum_i L_i)/d(theta_i) must equal dL_i/d(theta_i) of model i alone, L_i = mean over its batch.
+    x, y = toy_data(n=10)
+    models = []
+    for seed in (0, 1, 2):
+        torch.manual_seed(seed)
+        models.append(tiny_cnn())
+    params, buffers = stack_module_state(models)
+    with torch.device("meta"):
+        base = tiny_cnn()
+    xb = torch.stack([x[:4], x[3:7], x[6:10]])  # (3, 4, 1, 6, 6): a different batch per model
+    yb = torch.stack([y[:4], y[3:7], y[6:10]])
+    _per_model_losses(base, params, buffers, xb, yb, 0.1).sum().backward()
+    for i, model in enumerate(models):
+        loss = nn.functional.cross_entropy(model(xb[i]), yb[i], label_smoothing=0.1)
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+        for (name, _), grad in zip(model.named_parameters(), grads):
+            torch.testing.assert_close(params[name].grad[i], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_crop_shift_matches_the_training_loop_augmentation():
+    from pipeline.batched import _gather
+
+    x = torch.zeros(3, 1, 5, 5)
+    x[:, :, 2, 2] = 1.0
+    shift = torch.tensor([[0, 0], [1, 1], [2, 1]])  # offsets into the 1-pixel zero-padded image
+    out = _gather(x, torch.arange(3), None, shift, crop_padding=1)
+    # offset (r, c) moves the centre pixel from (2, 2) to (2 + 1 - r, 2 + 1 - c)
+    assert [tuple(torch.nonzero(img[0])[0].tolist()) for img in out] == [(3, 3), (2, 2), (1, 2)]
