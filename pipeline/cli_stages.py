@@ -82,12 +82,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_experiment(args: argparse.Namespace, config: Any) -> int:
+def _run_experiment(args: argparse.Namespace, config: Any, run_id: str | None = None) -> int:
     from .experiment import run_experiment, summary_rows
 
     bars = ProgressBars(not args.quiet)
     try:
-        result = run_experiment(config, project_of(args), progress=bars)
+        result = run_experiment(config, project_of(args), progress=bars, run_id=run_id)
     finally:
         bars.close()
     print()
@@ -113,9 +113,29 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .common import from_dict
     from .experiment import ExperimentConfig
 
+    if args.queued:
+        record = project_of(args).registry().get(args.queued)
+        return _run_experiment(args, from_dict(ExperimentConfig, record.config), run_id=record.id)
+    if not args.config:
+        raise ValueError("give a config file (see `python -m pipeline config`) or --queued RUN_ID")
     return _run_experiment(args, ExperimentConfig.from_file(Path(args.config)))
+
+
+def cmd_studio(args: argparse.Namespace) -> int:
+    from .launch import launch_studio
+
+    return launch_studio(project_of(args).root, host=args.host, port=args.port)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .launch import launch_demo
+
+    project = project_of(args)
+    project.registry().get(args.run)  # an unknown id fails here, before a server starts
+    return launch_demo(project.root, args.run, host=args.host, port=args.port)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -176,8 +196,23 @@ def add_stage_commands(sub: Any) -> None:
 
     p = sub.add_parser("run", help="the whole loop from a JSON config (see `config`)")
     add_project_arg(p)
-    p.add_argument("config", help="JSON file with ExperimentConfig fields")
+    p.add_argument("config", nargs="?", help="JSON file with ExperimentConfig fields")
+    p.add_argument("--queued", default=None, metavar="RUN_ID",
+                   help="execute a run queued by the studio (its config is in the registry)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("studio", help="open the studio (Streamlit) on a project")
+    add_project_arg(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default localhost only)")
+    p.add_argument("--port", type=int, default=8501)
+    p.set_defaults(func=cmd_studio)
+
+    p = sub.add_parser("demo", help="stakeholder demo (Gradio): a run's teacher and student on your images")
+    add_project_arg(p)
+    p.add_argument("--run", required=True, help="a finished experiment run id")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default localhost only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("config", help="print the quickstart's config as JSON (a template for `run`)")
     p.set_defaults(func=cmd_config)
