@@ -6,7 +6,9 @@ ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 TCKR_PROJECT=/data/workspace
 WORKDIR /app
 
 COPY requirements.txt requirements-dev.txt ./
-RUN pip install -r requirements.txt
+# e.g. --build-arg PIP_EXTRA_ARGS="--extra-index-url <a CPU-only torch index>" for a smaller CPU image
+ARG PIP_EXTRA_ARGS=""
+RUN pip install $PIP_EXTRA_ARGS -r requirements.txt
 
 COPY pipeline ./pipeline
 COPY studio ./studio
@@ -16,4 +18,6 @@ RUN pip install --no-deps -e .
 
 VOLUME /data
 EXPOSE 8501
-CMD ["python", "-m", "pipeline", "caption", "--project", "/data/workspace"]
+# The studio binds to localhost unless told otherwise; in a container it must listen on all
+# interfaces so that `docker run -p 8501:8501 ...` can reach it.
+CMD ["python", "-m", "pipeline", "quickstart", "--studio", "--host", "0.0.0.0", "--port", "8501"]

@@ -60,3 +60,10 @@ def test_cli_run_from_a_config_file(tmp_path: Path, capsys):
     config.write_text(json.dumps({"teacher": {"epochs": 2, "optimizer": "sgd"}}))
     assert main(["-q", "run", "--project", str(tmp_path / "p"), str(config)]) == 2
     assert "unknown fields ['optimizer']" in capsys.readouterr().err
+
+
+def test_the_example_config_in_assets_is_the_quickstart():
+    from pipeline.common import from_dict
+
+    path = Path(__file__).resolve().parents[1] / "assets" / "quickstart.json"
+    assert from_dict(ExperimentConfig, json.loads(path.read_text())) == quickstart_config()
