@@ -1,0 +1,81 @@
+"""Generator backends behind one interface, picked by name from :data:`GENERATORS`.
+
+A backend fine-tunes (or trains) on image + prompt pairs, generates images for prompts with
+per-image seeds, and saves / loads itself from a folder. Backends register themselves on import.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from PIL import Image
+
+from ..common import ProgressFn, no_progress
+from ..registry import Registry
+
+
+class Generator(abc.ABC):
+    """The interface every generator backend implements."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type]  # the backend's frozen config dataclass
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    @abc.abstractmethod
+    def fit(
+        self,
+        images: Sequence[Image.Image],
+        prompts: Sequence[str],
+        labels: Sequence[int],
+        out_dir: Path,
+        progress: ProgressFn = no_progress,
+    ) -> dict[str, Any]:
+        """Train on (image, prompt, label) triples; checkpoints go under ``out_dir``.
+
+        Returns metrics (final loss, seconds per step, ...). Resumes from the latest checkpoint
+        found in ``out_dir``.
+        """
+
+    @abc.abstractmethod
+    def generate(
+        self,
+        prompts: Sequence[str],
+        labels: Sequence[int],
+        seeds: Sequence[int],
+        progress: ProgressFn = no_progress,
+    ) -> list[Image.Image]:
+        """One image per (prompt, label, seed); the same seed gives the same image."""
+
+    @abc.abstractmethod
+    def save(self, directory: Path) -> None:
+        """Write everything needed to :meth:`load` this generator again."""
+
+    @classmethod
+    @abc.abstractmethod
+    def load(cls, directory: Path, **overrides: Any) -> Generator:
+        """Load a generator written by :meth:`save`."""
+
+
+GENERATORS: Registry[type[Generator]] = Registry("generator")
+
+
+def generator_class(name: str) -> type[Generator]:
+    """The backend class registered under ``name`` (importing the built-in backends first)."""
+    _import_backends()
+    return GENERATORS.get(name)
+
+
+def create_generator(name: str, **options: Any) -> Generator:
+    """Build a backend by name; ``options`` are fields of its config dataclass."""
+    cls = generator_class(name)
+    return cls(cls.config_class(**options))
+
+
+def _import_backends() -> None:
+    # imported lazily: the SD backend pulls in diffusers/transformers, which is slow at start-up
+    from . import scratch, sd_lora  # noqa: F401
