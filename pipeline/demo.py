@@ -1,0 +1,129 @@
+"""The stakeholder demo's logic: a finished run's teacher and student classify an image, and its
+synthetic samples can be browsed. Only synthetic images are ever read here: the demo must not show
+real (private) training images. The Gradio page over this is ``studio/demo.py``
+(``python -m pipeline demo --run ID``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import nn
+
+from .common import from_dict, read_json
+from .distill import build_model
+from .generate import SyntheticSet
+from .project import Project
+from .train import TrainConfig, images_to_tensor, predict_logits
+
+logger = logging.getLogger(__name__)
+
+ROLES = ("teacher", "student")
+
+
+@dataclass(frozen=True)
+class SyntheticSample:
+    """One synthetic training image of the run."""
+
+    path: Path
+    label: int
+    class_name: str
+    prompt: str
+    round: int
+
+
+@dataclass
+class DemoModels:
+    """What the demo shows: the two classifiers of one run, its classes and its synthetic samples."""
+
+    run_id: str
+    class_names: list[str]
+    models: dict[str, nn.Module]  # "teacher" / "student", in eval mode on the CPU
+    input_size: tuple[int, int]  # (width, height) the classifiers were trained at
+    samples: list[SyntheticSample]
+    metrics: dict  # the run's metrics.json (accuracy, MIA AUC ...), {} when absent
+
+
+@dataclass(frozen=True)
+class Prediction:
+    class_name: str
+    probability: float
+
+
+def load_demo(project: Project, run_id: str) -> DemoModels:
+    """Rebuild a finished experiment run's teacher and student and list its synthetic samples."""
+    # 1. the run and the recipes its models were trained with
+    record = project.registry().get(run_id)
+    if record.kind != "experiment":
+        raise ValueError(f"run {run_id} is a {record.kind} run; the demo needs an experiment run")
+    run_dir = record.run_dir
+    missing = [f"{role}.pt" for role in ROLES if not (run_dir / f"{role}.pt").exists()]
+    if missing:
+        raise FileNotFoundError(f"run {run_id} has no {', '.join(missing)} (status {record.status}); "
+                                "pick a finished run")
+    recipes = {"teacher": from_dict(TrainConfig, record.config["teacher"]),
+               "student": from_dict(TrainConfig, record.config["distill"]["student"])}
+    # 2. synthetic samples; their plan also names the classes
+    rounds = sorted((run_dir / "synthetic").glob("round-*"))
+    if not rounds:
+        raise FileNotFoundError(f"run {run_id} has no synthetic sets in {run_dir / 'synthetic'}")
+    sets = [(int(r.name.split("-")[1]), SyntheticSet.load(r)) for r in rounds]
+    class_names = list(sets[0][1].class_names)
+    samples = [SyntheticSample(s.root / item.file, item.label, class_names[item.label], item.prompt, k)
+               for k, s in sets for item in s.items]
+    # 3. the classifiers, at the size they were trained at
+    models = {}
+    for role, recipe in recipes.items():
+        model = build_model(recipe, len(class_names))
+        model.load_state_dict(torch.load(run_dir / f"{role}.pt", map_location="cpu", weights_only=True))
+        models[role] = model.eval()
+    size = recipes["teacher"].image_size
+    with Image.open(samples[0].path) as first:
+        input_size = (size, size) if size else first.size
+    metrics_file = run_dir / "metrics.json"
+    metrics = read_json(metrics_file) if metrics_file.exists() else {}
+    return DemoModels(run_id, class_names, models, input_size, samples, metrics)
+
+
+def predict(demo: DemoModels, image: Image.Image, top_k: int = 3) -> dict[str, list[Prediction]]:
+    """Top-k classes with probabilities from the teacher and the student, for one image.
+
+    The image is converted to RGB and resized to the classifiers' input size first.
+    """
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    image = image.convert("RGB")
+    if image.size != demo.input_size:
+        image = image.resize(demo.input_size, Image.Resampling.BICUBIC)
+    x = images_to_tensor([image])
+    out = {}
+    for role, model in demo.models.items():
+        probs = torch.softmax(predict_logits(model, x, device="cpu")[0], dim=0)
+        values, indices = probs.topk(min(top_k, len(demo.class_names)))
+        out[role] = [Prediction(demo.class_names[int(i)], float(v)) for v, i in zip(values, indices)]
+    return out
+
+
+def samples_of(demo: DemoModels, class_name: str | None = None, limit: int = 48) -> list[SyntheticSample]:
+    """Up to ``limit`` synthetic samples (of one class, or spread over all classes)."""
+    if class_name is not None:
+        return [s for s in demo.samples if s.class_name == class_name][:limit]
+    per_class: dict[int, list[SyntheticSample]] = {}
+    for s in demo.samples:
+        per_class.setdefault(s.label, []).append(s)
+    picked: list[SyntheticSample] = []
+    for k in range(limit):  # round-robin over classes, so every class shows up
+        for items in per_class.values():
+            if k < len(items) and len(picked) < limit:
+                picked.append(items[k])
+    return picked
+
+
+def as_scores(predictions: Sequence[Prediction]) -> dict[str, float]:
+    """{class: probability}, the shape a label widget shows."""
+    return {p.class_name: p.probability for p in predictions}

@@ -1,0 +1,57 @@
+"""Start the studio (Streamlit) or the stakeholder demo (Gradio) as a child process, bound to
+localhost unless told otherwise. The UIs live in ``studio/``; this module only builds their command
+lines, so the library itself never imports streamlit or gradio."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+STUDIO_APP = PACKAGE_ROOT / "studio" / "app.py"
+
+
+def studio_command(project_root: Path | str, host: str = "127.0.0.1", port: int = 8501) -> list[str]:
+    """``python -m streamlit run studio/app.py ...`` for a project: headless, no usage statistics, no
+    developer menu (no "Deploy" button)."""
+    return [sys.executable, "-m", "streamlit", "run", str(STUDIO_APP),
+            "--server.headless", "true", "--server.address", host, "--server.port", str(port),
+            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
+            "--", "--project", str(Path(project_root).resolve())]
+
+
+def demo_command(project_root: Path | str, run_id: str, host: str = "127.0.0.1", port: int = 7860) -> list[str]:
+    """``python -m studio.demo ...``: the Gradio page of one finished run."""
+    return [sys.executable, "-m", "studio.demo", "--project", str(Path(project_root).resolve()), "--run", run_id,
+            "--host", host, "--port", str(port)]
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a UI process: this package importable, no telemetry."""
+    path = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "GRADIO_ANALYTICS_ENABLED": "False"}
+
+
+def _run(command: list[str], what: str, host: str, port: int) -> int:
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("the %s listens on %s: anyone who can reach this machine can open it", what, host)
+    logger.info("starting the %s on http://%s:%d", what, host, port)
+    try:
+        return subprocess.call(command, env=child_env())
+    except KeyboardInterrupt:
+        return 130
+
+
+def launch_studio(project_root: Path | str, host: str = "127.0.0.1", port: int = 8501) -> int:
+    """Run the studio on ``project_root`` until interrupted; returns the exit code."""
+    return _run(studio_command(project_root, host, port), "studio", host, port)
+
+
+def launch_demo(project_root: Path | str, run_id: str, host: str = "127.0.0.1", port: int = 7860) -> int:
+    """Run the stakeholder demo of ``run_id`` until interrupted; returns the exit code."""
+    return _run(demo_command(project_root, run_id, host, port), "demo", host, port)

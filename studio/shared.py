@@ -1,0 +1,168 @@
+"""What every studio page shares: the project, cached loads (datasets, caption stores, generators),
+thumbnails and one-shot messages. Loads are cached per server process, keyed by what identifies
+their content (a store version never changes once written), so a rerun costs only the visible page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+from PIL import Image
+
+from pipeline.caption_store import CaptionRecord, CaptionStore
+from pipeline.common import from_dict
+from pipeline.curation import filter_records
+from pipeline.data import DatasetConfig, ImageDataset, load_dataset
+from pipeline.project import Project, default_project_dir
+
+THUMB = 64  # thumbnail side in pixels
+
+
+# -- the project ---------------------------------------------------------------------------------------
+def project_root_from_args(argv: list[str] | None = None) -> Path:
+    """``--project DIR`` after ``streamlit run studio/app.py --``, else $TCKR_PROJECT, else ./workspace."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--project", default=None)
+    args, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    return Path(args.project) if args.project else default_project_dir()
+
+
+@st.cache_resource(show_spinner=False)
+def _open_project(root: str) -> Project:
+    return Project.open(root)
+
+
+def project() -> Project:
+    return _open_project(str(project_root_from_args().resolve()))
+
+
+# -- caption stores -------------------------------------------------------------------------------------
+@st.cache_resource(show_spinner=False)
+def store(root: str, name: str) -> CaptionStore:
+    """One store object per server: it keeps the newest state in memory and only reads new versions."""
+    return Project(Path(root)).caption_store(name)
+
+
+@st.cache_resource(show_spinner="Loading captions...", max_entries=8)
+def records(root: str, name: str, version: int) -> dict[str, CaptionRecord]:
+    """The captions of one store version (read-only; versions never change)."""
+    return store(root, name).records(version)
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def filtered_ids(root: str, name: str, version: int, classes: tuple[str, ...], text: str,
+                 status: str) -> list[str]:
+    return [r.id for r in filter_records(records(root, name, version), classes or None, text, status)]
+
+
+# -- datasets ---------------------------------------------------------------------------------------------
+def dataset_key(config: DatasetConfig) -> str:
+    return json.dumps(asdict(config), sort_keys=True)
+
+
+@st.cache_resource(show_spinner="Loading the dataset...", max_entries=4)
+def _dataset(key: str) -> ImageDataset:
+    return load_dataset(from_dict(DatasetConfig, json.loads(key)))
+
+
+def dataset(config: DatasetConfig) -> ImageDataset:
+    """The dataset, loaded once per server (images stay encoded; only shown ones are decoded)."""
+    return _dataset(dataset_key(config))
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _fingerprint(key: str) -> str:
+    return _dataset(key).fingerprint
+
+
+def dataset_fingerprint(config: DatasetConfig) -> str:
+    return _fingerprint(dataset_key(config))
+
+
+def thumbnail_uri(image: Image.Image, size: int = THUMB) -> str:
+    """A PNG data URI of ``image`` scaled to fit ``size`` (nearest neighbour: tiny images stay crisp)."""
+    image = image.convert("RGB")
+    scale = size / max(image.size)
+    resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BILINEAR
+    image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), resample)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def thumbnails(key: str, ids: tuple[str, ...], size: int = THUMB) -> list[str | None]:
+    """Data URIs of the given images (None for unreadable ones); only these are decoded."""
+    data = _dataset(key)
+    out: list[str | None] = []
+    for image_id in ids:
+        try:
+            out.append(thumbnail_uri(data.load_image(image_id), size))
+        except (KeyError, ValueError):
+            out.append(None)
+    return out
+
+
+def scaled(image: Image.Image, size: int = 128) -> Image.Image:
+    """Enlarge small images for display (nearest neighbour keeps pixels sharp)."""
+    scale = max(1, size // max(image.size))
+    return image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+
+
+# -- messages that survive one rerun (set in a callback, shown by the next run) ---------------------------
+def flash(kind: str, text: str) -> None:
+    st.session_state.setdefault("_flash", []).append((kind, text))
+
+
+def show_flash() -> None:
+    for kind, text in st.session_state.pop("_flash", []):
+        {"success": st.success, "error": st.error, "warning": st.warning}.get(kind, st.info)(text)
+
+
+def confined_path(project: Project, text: str) -> Path | None:
+    """A path typed by the user, resolved inside the project folder; an error is shown otherwise."""
+    if not text.strip():
+        return None
+    try:
+        return project.confine(text.strip())
+    except ValueError as err:
+        st.error(str(err))
+        return None
+
+
+def model_ref(project: Project, text: str) -> str | None:
+    """A model typed by the user: a hub id as is, a local folder only inside the project."""
+    text = text.strip()
+    if not text:
+        return None
+    if text.startswith((".", "/", "~")) or Path(text).exists():
+        path = confined_path(project, text)
+        return str(path) if path else None
+    return text
+
+
+def describe(config: DatasetConfig) -> str:
+    extra = f", limit {config.limit}" if config.limit else ""
+    return f"{config.name}{extra}"
+
+
+# -- generators -------------------------------------------------------------------------------------------
+@st.cache_resource(show_spinner="Loading the generator...", max_entries=6)
+def _variant(generator_dir: str, name: str, overrides: str) -> Any:
+    from pipeline.compare import list_variants, load_variant
+
+    variants = {v.name: v for v in list_variants(Path(generator_dir))}
+    return load_variant(variants[name], **json.loads(overrides))
+
+
+def cached_loader(variant: Any, **overrides: Any) -> Any:
+    """A ``compare_generations`` loader that keeps loaded generator versions between reruns."""
+    return _variant(str(variant.generator_dir), variant.name, json.dumps(overrides, sort_keys=True))

@@ -1,0 +1,120 @@
+"""Generations: the real image a caption came from next to what each version of a trained generator
+makes of the same prompt and seed (base vs fine-tuned for sd-lora; checkpoints vs final for scratch),
+and a per-class grid."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from pipeline import compare
+from pipeline.captions import build_prompt
+from pipeline.common import from_dict, read_json
+from pipeline.data import DatasetConfig
+from studio import shared
+
+MAX_CAPTIONS = 8
+OPTIONS_SHOWN = 300
+
+st.title("Generations")
+project = shared.project()
+root = str(project.root)
+runs = compare.generator_runs(project)
+if not runs:
+    st.info("No trained generator yet. Start a run on the **Runs** page (step 2 trains the generator).")
+    st.stop()
+
+# 1. which generator, which versions, how to sample --------------------------------------------------------------
+by_id = {r.id: r for r in runs}
+run_id = st.selectbox("Generator (fine-tuning run)", list(by_id), key="gen_run",
+                      format_func=lambda i: f"{i} · {by_id[i].config.get('generator')} · "
+                                            f"{by_id[i].metrics.get('steps', '?')} steps")
+record = by_id[run_id]
+generator_dir = compare.resolve_generator(project, run_id)
+variants = compare.list_variants(generator_dir)
+names = [v.name for v in variants]
+chosen = st.multiselect("Versions to compare", names, default=compare.default_variants(variants), key=f"gen_v_{run_id}")
+sampling = compare.sampling_defaults(generator_dir)
+cols = st.columns(3)
+seed = cols[0].number_input("Seed", min_value=0, value=0, key="gen_seed")
+steps = cols[1].number_input("Sampling steps", min_value=1, value=int(sampling["steps"]), key=f"gen_steps_{run_id}")
+guidance = cols[2].number_input("Guidance scale", min_value=1.0, value=float(sampling["guidance"]), step=0.5,
+                                key=f"gen_guidance_{run_id}")
+
+# the captions and images the generator was trained from (recorded in the run's config)
+config = record.config
+dataset_config = from_dict(DatasetConfig, config["dataset"]) if isinstance(config.get("dataset"), dict) else None
+store_name = config.get("store")
+template = config.get("template") or "class_caption"
+
+
+def generate(prompts: list[str], labels: list[int], seeds: list[int]) -> compare.Comparison | None:
+    if not chosen:
+        st.warning("Choose at least one version.")
+        return None
+    try:
+        with st.spinner(f"Generating {len(prompts)} image(s) with {len(chosen)} version(s)..."):
+            return compare.compare_generations(generator_dir, prompts, labels, seeds, chosen, steps=int(steps),
+                                               guidance=float(guidance), loader=shared.cached_loader)
+    except (OSError, ValueError, RuntimeError) as err:  # missing weights, bad settings: shown, not raised
+        st.error(f"Generation failed: {err}")
+        return None
+
+
+side, grid = st.tabs(["Captions side by side", "Per-class grid"])
+
+# 2. chosen captions: real image | version 1 | version 2 ... -----------------------------------------------------
+with side:
+    if not store_name or store_name not in project.caption_stores():
+        st.info("This generator was trained from class names only (no caption store): use the per-class grid.")
+    else:
+        store = shared.store(root, store_name)
+        version = config.get("store_version") or store.head()
+        records = shared.records(root, store_name, int(version))
+        classes = store.meta().get("classes") or sorted({r.label for r in records.values()})
+        cols = st.columns([1, 3])
+        label = cols[0].selectbox("Class", classes, key="gen_class")
+        ids = shared.filtered_ids(root, store_name, int(version), (label,), "", "all")[:OPTIONS_SHOWN]
+        picked = cols[1].multiselect(f"Captions (store {store_name} v{version}, up to {MAX_CAPTIONS})", ids,
+                                     default=ids[:3], max_selections=MAX_CAPTIONS, key=f"gen_ids_{label}",
+                                     format_func=lambda i: f"{i}: {records[i].caption[:70]}")
+        if st.button("Generate", type="primary", disabled=not picked, key="gen_side"):
+            prompts = [build_prompt(records[i].label, records[i].caption, template) for i in picked]
+            result = generate(prompts, [classes.index(records[i].label) for i in picked],
+                              [int(seed) + k for k in range(len(picked))])
+            if result:
+                st.session_state["gen_side_result"] = (run_id, picked, result)
+        saved = st.session_state.get("gen_side_result")
+        if saved and saved[0] == run_id:
+            _, shown_ids, result = saved
+            dataset = shared.dataset(dataset_config) if dataset_config else None
+            header = st.columns(1 + len(result.variants))
+            header[0].markdown("**real image**")
+            for col, name in zip(header[1:], result.variants):
+                col.markdown(f"**{name}**")
+            for k, image_id in enumerate(shown_ids):
+                row = st.columns(1 + len(result.variants))
+                if dataset is not None:
+                    row[0].image(shared.scaled(dataset.load_image(image_id)), caption=image_id)
+                for col, name in zip(row[1:], result.variants):
+                    col.image(shared.scaled(result.images[name][k]), caption=f"seed {result.seeds[k]}")
+                st.caption(f"prompt: {result.prompts[k]}")
+
+# 3. a grid: one row per class, one column per seed, for each version ---------------------------------------------
+with grid:
+    prompts_file = record.run_dir / "training_prompts.json"  # written by the fine-tuning run
+    class_names = read_json(prompts_file)["class_names"] if prompts_file.exists() else None
+    per_class = st.slider("Images per class", 1, 8, 4, key="gen_per_class")
+    if st.button("Generate grid", type="primary", disabled=not class_names, key="gen_grid"):
+        prompts, labels, seeds = compare.class_grid(class_names, per_class, int(seed))
+        result = generate(prompts, labels, seeds)
+        if result:
+            st.session_state["gen_grid_result"] = (run_id, result)
+    saved = st.session_state.get("gen_grid_result")
+    if saved and saved[0] == run_id:
+        result = saved[1]
+        tabs = st.tabs(list(result.variants))
+        for tab, name in zip(tabs, result.variants):
+            with tab:
+                for label, class_name in enumerate(class_names):
+                    row = [im for im, y in zip(result.images[name], result.labels) if y == label]
+                    st.image([shared.scaled(im, 64) for im in row], caption=[class_name] * len(row))

@@ -1,0 +1,77 @@
+"""Trade-offs: test accuracy against membership-inference AUC for every audited model, with the Pareto
+front and iso-AOP curves, attack ROC curves and per-class accuracy; export for slides."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from pipeline import report
+from studio import figures, shared
+
+st.title("Trade-offs")
+project = shared.project()
+points = report.collect_points(project)
+if not points:
+    st.info("No audited models yet: finished experiment runs appear here. Start one on the **Runs** page.")
+    st.stop()
+
+# 1. filters -------------------------------------------------------------------------------------------------
+cols = st.columns(3)
+datasets = cols[0].multiselect("Dataset", sorted({p.dataset for p in points}), key="to_datasets", placeholder="all")
+generators = cols[1].multiselect("Generator", sorted({p.generator for p in points}), key="to_generators",
+                                 placeholder="all")
+cardinalities = cols[2].multiselect("Cardinality", sorted({p.cardinality for p in points}), key="to_cards",
+                                    placeholder="all", format_func=lambda c: f"×{c:g}")
+shown = report.filter_points(points, datasets, generators, cardinalities)
+if not shown:
+    st.warning("No model matches these filters.")
+    st.stop()
+
+# 2. the trade-off ---------------------------------------------------------------------------------------------
+fig = figures.tradeoff_figure(shown)
+st.plotly_chart(fig, key="to_scatter")
+st.caption("Each run's teacher (real data) and student (synthetic data only) are joined by a line. "
+           "AOP = accuracy / (2·AUC)²; the green step line is the Pareto front (higher accuracy, lower AUC).")
+table = pd.DataFrame(report.points_table(shown))
+st.dataframe(table, hide_index=True, width="stretch")
+
+
+def export_buttons(figure, stem: str, key: str) -> None:
+    """HTML always; PNG through kaleido, which needs a Chrome / Chromium it can find."""
+    cols = st.columns([1, 1, 4])
+    cols[0].download_button("HTML", figures.to_html(figure), file_name=f"{stem}.html", mime="text/html",
+                            key=f"{key}_html", icon=":material/download:")
+    if cols[1].button("PNG", key=f"{key}_png", icon=":material/image:"):
+        try:
+            with st.spinner("Rendering PNG with kaleido..."):
+                st.session_state[f"{key}_png_bytes"] = figures.to_png(figure)
+        except Exception as err:  # kaleido raises several kinds when no browser is found: UI boundary
+            st.session_state.pop(f"{key}_png_bytes", None)
+            st.warning(f"PNG export needs kaleido with a Chrome/Chromium browser it can find ({err}). "
+                       "Download the HTML instead: it opens in any browser and keeps the figure interactive.")
+    png = st.session_state.get(f"{key}_png_bytes")
+    if png:
+        cols[2].download_button("Download PNG", png, file_name=f"{stem}.png", mime="image/png", key=f"{key}_png_dl")
+
+
+export_buttons(fig, "tradeoff", "to_export")
+st.download_button("Table (CSV)", table.to_csv(index=False), file_name="tradeoff.csv", mime="text/csv",
+                   key="to_csv")
+
+# 3. attack ROC curves --------------------------------------------------------------------------------------------
+st.subheader("Attack ROC curves")
+labels = [p.label for p in shown]
+picked = st.multiselect("Models", labels, default=labels[:2], key="to_roc_models")
+roc = figures.roc_figure([p for p in shown if p.label in picked])
+st.plotly_chart(roc, key="to_roc")
+export_buttons(roc, "roc", "to_roc_export")
+
+# 4. per-class accuracy -------------------------------------------------------------------------------------------
+st.subheader("Per-class accuracy")
+runs = list(dict.fromkeys(p.run_id for p in shown))
+run_id = st.selectbox("Run", runs, key="to_class_run")
+pair = [p for p in shown if p.run_id == run_id]
+n_classes = max(len(p.per_class_accuracy) for p in pair)
+classes = report.run_class_names(project, project.registry().get(run_id), n_classes)
+st.plotly_chart(figures.per_class_figure(pair, classes), key="to_per_class")

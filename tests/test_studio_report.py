@@ -1,0 +1,142 @@
+"""pipeline.report: trade-off points, Pareto front, iso-AOP curves, live-run rows (hand-computed values)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pipeline import report
+from pipeline.common import write_json
+from pipeline.data import DatasetConfig
+
+
+def fake_metrics(teacher=(0.95, 0.60), student=(0.90, 0.52), dataset="digits", backend="scratch",
+                 cardinality=1.0, classes=3) -> dict:
+    def model(acc: float, auc: float) -> dict:
+        return {"accuracy": acc, "per_class_accuracy": [acc] * classes, "aop": acc / (2 * auc) ** 2,
+                "mia": {"auc": auc, "auc_ci95": [auc - 0.02, auc + 0.02], "tpr_at_0.1pct_fpr": 0.01,
+                        "tpr_at_1pct_fpr": 0.05, "balanced_accuracy": 0.55, "n_members": 10, "n_nonmembers": 10,
+                        "roc": {"fpr": [0.0, 0.001, 0.5, 1.0], "tpr": [0.0, 0.01, 0.6, 1.0]},
+                        "loss_attack": {"auc": auc}},
+                "train": {}, "history": [{"epoch": 1, "loss": 1.0, "val_accuracy": 0.5}]}
+
+    return {"teacher": model(*teacher), "student": model(*student), "shadows": {"n": 4},
+            "dataset": {"name": dataset, "fingerprint": "f", "members": 10, "nonmembers": 10, "test": 10},
+            "synthetic": {"rounds": 2, "images_per_round": 10, "cardinality": cardinality},
+            "generator": {"backend": backend}, "timings": {}, "seconds": 1.0}
+
+
+def add_finished_run(project, metrics: dict, status: str = "done") -> str:
+    """An experiment run in the registry with a metrics.json, as experiment.py leaves it."""
+    registry = project.registry()
+    run = registry.create("experiment", {"dataset": {"source": "digits"}})
+    registry.start(run.id)
+    write_json(run.run_dir / "metrics.json", metrics)
+    if status == "done":
+        registry.finish(run.id, teacher_accuracy=metrics["teacher"]["accuracy"])
+    return run.id
+
+
+def test_pareto_front_hand_values():
+    accuracy = [0.90, 0.80, 0.85, 0.70, 0.90]
+    auc = [0.60, 0.50, 0.55, 0.50, 0.60]
+    # 3 is dominated by 1 (same AUC, lower accuracy); 0 and 4 tie and are both optimal
+    assert report.pareto_front(accuracy, auc).tolist() == [True, True, True, False, True]
+    assert report.pareto_front([0.5], [0.5]).tolist() == [True]
+    with pytest.raises(ValueError, match="equal length"):
+        report.pareto_front([0.5, 0.6], [0.5])
+
+
+def test_aop_iso_curve_is_accuracy_at_that_aop():
+    curve = report.aop_iso_curve(0.5, [0.5, 0.6, 0.8])
+    assert curve[0] == pytest.approx(0.5)  # 0.5 * (2 * 0.5)^2
+    assert curve[1] == pytest.approx(0.72)  # 0.5 * 1.2^2
+    assert math.isnan(curve[2])  # 0.5 * 1.6^2 = 1.28 > 1: not a reachable accuracy
+
+
+def test_points_from_metrics_and_filters():
+    points = report.points_from_metrics("run-a", fake_metrics(cardinality=2.0))
+    teacher, student = points
+    assert (teacher.role, student.role) == ("teacher", "student")
+    assert teacher.accuracy == 0.95 and teacher.auc == 0.60 and teacher.auc_ci95 == pytest.approx((0.58, 0.62))
+    assert teacher.aop == pytest.approx(0.95 / 1.44)
+    assert student.roc_fpr == (0.0, 0.001, 0.5, 1.0) and student.tpr_at_01pct == 0.01
+    assert (teacher.dataset, teacher.generator, teacher.cardinality) == ("digits", "scratch", 2.0)
+    other = report.points_from_metrics("run-b", fake_metrics(backend="sd-lora"))
+    both = points + other
+    assert report.filter_points(both, generators=["sd-lora"]) == other
+    assert report.filter_points(both, cardinalities=[2.0]) == points
+    assert report.filter_points(both) == both
+    assert [(t.run_id, s.run_id) for t, s in report.run_pairs(both)] == [("run-a", "run-a"), ("run-b", "run-b")]
+
+
+def test_front_line_and_table():
+    points = report.points_from_metrics("a", fake_metrics(teacher=(0.9, 0.6), student=(0.85, 0.5)))
+    points += report.points_from_metrics("b", fake_metrics(teacher=(0.8, 0.7), student=(0.7, 0.55)))
+    front = report.front_line(points)
+    assert [(p.run_id, p.role) for p in front] == [("a", "student"), ("a", "teacher")]
+    rows = report.points_table(points)
+    assert [r["Pareto"] for r in rows] == [True, True, False, False]
+    assert rows[0]["AOP"] == pytest.approx(0.9 / 1.44, abs=1e-4)
+
+
+def test_collect_points_reads_finished_runs_only(project):
+    done = add_finished_run(project, fake_metrics())
+    add_finished_run(project, fake_metrics(), status="running")
+    points = report.collect_points(project)
+    assert {p.run_id for p in points} == {done}
+    assert len(points) == 2
+
+
+def test_epoch_rows_and_throughput():
+    events = [
+        {"t": 1, "stage": "generate", "done": 5, "total": 10, "images_per_s": 3.0},
+        {"t": 2, "stage": "generate", "done": 10, "total": 10, "images_per_s": 4.5},
+        {"t": 3, "stage": "teacher", "done": 4, "total": 8, "epoch_end": 1, "epoch": 1, "loss": 2.0},
+        {"t": 4, "stage": "teacher", "done": 6, "total": 8, "epoch": 2, "loss": 1.7},  # mid-epoch: not a row
+        {"t": 5, "stage": "teacher", "done": 8, "total": 8, "epoch_end": 1, "epoch": 2, "loss": 1.5,
+         "val_accuracy": 0.6},
+        {"t": 6, "stage": "teacher", "done": 8, "total": 8, "epoch_end": 1, "epoch": 2, "loss": 1.4},  # resumed
+        {"t": 7, "stage": "student", "done": 1, "total": 1, "epoch_end": 1, "epoch": 1, "loss": 0.3},
+    ]
+    rows = report.epoch_rows(events)
+    assert rows["teacher"] == [{"epoch": 1, "loss": 2.0}, {"epoch": 2, "loss": 1.4}]
+    assert rows["student"] == [{"epoch": 1, "loss": 0.3}]
+    assert report.throughput(events) == 4.5
+    assert report.throughput(events, "caption") is None
+
+
+def test_dataset_of_a_store_comes_from_its_caption_run(project):
+    from pipeline.captions import CaptionConfig, caption
+
+    config = DatasetConfig(limit=20)
+    caption(CaptionConfig(dataset=config), project)
+    assert report.dataset_config_for_store(project, "digits") == config
+    assert report.dataset_config_for_store(project, "other") is None
+    assert config in report.known_datasets(project)
+    record = project.registry().list(kind="caption")[0]
+    assert report.run_class_names(project, record, 10) == [str(d) for d in range(10)]
+    assert report.run_class_names(project, record, 3) == ["0", "1", "2"]  # store classes do not fit: indices
+
+
+def test_run_summary_row(project):
+    run_id = add_finished_run(project, fake_metrics())
+    row = report.run_summary(project.registry().get(run_id))
+    assert row["run"] == run_id and row["status"] == "done" and row["teacher acc"] == 0.95
+    assert np.isclose(row["teacher acc"], 0.95)
+
+
+def test_generation_rate_falls_back_to_the_generation_runs(project):
+    from pipeline.runs import Link
+
+    registry = project.registry()
+    rounds = [registry.create("generate", {}) for _ in range(2)]
+    for run, rate in zip(rounds, (2.0, 4.0)):
+        registry.report(run.id, images_per_s=rate)
+    experiment = registry.create("experiment", {}, links=[Link(f"synthetic round {k}", "run", r.id)
+                                                          for k, r in enumerate(rounds)])
+    assert report.generation_rate(project, experiment) == 3.0
+    assert report.generation_rate(project, experiment, [{"stage": "generate", "images_per_s": 9.0}]) == 9.0
+    assert report.generation_rate(project, registry.create("experiment", {})) is None

@@ -1,0 +1,149 @@
+"""The Runs page in AppTest: the form builds and starts an ExperimentConfig, the live panel shows
+progress, curves, throughput and the log, and cancels a run; the Trade-offs page builds its figures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+from test_studio_report import add_finished_run, fake_metrics
+
+from pipeline.common import write_json
+
+APP = str(Path(__file__).resolve().parents[1] / "studio" / "app.py")
+
+
+@pytest.fixture
+def env(project, monkeypatch):
+    monkeypatch.setenv("TCKR_PROJECT", str(project.root))
+    return project
+
+
+def open_page(page: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.switch_page(f"views/{page}.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def plotly_specs(at: AppTest) -> list[dict]:
+    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+def test_form_builds_the_config_and_starts_the_run(env, monkeypatch):
+    started = []
+
+    def fake_start(project, config):  # the real one spawns `python -m pipeline run --queued`
+        run = project.registry().create("experiment", config)
+        started.append(config)
+        return run.id
+
+    monkeypatch.setattr("pipeline.jobs.start_experiment", fake_start)
+    at = open_page("runs")
+    at.number_input(key="run_limit").set_value(40)
+    at.number_input(key="run_teacher_epochs").set_value(2)
+    at.number_input(key="run_student_epochs").set_value(1)
+    at.number_input(key="run_shadows").set_value(4)
+    at.number_input(key="run_rounds").set_value(1)
+    at.number_input(key="run_gen_steps_scratch").set_value(10)
+    at.selectbox(key="run_preset").set_value("tiny (smoke test)")
+    at.run()
+    at.button(key="run_start").click().run()
+    assert not at.exception and not at.error
+    [config] = started
+    assert config.dataset.limit == 40 and config.teacher.epochs == 2 and config.distill.student.epochs == 1
+    assert config.audit.n_shadows == 4 and config.rounds == 1 and config.generator == "scratch"
+    options = dict(config.generator_options)
+    assert options["train_steps"] == 10 and options["block_out_channels"] == [8, 16]
+    assert any("Started run" in s.value for s in at.success)
+    assert at.selectbox(key="runs_selected").value.startswith("experiment-")
+
+
+def test_bad_generator_option_is_refused_before_start(env):
+    at = open_page("runs")
+    at.text_input(key="run_extra_scratch").input('{"no_such_field": 1}').run()
+    assert any("Invalid settings" in e.value for e in at.error)
+    assert at.button(key="run_start").disabled
+
+
+def test_live_panel_shows_progress_curves_log_and_cancels(env):
+    registry = env.registry()
+    run = registry.create("experiment", {"dataset": {"source": "digits"}})
+    registry.start(run.id)
+    worker = subprocess.Popen(["sleep", "60"], start_new_session=True)  # stands in for the run's process
+    registry.set_pid(run.id, worker.pid)
+    registry.report(run.id, progress={"stage": "teacher", "done": 4, "total": 8})
+    events = [{"stage": "generate", "done": 10, "total": 10, "images_per_s": 4.5},
+              {"stage": "teacher", "done": 4, "total": 8, "epoch_end": 1, "epoch": 1, "loss": 2.0, "val_accuracy": 0.4},
+              {"stage": "teacher", "done": 8, "total": 8, "epoch_end": 1, "epoch": 2, "loss": 1.5, "val_accuracy": 0.6}]
+    (run.run_dir / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    (run.run_dir / "log.txt").write_text("teacher: epoch 2\n")
+    try:
+        at = open_page("runs")
+        metrics = {m.label: m.value for m in at.metric}
+        assert metrics["Status"] == "running" and metrics["Generation"] == "4.5 images/s"
+        assert at.get("progress")[0].value == 50  # percent
+        specs = plotly_specs(at)
+        assert [t["y"] for t in specs[0]["data"]] == [[2.0, 1.5]]  # the teacher's loss per epoch
+        assert "teacher: epoch 2" in at.code[0].value
+        at.button(key="run_cancel").click().run()
+        assert registry.get(run.id).status == "cancelled"
+        assert worker.wait(timeout=10) != 0  # the process group was interrupted
+    finally:
+        worker.kill()
+
+
+def test_finished_and_failed_runs(env):
+    done = add_finished_run(env, fake_metrics())
+    env.registry().report(done, teacher_auc=0.6, student_accuracy=0.9, student_auc=0.52)
+    failed = env.registry().create("experiment", {})
+    env.registry().fail(failed.id, "ValueError: boom")
+    at = open_page("runs")
+    at.selectbox(key="runs_selected").set_value(done).run()
+    assert at.get("page_link")
+    at.selectbox(key="runs_selected").set_value(failed.id).run()
+    assert any("boom" in e.value for e in at.error)
+
+
+def test_tradeoff_figure_filters_and_exports(env, monkeypatch):
+    add_finished_run(env, fake_metrics(teacher=(0.95, 0.62), student=(0.90, 0.52)))
+    add_finished_run(env, fake_metrics(teacher=(0.80, 0.70), student=(0.70, 0.55), backend="sd-lora"))
+    at = open_page("tradeoffs")
+    scatter = plotly_specs(at)[0]
+    names = [t.get("name") for t in scatter["data"]]
+    assert {"teacher", "student", "Pareto front", "iso-AOP curves"} <= set(names)
+    teacher = next(t for t in scatter["data"] if t.get("name") == "teacher")
+    assert sorted(teacher["y"]) == [0.8, 0.95]
+    front = next(t for t in scatter["data"] if t.get("name") == "Pareto front")
+    assert front["x"] == [0.52, 0.62] and front["y"] == [0.90, 0.95]
+    table = at.dataframe[0].value
+    assert table["Pareto"].tolist().count(True) == 2
+    assert len(plotly_specs(at)) == 3  # trade-off, ROC, per-class
+    # filters
+    at.multiselect(key="to_generators").set_value(["sd-lora"]).run()
+    teacher = next(t for t in plotly_specs(at)[0]["data"] if t.get("name") == "teacher")
+    assert teacher["y"] == [0.8]
+    # export: HTML always, PNG degrades to a message when kaleido finds no browser
+    assert at.get("download_button")
+    monkeypatch.setattr("studio.figures.to_png", lambda fig: (_ for _ in ()).throw(RuntimeError("no Chrome")))
+    at.button(key="to_export_png").click().run()
+    assert any("Download the HTML instead" in w.value for w in at.warning)
+
+
+def test_tradeoff_html_export_is_self_contained(env):
+    from pipeline.report import points_from_metrics
+    from studio import figures
+
+    html = figures.to_html(figures.tradeoff_figure(points_from_metrics("r", fake_metrics())))
+    assert "<html>" in html and "Plotly.newPlot" in html and len(html) > 1_000_000 and "Pareto front" in html
+
+
+def test_empty_project_pages(env):
+    assert "No audited models" in open_page("tradeoffs").info[0].value
+    assert "No trained generator" in open_page("generations").info[0].value
+    write_json(env.root / "x.json", {})
+    at = open_page("runs")
+    assert at.expander and not at.exception
