@@ -36,6 +36,7 @@ class ExperimentConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)  # real data and MIA split
     captioner: CaptionerConfig = field(default_factory=CaptionerConfig)  # step 1
     store: str | None = None  # caption store (default: the dataset's name)
+    store_version: int | None = None  # use this curated caption version as is (None: caption, use newest)
     template: str = DEFAULT_TEMPLATE  # prompt template for training and generation
     generator: str = "scratch"  # step 2 backend: scratch | sd-lora
     generator_options: tuple[tuple[str, Any], ...] = ()  # backend config fields
@@ -100,10 +101,17 @@ def run_experiment(config: ExperimentConfig, project: Project, progress: Progres
         registry.report(run.id, progress={"stage": name, "done": 1, "total": 1}, timings=timings)
 
     with registry.track(run.id):
-        # 2. captions (only missing ones are made)
+        # 2. captions: a pinned curated version as is, else caption what is missing
         t0 = time.monotonic()
-        captions = caption(CaptionConfig(dataset=config.dataset, captioner=config.captioner, store=config.store),
-                           project, progress)
+        if config.store_version is not None:
+            if not config.store:
+                raise ValueError("store_version needs the store it belongs to (set `store`)")
+            pinned = project.caption_store(config.store)
+            pinned.records(config.store_version)  # fails early with the valid range
+            captions = _Pinned(pinned.name, config.store_version)
+        else:
+            captions = caption(CaptionConfig(dataset=config.dataset, captioner=config.captioner,
+                                             store=config.store), project, progress)
         registry.link(run.id, Link("captions", "captions", f"{captions.store}@{captions.version}"))
         timed("caption", t0)
 
@@ -177,6 +185,12 @@ def run_experiment(config: ExperimentConfig, project: Project, progress: Progres
                                    "teacher_auc": metrics["teacher"]["mia"]["auc"],
                                    "student_auc": metrics["student"]["mia"]["auc"]})
     return ExperimentResult(run.id, metrics, time.monotonic() - started)
+
+
+@dataclass(frozen=True)
+class _Pinned:
+    store: str
+    version: int
 
 
 class _RunReporter:

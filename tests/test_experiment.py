@@ -13,6 +13,7 @@ from pipeline.common import to_jsonable
 from pipeline.data import DatasetConfig
 from pipeline.experiment import ExperimentConfig, quickstart_config, run_experiment
 from pipeline.privacy import AuditConfig
+from pipeline.runs import Link
 
 
 def tiny_config() -> ExperimentConfig:
@@ -46,9 +47,13 @@ def test_tiny_end_to_end_run(project):
             ("synthetic round 0", "run")} <= lineage
     events = (project.runs_dir / result.run_id / "events.jsonl").read_text().splitlines()
     assert any(json.loads(e).get("epoch_end") for e in events)
-    # a second run reuses the captions and the cached shadows
-    again = run_experiment(tiny_config(), project)
+    # a second run on a pinned (curated) caption version reuses it as is, and the cached shadows
+    again = run_experiment(replace(tiny_config(), store="digits", store_version=1), project)
     assert again.metrics["shadows"]["cached"] is True
+    assert len(registry.list(kind="caption")) == 1
+    assert Link("captions", "captions", "digits@1") in registry.get(again.run_id).links
+    with pytest.raises(ValueError, match="versions 0..1, not 7"):
+        run_experiment(replace(tiny_config(), store="digits", store_version=7), project)
 
 
 def test_cli_run_from_a_config_file(tmp_path: Path, capsys):
