@@ -1,0 +1,507 @@
+"""The ``scratch`` backend: a small class-conditioned diffusion model trained from scratch.
+
+Knowledge Recycling (Lomurno et al.) trains a conditional diffusion model on the private images
+and samples the synthetic training set from it with classifier-free guidance (Ho & Salimans 2022).
+Here the model is a diffusers ``UNet2DModel`` whose class embedding table has one extra "null"
+row: during training a ``cfg_dropout`` share of labels is replaced by it, so one network learns
+both the conditional and the unconditional noise prediction. Training uses the DDPM noise schedule;
+sampling uses a deterministic solver (DDIM with eta=0 or DPM-Solver++), so an image depends only on
+its seed, label and the weights.
+
+Defaults were measured with ``benchmarks/scratch_generator.py`` on a 2-core CPU (digits, 644
+members): a (16, 32) UNet (0.16M parameters) trained 800 steps of 128 in about a minute, sampled with
+10 DDIM steps at several hundred images/s, and a classifier trained only on its samples reaches
+~0.98x the accuracy of one trained on the real members. Bigger UNets were 3-10x slower for no
+measurable gain, and guidance above 1 lowered that ratio (less diverse samples), so CFG is trained
+but off by default. Prompts are accepted for the common interface but ignored: the label conditions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import re
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from ..common import (
+    Progress,
+    ProgressFn,
+    no_progress,
+    read_json,
+    resolve_device,
+    seed_everything,
+    to_jsonable,
+    write_json,
+)
+from . import GENERATORS, Generator
+
+if TYPE_CHECKING:  # torch and diffusers load lazily: importing this module stays cheap
+    import torch
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "scratch_config.json"
+STATE_FILE = "generator.json"  # what the data decided: classes, channels, sizes, steps trained
+_CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
+
+# Fields that may change between a run and its resumption; any other change means another model.
+_RESUMABLE_FIELDS = frozenset({
+    "train_steps", "checkpoint_every", "keep_checkpoints", "guidance_scale", "sampler",
+    "sampling_steps", "generate_batch_size", "device", "threads",
+})
+
+
+@dataclass(frozen=True)
+class ScratchConfig:
+    """Size, training and sampling settings of the scratch diffusion generator."""
+
+    resolution: int | None = None  # side the UNet works at (None: the training images' own side)
+    channels: int | None = None  # image channels modelled (None: 1 when every image is grey, else 3)
+    block_out_channels: tuple[int, ...] = (16, 32)  # UNet width per level; each extra level halves the side
+    layers_per_block: int = 1  # ResNet blocks per UNet level
+    attention: bool = False  # self-attention at the lowest-resolution level (slower on CPU)
+    norm_groups: int = 8  # GroupNorm groups; must divide every entry of block_out_channels
+    num_train_timesteps: int = 1000  # DDPM diffusion steps
+    beta_schedule: str = "squaredcos_cap_v2"  # DDPM noise schedule (cosine suits tiny images)
+    train_steps: int = 800  # optimiser steps in all (a resumed run continues up to this)
+    batch_size: int = 128  # images per optimiser step
+    learning_rate: float = 2e-3  # AdamW learning rate after warm-up
+    warmup_steps: int = 50  # linear learning-rate warm-up
+    weight_decay: float = 0.0  # AdamW weight decay
+    grad_clip: float = 1.0  # max gradient norm
+    ema_decay: float = 0.999  # cap of the EMA decay (warms up as 1 - (1 + step)^-2/3)
+    cfg_dropout: float = 0.1  # share of training labels replaced by the null class (CFG)
+    guidance_scale: float = 1.0  # CFG w in eps_u + w (eps_c - eps_u); 1 = plain conditional (best measured)
+    sampler: str = "ddim"  # deterministic sampler: ddim (eta=0) | dpm (DPM-Solver++ 2M)
+    sampling_steps: int = 10  # denoising steps per image
+    generate_batch_size: int = 256  # images denoised together
+    checkpoint_every: int = 200  # save a resumable checkpoint every N steps (0: only at the end)
+    keep_checkpoints: int = 2  # newest step-N checkpoint folders kept in out_dir
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0  # seeds weights, batches, noise and label dropout
+    threads: int = 1  # torch CPU threads in fit / generate (0: torch's default); 1 resists a busy CPU
+
+    def __post_init__(self) -> None:
+        # JSON and CLI options give lists; keep the frozen config hashable and comparable
+        object.__setattr__(self, "block_out_channels", tuple(self.block_out_channels))
+        if self.sampler not in _SAMPLER_NAMES:
+            raise ValueError(f"unknown sampler {self.sampler!r}; valid: {', '.join(_SAMPLER_NAMES)}")
+        if self.channels not in (None, 1, 3):
+            raise ValueError(f"channels must be None, 1 or 3, got {self.channels}")
+        if any(c % self.norm_groups for c in self.block_out_channels):
+            raise ValueError(f"norm_groups={self.norm_groups} must divide block_out_channels={self.block_out_channels}")
+        if not 0.0 <= self.cfg_dropout < 1.0:
+            raise ValueError(f"cfg_dropout must be in [0, 1), got {self.cfg_dropout}")
+        for name in ("train_steps", "batch_size", "sampling_steps", "generate_batch_size", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+
+_SAMPLER_NAMES = ("ddim", "dpm")
+
+
+def config_from_dict(values: dict[str, Any]) -> ScratchConfig:
+    """A :class:`ScratchConfig` from JSON values; unknown keys raise an error listing the valid ones."""
+    valid = {f.name for f in dataclasses.fields(ScratchConfig)}
+    unknown = sorted(set(values) - valid)
+    if unknown:
+        raise ValueError(f"unknown ScratchConfig field(s) {unknown}; valid: {', '.join(sorted(valid))}")
+    return ScratchConfig(**values)
+
+
+@GENERATORS.register("scratch", help="small class-conditioned diffusion UNet trained from scratch (CPU friendly)")
+class ScratchGenerator(Generator):
+    """Class-conditioned DDPM trained from scratch, sampled with classifier-free guidance."""
+
+    name = "scratch"
+    config_class = ScratchConfig
+
+    def __init__(self, config: ScratchConfig | None = None) -> None:
+        super().__init__(config or ScratchConfig())
+        self.unet = None  # EMA weights, used for sampling; set by fit() or load()
+        self.state: dict[str, Any] = {}  # num_classes, channels, resolution, output_size, steps
+
+    # -- training --------------------------------------------------------------------------------
+    def fit(
+        self,
+        images: Sequence[Image.Image],
+        prompts: Sequence[str],
+        labels: Sequence[int],
+        out_dir: Path,
+        progress: ProgressFn = no_progress,
+    ) -> dict[str, Any]:
+        """Train up to ``config.train_steps``, resuming from the newest checkpoint in ``out_dir``.
+
+        Returns ``{final_loss, seconds_per_step, steps, resumed_from, params}``; ``seconds_per_step``
+        is measured over the steps run by this call (the stored figure when none were left).
+        """
+        import torch
+        from diffusers.training_utils import EMAModel
+
+        cfg = self.config
+        out_dir = Path(out_dir)
+        # 1. check inputs and turn the images into one tensor in [-1, 1]
+        if not (len(images) == len(prompts) == len(labels)) or not images:
+            raise ValueError(
+                f"need as many images, prompts and labels (got {len(images)}, {len(prompts)}, {len(labels)})"
+            )
+        pixels, state = _prepare_images(images, labels, cfg)
+        state["data_sha256"] = _data_digest(pixels, labels)
+        device = resolve_device(cfg.device)
+
+        with _torch_threads(cfg.threads):
+            # 2. build model, EMA, optimiser, noise schedule and the seeded random stream
+            seed_everything(cfg.seed)
+            unet = _build_unet(cfg, state).to(device)
+            optimizer = torch.optim.AdamW(
+                unet.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+            )
+            ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True)
+            noise_schedule = _build_noise_schedule(cfg)
+            rng = torch.Generator().manual_seed(cfg.seed)
+            recent_losses: list[float] = []
+            resumed_from, stored_sps = 0, None
+
+            # 3. resume from the newest checkpoint, if any
+            latest = latest_checkpoint(out_dir)
+            if latest is not None:
+                resumed_from, recent_losses, stored_sps = _load_checkpoint(
+                    latest, cfg, state, unet, optimizer, ema, rng
+                )
+                logger.info("resuming scratch generator from %s (step %d)", latest, resumed_from)
+            if resumed_from > cfg.train_steps:
+                raise ValueError(f"{out_dir} holds a checkpoint at step {resumed_from}, past train_steps="
+                                 f"{cfg.train_steps}; raise train_steps or use a new out_dir")
+
+            # 4. train: noise a batch at random timesteps, predict the noise (DDPM, eq. 14)
+            x_all = torch.from_numpy(pixels)
+            y_all = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+            null_class = state["num_classes"]
+            ema.to(device)
+            unet.train()
+            started = time.perf_counter()
+            for step in range(resumed_from + 1, cfg.train_steps + 1):
+                idx = torch.randint(0, len(x_all), (cfg.batch_size,), generator=rng)
+                x0, y = x_all[idx], y_all[idx].clone()
+                noise = torch.randn(x0.shape, generator=rng)
+                t = torch.randint(0, cfg.num_train_timesteps, (cfg.batch_size,), generator=rng)
+                y[torch.rand(cfg.batch_size, generator=rng) < cfg.cfg_dropout] = null_class
+                x0, y, noise, t = x0.to(device), y.to(device), noise.to(device), t.to(device)
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.learning_rate * min(1.0, step / max(1, cfg.warmup_steps))
+                noisy = noise_schedule.add_noise(x0, noise, t)
+                loss = torch.nn.functional.mse_loss(unet(noisy, t, class_labels=y).sample, noise)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
+                optimizer.step()
+                ema.step(unet.parameters())
+                recent_losses = (recent_losses + [loss.item()])[-50:]
+                done = step - resumed_from
+                sps = (time.perf_counter() - started) / done
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.train_steps:
+                    _save_checkpoint(out_dir, step, cfg, state, unet, optimizer, ema, rng, recent_losses, sps)
+                progress(Progress("finetune", step, cfg.train_steps,
+                                  {"loss": float(np.mean(recent_losses)), "s/step": sps}))
+            ran = cfg.train_steps - resumed_from
+            sps = (time.perf_counter() - started) / ran if ran > 0 else stored_sps
+            if ran > 0:
+                _save_checkpoint(out_dir, cfg.train_steps, cfg, state, unet, optimizer, ema, rng,
+                                 recent_losses, sps)
+
+            # 5. keep the EMA weights for sampling
+            ema.copy_to(unet.parameters())
+            unet.eval()
+        self.unet = unet
+        self.state = {**state, "steps": cfg.train_steps}
+        return {
+            "final_loss": float(np.mean(recent_losses)) if recent_losses else None,
+            "seconds_per_step": sps,
+            "steps": self.state["steps"],
+            "resumed_from": resumed_from,
+            "params": sum(p.numel() for p in unet.parameters()),
+        }
+
+    # -- sampling --------------------------------------------------------------------------------
+    def generate(
+        self,
+        prompts: Sequence[str],
+        labels: Sequence[int],
+        seeds: Sequence[int],
+        progress: ProgressFn = no_progress,
+    ) -> list[Image.Image]:
+        """One RGB image per (label, seed) at the training images' size; prompts are ignored.
+
+        Each image starts from noise drawn by its own ``torch.Generator`` seeded with its seed and
+        is denoised deterministically, so it does not depend on which images share its batch.
+        """
+        import torch
+
+        cfg = self.config
+        # 1. check inputs
+        if self.unet is None:
+            raise RuntimeError("the scratch generator has no weights yet: call fit() or load() first")
+        if not (len(prompts) == len(labels) == len(seeds)):
+            raise ValueError(
+                f"need as many prompts, labels and seeds (got {len(prompts)}, {len(labels)}, {len(seeds)})"
+            )
+        num_classes = self.state["num_classes"]
+        bad = sorted({int(y) for y in labels if not 0 <= int(y) < num_classes})
+        if bad:
+            raise ValueError(f"labels {bad} outside the {num_classes} classes this generator was trained on")
+        device = next(self.unet.parameters()).device
+        shape = (self.state["channels"], self.state["resolution"], self.state["resolution"])
+
+        images: list[Image.Image] = []
+        started = time.perf_counter()
+        with _torch_threads(cfg.threads), torch.inference_mode():
+            for start in range(0, len(seeds), cfg.generate_batch_size):
+                # 2. per-image initial noise, each from its own seeded generator
+                chunk = slice(start, start + cfg.generate_batch_size)
+                noise = torch.stack([
+                    torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds[chunk]
+                ]).to(device)
+                y = torch.as_tensor([int(v) for v in labels[chunk]], device=device)
+                # 3. denoise with classifier-free guidance
+                x = self._denoise(noise, y)
+                # 4. back to uint8 RGB at the dataset's size
+                images += _to_pil(x, self.state["output_size"])
+                elapsed = time.perf_counter() - started
+                progress(Progress("generate", len(images), len(seeds),
+                                  {"images/s": len(images) / max(elapsed, 1e-9)}))
+        return images
+
+    def _denoise(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        cfg = self.config
+        scheduler = _build_sampler(cfg)
+        scheduler.set_timesteps(cfg.sampling_steps, device=x.device)
+        guided = cfg.guidance_scale != 1.0
+        labels = torch.cat([y, torch.full_like(y, self.state["num_classes"])]) if guided else y
+        for t in scheduler.timesteps:
+            model_in = torch.cat([x, x]) if guided else x
+            eps = self.unet(model_in, t, class_labels=labels).sample
+            if guided:
+                eps_c, eps_u = eps.chunk(2)
+                eps = eps_u + cfg.guidance_scale * (eps_c - eps_u)
+            x = scheduler.step(eps, t, x).prev_sample
+        return x
+
+    # -- persistence -----------------------------------------------------------------------------
+    def save(self, directory: Path) -> None:
+        """``unet/`` (safetensors, EMA weights), ``scheduler/``, the config and the data-derived state."""
+        if self.unet is None:
+            raise RuntimeError("nothing to save: call fit() or load() first")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.unet.save_pretrained(directory / "unet", safe_serialization=True)
+        _build_noise_schedule(self.config).save_pretrained(directory / "scheduler")
+        write_json(directory / CONFIG_FILE, self.config)
+        write_json(directory / STATE_FILE, {"backend": self.name, **self.state})
+
+    @classmethod
+    def load(cls, directory: Path, **overrides: Any) -> ScratchGenerator:
+        """Load what :meth:`save` wrote; ``overrides`` replace config fields (e.g. guidance_scale)."""
+        from diffusers import UNet2DModel
+
+        directory = Path(directory)
+        if not (directory / CONFIG_FILE).is_file() or not (directory / "unet").is_dir():
+            raise FileNotFoundError(f"{directory} holds no saved scratch generator (no {CONFIG_FILE} / unet/)")
+        config = config_from_dict({**read_json(directory / CONFIG_FILE), **overrides})
+        generator = cls(config)
+        state = read_json(directory / STATE_FILE)
+        state.pop("backend", None)
+        state["output_size"] = tuple(state["output_size"])
+        generator.state = state
+        unet = UNet2DModel.from_pretrained(directory / "unet", use_safetensors=True)
+        generator.unet = unet.to(resolve_device(config.device)).eval()
+        return generator
+
+
+# -- building blocks ----------------------------------------------------------------------------
+def _build_unet(cfg: ScratchConfig, state: dict[str, Any]):
+    from diffusers import UNet2DModel
+
+    levels = len(cfg.block_out_channels)
+    if state["resolution"] % 2 ** (levels - 1):
+        raise ValueError(
+            f"resolution {state['resolution']} cannot be halved {levels - 1} times; "
+            "use fewer block_out_channels or set resolution"
+        )
+    down = ["DownBlock2D"] * levels
+    up = ["UpBlock2D"] * levels
+    if cfg.attention:
+        down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
+    return UNet2DModel(
+        sample_size=state["resolution"],
+        in_channels=state["channels"],
+        out_channels=state["channels"],
+        block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block,
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
+        norm_num_groups=cfg.norm_groups,
+        attention_head_dim=8,
+        num_class_embeds=state["num_classes"] + 1,  # the last row is the "null" class of CFG
+    )
+
+
+def _build_noise_schedule(cfg: ScratchConfig):
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
+                         prediction_type="epsilon", clip_sample=True)
+
+
+def _build_sampler(cfg: ScratchConfig):
+    """A deterministic sampler over the training noise schedule."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    schedule = _build_noise_schedule(cfg).config
+    # "trailing" spacing starts at the last training step, which matters with ~10 steps
+    # (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", sec. 3.3)
+    samplers = {
+        "ddim": lambda: DDIMScheduler.from_config(schedule, timestep_spacing="trailing", clip_sample=True),
+        "dpm": lambda: DPMSolverMultistepScheduler.from_config(
+            schedule, timestep_spacing="trailing", algorithm_type="dpmsolver++", solver_order=2,
+            thresholding=False, lower_order_final=True),
+    }
+    return samplers[cfg.sampler]()
+
+
+def _prepare_images(
+    images: Sequence[Image.Image], labels: Sequence[int], cfg: ScratchConfig
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Images -> float32 array (N, C, R, R) in [-1, 1], plus the state the data decides."""
+    sizes = {im.size for im in images}
+    if len(sizes) > 1 and cfg.resolution is None:
+        raise ValueError(f"training images have {len(sizes)} different sizes; set resolution to train at one")
+    output_size = images[0].size
+    resolution = cfg.resolution or max(output_size)
+    if min(int(y) for y in labels) < 0:
+        raise ValueError("labels must be non-negative class indices")
+    arrays = []
+    for im in images:
+        im = im.convert("RGB")
+        if im.size != (resolution, resolution):
+            im = im.resize((resolution, resolution), Image.Resampling.BICUBIC)
+        arrays.append(np.asarray(im, dtype=np.uint8))
+    rgb = np.stack(arrays)  # N, R, R, 3
+    grey = bool((rgb[..., :1] == rgb).all())
+    channels = cfg.channels or (1 if grey else 3)
+    data = rgb[..., :1] if channels == 1 else rgb
+    pixels = data.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0
+    state = {
+        "num_classes": int(max(int(y) for y in labels)) + 1,
+        "channels": channels,
+        "resolution": resolution,
+        "output_size": tuple(output_size),
+        "grey": grey,
+    }
+    return np.ascontiguousarray(pixels), state
+
+
+def _data_digest(pixels: np.ndarray, labels: Sequence[int]) -> str:
+    digest = hashlib.sha256(pixels.tobytes())
+    digest.update(np.asarray(labels, dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def _to_pil(x: torch.Tensor, output_size: tuple[int, int]) -> list[Image.Image]:
+    arrays = ((x.clamp(-1, 1) + 1) * 127.5).round().to("cpu").numpy().astype(np.uint8)
+    out = []
+    for a in arrays:
+        a = a.transpose(1, 2, 0)
+        im = Image.fromarray(a[..., 0], "L").convert("RGB") if a.shape[2] == 1 else Image.fromarray(a, "RGB")
+        if im.size != tuple(output_size):
+            im = im.resize(tuple(output_size), Image.Resampling.BICUBIC)
+        out.append(im)
+    return out
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """Use ``threads`` CPU threads inside the block (0: leave torch's setting), then restore it."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# -- checkpoints --------------------------------------------------------------------------------
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    """The newest complete ``out_dir/step-N`` checkpoint folder, or None."""
+    root = Path(out_dir)
+    if not root.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _CHECKPOINT_RE.match(p.name))]
+    return max(found)[1] if found else None
+
+
+def _save_checkpoint(out_dir: Path, step: int, cfg: ScratchConfig, state: dict[str, Any], unet, optimizer,
+                     ema, rng, recent_losses: list[float], sps: float) -> None:
+    """Write ``step-N`` via a temporary folder and a rename, so a killed run never leaves half of one."""
+    import torch
+
+    root = Path(out_dir)
+    final, tmp = root / f"step-{step:07d}", root / f".step-{step:07d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    unet.save_pretrained(tmp / "unet", safe_serialization=True)
+    torch.save({
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "ema": ema.state_dict(),
+        "rng": rng.get_state(),
+        "recent_losses": recent_losses,
+        "seconds_per_step": sps,
+    }, tmp / "training_state.pt")
+    write_json(tmp / CONFIG_FILE, cfg)
+    write_json(tmp / STATE_FILE, state)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    kept = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _CHECKPOINT_RE.match(p.name)))
+    for _, old in kept[: -cfg.keep_checkpoints]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(path: Path, cfg: ScratchConfig, state: dict[str, Any], unet, optimizer, ema,
+                     rng) -> tuple[int, list[float], float | None]:
+    """Restore weights, optimiser, EMA and random stream in place; returns (step, losses, s/step)."""
+    import torch
+    from safetensors.torch import load_file
+
+    # a checkpoint of another model or other data cannot be continued: say so instead of mixing
+    saved_cfg = read_json(path / CONFIG_FILE)
+    now = to_jsonable(cfg)
+    changed = sorted(k for k in now if k not in _RESUMABLE_FIELDS and saved_cfg.get(k) != now[k])
+    saved_state = read_json(path / STATE_FILE)
+    changed += sorted(k for k in state if saved_state.get(k) != to_jsonable(state[k]))
+    if changed:
+        raise ValueError(
+            f"checkpoint {path} was trained with different {', '.join(changed)}; "
+            "use a new out_dir or delete its step-* folders to start over"
+        )
+    unet.load_state_dict(load_file(path / "unet" / "diffusion_pytorch_model.safetensors"))
+    training = torch.load(path / "training_state.pt", weights_only=True)
+    optimizer.load_state_dict(training["optimizer"])
+    ema.load_state_dict(training["ema"])
+    rng.set_state(training["rng"])
+    return training["step"], list(training["recent_losses"]), training["seconds_per_step"]
+
