@@ -62,8 +62,11 @@ def quickstart_config() -> ExperimentConfig:
     recipe = TrainConfig(model="tiny-cnn", epochs=30, batch_size=64, lr=3e-3, augment=("crop",))
     return ExperimentConfig(
         captioner=CaptionerConfig(class_template="a handwritten digit {label}"),
+        cardinality=2.0,  # TCKR finds more synthetic images per real one helps the student
+        rounds=3,
         teacher=recipe,
-        distill=DistillConfig(student=replace(recipe, seed=1), temperature=4.0, alpha=1.0, regen_every=5),
+        distill=DistillConfig(student=replace(recipe, seed=1, epochs=40), temperature=4.0, alpha=1.0,
+                              regen_every=5),
         audit=AuditConfig(n_shadows=16, views=("orig", "shift")),
     )
 
