@@ -21,6 +21,8 @@ def tiny_config() -> ExperimentConfig:
     return replace(
         base,
         dataset=DatasetConfig(limit=240),
+        rounds=2,
+        cardinality=1.0,
         generator_options=(("train_steps", 6), ("block_out_channels", [16, 32]), ("checkpoint_every", 3)),
         teacher=replace(base.teacher, epochs=2),
         distill=replace(base.distill, student=replace(base.distill.student, epochs=2), regen_every=1),
