@@ -19,16 +19,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.batched import TrainRecipe, predict_stacked, train_single, train_stacked
+from pipeline.classifiers import TinyCNN
 
 
 def small_cnn() -> nn.Module:
-    """About 15k parameters; no BatchNorm, so it stacks."""
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(128, 10),
-    )
+    """The pipeline's default classifier (``tiny-cnn``, GroupNorm, no BatchNorm, so it stacks) on
+    one grey channel."""
+    return TinyCNN(num_classes=10, in_chans=1, width=32)
 
 
 def load_pool(image_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
