@@ -1,0 +1,48 @@
+"""Background runs: start a real detached process, cancel it, and notice runs whose process died."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+from test_experiment import tiny_config
+
+from pipeline import jobs
+
+
+def _wait(predicate, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.3)
+    return False
+
+
+def test_start_then_cancel_a_background_run(project):
+    # a generator that trains for a long time, so the run is surely still busy when cancelled
+    config = replace(tiny_config(), generator_options=(("train_steps", 100_000), ("block_out_channels", [8, 16])))
+    run_id = jobs.start_experiment(project, config)
+    registry = project.registry()
+    assert _wait(lambda: registry.get(run_id).status == "running"
+                 and (registry.get(run_id).progress or {}).get("stage") == "finetune", 90), jobs.read_log(project, run_id)
+    jobs.cancel(project, run_id)
+    record = registry.get(run_id)
+    assert _wait(lambda: not jobs._alive(record.pid), 30), "the run's process did not stop"
+    assert registry.get(run_id).status == "cancelled"
+    assert "Traceback" not in jobs.read_log(project, run_id)
+
+
+def test_reconcile_marks_runs_with_a_dead_process_failed(project):
+    registry = project.registry()
+    run = registry.create("experiment", {})
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    registry.set_pid(run.id, dead.pid)
+    registry.start(run.id)
+    registry.set_pid(run.id, dead.pid)  # start() records the caller's pid; pretend another process ran it
+    assert jobs.reconcile(project) == [run.id]
+    assert registry.get(run.id).status == "failed"
+    assert jobs.reconcile(project) == []
