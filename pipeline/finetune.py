@@ -15,7 +15,7 @@ from typing import Any
 from .captions import DEFAULT_TEMPLATE, build_prompt
 from .common import Progress, ProgressFn, no_progress, read_json, to_jsonable, write_json
 from .data import DatasetConfig, load_dataset
-from .generators import Generator, generator_class
+from .generators import Generator, generator_class, resolve_options
 from .project import Project
 from .runs import Link, throttle
 
@@ -36,10 +36,7 @@ class FinetuneConfig:
 
     def backend_config(self) -> Any:
         cls = generator_class(self.generator)
-        try:
-            return cls.config_class(**dict(self.options))
-        except TypeError as err:
-            raise ValueError(f"bad option for generator {self.generator!r}: {err}") from None
+        return cls.config_class(**resolve_options(cls, dict(self.options)))
 
 
 @dataclass(frozen=True)
@@ -128,4 +125,5 @@ def load_generator(directory: Path, name: str | None = None, **overrides: Any) -
             raise FileNotFoundError(f"{directory} is not a saved generator (no backend.json); "
                                     "pass the backend name")
         name = read_json(meta)["backend"]
-    return generator_class(name).load(directory, **overrides)
+    cls = generator_class(name)
+    return cls.load(directory, **resolve_options(cls, overrides))

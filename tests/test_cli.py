@@ -58,3 +58,24 @@ def test_caption_export_history_and_runs(tmp_path, capsys):
     assert main(["runs", "show", *project, run_id]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["status"] == "done" and shown["lineage"][0]["kind"] in ("dataset", "captions")
+
+
+def test_finetune_then_generate_then_resume(tmp_path, capsys):
+    project = ["--project", str(tmp_path)]
+    data = ["--limit", "60"]
+    assert main(["-q", "caption", *project, *data]) == 0
+    assert main(["-q", "finetune", *project, *data, "--store", "digits", "--steps", "4",
+                 "--option", "block_out_channels=[16, 32]", "--option", "checkpoint_every=2"]) == 0
+    out = capsys.readouterr().out
+    generator = out.split("generator saved to ")[1].split(" [run")[0]
+    target = tmp_path / "synthetic"
+    args = ["-q", "generate", *project, *data, "--generator", generator, "--prompts", "digits",
+            "--num", "20", "--steps", "3", "--out", str(target)]
+    assert main(args) == 0
+    assert "20 images" in capsys.readouterr().out
+    manifest = (target / "manifest.jsonl").read_text().splitlines()
+    assert len(manifest) == 20 and json.loads(manifest[0])["prompt"].startswith("0: a photo of a 0")
+    assert main(args) == 0  # a rerun into the same folder finds everything done
+    assert len((target / "manifest.jsonl").read_text().splitlines()) == 20
+    assert main(["-q", "finetune", *project, "--generator", "scratch", "--option", "nope=1"]) == 2
+    assert "generator 'scratch' has no option 'nope'; valid: " in capsys.readouterr().err

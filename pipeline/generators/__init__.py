@@ -22,6 +22,8 @@ class Generator(abc.ABC):
 
     name: ClassVar[str]
     config_class: ClassVar[type]  # the backend's frozen config dataclass
+    # common option names (CLI flags, studio fields) -> this backend's config field names
+    option_aliases: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -70,10 +72,26 @@ def generator_class(name: str) -> type[Generator]:
     return GENERATORS.get(name)
 
 
+def resolve_options(cls: type[Generator], options: dict[str, Any]) -> dict[str, Any]:
+    """Map common option names to ``cls``'s config fields; an unknown name is an error listing the
+    valid ones (so ``--steps`` means training steps for every backend, whatever the field is called)."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    resolved = {}
+    for key, value in options.items():
+        field = cls.option_aliases.get(key, key)
+        if field not in fields:
+            valid = sorted(fields | set(cls.option_aliases))
+            raise ValueError(f"generator {cls.name!r} has no option {key!r}; valid: {', '.join(valid)}")
+        resolved[field] = value
+    return resolved
+
+
 def create_generator(name: str, **options: Any) -> Generator:
-    """Build a backend by name; ``options`` are fields of its config dataclass."""
+    """Build a backend by name; ``options`` are fields of its config dataclass (or their aliases)."""
     cls = generator_class(name)
-    return cls(cls.config_class(**options))
+    return cls(cls.config_class(**resolve_options(cls, options)))
 
 
 def _import_backends() -> None:

@@ -125,6 +125,7 @@ class ScratchGenerator(Generator):
 
     name = "scratch"
     config_class = ScratchConfig
+    option_aliases = {"steps": "train_steps", "lr": "learning_rate", "num_inference_steps": "sampling_steps"}
 
     def __init__(self, config: ScratchConfig | None = None) -> None:
         super().__init__(config or ScratchConfig())
