@@ -64,6 +64,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if value is not None:
             options.append((key, value))
     if args.size:
+        if not args.base:
+            raise ValueError("--size applies to Stable Diffusion (--base); the scratch model generates at "
+                             "the size it was trained at")
+        if args.size[0] != args.size[1]:
+            raise ValueError(f"--size {args.size[0]} {args.size[1]}: only square images are supported")
         options.append(("resolution", args.size[0]))
     prompts = args.prompts
     if prompts and not prompts.startswith("store:") and prompts != "classnames" and not Path(prompts).exists():
