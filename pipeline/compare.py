@@ -170,30 +170,10 @@ def load_variant(variant: Variant, **overrides: Any) -> Generator:
         return load_generator(variant.generator_dir, **overrides)
     if variant.checkpoint is None:
         return load_generator(variant.generator_dir, **overrides)
-    return _load_scratch_checkpoint(variant.checkpoint, **overrides)
-
-
-def _load_scratch_checkpoint(path: Path, **overrides: Any) -> Generator:
-    """A scratch checkpoint with its EMA weights, which is what the final generator samples with.
-
-    A ``step-N`` folder holds the config, the data-derived state and the raw UNet, so
-    ``ScratchGenerator.load`` reads it; the EMA weights are in ``training_state.pt``.
-    """
-    import torch
-    from diffusers.training_utils import EMAModel
-
+    from .generators import resolve_options
     from .generators.scratch import ScratchGenerator
 
-    generator = ScratchGenerator.load(path, **overrides)
-    state_file = path / "training_state.pt"
-    if state_file.exists():
-        ema_state = torch.load(state_file, weights_only=True).get("ema")
-        if ema_state:
-            ema = EMAModel(generator.unet.parameters())
-            ema.load_state_dict(ema_state)
-            ema.copy_to(generator.unet.parameters())
-    generator.state = {**generator.state, "steps": int(path.name.split("-")[1])}
-    return generator
+    return ScratchGenerator.load_checkpoint(variant.checkpoint, **resolve_options(ScratchGenerator, overrides))
 
 
 Loader = Callable[..., Generator]

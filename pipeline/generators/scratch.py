@@ -329,6 +329,23 @@ class ScratchGenerator(Generator):
         generator.unet = unet.to(resolve_device(config.device)).eval()
         return generator
 
+    @classmethod
+    def load_checkpoint(cls, path: Path, **overrides: Any) -> ScratchGenerator:
+        """A ``step-N`` checkpoint folder of :meth:`fit` as a generator, with its EMA weights (what the
+        final generator samples with); ``overrides`` replace config fields."""
+        import torch
+        from diffusers.training_utils import EMAModel
+
+        path = Path(path)
+        generator = cls.load(path, **overrides)
+        ema_state = torch.load(path / "training_state.pt", weights_only=True).get("ema")
+        if ema_state:
+            ema = EMAModel(generator.unet.parameters())
+            ema.load_state_dict(ema_state)
+            ema.copy_to(generator.unet.parameters())
+        generator.state = {**generator.state, "steps": int(path.name.split("-")[1])}
+        return generator
+
 
 # -- building blocks ----------------------------------------------------------------------------
 def _build_unet(cfg: ScratchConfig, state: dict[str, Any]):
