@@ -60,6 +60,22 @@ def test_form_builds_the_config_and_starts_the_run(env, monkeypatch):
     assert options["train_steps"] == 10 and options["block_out_channels"] == [8, 16]
     assert any("Started run" in s.value for s in at.success)
     assert at.selectbox(key="runs_selected").value.startswith("experiment-")
+    assert config.store_version is None  # default: caption what is missing, use the newest
+
+
+def test_a_curated_caption_version_can_be_pinned(env, monkeypatch):
+    started = []
+    monkeypatch.setattr("pipeline.jobs.start_experiment",
+                        lambda project, config: started.append(config) or
+                        project.registry().create("experiment", config).id)
+    at = open_page("runs")
+    at.number_input(key="run_store_version").set_value(3).run()
+    assert any("needs the caption store" in e.value for e in at.error)
+    at.text_input(key="run_store").input("digits").run()
+    at.button(key="run_start").click().run()
+    assert not at.error
+    [config] = started
+    assert config.store == "digits" and config.store_version == 3
 
 
 def test_bad_generator_option_is_refused_before_start(env):

@@ -92,7 +92,7 @@ def experiment_form() -> ExperimentConfig | None:
     """Widgets → an ExperimentConfig (the quickstart's, with the chosen fields replaced)."""
     dataset = dataset_widgets()
     st.markdown("**Captions**")
-    cols = st.columns([1, 2, 2, 1])
+    cols = st.columns([1, 2, 2, 1, 1])
     captioner = cols[0].selectbox("Captioner", CAPTIONERS.names(), key="run_captioner",
                                   index=CAPTIONERS.names().index(defaults.captioner.name))
     class_template = cols[1].text_input("Class template (classname captioner)", defaults.captioner.class_template,
@@ -100,10 +100,13 @@ def experiment_form() -> ExperimentConfig | None:
     store = cols[2].text_input("Caption store (blank: the dataset's name)", key="run_store")
     template = cols[3].selectbox("Prompt template", list(TEMPLATES), key="run_template",
                                  index=list(TEMPLATES).index(defaults.template))
+    store_version = cols[4].number_input("Caption version", min_value=0, value=0, key="run_store_version",
+                                         help="0: caption what is missing and use the newest version; "
+                                              "N: use the curated version N of the store as it is")
     st.markdown("**Generator and synthetic set**")
     cols = st.columns(4)
     backend = cols[0].selectbox("Generator", list(TRAIN_STEPS_FIELD), key="run_backend")
-    cardinality = cols[1].number_input("Cardinality (× members per round)", min_value=0.1, value=1.0, step=0.5,
+    cardinality = cols[1].number_input("Cardinality (× members per round)", min_value=0.1, value=float(defaults.cardinality), step=0.5,
                                        key="run_cardinality")
     rounds = cols[2].number_input("Rounds", min_value=1, value=defaults.rounds, key="run_rounds")
     regen = cols[3].number_input("Regenerate every (student epochs)", min_value=1,
@@ -122,10 +125,14 @@ def experiment_form() -> ExperimentConfig | None:
     views = cols[5].multiselect("Query views", VIEWS, default=list(defaults.audit.views), key="run_views")
     if dataset is None or options is None:
         return None
+    if store_version and not store.strip():
+        st.error("A caption version needs the caption store it belongs to.")
+        return None
     try:
         FinetuneConfig(generator=backend, options=options).backend_config()  # unknown options fail here
         return replace(
             defaults, dataset=dataset, store=store.strip() or None, template=template,
+            store_version=int(store_version) or None,
             captioner=replace(defaults.captioner, name=captioner, class_template=class_template),
             generator=backend, generator_options=options, cardinality=float(cardinality), rounds=int(rounds),
             teacher=replace(defaults.teacher, model=teacher_model, epochs=int(teacher_epochs)),
