@@ -5,9 +5,10 @@ One module per stage, each with one entry function taking a frozen config:
 - ``data.load_dataset``         labelled images, stable ids, member / non-member split
 - ``captions.caption``          caption images into a versioned ``caption_store``
 - ``finetune.finetune``         train / LoRA-fine-tune a generator
-- ``generate.generate``         synthetic training set with a manifest
-- ``distill``                   teacher and GKD student
-- ``privacy``                   LiRA membership-inference audit
+- ``generate.synthesize``       synthetic training set with a manifest (resumable)
+- ``distill``                   teacher and GKD student (``train_teacher``, ``train_student``)
+- ``privacy``                   LiRA membership-inference audit (maths in ``privacy_math``)
+- ``experiment.run_experiment`` the whole loop; ``quickstart_config()`` is the offline default
 
 Public names are imported lazily so that ``import pipeline`` stays fast and side-effect free.
 """
@@ -25,6 +26,12 @@ _EXPORTS = {
     "CaptionStore": "caption_store", "CaptionConflictError": "caption_store",
     "import_captions": "caption_io", "export_captions": "caption_io",
     "Project": "project", "RunRegistry": "runs", "Link": "runs",
+    "FinetuneConfig": "finetune", "finetune": "finetune", "load_generator": "finetune",
+    "GenerateConfig": "generate", "synthesize": "generate", "SyntheticSet": "generate",
+    "create_generator": "generators", "GENERATORS": "generators",
+    "TrainConfig": "train", "DistillConfig": "distill", "train_teacher": "distill", "train_student": "distill",
+    "AuditConfig": "privacy", "lira_scores": "privacy_math", "aop": "privacy_math",
+    "ExperimentConfig": "experiment", "run_experiment": "experiment", "quickstart_config": "experiment",
 }
 
 __all__ = sorted(_EXPORTS)
