@@ -79,3 +79,29 @@ def test_finetune_then_generate_then_resume(tmp_path, capsys):
     assert len((target / "manifest.jsonl").read_text().splitlines()) == 20
     assert main(["-q", "finetune", *project, "--generator", "scratch", "--option", "nope=1"]) == 2
     assert "generator 'scratch' has no option 'nope'; valid: " in capsys.readouterr().err
+
+
+def test_import_is_light_and_public_names_resolve():
+    import subprocess
+    import sys
+
+    code = ("import sys, pipeline; heavy = [m for m in ('torch', 'streamlit', 'gradio', 'diffusers') "
+            "if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    import pipeline
+
+    for name in pipeline.__all__:
+        assert getattr(pipeline, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        pipeline.nope  # noqa: B018
+
+
+def test_the_library_never_imports_the_ui_toolkits():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "pipeline"
+    offenders = [str(p) for p in root.rglob("*.py")
+                 if re.search(r"^\s*(import|from)\s+(streamlit|gradio)\b", p.read_text(), re.M)]
+    assert offenders == []
