@@ -70,11 +70,8 @@ def cmd_caption(args: argparse.Namespace) -> int:
                                 class_template=args.class_template)
     config = CaptionConfig(dataset=dataset_config(args), captioner=captioner, store=args.store,
                            subset=args.subset, overwrite=args.overwrite)
-    bars = ProgressBars(not args.quiet)
-    try:
+    with ProgressBars(not args.quiet) as bars:
         result = caption(config, project_of(args), progress=bars)
-    finally:
-        bars.close()
     print(f"captioned {result.captioned} images ({result.already_done} already had captions, "
           f"{len(result.corrupt)} unreadable) -> store {result.store} version {result.version} "
           f"[run {result.run_id}, {result.seconds:.1f} s]")

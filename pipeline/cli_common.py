@@ -36,6 +36,12 @@ class ProgressBars:
             bar.close()
             self.bars.pop(event.stage, None)
 
+    def __enter__(self) -> ProgressBars:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         for bar in self.bars.values():
             bar.close()

@@ -42,11 +42,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             options.append((key, value))
     config = FinetuneConfig(dataset=dataset_config(args), generator=args.generator, options=tuple(options),
                             store=args.store, store_version=args.store_version, template=args.template)
-    bars = ProgressBars(not args.quiet)
-    try:
+    with ProgressBars(not args.quiet) as bars:
         result = finetune(config, project_of(args), progress=bars, resume=args.resume)
-    finally:
-        bars.close()
     print(f"generator saved to {result.generator_dir} [run {result.run_id}]")
     print_table([[k, v] for k, v in result.metrics.items()], ["metric", "value"])
     return 0
@@ -77,11 +74,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                             options=tuple(options), prompts=prompts or "classnames", template=args.template,
                             dataset=dataset_config(args), cardinality=args.cardinality, num_images=args.num,
                             round=args.round, seed=args.gen_seed, batch_size=args.batch_size, out_dir=args.out)
-    bars = ProgressBars(not args.quiet)
-    try:
+    with ProgressBars(not args.quiet) as bars:
         result = synthesize(config, project_of(args), progress=bars)
-    finally:
-        bars.close()
     print(f"{len(result.synthetic)} images in {result.synthetic.root} ({result.images_per_s:.1f} images/s) "
           f"[run {result.run_id}]")
     return 0
@@ -90,11 +84,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def _run_experiment(args: argparse.Namespace, config: Any, run_id: str | None = None) -> int:
     from .experiment import run_experiment, summary_rows
 
-    bars = ProgressBars(not args.quiet)
-    try:
+    with ProgressBars(not args.quiet) as bars:
         result = run_experiment(config, project_of(args), progress=bars, run_id=run_id)
-    finally:
-        bars.close()
     print()
     print_table(summary_rows(result.metrics),
                 ["model", "accuracy", "MIA AUC", "AUC 95% CI", "TPR@0.1%FPR", "TPR@1%FPR", "AOP"])
