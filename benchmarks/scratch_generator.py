@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.data import DatasetConfig, load_dataset
+from pipeline.data.datasets import DatasetConfig, load_dataset
 from pipeline.generators.scratch import ScratchConfig, ScratchGenerator
 
 # name -> ScratchConfig overrides on top of the defaults ((16, 32) UNet, 800 steps of 128)

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.batched import TrainRecipe, predict_stacked, train_single, train_stacked
-from pipeline.classifiers import TinyCNN
+from pipeline.classifiers.models import TinyCNN
+from pipeline.classifiers.stacked import TrainRecipe, predict_stacked, train_single, train_stacked
 
 
 def small_cnn() -> nn.Module:

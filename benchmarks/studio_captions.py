@@ -38,10 +38,10 @@ STORE = "cifar10"
 
 def setup(project_dir: Path, data: Path) -> None:
     """Store 'cifar10' with 50k imported captions and a caption run recording the dataset."""
-    from pipeline.caption_io import import_captions
-    from pipeline.captions import CaptionConfig, caption
-    from pipeline.data import DatasetConfig, load_dataset
-    from pipeline.project import Project
+    from pipeline.caption import CaptionConfig, caption
+    from pipeline.captions.formats import import_captions
+    from pipeline.core.project import Project
+    from pipeline.data.datasets import DatasetConfig, load_dataset
 
     project = Project.open(project_dir)
     if STORE in project.caption_stores():
@@ -61,7 +61,7 @@ def timed(fn, *args):
 
 def page_data(project_dir: Path) -> list[tuple[str, float, float]]:
     """(a): the calls studio/views/captions.py makes to show the first page, cold then warm."""
-    from pipeline.report import dataset_config_for_store
+    from pipeline.views.report import dataset_config_for_store
     from studio import shared
 
     root = str(Path(project_dir).resolve())
@@ -88,7 +88,7 @@ def page_data(project_dir: Path) -> list[tuple[str, float, float]]:
 
 def edit_latency(project_dir: Path, n: int = 20) -> dict[str, list[float]]:
     """(b): one-caption edits, median of ``n``."""
-    from pipeline.caption_store import CaptionStore
+    from pipeline.captions.store import CaptionStore
 
     path = Path(project_dir) / "captions" / STORE
     store = CaptionStore.open(path, create=False)
@@ -152,7 +152,7 @@ def browser_paint(project_dir: Path) -> dict[str, float] | None:
 
     from playwright.sync_api import sync_playwright
 
-    from pipeline.launch import child_env, studio_command
+    from pipeline.core.launch import child_env, studio_command
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

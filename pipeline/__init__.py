@@ -1,14 +1,17 @@
 """pipeline: private synthetic training sets for image classifiers (TCKR / Knowledge Recycling).
 
-One module per stage, each with one entry function taking a frozen config:
+The top level holds the stages in the order a run goes through them, each one module with one
+entry function taking a frozen config:
 
-- ``data.load_dataset``         labelled images, stable ids, member / non-member split
-- ``captions.caption``          caption images into a versioned ``caption_store``
-- ``finetune.finetune``         train / LoRA-fine-tune a generator
-- ``generate.synthesize``       synthetic training set with a manifest (resumable)
-- ``distill``                   teacher and GKD student (``train_teacher``, ``train_student``)
-- ``privacy``                   LiRA membership-inference audit (maths in ``privacy_math``)
+- ``caption.caption``           1. caption images into a versioned caption store
+- ``finetune.finetune``         2. train / LoRA-fine-tune a generator
+- ``generate.synthesize``       3. synthetic rounds with a manifest (resumable)
+- ``distill``                   4. teacher on real members, GKD student on synthetic data
+- ``privacy``                   5. membership-inference audit
 - ``experiment.run_experiment`` the whole loop; ``quickstart_config()`` is the offline default
+
+Components live in subpackages: ``data``, ``captions``, ``generators``, ``classifiers``, ``privacy``,
+``core`` (project, run registry, jobs), ``cli`` and ``views`` (read side for the studio).
 
 Public names are imported lazily so that ``import pipeline`` stays fast and side-effect free.
 """
@@ -19,18 +22,18 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "DatasetConfig": "data", "ImageDataset": "data", "load_dataset": "data", "parse_dataset_spec": "data",
-    "CaptionConfig": "captions", "CaptionResult": "captions", "caption": "captions",
-    "build_prompt": "captions", "TEMPLATES": "captions",
-    "CaptionerConfig": "captioners", "create_captioner": "captioners", "CAPTIONERS": "captioners",
-    "CaptionStore": "caption_store", "CaptionConflictError": "caption_store",
-    "import_captions": "caption_io", "export_captions": "caption_io",
-    "Project": "project", "RunRegistry": "runs", "Link": "runs",
+    "DatasetConfig": "data.datasets", "ImageDataset": "data.datasets", "load_dataset": "data.datasets", "parse_dataset_spec": "data.datasets",
+    "CaptionConfig": "caption", "CaptionResult": "caption", "caption": "caption",
+    "build_prompt": "captions.prompts", "TEMPLATES": "captions.prompts",
+    "CaptionerConfig": "captions.captioners", "create_captioner": "captions.captioners", "CAPTIONERS": "captions.captioners",
+    "CaptionStore": "captions.store", "CaptionConflictError": "captions.store",
+    "import_captions": "captions.formats", "export_captions": "captions.formats",
+    "Project": "core.project", "RunRegistry": "core.runs", "Link": "core.runs",
     "FinetuneConfig": "finetune", "finetune": "finetune", "load_generator": "finetune",
     "GenerateConfig": "generate", "synthesize": "generate", "SyntheticSet": "generate",
     "create_generator": "generators", "GENERATORS": "generators",
-    "TrainConfig": "train", "DistillConfig": "distill", "train_teacher": "distill", "train_student": "distill",
-    "AuditConfig": "privacy", "lira_scores": "privacy_math", "aop": "privacy_math",
+    "TrainConfig": "classifiers.train", "DistillConfig": "distill", "train_teacher": "distill", "train_student": "distill",
+    "AuditConfig": "privacy.shadows", "lira_scores": "privacy.metrics", "aop": "privacy.metrics",
     "ExperimentConfig": "experiment", "run_experiment": "experiment", "quickstart_config": "experiment",
 }
 

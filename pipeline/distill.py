@@ -17,11 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .classifiers import ClassifierSpec, create_classifier
-from .common import ProgressFn, no_progress, seed_everything, write_json
-from .data import ImageDataset, MembershipSplit
-from .generate import SyntheticSet
-from .train import (
+from .classifiers.models import ClassifierSpec, create_classifier
+from .classifiers.train import (
     TensorData,
     TrainConfig,
     TrainResult,
@@ -30,6 +27,9 @@ from .train import (
     images_to_tensor,
     predict_logits,
 )
+from .core.common import ProgressFn, no_progress, seed_everything, write_json
+from .data.datasets import ImageDataset, MembershipSplit
+from .generate import SyntheticSet
 
 logger = logging.getLogger(__name__)
 

@@ -14,17 +14,18 @@ from typing import Any
 
 import numpy as np
 
-from .captioners import CaptionerConfig
-from .captions import DEFAULT_TEMPLATE, CaptionConfig, caption
-from .common import Progress, ProgressFn, from_dict, no_progress, to_jsonable, write_json
-from .data import DatasetConfig, load_dataset
+from .caption import CaptionConfig, caption
+from .captions.captioners import CaptionerConfig
+from .captions.prompts import DEFAULT_TEMPLATE
+from .classifiers.train import TrainConfig
+from .core.common import Progress, ProgressFn, from_dict, no_progress, to_jsonable, write_json
+from .core.project import Project
+from .core.runs import Link, throttle
+from .data.datasets import DatasetConfig, load_dataset
 from .distill import DistillConfig, evaluate_on_test, real_tensors, train_student, train_teacher
 from .finetune import FinetuneConfig, finetune
 from .generate import GenerateConfig, synthesize
-from .privacy import AuditConfig, audit_model, load_or_train_shadows, shadow_manifest
-from .project import Project
-from .runs import Link, throttle
-from .train import TrainConfig
+from .privacy.shadows import AuditConfig, audit_model, load_or_train_shadows, shadow_manifest
 
 logger = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .captions import DEFAULT_TEMPLATE, build_prompt
-from .common import Progress, ProgressFn, no_progress, read_json, to_jsonable, write_json
-from .data import DatasetConfig, load_dataset
+from .captions.prompts import DEFAULT_TEMPLATE, build_prompt
+from .core.common import Progress, ProgressFn, no_progress, read_json, to_jsonable, write_json
+from .core.project import Project
+from .core.runs import Link, throttle
+from .data.datasets import DatasetConfig, load_dataset
 from .generators import Generator, generator_class, resolve_options
-from .project import Project
-from .runs import Link, throttle
 
 logger = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .common import Progress, ProgressFn, atomic_write_bytes, no_progress, read_json, write_json
-from .data import DatasetConfig
+from .captions.prompts import PromptPool
+from .core.common import Progress, ProgressFn, atomic_write_bytes, no_progress, read_json, write_json
+from .data.datasets import DatasetConfig
 from .generators import Generator
-from .prompts import PromptPool
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ class GenerateConfig:
     backend: str | None = None  # backend name when `generator` is not a saved folder (e.g. sd-lora + hub id)
     options: tuple[tuple[str, Any], ...] = ()  # backend overrides: num_inference_steps, guidance_scale, ...
     prompts: str = "classnames"  # store:NAME[@VERSION] | a TCKR .json / .txt file | classnames
-    template: str = "class_caption"  # prompt template (see pipeline.captions.TEMPLATES)
+    template: str = "class_caption"  # prompt template (see pipeline.caption.TEMPLATES)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)  # class names and real-set size
     cardinality: float = 1.0  # images = cardinality x number of member images (class-balanced)
     num_images: int | None = None  # exact number of images (overrides cardinality)
@@ -220,11 +220,11 @@ class GenerateResult:
 def synthesize(config: GenerateConfig, project: Any, progress: ProgressFn = no_progress,
                generator: Generator | None = None) -> GenerateResult:
     """Generate a synthetic set as a registered run (resumable through ``out_dir``)."""
-    from .data import load_dataset
+    from .captions.prompts import pool_from_class_names, pool_from_file, pool_from_store
+    from .core.runs import Link
+    from .data.datasets import load_dataset
     from .finetune import load_generator
     from .generators import create_generator
-    from .prompts import pool_from_class_names, pool_from_file, pool_from_store
-    from .runs import Link
 
     # 1. check inputs: data, prompts, size
     dataset = load_dataset(config.dataset)

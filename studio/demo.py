@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pipeline.demo import DemoModels, SyntheticSample, as_scores, load_demo, predict, samples_of  # noqa: E402
-from pipeline.project import Project  # noqa: E402
+from pipeline.core.project import Project  # noqa: E402
+from pipeline.views.demo import DemoModels, SyntheticSample, as_scores, load_demo, predict, samples_of  # noqa: E402
 
 DISPLAY = 112  # pixels: tiny synthetic images are enlarged (nearest neighbour) to be seen
 

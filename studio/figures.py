@@ -1,5 +1,5 @@
 """Plotly figures of the studio: the accuracy / privacy trade-off, attack ROC curves, per-class
-accuracy and training curves. Data and maths come from :mod:`pipeline.report`; this only draws."""
+accuracy and training curves. Data and maths come from :mod:`pipeline.views.report`; this only draws."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from pipeline.report import ModelPoint, aop_iso_curve, front_line, run_pairs
+from pipeline.views.report import ModelPoint, aop_iso_curve, front_line, run_pairs
 
 AOP_LEVELS = (0.25, 0.5, 0.75, 1.0)
 ROLE_STYLE = {"teacher": {"symbol": "circle", "color": "#1f77b4"}, "student": {"symbol": "diamond", "color": "#d62728"}}

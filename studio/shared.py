@@ -17,11 +17,11 @@ from typing import Any
 import streamlit as st
 from PIL import Image
 
-from pipeline.caption_store import CaptionRecord, CaptionStore
-from pipeline.common import from_dict
-from pipeline.curation import filter_records
-from pipeline.data import DatasetConfig, ImageDataset, load_dataset
-from pipeline.project import Project, default_project_dir
+from pipeline.captions.curation import filter_records
+from pipeline.captions.store import CaptionRecord, CaptionStore
+from pipeline.core.common import from_dict
+from pipeline.core.project import Project, default_project_dir
+from pipeline.data.datasets import DatasetConfig, ImageDataset, load_dataset
 
 THUMB = 64  # thumbnail side in pixels
 
@@ -157,7 +157,7 @@ def describe(config: DatasetConfig) -> str:
 # -- generators -------------------------------------------------------------------------------------------
 @st.cache_resource(show_spinner="Loading the generator...", max_entries=6)
 def _variant(generator_dir: str, name: str, overrides: str) -> Any:
-    from pipeline.compare import list_variants, load_variant
+    from pipeline.views.compare import list_variants, load_variant
 
     variants = {v.name: v for v in list_variants(Path(generator_dir))}
     return load_variant(variants[name], **json.loads(overrides))

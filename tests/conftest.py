@@ -32,6 +32,6 @@ def image_folder(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def project(tmp_path: Path):
-    from pipeline.project import Project
+    from pipeline.core.project import Project
 
     return Project.open(tmp_path / "project")

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.func import stack_module_state
 
-from pipeline.batched import (
+from pipeline.classifiers.stacked import (
     TrainRecipe,
     _per_model_losses,
     predict_stacked,
@@ -15,7 +15,7 @@ from pipeline.batched import (
     train_stacked,
     unstack_models,
 )
-from pipeline.common import Progress
+from pipeline.core.common import Progress
 
 
 def tiny_cnn() -> nn.Module:
@@ -137,7 +137,7 @@ def test_stacked_gradient_is_each_models_own_mean_loss_gradient():
 
 
 def test_crop_shift_matches_the_training_loop_augmentation():
-    from pipeline.batched import _gather
+    from pipeline.classifiers.stacked import _gather
 
     x = torch.zeros(3, 1, 5, 5)
     x[:, :, 2, 2] = 1.0

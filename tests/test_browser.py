@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.captioners import CaptionerConfig
-from pipeline.captions import CaptionConfig, caption
-from pipeline.data import DatasetConfig
-from pipeline.launch import child_env, studio_command
+from pipeline.caption import CaptionConfig, caption
+from pipeline.captions.captioners import CaptionerConfig
+from pipeline.core.launch import child_env, studio_command
+from pipeline.data.datasets import DatasetConfig
 
 pytestmark = pytest.mark.browser
 
@@ -44,7 +44,7 @@ def studio(tmp_path_factory):
     if not CHROMIUM.exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install -y chromium; .ci/run does it)")
     pytest.importorskip("playwright.sync_api")
-    from pipeline.project import Project
+    from pipeline.core.project import Project
 
     project = Project.open(tmp_path_factory.mktemp("browser") / "project")
     caption(CaptionConfig(dataset=DatasetConfig(limit=40),

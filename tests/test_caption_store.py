@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.caption_store import CaptionConflictError, CaptionRecord, CaptionStore
+from pipeline.captions.store import CaptionConflictError, CaptionRecord, CaptionStore
 
 SOURCE = {"captioner": "blip", "model": "tiny", "params": {}}
 
@@ -78,7 +78,7 @@ def test_edit_of_unknown_image_is_an_error(store: CaptionStore):
 
 
 def test_snapshots_keep_state_identical(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr("pipeline.caption_store.SNAPSHOT_EVERY", 3)
+    monkeypatch.setattr("pipeline.captions.store.SNAPSHOT_EVERY", 3)
     store = CaptionStore.open(tmp_path / "s")
     store.save(_records(4))
     for v in range(2, 8):

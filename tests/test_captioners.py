@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 from tiny_models import NUM_QUERY_TOKENS, make_tiny_blip, make_tiny_blip2
 
-from pipeline.captioners import CAPTIONERS, Captioner, CaptionerConfig, create_captioner
-from pipeline.registry import UnknownNameError
+from pipeline.captions.captioners import CAPTIONERS, Captioner, CaptionerConfig, create_captioner
+from pipeline.core.registry import UnknownNameError
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from conftest import SHARED
 
-from pipeline.caption_io import export_captions, import_captions
-from pipeline.captioners import Captioner, CaptionerConfig
-from pipeline.captions import CaptionConfig, build_prompt, caption
-from pipeline.data import DatasetConfig, load_dataset
+from pipeline.caption import CaptionConfig, build_prompt, caption
+from pipeline.captions.captioners import Captioner, CaptionerConfig
+from pipeline.captions.formats import export_captions, import_captions
+from pipeline.data.datasets import DatasetConfig, load_dataset
 
 
 class CrashingCaptioner(Captioner):
@@ -175,7 +175,7 @@ def test_tckr_prompt_file_import_and_export(project, image_folder, tmp_path):
 @pytest.mark.skipif(not (SHARED / "cifar10" / "blip2_captions_by_class.json").exists(),
                     reason="../shared is absent")
 def test_real_tckr_blip2_prompt_file_parses():
-    from pipeline.caption_io import read_prompt_pool
+    from pipeline.captions.formats import read_prompt_pool
 
     pools = read_prompt_pool(SHARED / "cifar10" / "blip2_captions_by_class.json")
     assert len(pools) == 10 and all(len(v) == 5000 for v in pools.values())

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from pipeline.cli import build_parser, main
+from pipeline.cli.main import build_parser, main
 
 
 def _all_command_paths(parser: argparse.ArgumentParser, prefix=()):

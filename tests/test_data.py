@@ -13,13 +13,13 @@ import pytest
 from conftest import SHARED, write_image_folder
 from PIL import Image
 
-from pipeline.data import (
+from pipeline.core.registry import UnknownNameError
+from pipeline.data.datasets import (
     CorruptImageError,
     DatasetConfig,
     load_dataset,
     parse_dataset_spec,
 )
-from pipeline.registry import UnknownNameError
 
 
 def test_digits_builtin_has_stable_ids_splits_and_fingerprint():

@@ -1,4 +1,4 @@
-"""The stakeholder demo (pipeline.demo + studio/demo.py) on a fake finished run, without a server;
+"""The stakeholder demo (pipeline.views.demo + studio/demo.py) on a fake finished run, without a server;
 and the launch commands of the studio and the demo (localhost by default)."""
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ import torch
 from PIL import Image
 from test_studio_report import fake_metrics
 
-from pipeline import demo as demo_lib
-from pipeline.common import write_json
-from pipeline.data import DatasetConfig
+from pipeline.captions.prompts import pool_from_class_names
+from pipeline.classifiers.train import images_to_tensor
+from pipeline.core.common import write_json
+from pipeline.data.datasets import DatasetConfig
 from pipeline.distill import build_model
 from pipeline.experiment import quickstart_config
 from pipeline.generate import GenerationPlan, generate_set
 from pipeline.generators import Generator
-from pipeline.prompts import pool_from_class_names
-from pipeline.train import images_to_tensor
+from pipeline.views import demo as demo_lib
 
 CLASSES = ["cat", "dog", "frog"]
 
@@ -68,7 +68,7 @@ def test_load_demo_rebuilds_models_and_lists_only_synthetic_images(finished_run,
     def no_real_data(*args, **kwargs):
         raise AssertionError("the demo must not load the real dataset")
 
-    monkeypatch.setattr("pipeline.data.load_dataset", no_real_data)
+    monkeypatch.setattr("pipeline.data.datasets.load_dataset", no_real_data)
     demo = demo_lib.load_demo(project, run_id)
     assert demo.class_names == CLASSES and demo.input_size == (8, 8)
     assert set(demo.models) == {"teacher", "student"} and not demo.models["teacher"].training
@@ -136,7 +136,7 @@ def test_build_demo_makes_blocks_without_launching(finished_run):
 
 
 def test_launch_commands_bind_to_localhost(tmp_path):
-    from pipeline.launch import STUDIO_APP, demo_command, studio_command
+    from pipeline.core.launch import STUDIO_APP, demo_command, studio_command
 
     command = studio_command(tmp_path, port=8765)
     assert command[1:4] == ["-m", "streamlit", "run"] and command[4] == str(STUDIO_APP)
@@ -150,12 +150,12 @@ def test_launch_commands_bind_to_localhost(tmp_path):
 
 
 def test_cli_studio_and_demo_commands(finished_run, monkeypatch):
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     project, run_id = finished_run
     calls = []
-    monkeypatch.setattr("pipeline.launch.launch_studio", lambda root, host, port: calls.append((root, host, port)) or 0)
-    monkeypatch.setattr("pipeline.launch.launch_demo",
+    monkeypatch.setattr("pipeline.core.launch.launch_studio", lambda root, host, port: calls.append((root, host, port)) or 0)
+    monkeypatch.setattr("pipeline.core.launch.launch_demo",
                         lambda root, run, host, port: calls.append((root, run, host, port)) or 0)
     assert main(["studio", "--project", str(project.root), "--port", "8600"]) == 0
     assert main(["demo", "--project", str(project.root), "--run", run_id]) == 0

@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.data import DatasetConfig, ImageDataset, load_dataset
+from pipeline.captions.prompts import pool_from_class_names
+from pipeline.classifiers.losses import classification_loss, kd_loss
+from pipeline.classifiers.train import TrainConfig, augment_batch
+from pipeline.data.datasets import DatasetConfig, ImageDataset, load_dataset
 from pipeline.distill import DistillConfig, train_student, train_teacher
 from pipeline.generate import GenerationPlan, generate_set
-from pipeline.losses import classification_loss, kd_loss
-from pipeline.prompts import pool_from_class_names
-from pipeline.train import TrainConfig, augment_batch
 
 
 def test_kd_loss_matches_hand_computation():

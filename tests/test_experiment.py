@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
-from pipeline.common import to_jsonable
-from pipeline.data import DatasetConfig
+from pipeline.cli.main import main
+from pipeline.core.common import to_jsonable
+from pipeline.core.runs import Link
+from pipeline.data.datasets import DatasetConfig
 from pipeline.experiment import ExperimentConfig, quickstart_config, run_experiment
-from pipeline.privacy import AuditConfig
-from pipeline.runs import Link
+from pipeline.privacy.shadows import AuditConfig
 
 
 def tiny_config() -> ExperimentConfig:
@@ -70,7 +70,7 @@ def test_cli_run_from_a_config_file(tmp_path: Path, capsys):
 
 
 def test_the_example_config_in_assets_is_the_quickstart():
-    from pipeline.common import from_dict
+    from pipeline.core.common import from_dict
 
     path = Path(__file__).resolve().parents[1] / "assets" / "quickstart.json"
     assert from_dict(ExperimentConfig, json.loads(path.read_text())) == quickstart_config()

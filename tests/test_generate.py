@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.captions.prompts import PromptPool, pool_from_file
 from pipeline.generate import GenerationPlan, SyntheticSet, balanced_total, generate_set, plan_items
 from pipeline.generators import Generator
-from pipeline.prompts import PromptPool, pool_from_file
 
 
 class FakeGenerator(Generator):

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from test_experiment import tiny_config
 
-from pipeline import jobs
+from pipeline.core import jobs
 
 
 def _wait(predicate, timeout: float) -> bool:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.privacy import (
+from pipeline.classifiers.train import TensorData, TrainConfig
+from pipeline.privacy.shadows import (
     AuditConfig,
     ShadowCacheMismatch,
     assign_shadows,
@@ -18,7 +19,6 @@ from pipeline.privacy import (
     query_views,
     shadow_manifest,
 )
-from pipeline.train import TensorData, TrainConfig
 
 
 def test_every_example_is_in_exactly_half_of_the_shadows():

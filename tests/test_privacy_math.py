@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline import privacy_math as pm
+from pipeline.privacy import metrics as pm
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.runs import Link, RunCancelled, RunRegistry
+from pipeline.core.runs import Link, RunCancelled, RunRegistry
 
 
 def test_lifecycle_config_metrics_and_folder(tmp_path: Path):

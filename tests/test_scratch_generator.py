@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.common import Progress
+from pipeline.core.common import Progress
 from pipeline.generators.scratch import ScratchConfig, ScratchGenerator, latest_checkpoint
 
 TINY = ScratchConfig(

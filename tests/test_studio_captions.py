@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from pipeline.captioners import CaptionerConfig
-from pipeline.captions import CaptionConfig, caption
-from pipeline.data import DatasetConfig
+from pipeline.caption import CaptionConfig, caption
+from pipeline.captions.captioners import CaptionerConfig
+from pipeline.data.datasets import DatasetConfig
 
 APP = str(Path(__file__).resolve().parents[1] / "studio" / "app.py")
 TIMEOUT = 60

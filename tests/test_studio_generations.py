@@ -1,4 +1,4 @@
-"""pipeline.compare and the Generations page: versions of a trained generator side by side.
+"""pipeline.views.compare and the Generations page: versions of a trained generator side by side.
 
 A tiny scratch generator (4 steps, checkpoints at 2 and 4) is trained once through ``finetune`` on
 40 digits; the sd-lora case uses the tiny random Stable Diffusion of test_sd_lora.
@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from pipeline import compare
-from pipeline.captioners import CaptionerConfig
-from pipeline.captions import CaptionConfig, caption
-from pipeline.data import DatasetConfig
+from pipeline.caption import CaptionConfig, caption
+from pipeline.captions.captioners import CaptionerConfig
+from pipeline.core.project import Project
+from pipeline.data.datasets import DatasetConfig
 from pipeline.finetune import FinetuneConfig, finetune
 from pipeline.generators.scratch import ScratchConfig
-from pipeline.project import Project
+from pipeline.views import compare
 
 APP = str(Path(__file__).resolve().parents[1] / "studio" / "app.py")
 DIGITS = DatasetConfig(limit=40)

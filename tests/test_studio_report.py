@@ -1,4 +1,4 @@
-"""pipeline.report: trade-off points, Pareto front, iso-AOP curves, live-run rows (hand-computed values)."""
+"""pipeline.views.report: trade-off points, Pareto front, iso-AOP curves, live-run rows (hand-computed values)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from pipeline import report
-from pipeline.common import write_json
-from pipeline.data import DatasetConfig
+from pipeline.core.common import write_json
+from pipeline.data.datasets import DatasetConfig
+from pipeline.views import report
 
 
 def fake_metrics(teacher=(0.95, 0.60), student=(0.90, 0.52), dataset="digits", backend="scratch",
@@ -109,7 +109,7 @@ def test_epoch_rows_and_throughput():
 
 
 def test_dataset_of_a_store_comes_from_its_caption_run(project):
-    from pipeline.captions import CaptionConfig, caption
+    from pipeline.caption import CaptionConfig, caption
 
     config = DatasetConfig(limit=20)
     caption(CaptionConfig(dataset=config), project)
@@ -129,7 +129,7 @@ def test_run_summary_row(project):
 
 
 def test_generation_rate_falls_back_to_the_generation_runs(project):
-    from pipeline.runs import Link
+    from pipeline.core.runs import Link
 
     registry = project.registry()
     rounds = [registry.create("generate", {}) for _ in range(2)]

@@ -11,7 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from test_studio_report import add_finished_run, fake_metrics
 
-from pipeline.common import write_json
+from pipeline.core.common import write_json
 
 APP = str(Path(__file__).resolve().parents[1] / "studio" / "app.py")
 
@@ -41,7 +41,7 @@ def test_form_builds_the_config_and_starts_the_run(env, monkeypatch):
         started.append(config)
         return run.id
 
-    monkeypatch.setattr("pipeline.jobs.start_experiment", fake_start)
+    monkeypatch.setattr("pipeline.core.jobs.start_experiment", fake_start)
     at = open_page("runs")
     at.number_input(key="run_limit").set_value(40)
     at.number_input(key="run_teacher_epochs").set_value(2)
@@ -65,7 +65,7 @@ def test_form_builds_the_config_and_starts_the_run(env, monkeypatch):
 
 def test_a_curated_caption_version_can_be_pinned(env, monkeypatch):
     started = []
-    monkeypatch.setattr("pipeline.jobs.start_experiment",
+    monkeypatch.setattr("pipeline.core.jobs.start_experiment",
                         lambda project, config: started.append(config) or
                         project.registry().create("experiment", config).id)
     at = open_page("runs")
@@ -150,7 +150,7 @@ def test_tradeoff_figure_filters_and_exports(env, monkeypatch):
 
 
 def test_tradeoff_html_export_is_self_contained(env):
-    from pipeline.report import points_from_metrics
+    from pipeline.views.report import points_from_metrics
     from studio import figures
 
     html = figures.to_html(figures.tradeoff_figure(points_from_metrics("r", fake_metrics())))

@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
-from ..common import ProgressFn, no_progress
-from ..registry import Registry
+from ..core.common import ProgressFn, no_progress
+from ..core.registry import Registry
 
 
 class Generator(abc.ABC):

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from ..common import (
+from ..core.common import (
     Progress,
     ProgressFn,
     no_progress,

@@ -28,7 +28,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..common import Progress, ProgressFn, no_progress, read_json, resolve_device, resolve_dtype, write_json
+from ..core.common import (
+    Progress,
+    ProgressFn,
+    no_progress,
+    read_json,
+    resolve_device,
+    resolve_dtype,
+    write_json,
+)
 from . import GENERATORS, Generator
 
 if TYPE_CHECKING:

@@ -12,11 +12,11 @@ import hashlib
 import pandas as pd
 import streamlit as st
 
-from pipeline import curation
-from pipeline.caption_store import CaptionConflictError
-from pipeline.captioners import CAPTIONERS, CaptionerConfig
-from pipeline.data import SOURCES, DatasetConfig
-from pipeline.report import dataset_config_for_store
+from pipeline.captions import curation
+from pipeline.captions.captioners import CAPTIONERS, CaptionerConfig
+from pipeline.captions.store import CaptionConflictError
+from pipeline.data.datasets import SOURCES, DatasetConfig
+from pipeline.views.report import dataset_config_for_store
 from studio import shared
 
 PAGE_SIZES = (24, 48, 96)

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pipeline import compare
-from pipeline.captions import build_prompt
-from pipeline.common import from_dict, read_json
-from pipeline.data import DatasetConfig
+from pipeline.captions.prompts import build_prompt
+from pipeline.core.common import from_dict, read_json
+from pipeline.data.datasets import DatasetConfig
+from pipeline.views import compare
 from studio import shared
 
 MAX_CAPTIONS = 8

@@ -10,14 +10,15 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from pipeline import jobs, report
-from pipeline.captioners import CAPTIONERS
-from pipeline.captions import TEMPLATES
-from pipeline.compare import SAMPLING_FIELDS
-from pipeline.data import SOURCES, DatasetConfig
+from pipeline.captions.captioners import CAPTIONERS
+from pipeline.captions.prompts import TEMPLATES
+from pipeline.core import jobs
+from pipeline.data.datasets import SOURCES, DatasetConfig
 from pipeline.experiment import ExperimentConfig, quickstart_config
 from pipeline.finetune import FinetuneConfig
-from pipeline.privacy import VIEWS
+from pipeline.privacy.shadows import VIEWS
+from pipeline.views import report
+from pipeline.views.compare import SAMPLING_FIELDS
 from studio import figures, shared
 
 ACTIVE = ("queued", "running")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from pipeline import report
+from pipeline.views import report
 from studio import figures, shared
 
 st.title("Trade-offs")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .registry import Registry, UnknownNameError
+from ..core.registry import Registry, UnknownNameError
 
 logger = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .common import from_dict, read_json
-from .distill import build_model
-from .generate import SyntheticSet
-from .project import Project
-from .train import TrainConfig, images_to_tensor, predict_logits
+from ..classifiers.train import TrainConfig, images_to_tensor, predict_logits
+from ..core.common import from_dict, read_json
+from ..core.project import Project
+from ..distill import build_model
+from ..generate import SyntheticSet
 
 logger = logging.getLogger(__name__)
 

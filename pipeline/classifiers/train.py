@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .common import Progress, ProgressFn, no_progress, resolve_device
+from ..core.common import Progress, ProgressFn, no_progress, resolve_device
 from .losses import classification_loss, kd_loss
 
 logger = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ def fit_classifier(
 ) -> TrainResult:
     """Train ``model``; epoch e uses ``data_for_epoch(e)`` (lets the student switch synthetic rounds).
 
-    Data with ``teacher_logits`` is trained with :func:`~pipeline.losses.kd_loss`, otherwise with
+    Data with ``teacher_logits`` is trained with :func:`~pipeline.classifiers.losses.kd_loss`, otherwise with
     cross-entropy (plus MixUp if asked). ``checkpoint`` is a file rewritten after every epoch; if it
     exists, training resumes from it.
     """

@@ -22,11 +22,11 @@ from typing import Any
 
 from PIL import Image
 
-from .common import Progress, ProgressFn, no_progress, read_json
-from .finetune import load_generator
-from .generators import Generator
-from .project import Project
-from .runs import RunRecord
+from ..core.common import Progress, ProgressFn, no_progress, read_json
+from ..core.project import Project
+from ..core.runs import RunRecord
+from ..finetune import load_generator
+from ..generators import Generator
 
 logger = logging.getLogger(__name__)
 
@@ -163,15 +163,15 @@ def load_variant(variant: Variant, **overrides: Any) -> Generator:
         if not variant.with_lora:
             return load_generator(variant.generator_dir, lora_path=None, **overrides)
         if variant.checkpoint is not None:
-            from .generators.sd_lora import LORA_FILE
+            from ..generators.sd_lora import LORA_FILE
 
             return load_generator(variant.generator_dir, lora_path=str(variant.checkpoint / LORA_FILE),
                                   **overrides)
         return load_generator(variant.generator_dir, **overrides)
     if variant.checkpoint is None:
         return load_generator(variant.generator_dir, **overrides)
-    from .generators import resolve_options
-    from .generators.scratch import ScratchGenerator
+    from ..generators import resolve_options
+    from ..generators.scratch import ScratchGenerator
 
     return ScratchGenerator.load_checkpoint(variant.checkpoint, **resolve_options(ScratchGenerator, overrides))
 

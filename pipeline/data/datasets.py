@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .common import to_jsonable
-from .registry import Registry
+from ..core.common import to_jsonable
+from ..core.registry import Registry
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .common import atomic_write_text
+from ..core.common import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

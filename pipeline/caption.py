@@ -1,7 +1,4 @@
-"""Captioning stage: caption every training image into a versioned caption store (TCKR step 1).
-
-Also holds the prompt templates that turn a caption record into a generation prompt.
-"""
+"""Captioning stage: caption every training image into a versioned caption store (TCKR step 1)."""
 
 from __future__ import annotations
 
@@ -11,34 +8,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .caption_store import CaptionRecord, CaptionStore
-from .captioners import Captioner, CaptionerConfig, create_captioner
-from .common import Progress, ProgressFn, config_hash, no_progress, write_json
-from .data import DatasetConfig, ImageDataset, ImageRecord, load_dataset
-from .project import Project
-from .runs import Link, throttle
+from .captions.captioners import Captioner, CaptionerConfig, create_captioner
+from .captions.prompts import DEFAULT_TEMPLATE, TEMPLATES, build_prompt  # noqa: F401  (re-exported)
+from .captions.store import CaptionRecord, CaptionStore
+from .core.common import Progress, ProgressFn, config_hash, no_progress, write_json
+from .core.project import Project
+from .core.runs import Link, throttle
+from .data.datasets import DatasetConfig, ImageDataset, ImageRecord, load_dataset
 
 logger = logging.getLogger(__name__)
 
-# TCKR's prompt variants (Sec. 4.3): class name only, caption only, and "class: caption" (default)
-TEMPLATES = {"class": "{label}", "caption": "{caption}", "class_caption": "{label}: {caption}"}
-DEFAULT_TEMPLATE = "class_caption"
 SUBSETS = ("train", "members", "all")
-
-
-def build_prompt(label: str, caption: str, template: str = DEFAULT_TEMPLATE) -> str:
-    """A generation prompt from a class name and a caption.
-
-    ``template`` is a name from :data:`TEMPLATES` or a format string using ``{label}`` and/or
-    ``{caption}``.
-    """
-    fmt = TEMPLATES.get(template, template)
-    if "{label}" not in fmt and "{caption}" not in fmt:
-        raise ValueError(
-            f"unknown prompt template {template!r}; use one of {', '.join(TEMPLATES)} "
-            "or a format string with {label} and/or {caption}"
-        )
-    return fmt.format(label=label, caption=caption)
 
 
 @dataclass(frozen=True)

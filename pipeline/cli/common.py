@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .common import Progress, to_jsonable
+from ..core.common import Progress, to_jsonable
 
 
 class ProgressBars:
@@ -74,7 +74,7 @@ def add_dataset_args(p: argparse.ArgumentParser) -> None:
 
 
 def dataset_config(args: argparse.Namespace):
-    from .data import parse_dataset_spec
+    from ..data.datasets import parse_dataset_spec
 
     return parse_dataset_spec(args.dataset, image_column=args.image_column, label_column=args.label_column,
                               val_fraction=args.val_fraction, member_fraction=args.member_fraction,
@@ -82,7 +82,7 @@ def dataset_config(args: argparse.Namespace):
 
 
 def project_of(args: argparse.Namespace):
-    from .project import Project
+    from ..core.project import Project
 
     return Project.open(args.project)
 

@@ -23,8 +23,8 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
-from .common import resolve_device, resolve_dtype
-from .registry import Registry
+from ..core.common import resolve_device, resolve_dtype
+from ..core.registry import Registry
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from .project import Project
 
 logger = logging.getLogger(__name__)
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the repository root (pipeline/core/jobs.py)
 
 
 def start_experiment(project: Project, config: Any) -> str:

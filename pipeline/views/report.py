@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from .common import from_dict
-from .data import DatasetConfig
-from .project import Project
-from .runs import RunRecord
+from ..core.common import from_dict
+from ..core.project import Project
+from ..core.runs import RunRecord
+from ..data.datasets import DatasetConfig
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class ModelPoint:
 
 def points_from_metrics(run_id: str, metrics: dict[str, Any], created_at: str = "") -> list[ModelPoint]:
     """The teacher and student points of one run's ``metrics.json`` (format of ``experiment.py``)."""
-    from .privacy_math import aop  # imports scipy.stats (~1.5 s): only for metrics without "aop"
+    from ..privacy.metrics import aop  # imports scipy.stats (~1.5 s): only for metrics without "aop"
 
     points = []
     synthetic = metrics.get("synthetic", {})

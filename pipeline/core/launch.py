@@ -12,7 +12,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the repository root (pipeline/core/launch.py)
 STUDIO_APP = PACKAGE_ROOT / "studio" / "app.py"
 
 

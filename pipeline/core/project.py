@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .caption_store import CaptionStore, list_stores
+from ..captions.store import CaptionStore, list_stores
 from .runs import RunRegistry
 
 DEFAULT_PROJECT_ENV = "TCKR_PROJECT"

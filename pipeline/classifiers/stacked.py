@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from pipeline.common import Progress, ProgressFn, no_progress
+from pipeline.core.common import Progress, ProgressFn, no_progress
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def _epoch_order(gen: torch.Generator, idx: torch.Tensor, n_epoch: int, augment_
 def _gather(x: torch.Tensor, order: torch.Tensor, flip: torch.Tensor | None,
             shift: torch.Tensor | None = None, crop_padding: int = 0) -> torch.Tensor:
     """Batch ``x[order]`` (..., C, H, W): randomly shifted (zero-padded crop, the same as
-    ``pipeline.train.augment_batch``'s "crop"), then the flagged images mirrored left-right."""
+    ``pipeline.classifiers.train.augment_batch``'s "crop"), then the flagged images mirrored left-right."""
     xb = x[order]
     if shift is not None:
         lead, (c, h, w) = xb.shape[:-3], xb.shape[-3:]

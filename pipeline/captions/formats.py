@@ -12,10 +12,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .caption_store import CaptionRecord, CaptionStore
-from .common import atomic_write_text
-from .data import ImageDataset
-from .registry import Registry
+from ..core.common import atomic_write_text
+from ..core.registry import Registry
+from ..data.datasets import ImageDataset
+from .store import CaptionRecord, CaptionStore
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .cli_common import (
+from ..core.common import Progress
+from ..core.registry import UnknownNameError
+from .common import (
     ProgressBars,
     _short,
     add_dataset_args,
@@ -19,9 +21,7 @@ from .cli_common import (
     print_table,
     project_of,
 )
-from .cli_stages import add_stage_commands
-from .common import Progress
-from .registry import UnknownNameError
+from .stages import add_stage_commands
 
 logger = logging.getLogger(__name__)
 Handler = Callable[[argparse.Namespace], int]
@@ -29,14 +29,14 @@ Handler = Callable[[argparse.Namespace], int]
 
 # -- datasets ------------------------------------------------------------------------------------------
 def cmd_datasets_list(args: argparse.Namespace) -> int:
-    from .data import SOURCES
+    from ..data.datasets import SOURCES
 
     print_table(list(SOURCES.describe().items()), ["source", "description"])
     return 0
 
 
 def cmd_datasets_inspect(args: argparse.Namespace) -> int:
-    from .data import load_dataset
+    from ..data.datasets import load_dataset
 
     dataset = load_dataset(dataset_config(args))
     summary = dataset.summary()
@@ -61,8 +61,8 @@ def cmd_datasets_inspect(args: argparse.Namespace) -> int:
 
 # -- captioning ---------------------------------------------------------------------------------------
 def cmd_caption(args: argparse.Namespace) -> int:
-    from .captioners import CaptionerConfig
-    from .captions import CaptionConfig, caption
+    from ..caption import CaptionConfig, caption
+    from ..captions.captioners import CaptionerConfig
 
     captioner = CaptionerConfig(name=args.captioner, model=args.model, batch_size=args.batch_size,
                                 device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
@@ -99,7 +99,7 @@ def cmd_captions_show(args: argparse.Namespace) -> int:
 
 
 def cmd_captions_export(args: argparse.Namespace) -> int:
-    from .caption_io import export_captions
+    from ..captions.formats import export_captions
 
     store = project_of(args).caption_store(args.store)
     n = export_captions(store, Path(args.out), args.format, args.version)
@@ -108,8 +108,8 @@ def cmd_captions_export(args: argparse.Namespace) -> int:
 
 
 def cmd_captions_import(args: argparse.Namespace) -> int:
-    from .caption_io import import_captions
-    from .data import load_dataset
+    from ..captions.formats import import_captions
+    from ..data.datasets import load_dataset
 
     dataset = load_dataset(dataset_config(args))
     store = project_of(args).caption_store(args.store, create=True)

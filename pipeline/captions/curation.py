@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from .caption_store import CaptionChange, CaptionRecord, CaptionStore
+from ..data.datasets import ImageDataset
 from .captioners import Captioner, CaptionerConfig, create_captioner
-from .data import ImageDataset
+from .store import CaptionChange, CaptionRecord, CaptionStore
 
 STOPWORDS = frozenset("a an the of on in at with and is are to for by from its it this that".split())
 FILTERS = ("all", "edited", "machine", "needs review")

@@ -4,7 +4,7 @@ The *population* is every audited real training image: the members (which the te
 generator saw) and the non-members (which nothing saw). Each shadow model trains on a random half of
 the population with the teacher's recipe; every example is "in" for exactly half the shadows. The
 shadows' per-example scores are cached under ``<project>/shadows/<key>/`` and reused for the teacher
-and every student of the same data; the maths lives in :mod:`pipeline.privacy_math`.
+and every student of the same data; the maths lives in :mod:`pipeline.privacy.metrics`.
 """
 
 from __future__ import annotations
@@ -20,11 +20,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import privacy_math as pm
-from .batched import TrainRecipe, predict_stacked, train_stacked
-from .classifiers import ClassifierSpec, create_classifier, vmap_compatible
-from .common import ProgressFn, config_hash, no_progress, read_json, seed_everything, to_jsonable, write_json
-from .train import TensorData, TrainConfig, fit_classifier, predict_logits
+from ..classifiers.models import ClassifierSpec, create_classifier, vmap_compatible
+from ..classifiers.stacked import TrainRecipe, predict_stacked, train_stacked
+from ..classifiers.train import TensorData, TrainConfig, fit_classifier, predict_logits
+from ..core.common import (
+    ProgressFn,
+    config_hash,
+    no_progress,
+    read_json,
+    seed_everything,
+    to_jsonable,
+    write_json,
+)
+from . import metrics as pm
 
 logger = logging.getLogger(__name__)
 

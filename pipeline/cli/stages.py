@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .cli_common import (
+from .common import (
     ProgressBars,
     add_dataset_args,
     add_project_arg,
@@ -33,7 +33,7 @@ def _options(pairs: list[str] | None) -> tuple[tuple[str, Any], ...]:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from .finetune import FinetuneConfig, finetune
+    from ..finetune import FinetuneConfig, finetune
 
     options = list(_options(args.option))
     for key in ("base", "steps", "lr", "batch_size", "resolution", "rank"):
@@ -50,7 +50,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .generate import GenerateConfig, synthesize
+    from ..generate import GenerateConfig, synthesize
 
     options = list(_options(args.option))
     if args.lora:
@@ -82,7 +82,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _run_experiment(args: argparse.Namespace, config: Any, run_id: str | None = None) -> int:
-    from .experiment import run_experiment, summary_rows
+    from ..experiment import run_experiment, summary_rows
 
     with ProgressBars(not args.quiet) as bars:
         result = run_experiment(config, project_of(args), progress=bars, run_id=run_id)
@@ -98,19 +98,19 @@ def _run_experiment(args: argparse.Namespace, config: Any, run_id: str | None = 
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    from .experiment import quickstart_config
+    from ..experiment import quickstart_config
 
     code = _run_experiment(args, quickstart_config())
     if code == 0 and getattr(args, "studio", False):
-        from .launch import launch_studio
+        from ..core.launch import launch_studio
 
         return launch_studio(project_of(args).root, host=args.host, port=args.port)
     return code
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .common import from_dict
-    from .experiment import ExperimentConfig
+    from ..core.common import from_dict
+    from ..experiment import ExperimentConfig
 
     if args.queued:
         record = project_of(args).registry().get(args.queued)
@@ -121,13 +121,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_studio(args: argparse.Namespace) -> int:
-    from .launch import launch_studio
+    from ..core.launch import launch_studio
 
     return launch_studio(project_of(args).root, host=args.host, port=args.port)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .launch import launch_demo
+    from ..core.launch import launch_demo
 
     project = project_of(args)
     project.registry().get(args.run)  # an unknown id fails here, before a server starts
@@ -135,7 +135,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from .experiment import config_json, quickstart_config
+    from ..experiment import config_json, quickstart_config
 
     print(config_json(quickstart_config()))
     return 0

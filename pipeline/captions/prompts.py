@@ -6,10 +6,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .caption_io import read_prompt_pool
-from .captions import DEFAULT_TEMPLATE, build_prompt
-from .data import ImageDataset
-from .project import Project
+from ..core.project import Project
+from ..data.datasets import ImageDataset
+from .formats import read_prompt_pool
+
+# TCKR's prompt variants (Sec. 4.3): class name only, caption only, and "class: caption" (default)
+TEMPLATES = {"class": "{label}", "caption": "{caption}", "class_caption": "{label}: {caption}"}
+DEFAULT_TEMPLATE = "class_caption"
+
+
+def build_prompt(label: str, caption: str, template: str = DEFAULT_TEMPLATE) -> str:
+    """A generation prompt from a class name and a caption.
+
+    ``template`` is a name from :data:`TEMPLATES` or a format string using ``{label}`` and/or
+    ``{caption}``.
+    """
+    fmt = TEMPLATES.get(template, template)
+    if "{label}" not in fmt and "{caption}" not in fmt:
+        raise ValueError(
+            f"unknown prompt template {template!r}; use one of {', '.join(TEMPLATES)} "
+            "or a format string with {label} and/or {caption}"
+        )
+    return fmt.format(label=label, caption=caption)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Captioners (registry), the versioned caption store, import/export formats, prompts, curation."""

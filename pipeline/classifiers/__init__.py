@@ -1,0 +1,1 @@
+"""Classifier registry, the training loop, stacked (vmap) training and losses."""

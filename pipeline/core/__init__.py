@@ -1,0 +1,1 @@
+"""Project folder, run registry (SQLite), background jobs, registries and small shared helpers."""

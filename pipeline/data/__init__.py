@@ -1,0 +1,1 @@
+"""Dataset sources (registry), the member / non-member split and image decoding."""

@@ -1,0 +1,1 @@
+"""Membership-inference attacks, their metrics (ROC, TPR@FPR, AOP, CIs) and shadow models."""
