@@ -33,7 +33,8 @@ _EXPORTS = {
     "GenerateConfig": "generate", "synthesize": "generate", "SyntheticSet": "generate",
     "create_generator": "generators", "GENERATORS": "generators",
     "TrainConfig": "classifiers.train", "DistillConfig": "distill", "train_teacher": "distill", "train_student": "distill",
-    "AuditConfig": "privacy.shadows", "lira_scores": "privacy.metrics", "aop": "privacy.metrics",
+    "AuditConfig": "audit", "audit": "audit", "AuditResult": "audit", "lira_scores": "privacy.attacks.lira", "rmia_scores": "privacy.attacks.rmia",
+    "aop": "privacy.metrics",
     "ExperimentConfig": "experiment", "run_experiment": "experiment", "quickstart_config": "experiment",
 }
 

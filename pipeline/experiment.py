@@ -1,5 +1,5 @@
 """The whole TCKR loop as one run: caption → generator → synthetic rounds → teacher → GKD student →
-LiRA audit of both. ``python -m pipeline quickstart`` runs it on the built-in dataset;
+membership-inference audit of both (the student in transfer and pipeline mode). ``python -m pipeline quickstart`` runs it on the built-in dataset;
 ``python -m pipeline run CONFIG.json`` on any dataset, backbone and generator.
 """
 
@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from .audit import AuditConfig, PipelineShadows, audit
 from .caption import CaptionConfig, caption
 from .captions.captioners import CaptionerConfig
 from .captions.prompts import DEFAULT_TEMPLATE
@@ -25,7 +26,6 @@ from .data.datasets import DatasetConfig, load_dataset
 from .distill import DistillConfig, evaluate_on_test, real_tensors, train_student, train_teacher
 from .finetune import FinetuneConfig, finetune
 from .generate import GenerateConfig, synthesize
-from .privacy.shadows import AuditConfig, audit_model, load_or_train_shadows, shadow_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,9 @@ def quickstart_config() -> ExperimentConfig:
         teacher=recipe,
         distill=DistillConfig(student=replace(recipe, seed=1), temperature=4.0, alpha=1.0,
                               regen_every=5),
-        audit=AuditConfig(n_shadows=16, views=("orig", "shift")),
+        # 8 transfer shadows (LiRA with one global variance) and 2 pipeline shadows, each rerunning the whole
+        # loop on its half of the population; RMIA, built for few reference models, is the headline attack
+        audit=AuditConfig(n_shadows=8, pipeline_shadows=2, views=("orig", "shift"), headline="rmia"),
     )
 
 
@@ -106,7 +108,7 @@ def run_experiment(config: ExperimentConfig, project: Project, progress: Progres
         timings[name] = round(time.monotonic() - t0, 2)
         registry.report(run.id, progress={"stage": name, "done": 1, "total": 1}, timings=timings)
 
-    with registry.track(run.id):
+    with registry.track(run.id), ExitStack() as stack:
         # 2. captions: a pinned curated version as is, else caption what is missing
         t0 = time.monotonic()
         if config.store_version is not None:
@@ -120,6 +122,13 @@ def run_experiment(config: ExperimentConfig, project: Project, progress: Progres
                                              store=config.store), project, progress)
         registry.link(run.id, Link("captions", "captions", f"{captions.store}@{captions.version}"))
         timed("caption", t0)
+        # pipeline-mode shadows need only the data, captions and config: on a multi-core CPU they train
+        # in worker processes while this process trains the experiment's own generator (one core)
+        pipeline_shadows = None
+        if "pipeline" in config.audit.modes:
+            pipeline_shadows = PipelineShadows(config.audit, config, f"{captions.store}@{captions.version}",
+                                               project).start()
+        stack.callback(lambda: pipeline_shadows and pipeline_shadows.stop())
 
         # 3. generator on the member images and their captions
         t0 = time.monotonic()
@@ -132,7 +141,7 @@ def run_experiment(config: ExperimentConfig, project: Project, progress: Progres
 
         # 4. synthetic rounds from the members' captions
         t0 = time.monotonic()
-        rounds = []
+        rounds, round_runs = [], []
         for k in range(config.rounds):
             made = synthesize(GenerateConfig(
                 generator=str(trained.generator_dir), prompts=f"store:{captions.store}@{captions.version}",
@@ -141,41 +150,42 @@ def run_experiment(config: ExperimentConfig, project: Project, progress: Progres
                 out_dir=str(run.run_dir / "synthetic" / f"round-{k}")), project, progress)
             registry.link(run.id, Link(f"synthetic round {k}", "run", made.run_id))
             rounds.append(made.synthetic)
+            round_runs.append(made.run_id)
         timed("generate", t0)
 
-        # 5. teacher on real members, student on synthetic rounds only
+        # 5. teacher on real members, student on synthetic rounds only (each recorded as its own run)
         t0 = time.monotonic()
-        teacher = train_teacher(dataset, split, config.teacher, run.run_dir, progress)
+        with _stage_run(registry, "teacher", config.teacher, [Link("data", "dataset", dataset.fingerprint)]) as teacher_run:
+            teacher = train_teacher(dataset, split, config.teacher, run.run_dir, progress)
         timed("teacher", t0)
         t0 = time.monotonic()
-        student = train_student(teacher.model, rounds, config.distill, n_classes, run.run_dir, progress)
+        rounds_links = [Link("teacher", "run", teacher_run)] + \
+            [Link(f"synthetic round {k}", "run", rid) for k, rid in enumerate(round_runs)]
+        with _stage_run(registry, "student", config.distill, rounds_links) as student_run:
+            student = train_student(teacher.model, rounds, config.distill, n_classes, run.run_dir, progress)
         timed("student", t0)
 
         # 6. test accuracy on the real test split
         test = real_tensors(dataset, [r.id for r in dataset.split("test")], config.teacher.image_size)
         teacher_test = evaluate_on_test(teacher.model, test, n_classes)
-        student_test = evaluate_on_test(student.model, test, n_classes)
+        student_test = evaluate_on_test(student.model, test, n_classes) if \
+            config.distill.student.image_size == config.teacher.image_size else \
+            evaluate_on_test(student.model, real_tensors(dataset, test.ids, config.distill.student.image_size), n_classes)
+        registry.link(run.id, Link("teacher", "run", teacher_run), Link("student", "run", student_run))
+        registry.report(teacher_run, accuracy=teacher_test["accuracy"], weights=str(teacher.checkpoint))
+        registry.report(student_run, accuracy=student_test["accuracy"], weights=str(student.checkpoint))
 
-        # 7. LiRA audit of both against shared shadows
+        # 7. the audit stage: the teacher with its own recipe, the student in transfer and pipeline mode
         t0 = time.monotonic()
-        population = real_tensors(dataset, list(split.members) + list(split.nonmembers), config.teacher.image_size)
-        members = set(split.members)
-        is_member = np.array([i in members for i in population.ids])
-        manifest = shadow_manifest(dataset.fingerprint, population.ids, config.teacher, config.audit, n_classes)
-        shadows = load_or_train_shadows(project.root / "shadows", manifest, population, config.teacher,
-                                        config.audit, progress)
-        teacher_mia = audit_model(teacher.model, population, is_member, shadows, config.audit,
-                                  teacher_test["accuracy"])
-        student_mia = audit_model(student.model, population, is_member, shadows, config.audit,
-                                  student_test["accuracy"])
+        audited = audit(replace(config.audit, experiment=run.id), project, progress, pipeline_shadows)
         timed("audit", t0)
 
         # 8. metrics
         metrics = {
-            "teacher": _model_metrics(teacher_test, teacher_mia, teacher.metrics),
-            "student": _model_metrics(student_test, student_mia, student.metrics),
-            "shadows": {"n": config.audit.n_shadows, "cached": shadows.cached,
-                        "train_seconds": round(shadows.seconds, 2), "directory": str(shadows.directory)},
+            "teacher": _model_metrics(teacher_test, audited.metrics["teacher"], teacher.metrics),
+            "student": _model_metrics(student_test, audited.metrics["student"], student.metrics),
+            "audit": {"run": audited.run_id, "headline_attack": config.audit.headline,
+                      "shadows": audited.metrics["shadows"], "vulnerable": audited.metrics["vulnerable"]},
             "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint, "members": len(split.members),
                         "nonmembers": len(split.nonmembers), "test": len(test)},
             "synthetic": {"rounds": len(rounds), "images_per_round": len(rounds[0]),
@@ -189,7 +199,8 @@ def run_experiment(config: ExperimentConfig, project: Project, progress: Progres
         registry.report(run.id, **{"teacher_accuracy": metrics["teacher"]["accuracy"],
                                    "student_accuracy": metrics["student"]["accuracy"],
                                    "teacher_auc": metrics["teacher"]["mia"]["auc"],
-                                   "student_auc": metrics["student"]["mia"]["auc"]})
+                                   "student_auc": metrics["student"]["mia"]["auc"],
+                                   "student_mia_mode": metrics["student"]["mia"]["mia_mode"]})
     return ExperimentResult(run.id, metrics, time.monotonic() - started)
 
 
@@ -219,26 +230,51 @@ class _RunReporter:
             self.registry.report(self.run_id, progress=record)
 
 
-def _model_metrics(test: dict[str, Any], mia: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
+@contextmanager
+def _stage_run(registry: Any, kind: str, config: Any, links: list[Link]) -> Iterator[str]:
+    """Record one training stage of the experiment as its own run (status, config, lineage)."""
+    run = registry.create(kind, config, links=links)
+    with registry.track(run.id):
+        yield run.id
+
+
+def _model_metrics(test: dict[str, Any], audited: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
     return {
         "accuracy": test["accuracy"],
         "per_class_accuracy": test["per_class_accuracy"],
-        "aop": mia["aop"],
-        "mia": {k: v for k, v in mia.items() if k != "aop"},
+        "aop": audited["aop"],
+        "mia": audited["mia"],  # the headline mode (pipeline for the student when it ran); mia.auc = headline attack
+        "mia_modes": audited["mia_modes"],  # every mode, each with every attack
         "train": {k: v for k, v in train.items() if k != "history"},
         "history": train.get("history", []),
     }
 
 
 def summary_rows(metrics: dict[str, Any]) -> list[list[str]]:
-    """Rows of the printed results table."""
+    """Rows of the printed results table: one per audited model and mode, headline attack first."""
+    def fmt(value: Any, digits: int = 4) -> str:
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
     rows = []
     for name in ("teacher", "student"):
         m = metrics[name]
-        rows.append([name, f"{m['accuracy']:.4f}", f"{m['mia']['auc']:.4f}",
-                     f"[{m['mia']['auc_ci95'][0]:.3f}, {m['mia']['auc_ci95'][1]:.3f}]" if m["mia"]["auc_ci95"] else "-",
-                     f"{m['mia']['tpr_at_0.1pct_fpr']:.4f}", f"{m['mia']['tpr_at_1pct_fpr']:.4f}", f"{m['aop']:.4f}"])
+        for mode, entry in m.get("mia_modes", {m["mia"].get("mia_mode", "transfer"): m["mia"]}).items():
+            for attack in [entry.get("attack", "lira")] + [a for a in ("lira", "rmia", "loss")
+                                                             if a != entry.get("attack") and a in entry]:
+                res = entry.get(attack, entry)
+                if "auc" not in res:
+                    rows.append([name, fmt(m["accuracy"]), mode, attack, "skipped", "-", "-", "-", "-"])
+                    continue
+                ci = res.get("auc_ci95")
+                headline = attack == entry.get("attack")
+                rows.append([name, fmt(m["accuracy"]), mode, attack + (" *" if headline else ""), fmt(res["auc"]),
+                             f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-", fmt(res.get("tpr_at_1pct_fpr")),
+                             fmt(res.get("tpr_at_0.1pct_fpr")),
+                             fmt(entry["aop"]) if headline and "aop" in entry else "-"])
     return rows
+
+
+SUMMARY_HEADER = ["model", "accuracy", "audit mode", "attack", "AUC", "95% CI", "TPR@1%FPR", "TPR@0.1%FPR", "AOP"]
 
 
 def config_json(config: ExperimentConfig) -> str:

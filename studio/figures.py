@@ -19,7 +19,7 @@ FPR_MARK = 0.001  # TPR at 0.1% FPR is marked on the ROC curves
 def _hover(p: ModelPoint) -> str:
     ci = f" [{p.auc_ci95[0]:.3f}, {p.auc_ci95[1]:.3f}]" if p.auc_ci95 else ""
     return (f"<b>{p.run_id}</b> {p.role}<br>accuracy {p.accuracy:.4f}<br>MIA AUC {p.auc:.4f}{ci}"
-            f"<br>TPR@0.1%FPR {p.tpr_at_01pct:.4f}<br>AOP {p.aop:.4f}<br>{p.dataset} · {p.generator}"
+            f"<br>audit {p.audit}<br>TPR@0.1%FPR {p.tpr_at_01pct:.4f}<br>AOP {p.aop:.4f}<br>{p.dataset} · {p.generator}"
             f" · ×{p.cardinality:g}")
 
 

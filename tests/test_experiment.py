@@ -6,14 +6,15 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from pipeline.audit import AuditConfig
 from pipeline.cli.main import main
 from pipeline.core.common import to_jsonable
 from pipeline.core.runs import Link
 from pipeline.data.datasets import DatasetConfig
 from pipeline.experiment import ExperimentConfig, quickstart_config, run_experiment
-from pipeline.privacy.shadows import AuditConfig
 
 
 def tiny_config() -> ExperimentConfig:
@@ -26,7 +27,7 @@ def tiny_config() -> ExperimentConfig:
         generator_options=(("train_steps", 6), ("block_out_channels", [16, 32]), ("checkpoint_every", 3)),
         teacher=replace(base.teacher, epochs=2),
         distill=replace(base.distill, student=replace(base.distill.student, epochs=2), regen_every=1),
-        audit=AuditConfig(n_shadows=4, bootstrap=20),
+        audit=AuditConfig(n_shadows=4, pipeline_shadows=2, workers=1, bootstrap=20),
     )
 
 
@@ -43,15 +44,30 @@ def test_tiny_end_to_end_run(project):
     run = registry.get(result.run_id)
     assert run.status == "done" and run.metrics["student_auc"] == metrics["student"]["mia"]["auc"]
     kinds = {r.kind for r in registry.list()}
-    assert kinds == {"caption", "finetune", "generate", "experiment"}
+    assert kinds == {"caption", "finetune", "generate", "teacher", "student", "audit", "experiment"}
     lineage = {(link.role, link.ref_kind) for _, _, link in registry.lineage(run.id)}
     assert {("data", "dataset"), ("captions", "captions"), ("generator", "run"),
-            ("synthetic round 0", "run")} <= lineage
+            ("synthetic round 0", "run"), ("teacher", "run"), ("student", "run")} <= lineage
+    assert Link("audited", "run", run.id) in registry.list(kind="audit")[0].links
+    # both audit modes for the student, each labelled, with every attack; the headline (RMIA) leads
+    student = metrics["student"]
+    assert student["mia"]["mia_mode"] == "pipeline" and student["mia"]["attack"] == "rmia"
+    assert set(student["mia_modes"]) == {"transfer", "pipeline"}
+    assert student["mia_modes"]["transfer"]["shadow_recipe"] == "teacher"
+    assert metrics["teacher"]["mia"]["mia_mode"] == "transfer"
+    for entry in student["mia_modes"].values():
+        assert {"lira", "rmia", "loss"} <= set(entry) and entry["fpr_floor"] == pytest.approx(1 / 109)
+        assert entry["tpr_at_0.1pct_fpr"] is None  # 109 non-members: 0.1 % FPR is below the floor
+    assert student["mia"]["auc"] == student["mia"]["rmia"]["auc"]
+    assert "skipped" in student["mia_modes"]["pipeline"]["lira"]  # 2 pipeline shadows are too few for LiRA
+    vulnerable = json.loads(Path(metrics["audit"]["vulnerable"]).read_text())
+    assert len(vulnerable["student"]["pipeline"]["members"]) == 50
     events = (project.runs_dir / result.run_id / "events.jsonl").read_text().splitlines()
     assert any(json.loads(e).get("epoch_end") for e in events)
     # a second run on a pinned (curated) caption version reuses it as is, and the cached shadows
     again = run_experiment(replace(tiny_config(), store="digits", store_version=1), project)
-    assert again.metrics["shadows"]["cached"] is True
+    assert again.metrics["audit"]["shadows"]["transfer"]["trained"] == 0
+    assert again.metrics["audit"]["shadows"]["pipeline"]["trained"] == 0
     assert len(registry.list(kind="caption")) == 1
     assert Link("captions", "captions", "digits@1") in registry.get(again.run_id).links
     with pytest.raises(ValueError, match="versions 0..1, not 7"):
@@ -63,7 +79,7 @@ def test_cli_run_from_a_config_file(tmp_path: Path, capsys):
     config.write_text(json.dumps(to_jsonable(tiny_config())))
     assert main(["-q", "run", "--project", str(tmp_path / "p"), str(config)]) == 0
     out = capsys.readouterr().out
-    assert "teacher" in out and "student" in out and "MIA AUC" in out
+    assert "teacher" in out and "student" in out and "MIA AUC" in out and "pipeline" in out and "rmia *" in out
     config.write_text(json.dumps({"teacher": {"epochs": 2, "optimizer": "sgd"}}))
     assert main(["-q", "run", "--project", str(tmp_path / "p"), str(config)]) == 2
     assert "unknown fields ['optimizer']" in capsys.readouterr().err
@@ -74,3 +90,57 @@ def test_the_example_config_in_assets_is_the_quickstart():
 
     path = Path(__file__).resolve().parents[1] / "assets" / "quickstart.json"
     assert from_dict(ExperimentConfig, json.loads(path.read_text())) == quickstart_config()
+
+
+def test_pipeline_shadows_rerun_the_pipeline_and_their_students_read_no_real_image(project, monkeypatch):
+    import pipeline.audit as audit_stage
+    from pipeline.data.datasets import ImageDataset
+
+    original_student, original_iter = audit_stage.train_student, ImageDataset.iter_images
+    calls = {"student": 0}
+    in_student = [False]
+
+    def guarded_iter(self, *args, **kwargs):
+        assert not in_student[0], "a shadow student touched a real image"
+        return original_iter(self, *args, **kwargs)
+
+    def spy_student(*args, **kwargs):
+        calls["student"] += 1
+        in_student[0] = True
+        try:
+            return original_student(*args, **kwargs)
+        finally:
+            in_student[0] = False
+
+    monkeypatch.setattr(ImageDataset, "iter_images", guarded_iter)
+    monkeypatch.setattr(audit_stage, "train_student", spy_student)
+    result = run_experiment(tiny_config(), project)
+    assert calls["student"] == 2  # one shadow student per pipeline shadow
+    shadows = result.metrics["audit"]["shadows"]["pipeline"]
+    files = sorted(Path(shadows["directory"]).glob("shadow-*.npz"))
+    shadow_in = np.stack([np.load(f)["shadow_in"] for f in files])
+    # each population example is in about half of the pipeline shadows; each shadow has the member-set size
+    assert shadow_in.shape[0] == 2 and (shadow_in.sum(1) == result.metrics["dataset"]["members"]).all()
+    assert set(np.unique(shadow_in.sum(0))) <= {1, 2} and abs(shadow_in.mean() - 0.5) < 0.01
+    # every pipeline shadow trained its own generator and synthetic rounds on its half
+    work = project.root / "shadows" / "pipeline-work"
+    assert len(list(work.glob("*/shadow-*/generator/backend.json"))) == 2
+    assert len(list(work.glob("*/shadow-*/synthetic/round-*/manifest.jsonl"))) == 4
+
+
+def test_audit_cli_reaudits_a_finished_run_from_cached_shadows(project, capsys):
+    result = run_experiment(tiny_config(), project)
+    root = str(project.root)
+    assert main(["-q", "audit", "--project", root, "--run", result.run_id, "--attack", "rmia,loss",
+                 "--mode", "transfer"]) == 0
+    out = capsys.readouterr().out
+    assert "transfer" in out and "rmia *" in out and "pipeline" not in out.split("student / teacher")[0]
+    audits = project.registry().list(kind="audit")
+    assert len(audits) == 2 and Link("audited", "run", result.run_id) in audits[0].links
+    assert audits[0].metrics["student_mode"] == "transfer"
+    again = json.loads((audits[0].run_dir / "metrics.json").read_text())
+    assert again["shadows"]["transfer"]["trained"] == 0  # re-scored from the cache
+    assert main(["-q", "audit", "--project", root, "--run", result.run_id, "--attack", "nope"]) == 2
+    assert "valid: lira, loss, rmia" in capsys.readouterr().err
+    caption_run = project.registry().list(kind="caption")[0].id
+    assert main(["-q", "audit", "--project", root, "--run", caption_run]) == 2

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline.privacy import metrics as pm
+from pipeline.privacy.attacks import lira, loss
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -42,7 +43,7 @@ def test_lira_online_matches_hand_computation():
     #     = 1/2 + log(4/3)/2
     expected = [47 / 28 - 0.5 * math.log(14 / 9) + math.log(1.5), 0.5 + 0.5 * math.log(4 / 3)]
     assert expected[0] == pytest.approx(log_normal(3, 2, 14 / 9) - log_normal(3, 0, 9 / 4))
-    got = pm.lira_scores(TARGET, SHADOW, SHADOW_IN, online=True)
+    got = lira.lira_scores(TARGET, SHADOW, SHADOW_IN, online=True)
     assert got.shape == (2,)
     np.testing.assert_allclose(got, expected, rtol=1e-12)
 
@@ -51,7 +52,7 @@ def test_lira_offline_matches_hand_computation():
     # ex 0: log Phi((3 - 0) / 1.5) = log Phi(2);  ex 1: log Phi((1 + 1) / sqrt(8/3)) = log Phi(sqrt(3/2))
     expected = [log_phi(2.0), log_phi(math.sqrt(1.5))]
     assert expected[0] == pytest.approx(math.log(0.9772498680518208))
-    got = pm.lira_scores(TARGET, SHADOW, SHADOW_IN, online=False)
+    got = lira.lira_scores(TARGET, SHADOW, SHADOW_IN, online=False)
     np.testing.assert_allclose(got, expected, rtol=1e-12)
 
 
@@ -64,9 +65,9 @@ def test_lira_fixed_variance_pools_median_residuals():
     online = [log_normal(3, 2, var_in) - log_normal(3, 0, var_out),
               log_normal(1, 2, var_in) - log_normal(1, -1, var_out)]
     offline = [log_phi(3 / math.sqrt(var_out)), log_phi(2 / math.sqrt(var_out))]
-    np.testing.assert_allclose(pm.lira_scores(TARGET, SHADOW, SHADOW_IN, fixed_variance=True), online,
+    np.testing.assert_allclose(lira.lira_scores(TARGET, SHADOW, SHADOW_IN, fixed_variance=True), online,
                                rtol=1e-12)
-    np.testing.assert_allclose(pm.lira_scores(TARGET, SHADOW, SHADOW_IN, online=False, fixed_variance=True),
+    np.testing.assert_allclose(lira.lira_scores(TARGET, SHADOW, SHADOW_IN, online=False, fixed_variance=True),
                                offline, rtol=1e-12)
 
 
@@ -79,11 +80,11 @@ def test_lira_averages_over_augmentations():
     view0 = [log_normal(3, 2, 14 / 9) - log_normal(3, 0, 9 / 4), log_normal(1, 2, 2) - log_normal(1, -1, 8 / 3)]
     view1 = [log_normal(3, 3, 14 / 9) - log_normal(3, 1, 9 / 4), log_normal(1, 3, 2) - log_normal(1, 0, 8 / 3)]
     expected = [(a + b) / 2 for a, b in zip(view0, view1)]
-    np.testing.assert_allclose(pm.lira_scores(target, shadow, SHADOW_IN), expected, rtol=1e-12)
+    np.testing.assert_allclose(lira.lira_scores(target, shadow, SHADOW_IN), expected, rtol=1e-12)
     # offline: ex 0 views z = 2 and (3-1)/1.5 = 4/3; ex 1 views z = 2/sqrt(8/3) and 1/sqrt(8/3)
     offline = [(log_phi(2.0) + log_phi(4 / 3)) / 2,
                (log_phi(2 / math.sqrt(8 / 3)) + log_phi(1 / math.sqrt(8 / 3))) / 2]
-    np.testing.assert_allclose(pm.lira_scores(target, shadow, SHADOW_IN, online=False), offline, rtol=1e-12)
+    np.testing.assert_allclose(lira.lira_scores(target, shadow, SHADOW_IN, online=False), offline, rtol=1e-12)
     # fixed variance with two views: the view-1 residuals equal the view-0 ones, so the pooled
     # variances are unchanged (90/49, 122/49) and only the medians move.
     var_in, var_out = 90 / 49, 122 / 49
@@ -91,7 +92,7 @@ def test_lira_averages_over_augmentations():
               + log_normal(3, 3, var_in) - log_normal(3, 1, var_out)) / 2,
              (log_normal(1, 2, var_in) - log_normal(1, -1, var_out)
               + log_normal(1, 3, var_in) - log_normal(1, 0, var_out)) / 2]
-    np.testing.assert_allclose(pm.lira_scores(target, shadow, SHADOW_IN, fixed_variance=True), fixed,
+    np.testing.assert_allclose(lira.lira_scores(target, shadow, SHADOW_IN, fixed_variance=True), fixed,
                                rtol=1e-12)
 
 
@@ -104,19 +105,19 @@ def test_lira_members_score_higher_on_synthetic_data():
     member = rng.random(n) < 0.5
     target = rng.normal(size=n) + 2.0 * member
     for online in (True, False):
-        assert pm.roc_auc(pm.lira_scores(target, shadow, shadow_in, online=online), member) > 0.8
+        assert pm.roc_auc(lira.lira_scores(target, shadow, shadow_in, online=online), member) > 0.8
 
 
 def test_lira_too_few_shadows_names_the_example():
     shadow_in = SHADOW_IN.copy()
     shadow_in[4:, 1] = False  # example 1 is now in shadows 3 only: 1 in, 6 out
     with pytest.raises(ValueError, match=r"fewer than 2 in shadows.*indices \[1\]"):
-        pm.lira_scores(TARGET, SHADOW, shadow_in, online=True)
-    assert pm.lira_scores(TARGET, SHADOW, shadow_in, online=False).shape == (2,)  # offline needs no in
+        lira.lira_scores(TARGET, SHADOW, shadow_in, online=True)
+    assert lira.lira_scores(TARGET, SHADOW, shadow_in, online=False).shape == (2,)  # offline needs no in
     shadow_in = SHADOW_IN.copy()
     shadow_in[1:, 0] = True  # example 0 is now in 7 shadows: 0 out
     with pytest.raises(ValueError, match=r"fewer than 2 out shadows.*indices \[0\]"):
-        pm.lira_scores(TARGET, SHADOW, shadow_in, online=False)
+        lira.lira_scores(TARGET, SHADOW, shadow_in, online=False)
 
 
 def test_lira_zero_spread_is_floored_not_nan():
@@ -124,19 +125,19 @@ def test_lira_zero_spread_is_floored_not_nan():
     # the in-median then gets an enormous positive score.
     shadow = np.array([[2.0], [2.0], [-1.0], [1.0]])
     shadow_in = np.array([[True], [True], [False], [False]])
-    got = pm.lira_scores(np.array([2.0]), shadow, shadow_in)
+    got = lira.lira_scores(np.array([2.0]), shadow, shadow_in)
     assert np.isfinite(got).all() and got[0] > 60.0  # -log(1e-30) ~ 69
 
 
 def test_lira_rejects_bad_shapes():
     with pytest.raises(ValueError, match="shadow_in must have shape"):
-        pm.lira_scores(TARGET, SHADOW, SHADOW_IN[:, :1])
+        lira.lira_scores(TARGET, SHADOW, SHADOW_IN[:, :1])
     with pytest.raises(ValueError, match="does not match target"):
-        pm.lira_scores(TARGET[:1], SHADOW, SHADOW_IN)
+        lira.lira_scores(TARGET[:1], SHADOW, SHADOW_IN)
     with pytest.raises(ValueError, match=r"\(m, n, a\)"):
-        pm.lira_scores(TARGET, SHADOW[..., None], SHADOW_IN)
+        lira.lira_scores(TARGET, SHADOW[..., None], SHADOW_IN)
     with pytest.raises(ValueError, match="bool"):
-        pm.lira_scores(TARGET, SHADOW, SHADOW_IN.astype(int))
+        lira.lira_scores(TARGET, SHADOW, SHADOW_IN.astype(int))
 
 
 def test_logit_scaled_confidence_small_and_huge_logits():
@@ -147,7 +148,7 @@ def test_logit_scaled_confidence_small_and_huge_logits():
                 1000 - math.log(2),  # 1000 - log(e^0 + e^0)
                 -1000.0,  # 0 - log(e^1000 + 1) = -1000 - log(1 + e^-1000), and e^-1000 underflows
                 999 - 1000.0]  # 999 - log(e^0 + e^1000) = -1 - log(1 + e^-1000)
-    got = pm.logit_scaled_confidence(logits, labels)
+    got = lira.logit_scaled_confidence(logits, labels)
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=0)
     # the probability-space formula agrees where it does not overflow
     p = np.exp(logits[0]) / np.exp(logits[0]).sum()
@@ -158,15 +159,15 @@ def test_logit_scaled_confidence_batch_shape_and_errors():
     rng = np.random.default_rng(1)
     logits = rng.normal(size=(2, 5, 4)) * 50
     labels = rng.integers(0, 4, size=(2, 5))
-    got = pm.logit_scaled_confidence(logits, labels)
+    got = lira.logit_scaled_confidence(logits, labels)
     assert got.shape == (2, 5) and np.isfinite(got).all()
     z = logits[1, 3]
     others = np.delete(z, labels[1, 3])
     assert got[1, 3] == pytest.approx(z[labels[1, 3]] - (others.max() + math.log(np.exp(others - others.max()).sum())))
     with pytest.raises(ValueError, match="labels must lie in"):
-        pm.logit_scaled_confidence(logits, np.full((2, 5), 4))
+        lira.logit_scaled_confidence(logits, np.full((2, 5), 4))
     with pytest.raises(ValueError, match="labels shape"):
-        pm.logit_scaled_confidence(logits, labels[0])
+        lira.logit_scaled_confidence(logits, labels[0])
 
 
 # Hand ROC example: scores sorted 0.9(member) 0.8(member) 0.8(non) 0.3(non) 0.1(member);
@@ -237,7 +238,7 @@ def test_aop_paper_example_and_no_leak_identity():
 
 
 def test_loss_threshold_scores():
-    np.testing.assert_array_equal(pm.loss_threshold_scores(np.array([0.1, 2.0])), [-0.1, -2.0])
+    np.testing.assert_array_equal(loss.loss_threshold_scores(np.array([0.1, 2.0])), [-0.1, -2.0])
 
 
 def test_attack_metrics_json_and_exact_low_fpr_end():
@@ -265,3 +266,16 @@ def test_attack_metrics_small_curve_kept_whole():
     metrics = pm.attack_metrics(ROC_SCORES, ROC_MEMBER, n_boot=0)
     assert metrics["roc"]["fpr"] == [0.0, 0.0, 0.5, 1.0, 1.0]
     assert metrics["auc_ci95"] is None and metrics["n_members"] == 3 and metrics["n_nonmembers"] == 2
+
+
+def test_tpr_below_the_fpr_floor_is_not_measurable():
+    # 2 non-members: the smallest non-zero FPR is 1/2, so neither 0.1 % nor 1 % FPR can be measured
+    metrics = pm.attack_metrics(ROC_SCORES, ROC_MEMBER, n_boot=0)
+    assert metrics["fpr_floor"] == 0.5
+    assert metrics["tpr_at_0.1pct_fpr"] is None and metrics["tpr_at_1pct_fpr"] is None
+    # 500 non-members: 1 % is measurable (floor 0.002), 0.1 % is not
+    rng = np.random.default_rng(0)
+    member = np.r_[np.ones(500, bool), np.zeros(500, bool)]
+    metrics = pm.attack_metrics(rng.normal(size=1000) + member, member, n_boot=0)
+    assert metrics["fpr_floor"] == pytest.approx(0.002)
+    assert metrics["tpr_at_0.1pct_fpr"] is None and 0 <= metrics["tpr_at_1pct_fpr"] <= 1

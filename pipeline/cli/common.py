@@ -17,6 +17,7 @@ class ProgressBars:
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
         self.bars: dict[str, Any] = {}
+        self.finished: set[tuple[str, int | None]] = set()  # a late "done" event must not reopen a bar
 
     def __call__(self, event: Progress) -> None:
         if not self.enabled:
@@ -24,6 +25,9 @@ class ProgressBars:
         from tqdm import tqdm
 
         bar = self.bars.get(event.stage)
+        if bar is None and (event.stage, event.total) in self.finished and \
+                event.total is not None and event.done >= event.total:
+            return
         if bar is None or (event.total is not None and bar.total != event.total):
             if bar is not None:
                 bar.close()
@@ -35,6 +39,7 @@ class ProgressBars:
         if event.total is not None and event.done >= event.total:
             bar.close()
             self.bars.pop(event.stage, None)
+            self.finished.add((event.stage, event.total))
 
     def __enter__(self) -> ProgressBars:
         return self

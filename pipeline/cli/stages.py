@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -81,19 +82,65 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_audit_table(metrics: dict[str, Any]) -> None:
+    from ..experiment import SUMMARY_HEADER, summary_rows
+
+    print()
+    print_table(summary_rows(metrics), SUMMARY_HEADER)
+    teacher, student = metrics["teacher"], metrics["student"]
+    floor = teacher["mia"].get("fpr_floor")
+    print("\n* headline attack (AUC and AOP). n/a: a TPR at an FPR below 1/non-members"
+          + (f" ({floor:.4f})" if floor else "") + " cannot be measured.")
+    print(f"student / teacher accuracy: {student['accuracy'] / max(teacher['accuracy'], 1e-9):.3f}; "
+          f"MIA AUC ({teacher['mia'].get('attack', 'lira')}) teacher {teacher['mia']['auc']:.3f} "
+          f"[{teacher['mia'].get('mia_mode', 'transfer')}] -> student {student['mia']['auc']:.3f} "
+          f"[{student['mia'].get('mia_mode', 'transfer')}]")
+
+
 def _run_experiment(args: argparse.Namespace, config: Any, run_id: str | None = None) -> int:
-    from ..experiment import run_experiment, summary_rows
+    from ..experiment import run_experiment
 
     with ProgressBars(not args.quiet) as bars:
         result = run_experiment(config, project_of(args), progress=bars, run_id=run_id)
-    print()
-    print_table(summary_rows(result.metrics),
-                ["model", "accuracy", "MIA AUC", "AUC 95% CI", "TPR@0.1%FPR", "TPR@1%FPR", "AOP"])
-    teacher, student = result.metrics["teacher"], result.metrics["student"]
-    print(f"\nstudent / teacher accuracy: {student['accuracy'] / max(teacher['accuracy'], 1e-9):.3f}; "
-          f"MIA AUC {teacher['mia']['auc']:.3f} -> {student['mia']['auc']:.3f}")
+    _print_audit_table(result.metrics)
     print(f"run {result.run_id} finished in {result.seconds:.0f} s; metrics in "
           f"{project_of(args).runs_dir / result.run_id / 'metrics.json'}")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from ..audit import AuditConfig, audit
+    from ..core.common import from_dict, read_json
+
+    project = project_of(args)
+    record = project.registry().get(args.run)
+    if record.kind != "experiment":
+        raise ValueError(f"run {args.run} is a {record.kind} run; `audit --run` takes an experiment run id")
+    saved = read_json(record.run_dir / "config.json")["config"].get("audit", {})
+    base = from_dict(AuditConfig, {k: v for k, v in saved.items() if k in AuditConfig.__dataclass_fields__})
+    changes: dict[str, Any] = {"experiment": record.id}
+    if args.attack:
+        changes["attacks"] = tuple(a.strip() for a in args.attack.split(",") if a.strip())
+        if base.headline not in changes["attacks"]:
+            changes["headline"] = changes["attacks"][0]
+    if args.headline:
+        changes["headline"] = args.headline
+    if args.mode:
+        changes["modes"] = tuple(m.strip() for m in args.mode.split(",") if m.strip())
+    for key in ("shadows", "pipeline_shadows", "workers", "shadow_dir"):
+        value = getattr(args, key)
+        if value is not None:
+            changes["n_shadows" if key == "shadows" else key] = value
+    config = replace(base, **changes)
+    with ProgressBars(not args.quiet) as bars:
+        result = audit(config, project, progress=bars)
+    experiment = read_json(record.run_dir / "metrics.json") if (record.run_dir / "metrics.json").exists() else {}
+    metrics = {name: {**result.metrics[name], "accuracy": result.metrics[name]["accuracy"],
+                      "per_class_accuracy": experiment.get(name, {}).get("per_class_accuracy")}
+               for name in ("teacher", "student")}
+    _print_audit_table(metrics)
+    print(f"audit {result.run_id} of {record.id} finished in {result.seconds:.0f} s; metrics in "
+          f"{project.runs_dir / result.run_id / 'metrics.json'}")
     return 0
 
 
@@ -196,6 +243,20 @@ def add_stage_commands(sub: Any) -> None:
     p.add_argument("--queued", default=None, metavar="RUN_ID",
                    help="execute a run queued by the studio (its config is in the registry)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("audit", help="membership-inference audit of a finished experiment (reuses cached shadows)")
+    add_project_arg(p)
+    p.add_argument("--run", required=True, metavar="EXPERIMENT_ID", help="a finished experiment run id")
+    p.add_argument("--attack", default=None, help="comma-separated attacks (default: the run's; lira,rmia,loss)")
+    p.add_argument("--headline", default=None, help="attack the headline AUC and AOP use (default: rmia)")
+    p.add_argument("--mode", default=None, help="student audit modes: transfer, pipeline or both (comma-separated)")
+    p.add_argument("--shadows", type=int, default=None, help="transfer shadows (more are trained, fewer reuse a prefix)")
+    p.add_argument("--pipeline-shadows", type=int, default=None, dest="pipeline_shadows",
+                   help="pipeline shadows (each reruns generator, rounds, teacher and student)")
+    p.add_argument("--workers", type=int, default=None, help="processes for pipeline shadows (default: CPU cores)")
+    p.add_argument("--shadow-dir", default=None, dest="shadow_dir",
+                   help="reuse this transfer-shadow cache (refused if made for another recipe)")
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("studio", help="open the studio (Streamlit) on a project")
     add_project_arg(p)

@@ -222,12 +222,14 @@ class RunRegistry:
     def lineage(self, run_id: str) -> list[tuple[int, RunRecord | None, Link]]:
         """Every ancestor of a run, depth first: (depth, parent record or None, link)."""
         out: list[tuple[int, RunRecord | None, Link]] = []
+        seen = {run_id}
 
         def walk(rid: str, depth: int) -> None:
             for link in self.get(rid).links:
                 parent = self.get(link.ref) if link.ref_kind == "run" else None
                 out.append((depth, parent, link))
-                if parent is not None:
+                if parent is not None and parent.id not in seen:  # a shared ancestor is walked once
+                    seen.add(parent.id)
                     walk(parent.id, depth + 1)
 
         walk(run_id, 0)

@@ -1,18 +1,25 @@
-"""Membership-inference audit: LiRA with shadow models (Carlini et al. 2022), TCKR step 5.
+"""Shadow (reference) models for membership inference: who trains on what, with which recipe, and a
+cache of their raw logits.
 
-The *population* is every audited real training image: the members (which the teacher and the
-generator saw) and the non-members (which nothing saw). Each shadow model trains on a random half of
-the population with the teacher's recipe; every example is "in" for exactly half the shadows. The
-shadows' per-example scores are cached under ``<project>/shadows/<key>/`` and reused for the teacher
-and every student of the same data; the maths lives in :mod:`pipeline.privacy.metrics`.
+The *population* is every audited real training image: the members (which the audited model saw)
+and the non-members (which nothing saw). A shadow imitates the audited model's training: the same
+resolved recipe (architecture, pretrained weights, input size, augmentation, epochs, early stopping,
+optimiser, device) on a training set of the same size as the target's member set, drawn from the
+population. When the target early-stops on a validation set, each shadow early-stops on a carve-out
+of the same size from the population examples it does not train on.
+
+Each shadow's logits on every query view of every population example, and on reference-population
+samples ``z`` that no model trained on (RMIA's), are cached as ``shadow-NNNN.npz`` under a folder
+keyed by everything that determines them; any attack re-scores from the cache, and asking for more
+shadows trains only the missing ones.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,59 +35,106 @@ from ..core.common import (
     config_hash,
     no_progress,
     read_json,
+    resolve_device,
     seed_everything,
     to_jsonable,
     write_json,
 )
-from . import metrics as pm
 
 logger = logging.getLogger(__name__)
 
 VIEWS = ("orig", "flip", "shift")
+# Recipe fields a shadow may differ in from its target: only the seed (its own initial weights and order)
+_FREE_RECIPE_FIELDS = frozenset({"seed"})
+
+
+class ShadowMismatchError(ValueError):
+    """Shadows were (or would be) made for other data, another recipe or another split than the
+    audited model; the message names the differing fields."""
+
+
+ShadowCacheMismatch = ShadowMismatchError  # the earlier name, kept for callers that catch it
 
 
 @dataclass(frozen=True)
-class AuditConfig:
-    """How the membership-inference audit is run."""
+class ShadowLogits:
+    """Raw logits of m shadows; what every attack reads."""
 
-    n_shadows: int = 16  # shadow models (even; each example is "in" for half of them)
-    views: tuple[str, ...] = ("orig", "shift")  # query augmentations: orig, flip, shift (1-pixel roll)
-    online: bool = True  # online LiRA (in and out Gaussians); False = offline (out only)
-    fixed_variance: bool = False  # one global sigma instead of per-example (better with few shadows)
-    batched: bool = True  # train shadows stacked with vmap when the model allows it
-    bootstrap: int = 1000  # bootstrap replicates for the AUC interval
-    seed: int = 0  # seeds the in/out assignment and the shadows' training
+    logits: np.ndarray  # (m, a, n, k) float32: shadow i, view v, population example j
+    z_logits: np.ndarray  # (m, a, nz, k) float32: the same on the reference population
+    shadow_in: np.ndarray  # (m, n) bool: example j in shadow i's training set
+    directory: Path  # the cache folder
+    trained: int  # shadows trained by this call (0: all from the cache)
+    seconds: float  # time spent training them
 
-    def __post_init__(self) -> None:
-        if self.n_shadows < 4 or self.n_shadows % 2:
-            raise ValueError(f"n_shadows must be an even number >= 4, got {self.n_shadows}")
-        unknown = set(self.views) - set(VIEWS)
-        if unknown or not self.views:
-            raise ValueError(f"unknown views {sorted(unknown)}; valid: {', '.join(VIEWS)}")
+    @property
+    def n(self) -> int:
+        return self.shadow_in.shape[0]
 
 
-class ShadowCacheMismatch(ValueError):
-    """A cached shadow set was made for different data, recipe or seed than requested."""
+# -- who trains on what ---------------------------------------------------------------------------------
+def assign_shadows(n_examples: int, n_shadows: int, size: int | None = None, seed: int = 0) -> np.ndarray:
+    """(m, n) bool: shadow i trains on ``size`` examples (default: half the population).
 
-
-@dataclass(frozen=True)
-class ShadowSet:
-    """Scores of every shadow on every population example, and who was in which shadow."""
-
-    scores: np.ndarray  # (m, n, a) logit-scaled confidences
-    shadow_in: np.ndarray  # (m, n) bool
-    directory: Path
-    seconds: float  # training time (0 when loaded from the cache)
-    cached: bool
-
-
-def assign_shadows(n_examples: int, n_shadows: int, seed: int) -> np.ndarray:
-    """(m, n) bool: example j is in exactly m/2 shadows, chosen at random per example."""
+    Shadow i takes the ``size`` examples that are in the fewest earlier shadows, ties broken at
+    random, so every prefix of shadows is balanced (each example is in the floor or ceiling of
+    ``i · size / n`` of the first i shadows) and asking for more shadows keeps the first ones. With
+    ``size = n / 2`` shadows come in complementary pairs: each example is in exactly half of an
+    even number of shadows.
+    """
+    size = n_examples // 2 if size is None else size
+    if not 0 < size < n_examples:
+        raise ValueError(f"a shadow's training set must hold between 1 and {n_examples - 1} examples; got {size}")
     rng = np.random.default_rng(seed)
-    ranks = rng.random((n_shadows, n_examples)).argsort(axis=0).argsort(axis=0)
-    return ranks < n_shadows // 2
+    counts = np.zeros(n_examples)
+    out = np.zeros((n_shadows, n_examples), dtype=bool)
+    for i in range(n_shadows):
+        chosen = np.argsort(counts + rng.random(n_examples), kind="stable")[:size]  # noise < 1: ties only
+        out[i, chosen] = True
+        counts[chosen] += 1
+    return out
 
 
+def carve_validation(shadow_in: np.ndarray, n_val: int, seed: int) -> np.ndarray:
+    """(m, n) bool: ``n_val`` examples per shadow, drawn from those it does not train on (its early
+    stopping set, the size of the target's validation set)."""
+    out = np.zeros_like(shadow_in)
+    for i in range(shadow_in.shape[0]):
+        rng = np.random.default_rng([seed, i])
+        outside = np.flatnonzero(~shadow_in[i])
+        out[i, rng.choice(outside, size=min(n_val, outside.size), replace=False)] = True
+    return out
+
+
+def shadow_seed(recipe: TrainConfig, audit_seed: int, index: int) -> int:
+    """Shadow ``index``'s training seed: apart from the target's and from every other shadow's."""
+    return recipe.seed + 1000 * (audit_seed + 1) + index
+
+
+# -- recipes -------------------------------------------------------------------------------------------
+def recipe_differences(target: Any, shadow: Any, free: frozenset[str] = _FREE_RECIPE_FIELDS,
+                       prefix: str = "") -> list[str]:
+    """Dotted names of the fields in which two configs (dataclasses or JSON dicts) differ, ignoring
+    the ``free`` ones (by default those a shadow may change: its seed)."""
+    a, b = to_jsonable(target), to_jsonable(shadow)
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b)):
+            if key not in free:
+                out += recipe_differences(a.get(key), b.get(key), free, f"{prefix}{key}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def check_shadow_recipe(target: Any, shadow: Any, what: str = "shadow recipe") -> None:
+    """Raise :class:`ShadowMismatchError` naming every field in which the shadows' recipe differs."""
+    diff = recipe_differences(target, shadow)
+    if diff:
+        raise ShadowMismatchError(f"the {what} differs from the audited model's in {', '.join(diff)}; "
+                                  "shadows must be trained like the model they imitate")
+
+
+# -- query views -------------------------------------------------------------------------------------------
 def query_views(x: torch.Tensor, views: tuple[str, ...]) -> list[torch.Tensor]:
     """The audited images under each query augmentation, (N, C, H, W) each."""
     out = []
@@ -93,98 +147,118 @@ def query_views(x: torch.Tensor, views: tuple[str, ...]) -> list[torch.Tensor]:
             shifted = torch.zeros_like(x)
             shifted[..., 1:] = x[..., :-1]
             out.append(shifted)
+        else:
+            raise ValueError(f"unknown view {view!r}; valid: {', '.join(VIEWS)}")
     return out
 
 
-def model_scores(logits_per_view: list[torch.Tensor], labels: torch.Tensor) -> np.ndarray:
-    """(n, a) logit-scaled confidences of one model over ``a`` views."""
-    y = labels.numpy()
-    return np.stack([pm.logit_scaled_confidence(v.numpy().astype(np.float64), y) for v in logits_per_view], -1)
+def view_logits(model: nn.Module, x: torch.Tensor, views: tuple[str, ...], device: str = "auto") -> np.ndarray:
+    """(a, N, k) float32 logits of one model on every view."""
+    return np.stack([predict_logits(model, v, device=device).numpy() for v in query_views(x, views)]).astype(np.float32)
 
 
-def shadow_manifest(fingerprint: str, population_ids: list[str], recipe: TrainConfig, config: AuditConfig,
-                    num_classes: int) -> dict[str, Any]:
-    """What identifies a shadow set; its hash is the cache key."""
-    ids_hash = hashlib.sha256("\n".join(population_ids).encode()).hexdigest()
-    return {"dataset": fingerprint, "population": ids_hash, "population_size": len(population_ids),
-            "recipe": to_jsonable(recipe), "n_shadows": config.n_shadows, "views": list(config.views),
-            "seed": config.seed, "num_classes": num_classes}
+# -- the cache ---------------------------------------------------------------------------------------------
+ShadowTrainer = Callable[[list[int]], dict[int, tuple[np.ndarray, np.ndarray]]]
 
 
-def load_or_train_shadows(cache_root: Path, manifest: dict[str, Any], data: TensorData, recipe: TrainConfig,
-                          config: AuditConfig, progress: ProgressFn = no_progress,
-                          cache_dir: Path | None = None) -> ShadowSet:
-    """Reuse the cached shadow set for ``manifest`` or train it.
+def load_or_train_shadows(cache_root: Path, manifest: dict[str, Any], shadow_in: np.ndarray, train: ShadowTrainer,
+                          cache_dir: Path | None = None) -> ShadowLogits:
+    """The logits of shadows ``0 .. m-1`` (m = ``len(shadow_in)``): cached ones are read, missing
+    ones trained by ``train(indices) -> {i: (logits (a, n, k), z_logits (a, nz, k))}`` and saved one
+    file per shadow (a crash loses at most the shadows in training).
 
-    ``cache_dir`` pins a specific folder (e.g. shadows made earlier); if its manifest differs from
-    the requested one, that is a :class:`ShadowCacheMismatch`, never a silent reuse.
+    The folder is ``cache_root/<hash of manifest>``, or ``cache_dir`` when pinned; a folder made
+    for another manifest is a :class:`ShadowMismatchError` naming the differing fields.
     """
     directory = Path(cache_dir) if cache_dir else Path(cache_root) / config_hash(manifest, 16)
-    if (directory / "manifest.json").exists():
-        cached = read_json(directory / "manifest.json")
-        if cached != manifest:
-            diff = sorted(k for k in set(cached) | set(manifest) if cached.get(k) != manifest.get(k))
-            raise ShadowCacheMismatch(f"shadow cache {directory} was made for different {', '.join(diff)}; "
+    manifest_file = directory / "manifest.json"
+    if manifest_file.exists():
+        cached = read_json(manifest_file)
+        diff = recipe_differences(cached, manifest, free=frozenset())
+        if diff:
+            raise ShadowMismatchError(f"shadow cache {directory} was made for different {', '.join(diff)}; "
                                       "delete it or use another cache folder")
-        if (directory / "scores.npy").exists():
-            logger.info("reusing %d cached shadows from %s", manifest["n_shadows"], directory)
-            return ShadowSet(np.load(directory / "scores.npy"), np.load(directory / "shadow_in.npy"),
-                             directory, 0.0, True)
     elif cache_dir and directory.exists() and any(directory.iterdir()):
-        raise ShadowCacheMismatch(f"{directory} is not a shadow cache (no manifest.json)")
+        raise ShadowMismatchError(f"{directory} is not a shadow cache (no manifest.json)")
+    else:
+        write_json(manifest_file, manifest)
 
+    m = shadow_in.shape[0]
+    found = {i: np.load(directory / f"shadow-{i:04d}.npz") for i in range(m)
+             if (directory / f"shadow-{i:04d}.npz").exists()}
+    for i, arrays in found.items():
+        if not np.array_equal(arrays["shadow_in"], shadow_in[i]):
+            raise ShadowMismatchError(f"{directory}/shadow-{i:04d}.npz trained on another subset of the population")
+    missing = [i for i in range(m) if i not in found]
     started = time.monotonic()
-    shadow_in = assign_shadows(len(data), config.n_shadows, config.seed)
-    scores = train_shadow_scores(data, shadow_in, recipe, config, manifest["num_classes"], progress)
-    directory.mkdir(parents=True, exist_ok=True)
-    np.save(directory / "scores.npy", scores)
-    np.save(directory / "shadow_in.npy", shadow_in)
-    write_json(directory / "manifest.json", manifest)  # written last: marks the cache complete
-    return ShadowSet(scores, shadow_in, directory, time.monotonic() - started, False)
+    if missing:
+        logger.info("training %d shadow(s) (%d cached) into %s", len(missing), len(found), directory)
+        for i, (logits, z_logits) in train(missing).items():
+            _save_npz(directory / f"shadow-{i:04d}.npz", logits=logits.astype(np.float32),
+                      z_logits=z_logits.astype(np.float32), shadow_in=shadow_in[i])
+            found[i] = np.load(directory / f"shadow-{i:04d}.npz")
+    else:
+        logger.info("reusing %d cached shadows from %s", m, directory)
+    return ShadowLogits(np.stack([found[i]["logits"] for i in range(m)]),
+                        np.stack([found[i]["z_logits"] for i in range(m)]), shadow_in.copy(), directory,
+                        len(missing), time.monotonic() - started)
 
 
-def train_shadow_scores(data: TensorData, shadow_in: np.ndarray, recipe: TrainConfig, config: AuditConfig,
-                        num_classes: int, progress: ProgressFn = no_progress) -> np.ndarray:
-    """Train the shadows (stacked when possible, else one by one); return scores (m, n, a)."""
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)  # written whole or not at all
+
+
+# -- transfer shadows: real data, the audited model's recipe ------------------------------------------------
+def train_classifier_shadows(indices: list[int], population: TensorData, z: TensorData, shadow_in: np.ndarray,
+                             val_in: np.ndarray | None, recipe: TrainConfig, views: tuple[str, ...],
+                             num_classes: int, audit_seed: int, batched: bool = True,
+                             progress: ProgressFn = no_progress) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Train shadows ``indices`` on real population images with ``recipe`` (stacked with vmap when the
+    model and recipe allow it, else one by one through the same loop as the target), on the
+    recipe's device; return each one's logits on every view of the population and of ``z``."""
     def factory() -> nn.Module:
-        return create_classifier(ClassifierSpec(recipe.model, num_classes, 3, False))
+        return create_classifier(ClassifierSpec(recipe.model, num_classes, 3, recipe.pretrained))
 
-    views = query_views(data.x, config.views)
-    stackable = config.batched and vmap_compatible(factory()) and \
-        not {"augmix", "mixup"} & set(recipe.augment) and recipe.patience is None
-    if stackable:
-        stacked = TrainRecipe(epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
-                              weight_decay=recipe.weight_decay, label_smoothing=recipe.label_smoothing,
-                              augment_flip="flip" in recipe.augment,
-                              crop_padding=recipe.crop_padding if "crop" in recipe.augment else 0,
-                              seed=recipe.seed + 1000 * (config.seed + 1))
-        state = train_stacked(factory, data.x, data.y, torch.from_numpy(shadow_in), stacked, progress)
-        logits = [predict_stacked(factory, state, v) for v in views]  # a x (m, n, k)
-        return np.stack([np.stack([pm.logit_scaled_confidence(lg[i].numpy().astype(np.float64), data.y.numpy())
-                                   for lg in logits], -1) for i in range(shadow_in.shape[0])])
-    scores = []
-    for i in range(shadow_in.shape[0]):
+    if stackable(recipe, batched, num_classes) and indices == list(range(indices[0], indices[-1] + 1)):
+        return _train_stacked_shadows(indices, population, z, shadow_in, recipe, views, factory, audit_seed, progress)
+    out = {}
+    for i in indices:
         idx = torch.from_numpy(np.flatnonzero(shadow_in[i]))
-        subset = TensorData(data.x[idx], data.y[idx])
-        seed_everything(recipe.seed + 1000 * (config.seed + 1) + i)
+        subset = TensorData(population.x[idx], population.y[idx])
+        val = None
+        if val_in is not None and val_in[i].any():
+            vidx = torch.from_numpy(np.flatnonzero(val_in[i]))
+            val = TensorData(population.x[vidx], population.y[vidx])
+        shadow_recipe = replace(recipe, seed=shadow_seed(recipe, audit_seed, i))
+        seed_everything(shadow_recipe.seed)  # the shadow's initial weights
         model = factory()
-        shadow_recipe = TrainConfig(**{**to_jsonable(recipe), "augment": tuple(recipe.augment),
-                                       "seed": recipe.seed + 1000 * (config.seed + 1) + i})
-        fit_classifier(model, lambda _, s=subset: s, shadow_recipe, progress=progress, stage=f"shadow {i + 1}")
-        scores.append(model_scores([predict_logits(model, v) for v in views], data.y))
-    return np.stack(scores)
+        fit_classifier(model, lambda _, s=subset: s, shadow_recipe, val, progress=progress, stage=f"shadow {i + 1}")
+        out[i] = (view_logits(model, population.x, views, recipe.device), view_logits(model, z.x, views, recipe.device))
+    return out
 
 
-def audit_model(model: nn.Module, data: TensorData, is_member: np.ndarray, shadows: ShadowSet,
-                config: AuditConfig, accuracy: float | None = None) -> dict[str, Any]:
-    """LiRA and loss-threshold attacks on one model; returns attack metrics (AUC, TPR@FPR, AOP, ROC)."""
-    views = query_views(data.x, config.views)
-    target = model_scores([predict_logits(model, v) for v in views], data.y)  # (n, a)
-    lira = pm.lira_scores(target, shadows.scores, shadows.shadow_in, online=config.online,
-                          fixed_variance=config.fixed_variance)
-    metrics = pm.attack_metrics(lira, is_member, accuracy=accuracy, n_boot=config.bootstrap, seed=config.seed)
-    logits = predict_logits(model, data.x)
-    losses = torch.nn.functional.cross_entropy(logits, data.y, reduction="none").numpy()
-    baseline = pm.attack_metrics(pm.loss_threshold_scores(losses), is_member, n_boot=0)
-    metrics["loss_attack"] = {k: baseline[k] for k in ("auc", "tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr")}
-    return metrics
+def stackable(recipe: TrainConfig, batched: bool, num_classes: int) -> bool:
+    """Whether shadows of ``recipe`` can train stacked: vmap-able model, no pretrained weights (each
+    copy would be loaded), no early stopping and no augmentation the stacked loop lacks."""
+    if not batched or recipe.pretrained or recipe.patience is not None or {"augmix", "mixup"} & set(recipe.augment):
+        return False
+    return vmap_compatible(create_classifier(ClassifierSpec(recipe.model, num_classes, 3, False)))
+
+
+def _train_stacked_shadows(indices: list[int], population: TensorData, z: TensorData, shadow_in: np.ndarray,
+                           recipe: TrainConfig, views: tuple[str, ...], factory: Callable[[], nn.Module],
+                           audit_seed: int, progress: ProgressFn) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    device = torch.device(resolve_device(recipe.device))
+    stacked = TrainRecipe(epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
+                          weight_decay=recipe.weight_decay, label_smoothing=recipe.label_smoothing,
+                          augment_flip="flip" in recipe.augment,
+                          crop_padding=recipe.crop_padding if "crop" in recipe.augment else 0,
+                          seed=shadow_seed(recipe, audit_seed, indices[0]))  # model j gets seed + j
+    masks = torch.from_numpy(shadow_in[indices])
+    state = train_stacked(factory, population.x.to(device), population.y.to(device), masks, stacked, progress)
+    pop = np.stack([predict_stacked(factory, state, v.to(device)).cpu().numpy()
+                    for v in query_views(population.x, views)], 1)  # (g, a, n, k)
+    zs = np.stack([predict_stacked(factory, state, v.to(device)).cpu().numpy() for v in query_views(z.x, views)], 1)
+    return {i: (pop[j], zs[j]) for j, i in enumerate(indices)}

@@ -33,7 +33,7 @@ class ModelPoint:
     run_id: str
     role: str  # teacher | student
     accuracy: float  # real test-set accuracy
-    auc: float  # LiRA membership-inference AUC
+    auc: float  # membership-inference AUC of the headline attack in the headline mode
     auc_ci95: tuple[float, float] | None  # bootstrap 95% interval of the AUC
     tpr_at_01pct: float  # attack TPR at 0.1% FPR
     tpr_at_1pct: float  # attack TPR at 1% FPR
@@ -46,10 +46,15 @@ class ModelPoint:
     roc_tpr: tuple[float, ...]
     per_class_accuracy: tuple[float, ...]
     created_at: str = ""
+    audit: str = "transfer · lira"  # audit mode and attack of ``auc`` (older runs: transfer-mode LiRA)
 
     @property
     def label(self) -> str:
         return f"{self.run_id} {self.role}"
+
+
+def _number(value: Any) -> float:
+    return float("nan") if value is None else float(value)
 
 
 def points_from_metrics(run_id: str, metrics: dict[str, Any], created_at: str = "") -> list[ModelPoint]:
@@ -66,8 +71,8 @@ def points_from_metrics(run_id: str, metrics: dict[str, Any], created_at: str = 
         points.append(ModelPoint(
             run_id=run_id, role=role, accuracy=float(m["accuracy"]), auc=float(mia["auc"]),
             auc_ci95=(float(ci[0]), float(ci[1])) if ci else None,
-            tpr_at_01pct=float(mia.get("tpr_at_0.1pct_fpr", float("nan"))),
-            tpr_at_1pct=float(mia.get("tpr_at_1pct_fpr", float("nan"))),
+            tpr_at_01pct=_number(mia.get("tpr_at_0.1pct_fpr")),  # None: below the FPR floor, not measurable
+            tpr_at_1pct=_number(mia.get("tpr_at_1pct_fpr")),
             aop=float(m.get("aop", aop(float(m["accuracy"]), float(mia["auc"])))),
             dataset=str(metrics.get("dataset", {}).get("name", "")),
             generator=str(metrics.get("generator", {}).get("backend", "")),
@@ -77,6 +82,7 @@ def points_from_metrics(run_id: str, metrics: dict[str, Any], created_at: str = 
             roc_tpr=tuple(float(v) for v in roc.get("tpr", ())),
             per_class_accuracy=tuple(float(v) for v in m.get("per_class_accuracy", ())),
             created_at=created_at,
+            audit=f"{mia.get('mia_mode', 'transfer')} · {mia.get('attack', 'lira')}",
         ))
     return points
 
@@ -151,6 +157,7 @@ def points_table(points: Sequence[ModelPoint]) -> list[dict[str, Any]]:
     optimal = pareto_front([p.accuracy for p in points], [p.auc for p in points]) if points else []
     return [{"run": p.run_id, "model": p.role, "dataset": p.dataset, "generator": p.generator,
              "cardinality": p.cardinality, "accuracy": round(p.accuracy, 4), "MIA AUC": round(p.auc, 4),
+             "audit": p.audit,
              "TPR@0.1%FPR": round(p.tpr_at_01pct, 4), "AOP": round(p.aop, 4), "Pareto": bool(on_front)}
             for p, on_front in zip(points, optimal)]
 

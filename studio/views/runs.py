@@ -114,16 +114,20 @@ def experiment_form() -> ExperimentConfig | None:
                                  value=defaults.distill.regen_every, key="run_regen")
     options = generator_options(backend)
     st.markdown("**Teacher, student and audit**")
-    cols = st.columns(6)
+    cols = st.columns(7)
     teacher_model = cols[0].selectbox("Teacher", CLASSIFIERS, key="run_teacher", accept_new_options=True)
     teacher_epochs = cols[1].number_input("Teacher epochs", min_value=1, value=defaults.teacher.epochs,
                                           key="run_teacher_epochs")
     student_model = cols[2].selectbox("Student", CLASSIFIERS, key="run_student", accept_new_options=True)
     student_epochs = cols[3].number_input("Student epochs", min_value=1, value=defaults.distill.student.epochs,
                                           key="run_student_epochs")
-    shadows = cols[4].number_input("Shadow models", min_value=4, value=defaults.audit.n_shadows, step=2,
-                                   key="run_shadows")
-    views = cols[5].multiselect("Query views", VIEWS, default=list(defaults.audit.views), key="run_views")
+    shadows = cols[4].number_input("Transfer shadows", min_value=1, value=defaults.audit.n_shadows, step=2,
+                                   key="run_shadows", help="shadow models on real data with the teacher's recipe")
+    pipeline_shadows = cols[5].number_input(
+        "Pipeline shadows", min_value=1, value=defaults.audit.pipeline_shadows, key="run_pipeline_shadows",
+        help="each reruns generator, rounds, teacher and student on half the population: the honest audit "
+             "of the student (RMIA needs only a few)")
+    views = cols[6].multiselect("Query views", VIEWS, default=list(defaults.audit.views), key="run_views")
     if dataset is None or options is None:
         return None
     if store_version and not store.strip():
@@ -139,7 +143,8 @@ def experiment_form() -> ExperimentConfig | None:
             teacher=replace(defaults.teacher, model=teacher_model, epochs=int(teacher_epochs)),
             distill=replace(defaults.distill, regen_every=int(regen),
                             student=replace(defaults.distill.student, model=student_model, epochs=int(student_epochs))),
-            audit=replace(defaults.audit, n_shadows=int(shadows), views=tuple(views)),
+            audit=replace(defaults.audit, n_shadows=int(shadows), pipeline_shadows=int(pipeline_shadows),
+                          views=tuple(views)),
         )
     except (ValueError, TypeError) as err:
         st.error(f"Invalid settings: {err}")
