@@ -7,7 +7,7 @@ entry function taking a frozen config:
 - ``finetune.finetune``         2. train / LoRA-fine-tune a generator
 - ``generate.synthesize``       3. synthetic rounds with a manifest (resumable)
 - ``distill``                   4. teacher on real members, GKD student on synthetic data
-- ``privacy``                   5. membership-inference audit
+- ``audit.audit``               5. membership-inference audit (attacks and shadows in ``privacy``)
 - ``experiment.run_experiment`` the whole loop; ``quickstart_config()`` is the offline default
 
 Components live in subpackages: ``data``, ``captions``, ``generators``, ``classifiers``, ``privacy``,

@@ -144,3 +144,18 @@ def test_audit_cli_reaudits_a_finished_run_from_cached_shadows(project, capsys):
     assert "valid: lira, loss, rmia" in capsys.readouterr().err
     caption_run = project.registry().list(kind="caption")[0].id
     assert main(["-q", "audit", "--project", root, "--run", caption_run]) == 2
+
+
+def test_pipeline_shadows_in_worker_processes_match_one_process(tmp_path: Path):
+    """Two worker processes (started right after captioning) give the shadows one process gives."""
+    from pipeline.core.project import Project
+
+    logits = {}
+    for workers in (1, 2):
+        project = Project.open(tmp_path / f"w{workers}")
+        config = tiny_config()
+        result = run_experiment(replace(config, audit=replace(config.audit, workers=workers)), project)
+        folder = Path(result.metrics["audit"]["shadows"]["pipeline"]["directory"])
+        logits[workers] = np.stack([np.load(f)["logits"] for f in sorted(folder.glob("shadow-*.npz"))])
+    assert logits[1].shape == logits[2].shape == (2, 2, 219, 10)
+    np.testing.assert_allclose(logits[1], logits[2], rtol=1e-3, atol=1e-3)  # thread counts may differ
