@@ -432,20 +432,25 @@ class PipelineShadows:
         self._events: queue.Queue = queue.Queue()
         self._running: dict[int, subprocess.Popen] = {}
         self._waiting: list[int] = []
+        self._started: float | None = None
 
     def start(self) -> PipelineShadows:
         """Start the shadows that are not cached yet in worker processes (no-op with one worker)."""
         if self.workers > 1:
             self._waiting = [i for i in self.jobs if not (self.directory / f"shadow-{i:04d}.npz").exists()]
+            self._started = time.monotonic()
             self._fill()
         return self
 
     def result(self, progress: ProgressFn = no_progress) -> ShadowLogits:
         try:
-            return load_or_train_shadows(self.project.root / "shadows", self.manifest, self.shadow_in,
-                                         lambda indices: self._train(indices, progress))
+            shadows = load_or_train_shadows(self.project.root / "shadows", self.manifest, self.shadow_in,
+                                            lambda indices: self._train(indices, progress), group=None)
         finally:
             self.stop()
+        if self._started is not None and shadows.trained:  # trained in the background since start()
+            shadows = replace(shadows, seconds=time.monotonic() - self._started)
+        return shadows
 
     def stop(self) -> None:
         """Kill any worker still running (after a failure or a cancel)."""

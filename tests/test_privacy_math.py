@@ -118,6 +118,13 @@ def test_lira_too_few_shadows_names_the_example():
     shadow_in[1:, 0] = True  # example 0 is now in 7 shadows: 0 out
     with pytest.raises(ValueError, match=r"fewer than 2 out shadows.*indices \[0\]"):
         lira.lira_scores(TARGET, SHADOW, shadow_in, online=False)
+    # one global variance needs only one score per example on each side
+    shadow_in = SHADOW_IN.copy()
+    shadow_in[1:-1, 0] = True  # example 0: 7 in, 1 out
+    assert np.isfinite(lira.lira_scores(TARGET, SHADOW, shadow_in, fixed_variance=True)).all()
+    shadow_in[-1, 0] = True  # 0 out
+    with pytest.raises(ValueError, match=r"fewer than 1 out shadows.*indices \[0\]"):
+        lira.lira_scores(TARGET, SHADOW, shadow_in, fixed_variance=True)
 
 
 def test_lira_zero_spread_is_floored_not_nan():

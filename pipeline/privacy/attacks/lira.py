@@ -90,12 +90,12 @@ def _check_lira_inputs(target: np.ndarray, shadow: np.ndarray, shadow_in: np.nda
     return target, shadow, shadow_in
 
 
-def _require_count(count: np.ndarray, which: str, why: str) -> None:
-    """Raise naming the examples with fewer than two shadows of one kind."""
-    bad = np.flatnonzero(count < 2)
+def _require_count(count: np.ndarray, which: str, why: str, least: int = 2) -> None:
+    """Raise naming the examples with fewer than ``least`` shadows of one kind."""
+    bad = np.flatnonzero(count < least)
     if bad.size:
         shown = ", ".join(str(i) for i in bad[:20]) + (" ..." if bad.size > 20 else "")
-        raise ValueError(f"{bad.size} example(s) have fewer than 2 {which} shadows ({why}): "
+        raise ValueError(f"{bad.size} example(s) have fewer than {least} {which} shadows ({why}): "
                          f"indices [{shown}]; train more shadow models or change the splits")
 
 
@@ -151,15 +151,19 @@ def lira_scores(target: np.ndarray, shadow: np.ndarray, shadow_in: np.ndarray,
 
     Raises:
         ValueError: on bad shapes, or an example with fewer than two out shadows (or, online,
-            fewer than two in shadows); the message lists the offending example indices.
+            fewer than two in shadows; one of each is enough with ``fixed_variance``); the message
+            lists the offending example indices.
     """
     target, shadow, shadow_in = _check_lira_inputs(target, shadow, shadow_in)
     n_in = shadow_in.sum(axis=0)
     n_out = shadow_in.shape[0] - n_in
-    _require_count(n_out, "out", "LiRA needs a spread of out-scores")
+    # a per-example Gaussian needs two scores for its spread; with one global variance, one score
+    # per example (its median) is enough
+    least = 1 if fixed_variance else 2
+    _require_count(n_out, "out", "LiRA needs out-scores", least)
     mu_out, sigma_out = _median_std(shadow, ~shadow_in, fixed_variance)
     if online:
-        _require_count(n_in, "in", "online LiRA needs a spread of in-scores; or use online=False")
+        _require_count(n_in, "in", "online LiRA needs in-scores; or use online=False", least)
         mu_in, sigma_in = _median_std(shadow, shadow_in, fixed_variance)
         per_view = _log_normal_pdf(target, mu_in, sigma_in) - _log_normal_pdf(target, mu_out, sigma_out)
     else:
