@@ -173,14 +173,8 @@ def audit(config: AuditConfig, project: Project, progress: ProgressFn = no_progr
             lambda idx: train_classifier_shadows(idx, population, z, shadow_in, val_in, xc.teacher, config.views,
                                                  n_classes, config.seed, config.batched, progress),
             cache_dir=Path(config.shadow_dir) if config.shadow_dir else None)
-        views = {"teacher": (view_logits(teacher_model, population.x, config.views),
-                             view_logits(teacher_model, z.x, config.views))}
-        if xc.distill.student.image_size != xc.teacher.image_size:  # every model is queried at its own size
-            population_s, z_s = (real_tensors(dataset, d.ids, xc.distill.student.image_size) for d in (population, z))
-        else:
-            population_s, z_s = population, z
-        views["student"] = (view_logits(student_model, population_s.x, config.views),
-                            view_logits(student_model, z_s.x, config.views))
+        views = {"teacher": _query(teacher_model, xc.teacher, data, config.views),
+                 "student": _query(student_model, xc.distill.student, data, config.views)}
         results: dict[str, dict[str, Any]] = {"teacher": {}, "student": {}}
         results["teacher"]["transfer"] = _attack_all(config, views["teacher"], transfer, population.y, z.y, is_member,
                                                      "transfer", "teacher")
@@ -202,18 +196,34 @@ def audit(config: AuditConfig, project: Project, progress: ProgressFn = no_progr
         metrics["shadows"] = {"transfer": _shadow_summary(transfer)}
         if pipeline_set is not None:
             metrics["shadows"]["pipeline"] = _shadow_summary(pipeline_set)
-        np.savez(run.run_dir / "targets.npz", ids=np.array(population.ids), is_member=is_member,
-                 labels=population.y.numpy(), z_ids=np.array(z.ids), z_labels=z.y.numpy(),
-                 **{f"{name}_logits": v[0] for name, v in views.items()},
-                 **{f"{name}_z_logits": v[1] for name, v in views.items()})  # re-scoring needs nothing else
-        vulnerable = _save_vulnerability(run.run_dir, population.ids, is_member, results)
         metrics["vulnerable"] = str(run.run_dir / "vulnerable.json")
         metrics["seconds"] = round(time.monotonic() - started, 2)
-        write_json(run.run_dir / "metrics.json", _strip_scores(metrics))
-        write_json(run.run_dir / "vulnerable.json", vulnerable)
+        _save_outputs(run.run_dir, data, views, results, metrics)
         registry.report(run.id, **{f"{m}_auc": metrics[m]["mia"]["auc"] for m in ("teacher", "student")},
                         headline=config.headline, student_mode=metrics["student"]["mia"]["mia_mode"])
     return AuditResult(run.id, _strip_scores(metrics), time.monotonic() - started)
+
+
+def _query(model: torch.nn.Module, recipe: TrainConfig, data: _AuditData, views: tuple[str, ...]
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """A model's logits on every view of the population and of z, at the model's own input size."""
+    population, z = data.population, data.z
+    if recipe.image_size != data.image_size:
+        population, z = (real_tensors(data.dataset, d.ids, recipe.image_size) for d in (population, z))
+    return view_logits(model, population.x, views), view_logits(model, z.x, views)
+
+
+def _save_outputs(run_dir: Path, data: _AuditData, views: dict[str, tuple[np.ndarray, np.ndarray]],
+                  results: dict[str, dict[str, Any]], metrics: dict[str, Any]) -> None:
+    """``metrics.json``, ``vulnerable.json``, per-example scores, and ``targets.npz`` (the audited
+    models' logits: with the shadow cache, everything a re-scoring needs)."""
+    np.savez(run_dir / "targets.npz", ids=np.array(data.population.ids), is_member=data.is_member,
+             labels=data.population.y.numpy(), z_ids=np.array(data.z.ids), z_labels=data.z.y.numpy(),
+             **{f"{name}_logits": v[0] for name, v in views.items()},
+             **{f"{name}_z_logits": v[1] for name, v in views.items()})
+    vulnerable = _save_vulnerability(run_dir, data.population.ids, data.is_member, results)
+    write_json(run_dir / "metrics.json", _strip_scores(metrics))
+    write_json(run_dir / "vulnerable.json", vulnerable)
 
 
 # -- the experiment being audited -------------------------------------------------------------------------
@@ -229,6 +239,7 @@ class _AuditData:
     size: int  # a shadow trains on as many examples as the target's member set
     n_val: int  # and early-stops on as many as the target's validation set
     common: dict[str, Any]  # manifest fields every shadow set of this population shares
+    image_size: int | None  # the population's tensors are at the teacher's input size
 
     @classmethod
     def build(cls, xc: Any, config: AuditConfig) -> _AuditData:
@@ -242,7 +253,7 @@ class _AuditData:
         common = {"dataset": dataset.fingerprint, "population": _ids_hash(population.ids), "z": _ids_hash(z.ids),
                   "size": size, "n_val": n_val, "views": list(config.views), "seed": config.seed,
                   "num_classes": len(dataset.class_names)}
-        return cls(dataset, population, is_member, z, size, n_val, common)
+        return cls(dataset, population, is_member, z, size, n_val, common, xc.teacher.image_size)
 
 
 def _load_experiment(project: Project, run_id: str | None) -> _Experiment:
