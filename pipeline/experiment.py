@@ -113,15 +113,7 @@ def run_experiment(config: ExperimentConfig, project: Project, progress: Progres
     with registry.track(run.id), ExitStack() as stack:
         # 2. captions: a pinned curated version as is, else caption what is missing
         t0 = time.monotonic()
-        if config.store_version is not None:
-            if not config.store:
-                raise ValueError("store_version needs the store it belongs to (set `store`)")
-            pinned = project.caption_store(config.store)
-            pinned.records(config.store_version)  # fails early with the valid range
-            captions = _Pinned(pinned.name, config.store_version)
-        else:
-            captions = caption(CaptionConfig(dataset=config.dataset, captioner=config.captioner,
-                                             store=config.store), project, progress)
+        captions = _captions(config, project, progress)
         registry.link(run.id, Link("captions", "captions", f"{captions.store}@{captions.version}"))
         timed("caption", t0)
         # pipeline-mode shadows need only the data, captions and config: on a multi-core CPU they train
@@ -188,12 +180,7 @@ def run_experiment(config: ExperimentConfig, project: Project, progress: Progres
             "student": _model_metrics(student_test, audited.metrics["student"], student.metrics),
             "audit": {"run": audited.run_id, "headline_attack": config.audit.headline,
                       "shadows": audited.metrics["shadows"], "vulnerable": audited.metrics["vulnerable"]},
-            "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint, "members": len(split.members),
-                        "nonmembers": len(split.nonmembers), "test": len(test)},
-            "synthetic": {"rounds": len(rounds), "images_per_round": len(rounds[0]),
-                          "cardinality": config.cardinality},
-            "generator": {"backend": config.generator, **{k: v for k, v in trained.metrics.items()
-                                                          if isinstance(v, (int, float))}},
+            **_run_summary(config, dataset, split, len(test), rounds, trained.metrics),
             "timings": timings,
             "seconds": round(time.monotonic() - started, 2),
         }
@@ -204,6 +191,30 @@ def run_experiment(config: ExperimentConfig, project: Project, progress: Progres
                                    "student_auc": metrics["student"]["mia"]["auc"],
                                    "student_mia_mode": metrics["student"]["mia"]["mia_mode"]})
     return ExperimentResult(run.id, metrics, time.monotonic() - started)
+
+
+def _captions(config: ExperimentConfig, project: Project, progress: ProgressFn) -> Any:
+    """A pinned curated caption version as is, else caption what is missing (``.store``, ``.version``)."""
+    if config.store_version is None:
+        return caption(CaptionConfig(dataset=config.dataset, captioner=config.captioner, store=config.store),
+                       project, progress)
+    if not config.store:
+        raise ValueError("store_version needs the store it belongs to (set `store`)")
+    pinned = project.caption_store(config.store)
+    pinned.records(config.store_version)  # fails early with the valid range
+    return _Pinned(pinned.name, config.store_version)
+
+
+def _run_summary(config: ExperimentConfig, dataset: Any, split: Any, n_test: int, rounds: list[Any],
+                 generator_metrics: dict[str, Any]) -> dict[str, Any]:
+    """The data, synthetic-set and generator figures of an experiment's ``metrics.json``."""
+    return {
+        "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint, "members": len(split.members),
+                    "nonmembers": len(split.nonmembers), "test": n_test},
+        "synthetic": {"rounds": len(rounds), "images_per_round": len(rounds[0]), "cardinality": config.cardinality},
+        "generator": {"backend": config.generator,
+                      **{k: v for k, v in generator_metrics.items() if isinstance(v, (int, float))}},
+    }
 
 
 @dataclass(frozen=True)
