@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .audit import AuditConfig, PipelineShadows, audit
 from .caption import CaptionConfig, caption
 from .captions.captioners import CaptionerConfig
@@ -23,9 +25,17 @@ from .core.common import Progress, ProgressFn, from_dict, no_progress, to_jsonab
 from .core.project import Project
 from .core.runs import Link, throttle
 from .data.datasets import DatasetConfig, load_dataset
-from .distill import DistillConfig, evaluate_on_test, real_tensors, train_student, train_teacher
+from .distill import (
+    DistillConfig,
+    evaluate_on_test,
+    real_tensors,
+    synthetic_tensors,
+    train_student,
+    train_teacher,
+)
 from .finetune import FinetuneConfig, finetune
 from .generate import GenerateConfig, synthesize
+from .generators.fidelity import synthetic_fidelity
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +169,10 @@ def run_experiment(config: ExperimentConfig, project: Project, progress: Progres
             student = train_student(teacher.model, rounds, config.distill, n_classes, run.run_dir, progress)
         timed("student", t0)
 
-        # 6. test accuracy on the real test split
+        # 6. fidelity of every synthetic round, with the teacher as the feature extractor
+        fidelity = _round_fidelity(teacher.model, dataset, split, rounds, config, n_classes)
+
+        # 7. test accuracy on the real test split
         test = real_tensors(dataset, [r.id for r in dataset.split("test")], config.teacher.image_size)
         teacher_test = evaluate_on_test(teacher.model, test, n_classes)
         student_test = evaluate_on_test(student.model, test, n_classes) if \
@@ -169,18 +182,19 @@ def run_experiment(config: ExperimentConfig, project: Project, progress: Progres
         registry.report(teacher_run, accuracy=teacher_test["accuracy"], weights=str(teacher.checkpoint))
         registry.report(student_run, accuracy=student_test["accuracy"], weights=str(student.checkpoint))
 
-        # 7. the audit stage: the teacher with its own recipe, the student in transfer and pipeline mode
+        # 8. the audit stage: the teacher with its own recipe, the student in transfer and pipeline mode
         t0 = time.monotonic()
         audited = audit(replace(config.audit, experiment=run.id), project, progress, pipeline_shadows)
         timed("audit", t0)
 
-        # 8. metrics
+        # 9. metrics
         metrics = {
             "teacher": _model_metrics(teacher_test, audited.metrics["teacher"], teacher.metrics),
             "student": _model_metrics(student_test, audited.metrics["student"], student.metrics),
             "audit": {"run": audited.run_id, "headline_attack": config.audit.headline,
                       "shadows": audited.metrics["shadows"], "vulnerable": audited.metrics["vulnerable"]},
             **_run_summary(config, dataset, split, len(test), rounds, trained.metrics),
+            "fidelity": fidelity,
             "timings": timings,
             "seconds": round(time.monotonic() - started, 2),
         }
@@ -203,6 +217,22 @@ def _captions(config: ExperimentConfig, project: Project, progress: ProgressFn) 
     pinned = project.caption_store(config.store)
     pinned.records(config.store_version)  # fails early with the valid range
     return _Pinned(pinned.name, config.store_version)
+
+
+def _round_fidelity(teacher: Any, dataset: Any, split: Any, rounds: list[Any], config: ExperimentConfig,
+                    n_classes: int) -> dict[str, Any]:
+    """Fidelity of each synthetic round against the real members (also ``fidelity.json`` in each
+    round's folder), and the mean over rounds."""
+    members = real_tensors(dataset, split.members, config.teacher.image_size)
+    per_round = []
+    for k, synthetic in enumerate(rounds):
+        data = synthetic_tensors(synthetic, config.teacher.image_size)
+        figures = synthetic_fidelity(teacher, data.x, data.y, members.x, n_classes, seed=config.seed + k)
+        write_json(synthetic.root / "fidelity.json", figures)
+        per_round.append(figures)
+    mean = {key: float(np.mean([r[key] for r in per_round]))
+            for key in ("class_fidelity", "frechet_distance", "precision", "recall", "density", "coverage")}
+    return {**mean, "rounds": per_round, "feature_extractor": "teacher (penultimate layer)"}
 
 
 def _run_summary(config: ExperimentConfig, dataset: Any, split: Any, n_test: int, rounds: list[Any],

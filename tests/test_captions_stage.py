@@ -47,8 +47,8 @@ def test_classname_captioning_of_the_builtin_dataset(project):
     store = project.caption_store(result.store)
     records = store.records()
     assert result.captioned == len(records) == 40 and result.version == 1
-    record = records["digit-0000"]
-    assert record.caption == "a handwritten digit 0" and record.label == "0"
+    record = next(r for r in records.values() if r.label == "0")
+    assert record.caption == "a handwritten digit 0"
     assert record.source["captioner"] == "classname"
     run = project.registry().get(result.run_id)
     assert run.status == "done" and run.metrics["captioned"] == 40
@@ -101,7 +101,7 @@ def test_overwrite_keeps_hand_edits(project, image_folder):
 def test_store_refuses_captions_of_another_dataset(project, image_folder, tmp_path):
     caption(_config(image_folder, store="shared-name"), project)
     with pytest.raises(ValueError, match="choose another store name"):
-        caption(CaptionConfig(dataset=DatasetConfig(limit=5), store="shared-name"), project)
+        caption(CaptionConfig(dataset=DatasetConfig(limit=20), store="shared-name"), project)
 
 
 @pytest.mark.parametrize("template,expected", [

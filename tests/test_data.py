@@ -150,3 +150,52 @@ def test_missing_folder_is_a_clear_error(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_dataset(DatasetConfig(source="imagefolder", path=str(tmp_path / "missing")))
     shutil.rmtree(tmp_path)
+
+
+def test_limit_is_a_seeded_class_stratified_sample(tmp_path):
+    from conftest import write_image_folder
+
+    # label-sorted rows: the first 12 training images are all "a"
+    root = write_image_folder(tmp_path / "sorted", classes=("a", "b", "c"), per_class=12, splits=True)
+    full = load_dataset(DatasetConfig(source="imagefolder", path=str(root)))
+    limited = load_dataset(DatasetConfig(source="imagefolder", path=str(root), limit=9))
+    counts = [sum(r.label == c for r in limited.split("train")) for c in range(3)]
+    assert counts == [3, 3, 3] and len(limited.split("test")) == 9
+    again = load_dataset(DatasetConfig(source="imagefolder", path=str(root), limit=9))
+    assert [r.id for r in again.records] == [r.id for r in limited.records]  # seeded
+    other = load_dataset(DatasetConfig(source="imagefolder", path=str(root), limit=9, seed=1))
+    assert [r.id for r in other.records] != [r.id for r in limited.records]
+    assert set(r.id for r in limited.records) <= set(r.id for r in full.records)
+    # unequal classes keep their shares (largest remainder)
+    digits = load_dataset(DatasetConfig(limit=100))
+    train = digits.split("train")
+    assert len(train) == 100 and len({r.label for r in train}) == 10
+    with pytest.raises(ValueError, match="limit must be at least 1"):
+        load_dataset(DatasetConfig(limit=0))
+    with pytest.raises(ValueError, match="limit=5 keeps too few images for 10 classes"):
+        load_dataset(DatasetConfig(limit=5))
+
+
+def test_hidden_and_system_folders_are_never_classes(tmp_path):
+    from conftest import write_image_folder
+    from PIL import Image
+
+    root = write_image_folder(tmp_path / "mac", classes=("cat", "dog"), per_class=3)
+    for junk in ("__MACOSX/cat", ".thumbnails", "cat/.hidden"):
+        (root / junk).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(root / junk / "x.png")
+    Image.new("RGB", (8, 8)).save(root / "dog" / "._dog.png")
+    dataset = load_dataset(DatasetConfig(source="imagefolder", path=str(root), test_fraction=0.0))
+    assert dataset.class_names == ["cat", "dog"] and len(dataset) == 6
+
+
+def test_an_empty_class_or_a_single_class_is_refused_up_front(tmp_path):
+    from conftest import write_image_folder
+
+    root = write_image_folder(tmp_path / "empty", classes=("cat", "dog"), per_class=3)
+    (root / "fish").mkdir()
+    with pytest.raises(ValueError, match=r"class\(es\) \['fish'\] have no training images"):
+        load_dataset(DatasetConfig(source="imagefolder", path=str(root)))
+    one = write_image_folder(tmp_path / "one", classes=("cat",), per_class=3)
+    with pytest.raises(ValueError, match="needs at least two"):
+        load_dataset(DatasetConfig(source="imagefolder", path=str(one)))

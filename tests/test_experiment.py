@@ -40,6 +40,11 @@ def test_tiny_end_to_end_run(project):
         assert {"auc", "tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr"} <= set(m["mia"])
         assert m["aop"] == pytest.approx(m["accuracy"] / (2 * m["mia"]["auc"]) ** 2)
     assert metrics["synthetic"]["rounds"] == 2
+    fidelity = metrics["fidelity"]
+    assert len(fidelity["rounds"]) == 2 and 0.0 <= fidelity["class_fidelity"] <= 1.0
+    assert {"frechet_distance", "precision", "recall", "density", "coverage"} <= set(fidelity)
+    round_dir = project.runs_dir / result.run_id / "synthetic" / "round-1"
+    assert json.loads((round_dir / "fidelity.json").read_text()) == fidelity["rounds"][1]
     registry = project.registry()
     run = registry.get(result.run_id)
     assert run.status == "done" and run.metrics["student_auc"] == metrics["student"]["mia"]["auc"]

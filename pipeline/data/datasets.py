@@ -40,7 +40,7 @@ class DatasetConfig:
     val_fraction: float = 0.1  # share of the training split held out for validation (never a member)
     member_fraction: float = 0.5  # share of the remaining training images that are MIA "members"
     seed: int = 0  # seeds the member / non-member split
-    limit: int | None = None  # keep at most this many images per split (quick experiments)
+    limit: int | None = None  # at most this many images per split: a seeded, class-stratified sample
 
     @property
     def name(self) -> str:
@@ -227,6 +227,7 @@ def load_dataset(config: DatasetConfig) -> ImageDataset:
     dataset = SOURCES.get(config.source)(config)
     if not dataset.split("train"):
         raise ValueError(f"dataset {dataset.name!r} has no training images")
+    _check_classes(dataset)
     logger.info("loaded %s: %d images, %d classes", dataset.name, len(dataset), len(dataset.class_names))
     return dataset
 
@@ -243,13 +244,57 @@ def _carve_test(ids_labels: list[tuple[str, int]], fraction: float) -> list[Imag
     ]
 
 
-def _apply_limit(records: list[ImageRecord], limit: int | None) -> list[ImageRecord]:
+def _apply_limit(records: list[ImageRecord], limit: int | None, seed: int = 0) -> list[ImageRecord]:
+    """At most ``limit`` images per split: a seeded sample stratified by class (each class keeps its
+    share, rounded by largest remainder), in the source's order. Never the first N rows: sources are
+    often sorted by label, and those would all be one class."""
     if limit is None:
         return records
-    kept: list[ImageRecord] = []
-    for split in ("train", "test"):
-        kept += [r for r in records if r.split == split][:limit]
-    return kept
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1 image per split, got {limit}")
+    keep: set[str] = set()
+    for s, split in enumerate(("train", "test")):
+        rows = [r for r in records if r.split == split]
+        if len(rows) <= limit:
+            keep.update(r.id for r in rows)
+            continue
+        by_class: dict[int, list[ImageRecord]] = {}
+        for r in rows:
+            by_class.setdefault(r.label, []).append(r)
+        labels = sorted(by_class)
+        exact = {c: limit * len(by_class[c]) / len(rows) for c in labels}
+        quota = {c: int(exact[c]) for c in labels}
+        for c in sorted(labels, key=lambda c: (-(exact[c] - quota[c]), c))[:limit - sum(quota.values())]:
+            quota[c] += 1
+        rng = np.random.default_rng([seed, s])
+        for c in labels:
+            members = by_class[c]
+            keep.update(members[i].id for i in rng.permutation(len(members))[:quota[c]])
+        logger.info("limit %d: kept a class-stratified sample of %d of %d %s images (seed %d)",
+                    limit, min(limit, len(rows)), len(rows), split, seed)
+    return [r for r in records if r.id in keep]
+
+
+def _check_classes(dataset: ImageDataset) -> None:
+    """Refuse, up front, data a classifier cannot be trained on: fewer than two classes, or a class
+    without a single training image (an empty class folder, a label no row uses)."""
+    if len(dataset.class_names) < 2:
+        raise ValueError(f"dataset {dataset.name!r} has {len(dataset.class_names)} class(es) "
+                         f"{dataset.class_names}; a classifier needs at least two")
+    counts = {name: 0 for name in dataset.class_names}
+    for r in dataset.split("train"):
+        counts[dataset.class_names[r.label]] += 1
+    empty = [name for name, n in counts.items() if n == 0]
+    if empty:
+        limit = dataset.config.limit if dataset.config is not None else None
+        why = (f"limit={limit} keeps too few images for {len(counts)} classes; raise it" if limit
+               else "an empty class folder?; add images or remove the class")
+        raise ValueError(f"dataset {dataset.name!r}: class(es) {empty} have no training images ({why})")
+
+
+def _hidden(name: str) -> bool:
+    """System and hidden entries that are never classes or images (``.DS_Store``, ``._x.png``, ``__MACOSX``)."""
+    return name.startswith(".") or name == "__MACOSX"
 
 
 def _decode_encoded(data: bytes, _: ImageRecord) -> Image.Image:
@@ -276,7 +321,7 @@ def _digits(config: DatasetConfig) -> ImageDataset:
     return ImageDataset(
         name="digits",
         class_names=[str(d) for d in range(10)],
-        records=_apply_limit(records, config.limit),
+        records=_apply_limit(records, config.limit, config.seed),
         read_bytes=read_bytes,
         decode=decode,
         describe_location=lambda r: f"sklearn digits #{index[r.id]}",
@@ -294,7 +339,7 @@ def _imagefolder(config: DatasetConfig) -> ImageDataset:
     tops = [split_dirs["train"]] + ([split_dirs["test"]] if split_dirs["test"].is_dir() else [])
     if not has_splits:
         tops = [root]
-    class_names = sorted({d.name for top in tops for d in top.iterdir() if d.is_dir()})
+    class_names = sorted({d.name for top in tops for d in top.iterdir() if d.is_dir() and not _hidden(d.name)})
     if not class_names:
         raise ValueError(f"no class folders in {root}: expected {root}/<class>/<image files>")
     ids_labels: list[tuple[str, int, str | None]] = []
@@ -303,7 +348,8 @@ def _imagefolder(config: DatasetConfig) -> ImageDataset:
             continue
         for label, name in enumerate(class_names):
             for file in sorted((top / name).rglob("*")) if (top / name).is_dir() else []:
-                if file.is_file() and file.suffix.lower() in IMAGE_EXTENSIONS:
+                if file.is_file() and file.suffix.lower() in IMAGE_EXTENSIONS and \
+                        not any(_hidden(part) for part in file.relative_to(top / name).parts):
                     ids_labels.append((file.relative_to(root).as_posix(), label, split))
     if has_splits and split_dirs["test"].is_dir():
         records = [ImageRecord(i, label, split) for i, label, split in ids_labels]
@@ -312,7 +358,7 @@ def _imagefolder(config: DatasetConfig) -> ImageDataset:
     return ImageDataset(
         name=config.name,
         class_names=class_names,
-        records=_apply_limit(records, config.limit),
+        records=_apply_limit(records, config.limit, config.seed),
         read_bytes=lambda r: (root / r.id).read_bytes(),
         decode=_decode_encoded,
         describe_location=lambda r: str(root / r.id),
@@ -347,7 +393,7 @@ def _parquet(config: DatasetConfig) -> ImageDataset:
     return ImageDataset(
         name=config.name,
         class_names=class_names,
-        records=_apply_limit(records, config.limit),
+        records=_apply_limit(records, config.limit, config.seed),
         read_bytes=lambda r: _image_cell_bytes(columns[r.id], r),
         decode=_decode_encoded,
         describe_location=lambda r: f"{files[r.id.split('/')[0]]} row {int(r.id.split('/')[1])}",
@@ -393,7 +439,7 @@ def _hf(config: DatasetConfig) -> ImageDataset:
     return ImageDataset(
         name=config.name,
         class_names=class_names,
-        records=_apply_limit(records, config.limit),
+        records=_apply_limit(records, config.limit, config.seed),
         read_bytes=lambda r: _image_cell_bytes(columns[r.id], r),
         decode=_decode_encoded,
         describe_location=lambda r: f"{path} {r.id}",
