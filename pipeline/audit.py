@@ -610,7 +610,8 @@ def _pipeline_shadow(job: _PipelineJob, progress: ProgressFn) -> tuple[np.ndarra
     seed_everything(job.teacher.seed)
     teacher = build_model(job.teacher, len(dataset.class_names))
     fit_classifier(teacher, lambda _: train, job.teacher, val, root / "teacher.ckpt", report, stage="teacher")
-    student = train_student(teacher, rounds, job.distill, len(dataset.class_names), root, report).model
+    student = train_student(teacher, rounds, job.distill, len(dataset.class_names), root, report,
+                            teacher_recipe=job.teacher).model
 
     # 5. the shadow student's logits (at the student's input size)
     size = job.distill.student.image_size

@@ -98,10 +98,12 @@ def soft_labels(teacher: nn.Module, data: TensorData, device: str = "auto") -> T
 
 
 def train_student(teacher: nn.Module, rounds: Sequence[SyntheticSet], config: DistillConfig, num_classes: int,
-                  out_dir: Path, progress: ProgressFn = no_progress) -> ModelResult:
+                  out_dir: Path, progress: ProgressFn = no_progress,
+                  teacher_recipe: TrainConfig | None = None) -> ModelResult:
     """Train a student on synthetic rounds with the teacher's soft labels (GKD with recycling).
 
-    Epoch e uses round ``(e // regen_every) % len(rounds)``. Early stopping (if the recipe asks for
+    Epoch e uses round ``(e // regen_every) % len(rounds)``. ``teacher_recipe`` gives the teacher's
+    input size (default: the student's). Early stopping (if the recipe asks for
     it) watches a synthetic validation split labelled by the teacher, never real images.
     """
     if not rounds:
@@ -110,8 +112,12 @@ def train_student(teacher: nn.Module, rounds: Sequence[SyntheticSet], config: Di
     # 1. tensors + soft labels per round; a slice of every round is held out for validation
     labelled, val_parts = [], []
     gen = torch.Generator().manual_seed(recipe.seed)
+    teacher_size = teacher_recipe.image_size if teacher_recipe is not None else recipe.image_size
     for synthetic in rounds:
-        data = soft_labels(teacher, synthetic_tensors(synthetic, recipe.image_size), recipe.device)
+        data = synthetic_tensors(synthetic, recipe.image_size)
+        # the teacher labels each image at its own input size, the student learns at its own
+        seen = data if teacher_size == recipe.image_size else synthetic_tensors(synthetic, teacher_size)
+        data = TensorData(data.x, data.y, predict_logits(teacher, seen.x, device=recipe.device))
         order = torch.randperm(len(data), generator=gen)
         n_val = int(round(config.val_fraction * len(data)))
         val_idx, train_idx = order[:n_val], order[n_val:]

@@ -166,7 +166,8 @@ def run_experiment(config: ExperimentConfig, project: Project, progress: Progres
         rounds_links = [Link("teacher", "run", teacher_run)] + \
             [Link(f"synthetic round {k}", "run", rid) for k, rid in enumerate(round_runs)]
         with _stage_run(registry, "student", config.distill, rounds_links) as student_run:
-            student = train_student(teacher.model, rounds, config.distill, n_classes, run.run_dir, progress)
+            student = train_student(teacher.model, rounds, config.distill, n_classes, run.run_dir, progress,
+                                    teacher_recipe=config.teacher)
         timed("student", t0)
 
         # 6. fidelity of every synthetic round, with the teacher as the feature extractor

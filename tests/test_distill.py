@@ -16,6 +16,7 @@ from pipeline.classifiers.train import TrainConfig, augment_batch
 from pipeline.data.datasets import DatasetConfig, ImageDataset, load_dataset
 from pipeline.distill import DistillConfig, train_student, train_teacher
 from pipeline.generate import GenerationPlan, generate_set
+from pipeline.generators import Generator
 
 
 def test_kd_loss_matches_hand_computation():
@@ -112,7 +113,7 @@ def test_train_student_signature_takes_no_real_data():
     import inspect
 
     params = inspect.signature(train_student).parameters
-    assert list(params) == ["teacher", "rounds", "config", "num_classes", "out_dir", "progress"]
+    assert list(params) == ["teacher", "rounds", "config", "num_classes", "out_dir", "progress", "teacher_recipe"]
 
 
 def test_teacher_training_resumes_from_its_checkpoint(tmp_path: Path):
@@ -123,3 +124,57 @@ def test_teacher_training_resumes_from_its_checkpoint(tmp_path: Path):
     again = train_teacher(dataset, split, TrainConfig(epochs=3, batch_size=32), tmp_path)
     assert again.train.epochs_run == 3 and len(again.train.history) == 3
     assert again.train.history[:2] == first.train.history
+
+
+def test_timm_models_normalise_their_inputs_the_way_their_weights_expect():
+    import timm
+
+    from pipeline.classifiers.models import ClassifierSpec, Normalized, create_classifier
+
+    model = create_classifier(ClassifierSpec("resnet10t", num_classes=3, in_chans=3, pretrained=False))
+    assert isinstance(model, Normalized)
+    expected = timm.data.resolve_model_data_config(model.model)
+    assert model.mean.flatten().tolist() == pytest.approx(list(expected["mean"]))
+    assert model.std.flatten().tolist() == pytest.approx(list(expected["std"]))
+    x = torch.rand(2, 3, 16, 16)
+    model.eval()
+    inner = (x - model.mean) / model.std
+    torch.testing.assert_close(model(x), model.model(inner))
+    # the structure does not depend on the weights: a checkpoint reloads into a fresh model
+    again = create_classifier(ClassifierSpec("resnet10t", num_classes=3, in_chans=3, pretrained=False))
+    again.load_state_dict(model.state_dict())
+
+
+def test_the_teacher_labels_synthetic_images_at_its_own_size(tmp_path):
+    """A 16 px student learns from a teacher that sees the same images at 8 px."""
+    dataset = load_dataset(DatasetConfig(limit=60))
+    pool = pool_from_class_names(dataset.class_names)
+
+    class Fixed(Generator):
+        name = "fixed"
+
+        def fit(self, *a, **k):
+            return {}
+
+        def generate(self, prompts, labels, seeds):
+            return [Image.new("L", (8, 8), 20 * int(label)) for label in labels]
+
+        def save(self, directory):
+            pass
+
+        @classmethod
+        def load(cls, directory, **overrides):
+            return cls(None)
+
+    rounds = [generate_set(Fixed(None), pool, GenerationPlan(total=20, seed=0, round=0, batch_size=10), tmp_path / "r0")]
+    sizes = []
+
+    class SizeSpy(torch.nn.Module):
+        def forward(self, x):
+            sizes.append(x.shape[-1])
+            return torch.zeros(len(x), 10)
+
+    student = TrainConfig(epochs=1, batch_size=8, image_size=16, augment=())
+    train_student(SizeSpy(), rounds, DistillConfig(student=student, val_fraction=0.0), 10, tmp_path,
+                  teacher_recipe=TrainConfig(image_size=None))
+    assert sizes and set(sizes) == {8}

@@ -66,14 +66,35 @@ def create_classifier(spec: ClassifierSpec) -> nn.Module:
         raise UnknownNameError(f"unknown classifier {spec.name!r}; valid names: "
                                f"{', '.join(CLASSIFIERS.names())} or any timm model (timm.list_models())")
     try:
-        return timm.create_model(spec.name, pretrained=spec.pretrained, num_classes=spec.num_classes,
-                                 in_chans=spec.in_chans)
+        model = timm.create_model(spec.name, pretrained=spec.pretrained, num_classes=spec.num_classes,
+                                  in_chans=spec.in_chans)
     except Exception as err:  # timm raises many kinds when weights cannot be fetched
         if not spec.pretrained:
             raise
         raise RuntimeError(f"could not load pretrained weights for timm model {spec.name!r} ({err}); "
                            "connect to the Hugging Face Hub, fill its cache, or train with pretrained=False"
                            ) from err
+    # the pipeline feeds every classifier [0, 1] images; a timm model normalises them the way its
+    # (pretrained) weights expect, from timm's data config (also without weights, so that a model
+    # rebuilt to load a checkpoint has the same structure)
+    data_config = timm.data.resolve_model_data_config(model)
+    mean, std = data_config["mean"], data_config["std"]
+    if len(mean) != spec.in_chans:
+        mean, std = (sum(mean) / len(mean),) * spec.in_chans, (sum(std) / len(std),) * spec.in_chans
+    return Normalized(model, mean, std)
+
+
+class Normalized(nn.Module):
+    """A classifier that takes images in [0, 1] and normalises them itself: (x - mean) / std per channel."""
+
+    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean) / self.std)
 
 
 def vmap_compatible(model: nn.Module) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -44,9 +44,10 @@ class DemoModels:
     run_id: str
     class_names: list[str]
     models: dict[str, nn.Module]  # "teacher" / "student", in eval mode on the CPU
-    input_size: tuple[int, int]  # (width, height) the classifiers were trained at
+    input_size: tuple[int, int]  # (width, height) the teacher was trained at
     samples: list[SyntheticSample]
     metrics: dict  # the run's metrics.json (accuracy, MIA AUC ...), {} when absent
+    input_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # per role; missing: input_size
 
 
 @dataclass(frozen=True)
@@ -82,27 +83,26 @@ def load_demo(project: Project, run_id: str) -> DemoModels:
         model = build_model(recipe, len(class_names))
         model.load_state_dict(torch.load(run_dir / f"{role}.pt", map_location="cpu", weights_only=True))
         models[role] = model.eval()
-    size = recipes["teacher"].image_size
     with Image.open(samples[0].path) as first:
-        input_size = (size, size) if size else first.size
+        native = first.size
+    input_sizes = {role: (r.image_size, r.image_size) if r.image_size else native for role, r in recipes.items()}
     metrics_file = run_dir / "metrics.json"
     metrics = read_json(metrics_file) if metrics_file.exists() else {}
-    return DemoModels(run_id, class_names, models, input_size, samples, metrics)
+    return DemoModels(run_id, class_names, models, input_sizes["teacher"], samples, metrics, input_sizes)
 
 
 def predict(demo: DemoModels, image: Image.Image, top_k: int = 3) -> dict[str, list[Prediction]]:
     """Top-k classes with probabilities from the teacher and the student, for one image.
 
-    The image is converted to RGB and resized to the classifiers' input size first.
+    The image is converted to RGB and resized to each classifier's own input size.
     """
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
     image = image.convert("RGB")
-    if image.size != demo.input_size:
-        image = image.resize(demo.input_size, Image.Resampling.BICUBIC)
-    x = images_to_tensor([image])
     out = {}
     for role, model in demo.models.items():
+        size = demo.input_sizes.get(role, demo.input_size)  # each model at its own input size
+        x = images_to_tensor([image if image.size == size else image.resize(size, Image.Resampling.BICUBIC)])
         probs = torch.softmax(predict_logits(model, x, device="cpu")[0], dim=0)
         values, indices = probs.topk(min(top_k, len(demo.class_names)))
         out[role] = [Prediction(demo.class_names[int(i)], float(v)) for v, i in zip(values, indices)]
