@@ -145,3 +145,21 @@ def test_crop_shift_matches_the_training_loop_augmentation():
     out = _gather(x, torch.arange(3), None, shift, crop_padding=1)
     # offset (r, c) moves the centre pixel from (2, 2) to (2 + 1 - r, 2 + 1 - c)
     assert [tuple(torch.nonzero(img[0])[0].tolist()) for img in out] == [(3, 3), (2, 2), (1, 2)]
+
+
+def test_small_resnet_is_stackable_and_shapes_fit():
+    from pipeline.classifiers.models import ClassifierSpec, create_classifier, vmap_compatible
+
+    model = create_classifier(ClassifierSpec("small-resnet", num_classes=7, in_chans=3))
+    assert vmap_compatible(model)
+    assert 2e5 < sum(p.numel() for p in model.parameters()) < 5e5
+    for side in (28, 32, 64):
+        assert model(torch.rand(2, 3, side, side)).shape == (2, 7)
+    # stacked training (the shadows' path) runs on it
+    x, y = torch.rand(16, 3, 28, 28), torch.arange(16) % 7
+    masks = torch.zeros(2, 16, dtype=torch.bool)
+    masks[0, :8], masks[1, 8:] = True, True
+    state = train_stacked(lambda: create_classifier(ClassifierSpec("small-resnet", num_classes=7)), x, y, masks,
+                          TrainRecipe(epochs=1, batch_size=8))
+    assert predict_stacked(lambda: create_classifier(ClassifierSpec("small-resnet", num_classes=7)), state, x).shape \
+        == (2, 16, 7)
