@@ -147,7 +147,8 @@ def audit(config: AuditConfig, project: Project, progress: ProgressFn = no_progr
     # 1. the experiment: config, data, split, trained models
     exp = _load_experiment(project, config.experiment)
     xc = exp.config
-    data = _AuditData.build(xc, config)
+    # the population the pipeline shadows started ahead with, if any (decoded once)
+    data = pipeline_shadows.data if pipeline_shadows is not None else _AuditData.build(xc, config)
     dataset, population, z, is_member = data.dataset, data.population, data.z, data.is_member
     n_classes = len(dataset.class_names)
     teacher_model = _load_model(exp.run_dir / "teacher.pt", xc.teacher, n_classes)
@@ -250,7 +251,7 @@ class _AuditData:
         is_member = np.array([i in members for i in population.ids])
         z = real_tensors(dataset, _reference_ids(dataset, config.reference_size, config.seed), xc.teacher.image_size)
         size, n_val = int(is_member.sum()), len(split.validation)
-        common = {"dataset": dataset.fingerprint, "population": _ids_hash(population.ids), "z": _ids_hash(z.ids),
+        common = {"dataset": dataset.fingerprint, "population": config_hash(population.ids, 64), "z": config_hash(z.ids, 64),
                   "size": size, "n_val": n_val, "views": list(config.views), "seed": config.seed,
                   "num_classes": len(dataset.class_names)}
         return cls(dataset, population, is_member, z, size, n_val, common, xc.teacher.image_size)
@@ -286,12 +287,6 @@ def _reference_ids(dataset: ImageDataset, limit: int, seed: int) -> list[str]:
         raise ValueError("the audit needs test images as RMIA's reference population; the dataset has none")
     rng = np.random.default_rng(seed)
     return [ids[i] for i in sorted(rng.choice(len(ids), size=min(limit, len(ids)), replace=False))]
-
-
-def _ids_hash(ids: list[str]) -> str:
-    import hashlib
-
-    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
 
 
 # -- attacks and metrics -----------------------------------------------------------------------------------
@@ -406,7 +401,7 @@ class PipelineShadows:
 
     def __init__(self, config: AuditConfig, xc: Any, captions: str | None, project: Project,
                  data: _AuditData | None = None) -> None:
-        data = data or _AuditData.build(xc, config)
+        self.data = data = data or _AuditData.build(xc, config)
         self.project = project
         self.shadow_in = assign_shadows(len(data.population), config.pipeline_shadows, data.size, config.seed)
         val_in = carve_validation(self.shadow_in, data.n_val, config.seed)

@@ -135,7 +135,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     with ProgressBars(not args.quiet) as bars:
         result = audit(config, project, progress=bars)
     experiment = read_json(record.run_dir / "metrics.json") if (record.run_dir / "metrics.json").exists() else {}
-    metrics = {name: {**result.metrics[name], "accuracy": result.metrics[name]["accuracy"],
+    metrics = {name: {**result.metrics[name],
                       "per_class_accuracy": experiment.get(name, {}).get("per_class_accuracy")}
                for name in ("teacher", "student")}
     _print_audit_table(metrics)

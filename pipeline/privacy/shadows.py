@@ -53,8 +53,6 @@ class ShadowMismatchError(ValueError):
     audited model; the message names the differing fields."""
 
 
-ShadowCacheMismatch = ShadowMismatchError  # the earlier name, kept for callers that catch it
-
 
 @dataclass(frozen=True)
 class ShadowLogits:
