@@ -43,6 +43,7 @@ def test_tiny_end_to_end_run(project):
     fidelity = metrics["fidelity"]
     assert len(fidelity["rounds"]) == 2 and 0.0 <= fidelity["class_fidelity"] <= 1.0
     assert {"frechet_distance", "precision", "recall", "density", "coverage"} <= set(fidelity)
+    assert 0.0 <= fidelity["cas"] <= 1.0 and "hard labels" in fidelity["cas_recipe"]  # CAS on round 0
     round_dir = project.runs_dir / result.run_id / "synthetic" / "round-1"
     assert json.loads((round_dir / "fidelity.json").read_text()) == fidelity["rounds"][1]
     registry = project.registry()

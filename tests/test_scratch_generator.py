@@ -212,3 +212,38 @@ def test_bad_inputs_fail_fast(trained):
         generator.generate(["p", "q"], [0], [0])
     with pytest.raises(ValueError, match="ddim"):
         ScratchConfig(sampler="euler")
+
+
+def test_patches_v_prediction_and_min_snr_train_and_sample_at_the_dataset_size(tmp_path):
+    config = dataclasses.replace(TINY, patch=2, prediction="v_prediction", snr_gamma=5.0, sampler="dpm",
+                                 train_steps=2)
+    generator, metrics = fit(config, tmp_path)
+    assert generator.state["patch"] == 2 and np.isfinite(metrics["final_loss"])
+    assert generator.unet.config.in_channels == 4 and generator.unet.config.sample_size == 4  # 1 x 2^2, 8 / 2
+    out = generator.generate(["p"] * 3, [0, 1, 2], [1, 2, 3])
+    assert all(im.size == (8, 8) and im.mode == "RGB" for im in out)
+    again = ScratchGenerator.load(_saved(generator, tmp_path / "saved"))
+    assert pixels(again.generate(["p"], [1], [2])) == pixels(out[1:2])
+    with pytest.raises(ValueError, match="not a multiple of patch 3"):
+        fit(dataclasses.replace(TINY, patch=3), tmp_path / "bad")
+    with pytest.raises(ValueError, match="epsilon or v_prediction"):
+        ScratchConfig(prediction="sample")
+
+
+def _saved(generator: ScratchGenerator, directory: Path) -> Path:
+    generator.save(directory)
+    return directory
+
+
+def test_suggested_options_by_resolution_build_a_model_that_runs():
+    assert ScratchGenerator.suggest_options(8, 1, 600, "cpu") == {}  # tiny images: the digits defaults
+    options = ScratchGenerator.suggest_options(28, 1, 680, "cpu")
+    assert options["patch"] == 2 and options["prediction"] == "v_prediction" and "resolution" not in options
+    large = ScratchGenerator.suggest_options(224, 3, 5000, "cpu")
+    assert large["resolution"] == 64 and large["patch"] == 4
+    assert ScratchGenerator.suggest_options(28, 1, 680, "cuda")["train_steps"] > options["train_steps"]
+    for side in (20, 28, 32, 48, 64, 100):
+        opts = ScratchGenerator.suggest_options(side, 3, 1000, "cpu")
+        config = ScratchConfig(**{**opts, "batch_size": 2, "generate_batch_size": 2, "sampling_steps": 1})
+        timed = ScratchGenerator(config).time_steps(side, 3, 4)  # builds the UNet and runs it
+        assert timed["train_step_s"] > 0 and timed["image_s"] > 0

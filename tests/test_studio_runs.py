@@ -114,12 +114,15 @@ def test_live_panel_shows_progress_curves_log_and_cancels(env):
 
 def test_finished_and_failed_runs(env):
     done = add_finished_run(env, fake_metrics())
-    env.registry().report(done, teacher_auc=0.6, student_accuracy=0.9, student_auc=0.52)
+    env.registry().report(done, teacher_auc=0.6, student_accuracy=0.9, student_auc=0.52, class_fidelity=0.81,
+                          frechet_distance=3.5, precision=0.7, recall=0.6, cas=0.55)
     failed = env.registry().create("experiment", {})
     env.registry().fail(failed.id, "ValueError: boom")
     at = open_page("runs")
     at.selectbox(key="runs_selected").set_value(done).run()
     assert at.get("page_link")
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["Class fidelity"] == "0.810" and shown["CAS"] == "0.550" and shown["Precision / recall"] == "0.70 / 0.60"
     at.selectbox(key="runs_selected").set_value(failed.id).run()
     assert any("boom" in e.value for e in at.error)
 

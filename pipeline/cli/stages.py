@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,9 @@ from .common import (
     print_table,
     project_of,
 )
+
+
+PRESET_NAMES = ("quick", "standard", "paper")  # experiment.PRESETS, without importing torch to build --help
 
 
 def _options(pairs: list[str] | None) -> tuple[tuple[str, Any], ...]:
@@ -147,6 +151,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from ..experiment import quickstart_config
 
+    _print_plan(quickstart_config(), ["the standard preset on the built-in digits (offline, CPU)"])
     code = _run_experiment(args, quickstart_config())
     if code == 0 and getattr(args, "studio", False):
         from ..core.launch import launch_studio
@@ -157,14 +162,62 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ..core.common import from_dict
-    from ..experiment import ExperimentConfig
+    from ..experiment import ExperimentConfig, config_json
 
     if args.queued:
         record = project_of(args).registry().get(args.queued)
         return _run_experiment(args, from_dict(ExperimentConfig, record.config), run_id=record.id)
-    if not args.config:
-        raise ValueError("give a config file (see `python -m pipeline config`) or --queued RUN_ID")
-    return _run_experiment(args, ExperimentConfig.from_file(Path(args.config)))
+    if args.config and args.dataset:
+        raise ValueError("give a config file or --dataset, not both (edit the dataset in the config file)")
+    if args.config:
+        if args.preset:
+            raise ValueError("--preset applies to --dataset; a config file is run as written")
+        config, why = ExperimentConfig.from_file(Path(args.config)), [f"config file {args.config}"]
+    elif args.dataset:
+        config, why = _preset(args)
+    else:
+        raise ValueError("give --dataset SPEC (a preset is chosen from the data), a config file "
+                         "(see --print-config) or --queued RUN_ID")
+    if args.print_config:
+        for line in why:
+            print(f"# {line}", file=sys.stderr)
+        print(config_json(config))
+        return 0
+    _print_plan(config, why)
+    return _run_experiment(args, config)
+
+
+def _preset(args: argparse.Namespace) -> tuple[Any, list[str]]:
+    from ..data.datasets import load_dataset
+    from ..experiment import DataProfile, preset_config
+
+    dataset_cfg = dataset_config(args)
+    dataset = load_dataset(dataset_cfg)
+    profile = DataProfile.of(dataset, device=args.device)
+    return preset_config(dataset_cfg, profile, args.preset or "standard")
+
+
+def _print_plan(config: Any, why: list[str]) -> None:
+    """What the run will do and, from a few timed steps, about how long each stage takes."""
+    from ..data.datasets import load_dataset
+    from ..experiment import DataProfile, estimate_stages, estimated_wall
+
+    print("plan:")
+    for line in why:
+        print(f"  {line}")
+    profile = DataProfile.of(load_dataset(config.dataset), device=config.teacher.device)
+    stages = estimate_stages(config, profile)
+    print("estimated time per stage (from a few timed steps on this machine):")
+    for s in stages:
+        print(f"  {s.stage:<17} {_duration(s.seconds):>8}  {s.what}")
+    total = estimated_wall(stages)
+    print(f"  {'total (wall)':<17} {_duration(total):>8}", flush=True)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 def cmd_studio(args: argparse.Namespace) -> int:
@@ -237,9 +290,21 @@ def add_stage_commands(sub: Any) -> None:
     p.add_argument("--port", type=int, default=8501)
     p.set_defaults(func=cmd_quickstart)
 
-    p = sub.add_parser("run", help="the whole loop from a JSON config (see `config`)")
+    p = sub.add_parser("run", help="the whole loop: on a dataset with a preset chosen from the data, or from a "
+                                   "JSON config",
+                       description="Run the whole loop. With --dataset, a preset is chosen from the data (image "
+                                   "size, channels, counts) and the device; --print-config shows it as JSON, "
+                                   "which can be edited and run with `run CONFIG.json`. Before it starts, the "
+                                   "run prints its plan and an estimated time per stage.")
     add_project_arg(p)
     p.add_argument("config", nargs="?", help="JSON file with ExperimentConfig fields")
+    add_dataset_args(p)
+    p.set_defaults(dataset=None)
+    p.add_argument("--preset", default=None, choices=PRESET_NAMES,
+                   help="quick (a first look) | standard (default: chosen from the data) | paper (TCKR's "
+                        "recipe: SD + LoRA, needs a GPU and the Hub)")
+    p.add_argument("--device", default="auto", help="device the preset plans for: auto | cpu | cuda")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     p.add_argument("--queued", default=None, metavar="RUN_ID",
                    help="execute a run queued by the studio (its config is in the registry)")
     p.set_defaults(func=cmd_run)

@@ -62,6 +62,17 @@ class Generator(abc.ABC):
     def load(cls, directory: Path, **overrides: Any) -> Generator:
         """Load a generator written by :meth:`save`."""
 
+    @classmethod
+    def suggest_options(cls, side: int, channels: int, images: int, device: str) -> dict[str, Any]:
+        """Config fields this backend recommends for training images of ``side`` pixels on ``device``
+        (``cpu`` or ``cuda``); presets start from these. Default: none (the config's defaults)."""
+        return {}
+
+    def time_steps(self, side: int, channels: int, num_classes: int) -> dict[str, float] | None:
+        """Measured ``{"train_step_s", "image_s"}`` for a time estimate, from a few steps on random
+        data of this shape (no training data needed); None when the backend cannot tell cheaply."""
+        return None
+
 
 GENERATORS: Registry[type[Generator]] = Registry("generator")
 

@@ -71,6 +71,9 @@ class ScratchConfig:
     layers_per_block: int = 1  # ResNet blocks per UNet level
     attention: bool = False  # self-attention at the lowest-resolution level (slower on CPU)
     norm_groups: int = 8  # GroupNorm groups; must divide every entry of block_out_channels
+    patch: int = 1  # space-to-depth factor: the UNet sees side/patch with channels*patch^2 (Hoogeboom 2023)
+    prediction: str = "epsilon"  # what the UNet predicts: epsilon | v_prediction
+    snr_gamma: float | None = None  # Min-SNR-gamma loss weighting (Hang et al. 2023); None: plain MSE
     num_train_timesteps: int = 1000  # DDPM diffusion steps
     beta_schedule: str = "squaredcos_cap_v2"  # DDPM noise schedule (cosine suits tiny images)
     train_steps: int = 800  # optimiser steps in all (a resumed run continues up to this)
@@ -100,6 +103,10 @@ class ScratchConfig:
             raise ValueError(f"channels must be None, 1 or 3, got {self.channels}")
         if any(c % self.norm_groups for c in self.block_out_channels):
             raise ValueError(f"norm_groups={self.norm_groups} must divide block_out_channels={self.block_out_channels}")
+        if self.prediction not in ("epsilon", "v_prediction"):
+            raise ValueError(f"prediction must be epsilon or v_prediction, got {self.prediction!r}")
+        if self.patch < 1:
+            raise ValueError(f"patch must be at least 1, got {self.patch}")
         if not 0.0 <= self.cfg_dropout < 1.0:
             raise ValueError(f"cfg_dropout must be in [0, 1), got {self.cfg_dropout}")
         for name in ("train_steps", "batch_size", "sampling_steps", "generate_batch_size", "keep_checkpoints"):
@@ -201,7 +208,7 @@ class ScratchGenerator(Generator):
                 for group in optimizer.param_groups:
                     group["lr"] = cfg.learning_rate * min(1.0, step / max(1, cfg.warmup_steps))
                 noisy = noise_schedule.add_noise(x0, noise, t)
-                loss = torch.nn.functional.mse_loss(unet(noisy, t, class_labels=y).sample, noise)
+                loss = _diffusion_loss(unet(noisy, t, class_labels=y).sample, x0, noise, t, noise_schedule, cfg)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
@@ -233,6 +240,70 @@ class ScratchGenerator(Generator):
             "params": sum(p.numel() for p in unet.parameters()),
         }
 
+    # -- presets and estimates -------------------------------------------------------------------
+    @classmethod
+    def suggest_options(cls, side: int, channels: int, images: int, device: str) -> dict[str, Any]:
+        """The recipe by resolution, measured with ``benchmarks/scratch_generator.py`` (see the README).
+
+        Up to 16 px the config's defaults (the digits quickstart). Above, the UNet sees
+        ``side / patch`` ~ 14-16 px with ``channels * patch^2`` channels (a lossless space-to-depth,
+        4x cheaper per step at patch 2), a (32, 64) UNet, v-prediction with Min-SNR-5 weighting,
+        DPM-Solver++ with 10 steps and CFG 2: on Fashion-MNIST (680 members, 28 px) that took the
+        teacher's class fidelity from 0.14 (epsilon, DDIM, no guidance) to 0.86 after 600 steps.
+        Images larger than 64 px are modelled at 64 px. On CUDA the model is wider and trains longer.
+        """
+        if side <= 16:
+            return {}
+        resolution = min(side, 64)
+        patch = 2 if resolution <= 32 else 4
+        resolution -= resolution % (2 * patch)  # the UNet's side must halve once
+        options: dict[str, Any] = {
+            "patch": patch, "block_out_channels": (32, 64), "batch_size": 64, "learning_rate": 2e-3,
+            "prediction": "v_prediction", "snr_gamma": 5.0, "sampler": "dpm", "sampling_steps": 10,
+            "guidance_scale": 2.0, "train_steps": 700,
+        }
+        if resolution != side:
+            options["resolution"] = resolution
+        if device.startswith("cuda"):
+            options.update({"block_out_channels": (64, 128, 256) if (resolution // patch) % 4 == 0
+                            else (64, 128), "train_steps": 6000, "batch_size": 128, "threads": 0})
+        return options
+
+    def time_steps(self, side: int, channels: int, num_classes: int) -> dict[str, float]:
+        """Median seconds of one training step and per generated image, from 3 + 1 timed steps on noise."""
+        import torch
+
+        cfg = self.config
+        resolution = cfg.resolution or side
+        resolution -= resolution % cfg.patch
+        state = {"num_classes": num_classes, "channels": cfg.channels or channels, "resolution": resolution}
+        device = resolve_device(cfg.device)
+        with _torch_threads(cfg.threads):
+            unet = _build_unet(cfg, state).to(device)
+            optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate)
+            shape = (state["channels"] * cfg.patch ** 2, resolution // cfg.patch, resolution // cfg.patch)
+            times = []
+            for _ in range(4):  # the first step warms up and is not counted
+                start = time.perf_counter()
+                x = torch.randn(cfg.batch_size, *shape, device=device)
+                t = torch.randint(0, cfg.num_train_timesteps, (cfg.batch_size,), device=device)
+                y = torch.randint(0, num_classes, (cfg.batch_size,), device=device)
+                loss = unet(x, t, class_labels=y).sample.pow(2).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                times.append(time.perf_counter() - start)
+            unet.eval()
+            batch = min(cfg.generate_batch_size, 64)
+            passes = cfg.sampling_steps * (2 if cfg.guidance_scale != 1.0 else 1)
+            with torch.inference_mode():
+                x = torch.randn(batch, *shape, device=device)
+                y = torch.randint(0, num_classes, (batch,), device=device)
+                start = time.perf_counter()
+                unet(x, torch.full((batch,), 10, device=device), class_labels=y)
+                image_s = (time.perf_counter() - start) * passes / batch
+        return {"train_step_s": float(np.median(times[1:])), "image_s": image_s}
+
     # -- sampling --------------------------------------------------------------------------------
     def generate(
         self,
@@ -261,7 +332,9 @@ class ScratchGenerator(Generator):
         if bad:
             raise ValueError(f"labels {bad} outside the {num_classes} classes this generator was trained on")
         device = next(self.unet.parameters()).device
-        shape = (self.state["channels"], self.state["resolution"], self.state["resolution"])
+        patch = self.state.get("patch", 1)
+        side = self.state["resolution"] // patch
+        shape = (self.state["channels"] * patch * patch, side, side)
 
         images: list[Image.Image] = []
         started = time.perf_counter()
@@ -276,7 +349,7 @@ class ScratchGenerator(Generator):
                 # 3. denoise with classifier-free guidance
                 x = self._denoise(noise, y)
                 # 4. back to uint8 RGB at the dataset's size
-                images += _to_pil(x, self.state["output_size"])
+                images += _to_pil(_from_patches(x, self.state.get("patch", 1)), self.state["output_size"])
                 elapsed = time.perf_counter() - started
                 progress(Progress("generate", len(images), len(seeds),
                                   {"images/s": len(images) / max(elapsed, 1e-9)}))
@@ -352,19 +425,21 @@ def _build_unet(cfg: ScratchConfig, state: dict[str, Any]):
     from diffusers import UNet2DModel
 
     levels = len(cfg.block_out_channels)
-    if state["resolution"] % 2 ** (levels - 1):
+    side = state["resolution"] // cfg.patch
+    if state["resolution"] % cfg.patch or side % 2 ** (levels - 1):
         raise ValueError(
-            f"resolution {state['resolution']} cannot be halved {levels - 1} times; "
-            "use fewer block_out_channels or set resolution"
+            f"resolution {state['resolution']} / patch {cfg.patch} cannot be halved {levels - 1} times; "
+            "use fewer block_out_channels, another patch or set resolution"
         )
+    channels = state["channels"] * cfg.patch ** 2
     down = ["DownBlock2D"] * levels
     up = ["UpBlock2D"] * levels
     if cfg.attention:
         down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
     return UNet2DModel(
-        sample_size=state["resolution"],
-        in_channels=state["channels"],
-        out_channels=state["channels"],
+        sample_size=side,
+        in_channels=channels,
+        out_channels=channels,
         block_out_channels=tuple(cfg.block_out_channels),
         layers_per_block=cfg.layers_per_block,
         down_block_types=tuple(down),
@@ -379,7 +454,26 @@ def _build_noise_schedule(cfg: ScratchConfig):
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
-                         prediction_type="epsilon", clip_sample=True)
+                         prediction_type=cfg.prediction, clip_sample=True)
+
+
+def _diffusion_loss(pred, x0, noise, t, noise_schedule, cfg: ScratchConfig):
+    """MSE to the prediction target, Min-SNR-gamma weighted when ``cfg.snr_gamma`` is set.
+
+    The weights follow diffusers' ``train_text_to_image.py`` (``compute_snr`` from
+    ``diffusers.training_utils``): min(SNR, gamma) / SNR for epsilon, min(SNR, gamma) / (SNR + 1) for v.
+    """
+    import torch
+    from diffusers.training_utils import compute_snr
+
+    target = noise if cfg.prediction == "epsilon" else noise_schedule.get_velocity(x0, noise, t)
+    if cfg.snr_gamma is None:
+        return torch.nn.functional.mse_loss(pred, target)
+    snr = compute_snr(noise_schedule, t)
+    clipped = torch.clamp(snr, max=cfg.snr_gamma)
+    weights = clipped / snr if cfg.prediction == "epsilon" else clipped / (snr + 1)
+    per_image = torch.nn.functional.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
+    return (per_image * weights).mean()
 
 
 def _build_sampler(cfg: ScratchConfig):
@@ -407,6 +501,8 @@ def _prepare_images(
         raise ValueError(f"training images have {len(sizes)} different sizes; set resolution to train at one")
     output_size = images[0].size
     resolution = cfg.resolution or max(output_size)
+    if resolution % cfg.patch:
+        raise ValueError(f"resolution {resolution} is not a multiple of patch {cfg.patch}; set resolution")
     if min(int(y) for y in labels) < 0:
         raise ValueError("labels must be non-negative class indices")
     arrays = []
@@ -419,15 +515,31 @@ def _prepare_images(
     grey = bool((rgb[..., :1] == rgb).all())
     channels = cfg.channels or (1 if grey else 3)
     data = rgb[..., :1] if channels == 1 else rgb
-    pixels = data.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0
+    pixels = _to_patches(data.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0, cfg.patch)
     state = {
         "num_classes": int(max(int(y) for y in labels)) + 1,
         "channels": channels,
         "resolution": resolution,
         "output_size": tuple(output_size),
         "grey": grey,
+        "patch": cfg.patch,
     }
     return np.ascontiguousarray(pixels), state
+
+
+def _to_patches(pixels: np.ndarray, patch: int) -> np.ndarray:
+    """(N, C, R, R) -> (N, C*p*p, R/p, R/p), torch's ``pixel_unshuffle`` layout."""
+    if patch == 1:
+        return pixels
+    import torch
+
+    return torch.nn.functional.pixel_unshuffle(torch.from_numpy(pixels), patch).numpy()
+
+
+def _from_patches(x: torch.Tensor, patch: int) -> torch.Tensor:
+    import torch
+
+    return x if patch == 1 else torch.nn.functional.pixel_shuffle(x, patch)
 
 
 def _data_digest(pixels: np.ndarray, labels: Sequence[int]) -> str:

@@ -213,6 +213,17 @@ def run_panel(run_id: str, was_active: bool) -> None:
             {"model": role, "test accuracy": metrics[f"{role}_accuracy"], "MIA AUC": metrics[f"{role}_auc"]}
             for role in ("teacher", "student")]), hide_index=True)
         st.page_link("views/tradeoffs.py", label="See it on the trade-off plot", icon=":material/scatter_plot:")
+    if "class_fidelity" in metrics:
+        st.markdown("**Synthetic data** (mean over rounds; the teacher is the feature extractor)")
+        cols = st.columns(4)
+        cols[0].metric("Class fidelity", f"{metrics['class_fidelity']:.3f}",
+                       help="share of synthetic images the teacher assigns to their intended class")
+        cols[1].metric("Fréchet distance", f"{metrics['frechet_distance']:.2f}",
+                       help="between real member and synthetic features (lower is closer)")
+        cols[2].metric("Precision / recall", f"{metrics['precision']:.2f} / {metrics['recall']:.2f}",
+                       help="Naeem et al. 2020: realism / coverage of the real distribution")
+        cols[3].metric("CAS", f"{metrics['cas']:.3f}" if metrics.get("cas") is not None else "-",
+                       help="test accuracy of a classifier trained on round 0 with hard labels only")
     if metrics.get("timings"):
         st.caption("Seconds per stage: " + ", ".join(f"{k} {v:g}" for k, v in metrics["timings"].items()))
     with st.expander("Log"):
