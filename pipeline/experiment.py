@@ -155,7 +155,7 @@ def preset_config(dataset: DatasetConfig, profile: DataProfile, preset: str = "s
     if quick:
         audit_config = AuditConfig(n_shadows=4, modes=("transfer",), views=("orig", "shift"), headline="rmia")
         why.append("audit: 4 shadows of the teacher's recipe; the student is audited with them (transfer "
-                   "mode only, no pipeline shadows)")
+                   "mode only, no pipeline shadows); no CAS")
     else:
         # RMIA, built for few reference models, is the headline attack; `benchmarks/audit.py` shows
         # what more shadows change. Each pipeline shadow reruns the whole loop on half the population.
@@ -172,6 +172,7 @@ def preset_config(dataset: DatasetConfig, profile: DataProfile, preset: str = "s
         teacher=recipe,
         distill=DistillConfig(student=replace(recipe, seed=1), temperature=4.0, alpha=1.0, regen_every=regen),
         audit=audit_config,
+        cas_epochs=0 if quick else 15,
     )
     return config, why
 

@@ -72,6 +72,7 @@ def test_quick_halves_training_and_audits_the_student_with_transfer_shadows_only
     assert quick.teacher.epochs < standard.teacher.epochs
     assert dict(quick.generator_options)["train_steps"] < dict(standard.generator_options)["train_steps"]
     assert quick.audit.modes == ("transfer",) and any("transfer mode only" in line for line in why)
+    assert quick.cas_epochs == 0 and standard.cas_epochs > 0
 
 
 def test_paper_is_tckrs_recipe():

@@ -194,7 +194,12 @@ def _preset(args: argparse.Namespace) -> tuple[Any, list[str]]:
     dataset_cfg = dataset_config(args)
     dataset = load_dataset(dataset_cfg)
     profile = DataProfile.of(dataset, device=args.device)
-    return preset_config(dataset_cfg, profile, args.preset or "standard")
+    config, why = preset_config(dataset_cfg, profile, args.preset or "standard")
+    if args.device != "auto":  # asked for a device: every stage runs there, not only the plan
+        config = replace(config, teacher=replace(config.teacher, device=args.device),
+                         distill=replace(config.distill, student=replace(config.distill.student, device=args.device)),
+                         generator_options=tuple({**dict(config.generator_options), "device": args.device}.items()))
+    return config, why
 
 
 def _print_plan(config: Any, why: list[str]) -> None:
