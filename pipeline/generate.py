@@ -112,19 +112,30 @@ def generate_set(
     out_dir: Path,
     generator_ref: str = "",
     progress: ProgressFn = no_progress,
+    generator_id: dict[str, Any] | None = None,
 ) -> SyntheticSet:
-    """Generate (or finish generating) a synthetic set into ``out_dir``."""
+    """Generate (or finish generating) a synthetic set into ``out_dir``.
+
+    ``generator_id`` (see :func:`generator_identity`) is recorded in ``plan.json``; finishing a set
+    with another generator is refused, so one folder never mixes two generators' images.
+    """
     out_dir = Path(out_dir)
-    # 1. fix the plan; a rerun must ask for the same plan
+    generator_id = json.loads(json.dumps(generator_id)) if generator_id else None  # as plan.json reads back
+    # 1. fix the plan; a rerun must ask for the same plan and the same generator
     items = plan_items(pool, plan)
     plan_record = {"plan": plan.__dict__, "class_names": list(pool.class_names),
                    "prompt_source": pool.source, "generator": generator_ref,
-                   "items": [i.__dict__ for i in items]}
+                   "generator_id": generator_id, "items": [i.__dict__ for i in items]}
     plan_path = out_dir / "plan.json"
     if plan_path.exists():
         previous = read_json(plan_path)
         if previous["items"] != plan_record["items"]:
             raise ValueError(f"{out_dir} holds a different generation plan; use another output folder")
+        if previous.get("generator_id") != generator_id:
+            raise ValueError(
+                f"{out_dir} was started by another generator ({_describe(previous.get('generator_id'))}), "
+                f"not {_describe(generator_id)}; finishing it would mix two generators' images: "
+                "use another output folder")
     else:
         write_json(plan_path, plan_record)
 
@@ -158,6 +169,53 @@ def generate_set(
                               {"images_per_s": round(rate, 2),
                                "eta_s": round((len(todo) - made) / max(rate, 1e-9), 1)}))
     return SyntheticSet.load(out_dir)
+
+
+def generator_identity(source: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What makes a generator's images: a saved generator's run and a SHA-256 over its files, or a
+    base model's id (a local base folder by its files' names, sizes and times: hashing gigabytes of
+    Stable Diffusion on every call would be slow), plus the options that override it (a LoRA file
+    by its SHA-256)."""
+    options = dict(options or {})
+    path = Path(source)
+    identity: dict[str, Any] = {"options": sorted((k, str(v)) for k, v in options.items())}
+    if (path / "backend.json").is_file():  # a saved generator: small, hash everything
+        identity["run"] = read_json(path / "backend.json").get("run")
+        identity["weights_sha256"] = _tree_digest(path, contents=True)
+    elif path.is_dir():
+        identity["source"], identity["files"] = str(path.resolve()), _tree_digest(path, contents=False)
+    else:
+        identity["source"] = str(source)
+    lora = options.get("lora_path")
+    if lora and Path(lora).exists():
+        identity["lora_sha256"] = _tree_digest(Path(lora), contents=True)
+    return identity
+
+
+def _tree_digest(path: Path, contents: bool) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        digest.update(str(file.relative_to(path) if file != path else file.name).encode())
+        if contents:
+            with open(file, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+        else:
+            stat = file.stat()
+            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def _describe(identity: dict[str, Any] | None) -> str:
+    if not identity:
+        return "an unrecorded generator"
+    what = identity.get("run") or identity.get("source", "?")
+    sha = identity.get("weights_sha256")
+    return f"{what}" + (f", weights {sha[:12]}" if sha else "") + (f", options {dict(identity['options'])}"
+                                                                    if identity.get("options") else "")
 
 
 def _read_manifest(path: Path) -> dict[int, dict[str, Any]]:
@@ -259,7 +317,11 @@ def synthesize(config: GenerateConfig, project: Any, progress: ProgressFn = no_p
     plan = GenerationPlan(total=total, seed=config.seed, round=config.round, batch_size=config.batch_size)
     with registry.track(run.id):
         started = time.monotonic()
-        synthetic = generate_set(generator, pool, plan, out_dir, generator_ref=str(source), progress=progress)
+        identity = generator_identity(config.generator, dict(config.options))
+        if config.backend is not None:
+            identity["backend"] = config.backend
+        synthetic = generate_set(generator, pool, plan, out_dir, generator_ref=str(source), progress=progress,
+                                 generator_id=identity)
         rate = len(synthetic) / max(time.monotonic() - started, 1e-9)
         registry.report(run.id, images=len(synthetic), images_per_s=round(rate, 2), out_dir=str(out_dir))
     return GenerateResult(run.id, synthetic, rate)

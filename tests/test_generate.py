@@ -131,3 +131,33 @@ def test_prompt_files(tmp_path: Path):
     assert pool_from_file(tmp_path / "p.txt", ["cat", "dog"], "caption").prompts[1] == ("barking", "running")
     with pytest.raises(ValueError, match="no prompts for classes \\['eel'\\]"):
         pool_from_file(tmp_path / "p.txt", ["cat", "dog", "eel"])
+
+
+def test_finishing_a_set_with_another_generator_is_refused(tmp_path: Path):
+    """Issue 10.1: a resumed set never mixes two generators' images."""
+    from pipeline.generate import generator_identity
+
+    first, second = tmp_path / "gen-a", tmp_path / "gen-b"
+    for folder, weights in ((first, b"aaaa"), (second, b"bbbb")):
+        (folder / "unet").mkdir(parents=True)
+        (folder / "backend.json").write_text(json.dumps({"backend": "fake", "run": folder.name}))
+        (folder / "unet" / "w.safetensors").write_bytes(weights)
+    plan, out = GenerationPlan(total=12, batch_size=4), tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        generate_set(FakeGenerator(die_after_calls=1), POOL, plan, out, generator_id=generator_identity(str(first)))
+    with pytest.raises(ValueError, match=r"another generator \(gen-a, weights .*not gen-b.*mix two generators"):
+        generate_set(FakeGenerator(), POOL, plan, out, generator_id=generator_identity(str(second)))
+    # other sampling options make other images too
+    with pytest.raises(ValueError, match="mix two generators"):
+        generate_set(FakeGenerator(), POOL, plan, out,
+                     generator_id=generator_identity(str(first), {"guidance_scale": 3.0}))
+    # the same weights (a copied or retrained-identical generator) may finish it
+    copy = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(first, copy)
+    finisher = FakeGenerator()
+    synthetic = generate_set(finisher, POOL, plan, out, generator_id=generator_identity(str(copy)))
+    assert len(synthetic) == 12 and len(finisher.generated) == 8
+    recorded = json.loads((out / "plan.json").read_text())["generator_id"]
+    assert recorded["run"] == "gen-a" and len(recorded["weights_sha256"]) == 64

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..core.common import Progress, ProgressFn, no_progress, resolve_device
+from ..core.common import Progress, ProgressFn, check_loss, no_progress, resolve_device
 from .losses import classification_loss, kd_loss
 
 logger = logging.getLogger(__name__)
@@ -174,6 +174,7 @@ def fit_classifier(
     # 3. epochs
     started = time.monotonic()
     use_amp = config.amp and device.startswith("cuda")
+    first_loss: float | None = None
     for epoch in range(start_epoch, config.epochs):
         data = data_for_epoch(epoch)
         model.train()
@@ -195,6 +196,9 @@ def fit_classifier(
                                                 config.label_smoothing, y[perm], lam)
                 else:
                     parts = classification_loss(model(x).float(), y, config.label_smoothing)
+            value = float(parts["loss"].detach())
+            check_loss(value, first_loss, stage, f"epoch {epoch + 1}, step {step + 1}", config.lr)
+            first_loss = value if first_loss is None else first_loss
             optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
             optimizer.step()

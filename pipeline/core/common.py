@@ -149,3 +149,22 @@ def from_dict(cls: type, data: Any) -> Any:
         else:
             kwargs[key] = value
     return cls(**kwargs)
+
+
+class TrainingDiverged(RuntimeError):
+    """Training produced a non-finite or exploding loss; the message names stage, epoch and cause."""
+
+
+def check_loss(loss: float, first: float | None, stage: str, where: str, lr: float, factor: float = 50.0) -> None:
+    """Raise :class:`TrainingDiverged` when ``loss`` is not finite or has grown ``factor`` x past the
+    first step's loss: stop at once, instead of reporting a diverged model as a result."""
+    import math
+
+    # the floor of 1 keeps a model that starts almost trained (tiny first loss) from tripping it
+    exploded = first is not None and math.isfinite(first) and loss > factor * max(first, 1.0)
+    if math.isfinite(loss) and not exploded:
+        return
+    what = f"loss {loss:.4g}" + (f", {loss / max(first, 1.0):.0f}x the first step's {first:.4g}" if exploded else "")
+    raise TrainingDiverged(
+        f"{stage} diverged at {where} ({what}); the learning rate ({lr:g}) is likely too high: lower it "
+        "(e.g. 10x), or check the inputs for NaN / Inf")
