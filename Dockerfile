@@ -5,6 +5,9 @@ FROM python:3.11-slim
 ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 TCKR_PROJECT=/data/workspace
 WORKDIR /app
 
+# Chromium: kaleido renders the studio's PNG exports with it
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium && rm -rf /var/lib/apt/lists/*
+
 COPY requirements.txt requirements-dev.txt ./
 # e.g. --build-arg PIP_EXTRA_ARGS="--extra-index-url <a CPU-only torch index>" for a smaller CPU image
 ARG PIP_EXTRA_ARGS=""

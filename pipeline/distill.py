@@ -44,6 +44,16 @@ class DistillConfig:
     regen_every: int = 5  # epochs on one synthetic round before moving to the next (recycling period)
     val_fraction: float = 0.1  # share of each synthetic round held out for the student's early stopping
 
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.regen_every < 1:
+            raise ValueError(f"regen_every must be at least 1, got {self.regen_every}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+
 
 @dataclass
 class ModelResult:

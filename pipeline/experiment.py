@@ -60,6 +60,22 @@ class ExperimentConfig:
     cas_epochs: int = 15  # fidelity: CAS classifier (student recipe, hard labels, round 0) epochs; 0: off
     seed: int = 0  # seeds generation
 
+    def __post_init__(self) -> None:
+        if not self.cardinality > 0:
+            raise ValueError(f"cardinality must be positive, got {self.cardinality}")
+        for name in ("rounds", "generation_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.cas_epochs < 0:
+            raise ValueError(f"cas_epochs must be >= 0, got {self.cas_epochs}")
+
+    def validate(self) -> None:
+        """Everything that can be checked before a stage runs: the generator backend and its options
+        (built, not trained); raises ValueError naming the field."""
+        from .generators import create_generator
+
+        create_generator(self.generator, **dict(self.generator_options))
+
     @classmethod
     def from_file(cls, path: Path) -> ExperimentConfig:
         try:
@@ -315,6 +331,7 @@ def run_experiment(config: ExperimentConfig, project: Project, progress: Progres
     ``run_id`` is a queued experiment run to execute (the studio queues runs in the background).
     """
     started = time.monotonic()
+    config.validate()  # a bad option fails now, not after the generator trained
     # 1. data and the member / non-member split
     dataset = load_dataset(config.dataset)
     split = dataset.membership()

@@ -168,3 +168,14 @@ def test_typed_paths_stay_inside_the_project(captioned, tmp_path):
     at.text_input(key="run_path").input(str(tmp_path)).run()  # absolute, but outside the project
     assert any("outside the project folder" in e for e in texts(at.error))
     assert at.button(key="run_start").disabled
+
+
+def test_a_filter_that_matches_nothing_says_so(captioned):
+    """Issue 10.15: an empty filter result used to raise StreamlitAPIException."""
+    at = studio()
+    at.text_input(key="cap_text").input("no caption says this").run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert any("No captions match" in i.value for i in at.info)
+    at.text_input(key="cap_text").input("").run()
+    at.radio(key="cap_status").set_value("needs review").run()  # nothing is flagged for review
+    assert not at.exception and any("No captions match" in i.value for i in at.info)

@@ -166,3 +166,16 @@ def test_empty_project_pages(env):
     write_json(env.root / "x.json", {})
     at = open_page("runs")
     assert at.expander and not at.exception
+
+
+def test_png_export_renders_with_the_installed_kaleido():
+    """Issue 10.18: the README's install gives PNG export (kaleido + a Chromium it finds)."""
+    import shutil
+
+    if not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")):
+        pytest.skip("no Chrome / Chromium on this machine (.ci/run and the Dockerfile install one)")
+    from pipeline.views.report import points_from_metrics
+    from studio import figures
+
+    png = figures.to_png(figures.tradeoff_figure(points_from_metrics("r", fake_metrics())))
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000

@@ -49,9 +49,21 @@ class TrainConfig:
     seed: int = 0  # weights, data order and augmentation
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "augment", tuple(self.augment))
         unknown = set(self.augment) - set(AUGMENTATIONS)
         if unknown:
             raise ValueError(f"unknown augmentations {sorted(unknown)}; valid: {', '.join(AUGMENTATIONS)}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.weight_decay < 0 or not 0 <= self.label_smoothing < 1 or self.crop_padding < 0:
+            raise ValueError("weight_decay and crop_padding must be >= 0 and label_smoothing in [0, 1)")
+        if self.image_size is not None and self.image_size < 1:
+            raise ValueError(f"image_size must be at least 1 or null, got {self.image_size}")
+        if self.patience is not None and self.patience < 0:
+            raise ValueError(f"patience must be >= 0 or null, got {self.patience}")
 
 
 @dataclass

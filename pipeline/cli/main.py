@@ -160,8 +160,12 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
 
 
 def cmd_runs_cancel(args: argparse.Namespace) -> int:
-    project_of(args).registry().cancel(args.run_id)
-    print(f"cancel requested for {args.run_id}")
+    registry = project_of(args).registry()
+    status = registry.get(args.run_id).status
+    if status in ("done", "failed", "cancelled"):
+        raise ValueError(f"run {args.run_id} is already {status}; there is nothing to cancel")
+    registry.cancel(args.run_id)
+    print(f"cancel requested for {args.run_id} (it was {status}; a running job stops at its next progress report)")
     return 0
 
 
@@ -277,6 +281,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
+    except BrokenPipeError:  # `... | head` closed the pipe: not an error of ours, and nothing left to say
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -72,6 +72,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if args.size[0] != args.size[1]:
             raise ValueError(f"--size {args.size[0]} {args.size[1]}: only square images are supported")
         options.append(("resolution", args.size[0]))
+    source = args.generator or args.base
+    if not source:
+        raise ValueError("give --generator (a saved generator folder, runs/<id>/generator) or --base (an SD model)")
+    if args.generator and not Path(args.generator).is_dir():
+        raise ValueError(f"--generator {args.generator}: no such folder (a saved generator is runs/<id>/generator)")
     prompts = args.prompts
     if prompts and not prompts.startswith("store:") and prompts != "classnames" and not Path(prompts).exists():
         prompts = f"store:{prompts}"  # a bare name means a caption store
@@ -235,7 +240,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..core.launch import launch_demo
 
     project = project_of(args)
-    project.registry().get(args.run)  # an unknown id fails here, before a server starts
+    record = project.registry().get(args.run)  # an unknown id fails here, before a server starts
+    if record.kind != "experiment" or record.status != "done":
+        raise ValueError(f"run {args.run} is a {record.status} {record.kind} run; the demo needs a finished "
+                         "experiment run (see `runs list --kind experiment --status done`)")
     return launch_demo(project.root, args.run, host=args.host, port=args.port)
 
 

@@ -137,19 +137,22 @@ table = pd.DataFrame({
     "select": [False] * len(page_ids),
 })
 editor_key = f"cap_editor_{name}_{view}_{signature}_{page}"
-st.data_editor(
-    table, key=editor_key, hide_index=True, width="stretch", row_height=ROW_HEIGHT,
-    height=min(38 + ROW_HEIGHT * len(table), 720),
-    disabled=["image", "id", "class", "status"] + ([] if editable else ["caption", "select"]),
-    column_config={
-        "image": st.column_config.ImageColumn("image", width="small"),
-        "id": st.column_config.TextColumn("id", width="small"),
-        "class": st.column_config.TextColumn("class", width="small"),
-        "caption": st.column_config.TextColumn("caption", width="large", required=True),
-        "status": st.column_config.TextColumn("status", width="small"),
-        "select": st.column_config.CheckboxColumn("select", help="select for re-captioning", width="small"),
-    },
-)
+if not page_ids:  # an empty table cannot take the editor's column types (StreamlitAPIException)
+    st.info("No captions match these filters. Clear the search or pick another status or class.")
+else:
+    st.data_editor(
+        table, key=editor_key, hide_index=True, width="stretch", row_height=ROW_HEIGHT,
+        height=min(38 + ROW_HEIGHT * len(table), 720),
+        disabled=["image", "id", "class", "status"] + ([] if editable else ["caption", "select"]),
+        column_config={
+            "image": st.column_config.ImageColumn("image", width="small"),
+            "id": st.column_config.TextColumn("id", width="small"),
+            "class": st.column_config.TextColumn("class", width="small"),
+            "caption": st.column_config.TextColumn("caption", width="large", required=True),
+            "status": st.column_config.TextColumn("status", width="small"),
+            "select": st.column_config.CheckboxColumn("select", help="select for re-captioning", width="small"),
+        },
+    )
 edit_state = st.session_state.get(editor_key) or {}
 edited = {page_ids[int(row)]: change["caption"] for row, change in edit_state.get("edited_rows", {}).items()
           if "caption" in change}
