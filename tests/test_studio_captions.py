@@ -13,7 +13,7 @@ from pipeline.captions.captioners import CaptionerConfig
 from pipeline.data.datasets import DatasetConfig
 
 APP = str(Path(__file__).resolve().parents[1] / "studio" / "app.py")
-TIMEOUT = 60
+TIMEOUT = 180  # a ceiling per script run under load, not an expected duration
 
 
 @pytest.fixture

@@ -128,9 +128,12 @@ class ImageDataset:
             data = self.read_bytes(record)
             image = self.decode(data, record)
             image.load()
+        except Image.DecompressionBombError as err:  # not an OSError: would crash every caller
+            raise CorruptImageError(f"cannot read image {record.id!r} at {where}: too large to decode safely "
+                                    f"({err})") from err
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
             raise CorruptImageError(f"cannot read image {record.id!r} at {where}: {err}") from err
-        return image.convert("RGB")
+        return to_rgb(image)
 
     def iter_images(
         self, records: Sequence[ImageRecord] | None = None
@@ -290,6 +293,22 @@ def _check_classes(dataset: ImageDataset) -> None:
         why = (f"limit={limit} keeps too few images for {len(counts)} classes; raise it" if limit
                else "an empty class folder?; add images or remove the class")
         raise ValueError(f"dataset {dataset.name!r}: class(es) {empty} have no training images ({why})")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB with 8 bits per channel. 16-bit and 32-bit integer greys (``I;16``, ``I``: scans, X-rays)
+    and float images (``F``) are scaled to 0-255 instead of clipped, as ``convert("RGB")`` would
+    (every value above 255 turns white)."""
+    if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):
+        return image.convert("RGB")
+    values = np.asarray(image, dtype=np.float64)
+    top = float(values.max()) if values.size else 0.0
+    if image.mode == "F":
+        scale = 255.0 if top <= 1.0 else 255.0 / top  # [0, 1] floats, or anything else by its maximum
+    else:
+        scale = 1.0 if top <= 255 else 255.0 / 65535.0 if top <= 65535 else 255.0 / top
+    grey = np.clip(np.round(values * scale), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, "L").convert("RGB")
 
 
 def _hidden(name: str) -> bool:
