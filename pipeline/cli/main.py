@@ -11,6 +11,7 @@ from typing import Any
 
 from ..core.common import Progress
 from ..core.registry import UnknownNameError
+from ..core.runs import RunCancelled
 from .common import (
     ProgressBars,
     _short,
@@ -288,6 +289,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+        return 130
+    except RunCancelled as err:  # the run noticed a cancel request before (or instead of) the SIGINT
+        print(f"cancelled{f': {err}' if str(err) else ''}", file=sys.stderr)
         return 130
     except (UnknownNameError, ValueError, KeyError, FileNotFoundError, RuntimeError, OSError) as err:
         # the CLI boundary: one line for the user, the traceback only with --verbose

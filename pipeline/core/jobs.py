@@ -42,7 +42,8 @@ def cancel(project: Project, run_id: str) -> None:
     registry = project.registry()
     record = registry.get(run_id)
     registry.cancel(run_id)
-    if record.pid and record.status in ("queued", "running") and _alive(record.pid):
+    # a run already marked cancelled whose process still lives (a cancel that raced it) is signalled too
+    if record.pid and record.status in ("queued", "running", "cancelled") and _alive(record.pid):
         try:
             os.killpg(record.pid, signal.SIGINT)  # KeyboardInterrupt in the job: clean cancel
         except (ProcessLookupError, PermissionError):

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -37,14 +39,40 @@ def child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "GRADIO_ANALYTICS_ENABLED": "False"}
 
 
-def _run(command: list[str], what: str, host: str, port: int) -> int:
+def _run(command: list[str], what: str, host: str, port: int, grace_s: float = 10.0) -> int:
     if host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("the %s listens on %s: anyone who can reach this machine can open it", what, host)
     logger.info("starting the %s on http://%s:%d", what, host, port)
+    child = subprocess.Popen(command, env=child_env())
+    # SIGTERM / SIGHUP to this process (a service manager, `kill`, a closed terminal) go to the child
+    # too, and we wait for it: otherwise it keeps serving and a restart finds the port taken. The
+    # handler only forwards; waiting happens here (Popen.wait is not re-entrant from a handler).
+    stop_asked: list[float] = []
+
+    def forward(sig: int, _frame: object) -> None:
+        stop_asked.append(time.monotonic())
+        if child.poll() is None:
+            child.send_signal(sig)
+
+    forwarded = (signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, forward) for sig in forwarded}
     try:
-        return subprocess.call(command, env=child_env())
-    except KeyboardInterrupt:
+        while True:
+            try:
+                return child.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                if stop_asked and time.monotonic() - stop_asked[0] > grace_s:
+                    child.kill()
+    except KeyboardInterrupt:  # Ctrl-C reached the whole process group; the child stops on its own
+        try:
+            child.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
         return 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def launch_studio(project_root: Path | str, host: str = "127.0.0.1", port: int = 8501) -> int:

@@ -50,3 +50,25 @@ def test_a_closed_pipe_is_not_a_traceback(tmp_path: Path):
     shell = f"{sys.executable} -m pipeline runs show --project {tmp_path} {run.id} | head -c 10"
     done = subprocess.run(["bash", "-o", "pipefail", "-c", shell], capture_output=True, text=True, timeout=120)
     assert done.stdout and done.returncode == 0 and "broken pipe" not in done.stderr.lower(), done.stderr
+
+
+def test_a_run_that_notices_its_cancel_ends_quietly(tmp_path: Path, capsys, monkeypatch):
+    """A cancel seen at a progress report (before the SIGINT arrives, as under load) is not a traceback."""
+    from pipeline.core.runs import RunCancelled
+
+    def cancelled(_args):
+        raise RunCancelled("run x was cancelled")
+
+    import importlib
+
+    cli = importlib.import_module("pipeline.cli.main")
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: _with_func(parser, "quickstart", cancelled))
+    assert cli.main(["quickstart", "--project", str(tmp_path)]) == 130
+    assert capsys.readouterr().err.strip() == "cancelled: run x was cancelled"
+
+
+def _with_func(parser, command: str, func):
+    for action in parser._subparsers._group_actions:
+        action.choices[command].set_defaults(func=func)
+    return parser
