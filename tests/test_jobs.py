@@ -11,7 +11,6 @@ from test_experiment import tiny_config
 
 from pipeline.core import jobs
 
-
 # Waits end on the event they wait for, or when it can no longer happen (the process died); the
 # ceiling only keeps a wedged run from hanging CI, so it is far above what a loaded machine needs.
 CEILING_S = 600

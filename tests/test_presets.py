@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import write_image_folder
 
 from pipeline.cli.main import main
 from pipeline.cli.stages import PRESET_NAMES
@@ -21,8 +22,6 @@ from pipeline.experiment import (
     preset_config,
     quickstart_config,
 )
-
-from conftest import write_image_folder
 
 DATA = DatasetConfig(source="imagefolder", path="/data/x")
 

@@ -18,7 +18,6 @@ from .common import (
     project_of,
 )
 
-
 PRESET_NAMES = ("quick", "standard", "paper")  # experiment.PRESETS, without importing torch to build --help
 
 
