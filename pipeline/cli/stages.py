@@ -295,7 +295,7 @@ def add_stage_commands(sub: Any) -> None:
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="other backend options")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("quickstart", help="the whole loop on the built-in dataset (offline, CPU, ~5 min)")
+    p = sub.add_parser("quickstart", help="the whole loop on the built-in dataset (offline, CPU, 5-6 min)")
     add_project_arg(p)
     p.add_argument("--studio", action="store_true", help="then open the studio on the results")
     p.add_argument("--host", default="127.0.0.1", help="studio address (default localhost only)")
