@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,7 +90,10 @@ def test_live_panel_shows_progress_curves_log_and_cancels(env):
     registry = env.registry()
     run = registry.create("experiment", {"dataset": {"source": "digits"}})
     registry.start(run.id)
-    worker = subprocess.Popen(["sleep", "60"], start_new_session=True)  # stands in for the run's process
+    # stands in for the run's process; SIGINT at its default even when the test runner ignores it
+    # (a runner started in the background with `&` hands SIGINT ignored to its children)
+    worker = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGINT, "
+                               "signal.SIG_DFL); time.sleep(60)"], start_new_session=True)
     registry.set_pid(run.id, worker.pid)
     registry.report(run.id, progress={"stage": "teacher", "done": 4, "total": 8})
     events = [{"stage": "generate", "done": 10, "total": 10, "images_per_s": 4.5},

@@ -169,6 +169,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..experiment import ExperimentConfig, config_json
 
     if args.queued:
+        # a background job is cancelled with SIGINT; a studio started with `nohup ... &` hands its
+        # children SIGINT ignored, and Python then never turns it into KeyboardInterrupt: take it back
+        import signal
+
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         record = project_of(args).registry().get(args.queued)
         return _run_experiment(args, from_dict(ExperimentConfig, record.config), run_id=record.id)
     if args.config and args.dataset:
