@@ -235,7 +235,7 @@ def estimate_stages(config: ExperimentConfig, profile: DataProfile) -> list[Stag
 
     generator = create_generator(config.generator, **dict(config.generator_options))
     timed = generator.time_steps(profile.side, profile.channels, profile.classes)
-    gen_steps = getattr(generator.config, "train_steps", None) or getattr(generator.config, "steps", 0)
+    gen_steps = timed["train_steps"] if timed else "?"
     synthetic = int(round(config.cardinality * profile.members))
     images = synthetic * config.rounds
     train_s = timed and gen_steps * timed["train_step_s"]

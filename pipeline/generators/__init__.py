@@ -69,8 +69,9 @@ class Generator(abc.ABC):
         return {}
 
     def time_steps(self, side: int, channels: int, num_classes: int) -> dict[str, float] | None:
-        """Measured ``{"train_step_s", "image_s"}`` for a time estimate, from a few steps on random
-        data of this shape (no training data needed); None when the backend cannot tell cheaply."""
+        """Measured ``{"train_step_s", "image_s"}`` and the configured ``train_steps``, for a time
+        estimate, from a few steps on random data of this shape (no training data needed); None when
+        the backend cannot tell cheaply."""
         return None
 
 

@@ -315,7 +315,7 @@ class ScratchGenerator(Generator):
                     unet(x, torch.full((batch,), 10, device=device), class_labels=y)
                     forward.append(time.perf_counter() - start)
                 image_s = float(np.median(forward)) * passes / batch
-        return {"train_step_s": float(np.median(times[1:])), "image_s": image_s}
+        return {"train_step_s": float(np.median(times[1:])), "image_s": image_s, "train_steps": cfg.train_steps}
 
     # -- sampling --------------------------------------------------------------------------------
     def generate(
