@@ -181,9 +181,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.config:
         if args.preset:
             raise ValueError("--preset applies to --dataset; a config file is run as written")
-        config, why = ExperimentConfig.from_file(Path(args.config)), [f"config file {args.config}"]
+        config, why, profile = ExperimentConfig.from_file(Path(args.config)), [f"config file {args.config}"], None
     elif args.dataset:
-        config, why = _preset(args)
+        config, why, profile = _preset(args)
     else:
         raise ValueError("give --dataset SPEC (a preset is chosen from the data), a config file "
                          "(see --print-config) or --queued RUN_ID")
@@ -192,11 +192,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"# {line}", file=sys.stderr)
         print(config_json(config))
         return 0
-    _print_plan(config, why)
+    _print_plan(config, why, profile)
     return _run_experiment(args, config)
 
 
-def _preset(args: argparse.Namespace) -> tuple[Any, list[str]]:
+def _preset(args: argparse.Namespace) -> tuple[Any, list[str], Any]:
+    """The preset's config for ``--dataset``, its reasons, and the data profile it was chosen from."""
     from ..data.datasets import load_dataset
     from ..experiment import DataProfile, preset_config
 
@@ -208,18 +209,20 @@ def _preset(args: argparse.Namespace) -> tuple[Any, list[str]]:
         config = replace(config, teacher=replace(config.teacher, device=args.device),
                          distill=replace(config.distill, student=replace(config.distill.student, device=args.device)),
                          generator_options=tuple({**dict(config.generator_options), "device": args.device}.items()))
-    return config, why
+    return config, why, profile
 
 
-def _print_plan(config: Any, why: list[str]) -> None:
-    """What the run will do and, from a few timed steps, about how long each stage takes."""
+def _print_plan(config: Any, why: list[str], profile: Any = None) -> None:
+    """What the run will do and, from a few timed steps, about how long each stage takes (``profile``:
+    the data's, when the caller has it already; else the dataset is read for it)."""
     from ..data.datasets import load_dataset
     from ..experiment import DataProfile, estimate_stages, estimated_wall
 
     print("plan:")
     for line in why:
         print(f"  {line}")
-    profile = DataProfile.of(load_dataset(config.dataset), device=config.teacher.device)
+    if profile is None:
+        profile = DataProfile.of(load_dataset(config.dataset), device=config.teacher.device)
     stages = estimate_stages(config, profile)
     print("estimated time per stage (from a few timed steps on this machine):")
     for s in stages:
