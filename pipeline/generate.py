@@ -257,7 +257,8 @@ class GenerateConfig:
     generator: str  # a saved generator folder (runs/<id>/generator), or a base model for `backend`
     backend: str | None = None  # backend name when `generator` is not a saved folder (e.g. sd-lora + hub id)
     options: tuple[tuple[str, Any], ...] = ()  # backend overrides: num_inference_steps, guidance_scale, ...
-    prompts: str = "classnames"  # store:NAME[@VERSION] | a TCKR .json / .txt file | classnames
+    prompts: str = "classnames"  # store:NAME[@VERSION] | a .jsonl / .csv / TCKR .json / .txt file | classnames
+    allow_nonmember_prompts: bool = False  # accept a .json / .txt file: no ids, not limited to the members
     template: str = "class_caption"  # prompt template (see pipeline.caption.TEMPLATES)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)  # class names and real-set size
     cardinality: float = 1.0  # images = cardinality x number of member images (class-balanced)
@@ -296,7 +297,10 @@ def synthesize(config: GenerateConfig, project: Any, progress: ProgressFn = no_p
     elif config.prompts == "classnames":
         pool = pool_from_class_names(dataset.class_names)
     else:
-        pool = pool_from_file(Path(config.prompts), dataset.class_names, config.template)
+        # only members' captions may condition the generator: a per-image file is filtered to them, and
+        # a per-class file (no ids) is refused unless the risk is accepted
+        pool = pool_from_file(Path(config.prompts), dataset.class_names, config.template, dataset=dataset,
+                              ids=set(members), allow_nonmembers=config.allow_nonmember_prompts)
     total = config.num_images or balanced_total(len(members), config.cardinality, len(dataset.class_names))
 
     # 2. the generator

@@ -158,7 +158,9 @@ def test_tckr_prompt_file_import_and_export(project, image_folder, tmp_path):
     path = tmp_path / "prompts.json"
     path.write_text(json.dumps(pool))
     store = project.caption_store("tckr", create=True)
-    report = import_captions(store, path, "tckr-json", dataset)
+    with pytest.raises(ValueError, match="per-class prompt pool"):  # captions not tied to images: ask first
+        import_captions(store, path, "tckr-json", dataset)
+    report = import_captions(store, path, "tckr-json", dataset, assign_in_order=True)
     assert report.imported == sum(n_train.values())
     assert report.unused == 40 - sum(n_train.values())
     first_cat = sorted(r.id for r in dataset.split("train") if r.label == 0)[0]
@@ -169,7 +171,7 @@ def test_tckr_prompt_file_import_and_export(project, image_folder, tmp_path):
     assert len(exported["cat"]) == n_train["cat"] and exported["cat"][0] == "cat caption 0"
     path.write_text(json.dumps({"lion": ["x"]}))
     with pytest.raises(ValueError, match="'lion'"):
-        import_captions(store, path, "tckr-json", dataset)
+        import_captions(store, path, "tckr-json", dataset, assign_in_order=True)
 
 
 @pytest.mark.skipif(not (SHARED / "cifar10" / "blip2_captions_by_class.json").exists(),
