@@ -9,6 +9,7 @@ import argparse
 import base64
 import io
 import json
+import re
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -24,6 +25,7 @@ from pipeline.core.project import Project, default_project_dir
 from pipeline.data.datasets import DatasetConfig, ImageDataset, load_dataset
 
 THUMB = 64  # thumbnail side in pixels
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # `name` or `owner/name` on the Hub
 
 
 # -- the project ---------------------------------------------------------------------------------------
@@ -139,14 +141,18 @@ def confined_path(project: Project, text: str) -> Path | None:
 
 
 def model_ref(project: Project, text: str) -> str | None:
-    """A model typed by the user: a hub id as is, a local folder only inside the project."""
+    """A model typed by the user: a hub id as is; anything else is a local file or folder, resolved
+    inside the project (an error is shown otherwise)."""
     text = text.strip()
     if not text:
         return None
-    if text.startswith((".", "/", "~")) or Path(text).exists():
-        path = confined_path(project, text)
-        return str(path) if path else None
-    return text
+    # a hub id is `name` or `owner/name` without '..'; one that exists on disk is a path (diffusers
+    # and transformers would load the folder), so it is confined too
+    if HUB_ID.fullmatch(text) and ".." not in text and not Path(text).exists() \
+            and not (project.root / text).exists():
+        return text
+    path = confined_path(project, text)
+    return str(path) if path else None
 
 
 def describe(config: DatasetConfig) -> str:

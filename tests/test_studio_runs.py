@@ -4,15 +4,21 @@ progress, curves, throughput and the log, and cancels a run; the Trade-offs page
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
+from test_experiment import tiny_config
+from test_jobs import _wait
 from test_studio_report import add_finished_run, fake_metrics
 
-from pipeline.core.common import write_json
+from pipeline.cli.main import main
+from pipeline.core import jobs
+from pipeline.core.common import Progress, write_json
 
 APP = str(Path(__file__).resolve().parents[1] / "studio" / "app.py")
 
@@ -129,6 +135,50 @@ def test_finished_and_failed_runs(env):
     assert shown["Class fidelity"] == "0.810" and shown["CAS"] == "0.550" and shown["Precision / recall"] == "0.70 / 0.60"
     at.selectbox(key="runs_selected").set_value(failed.id).run()
     assert any("boom" in e.value for e in at.error)
+
+
+STAMPED = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\S* "  # a log line's timestamp
+
+
+def test_a_failed_background_run_logs_its_stages_and_traceback(env):
+    """Issue item 17: a real queued run that fails in the finetune stage (a patch that does not divide
+    the digits' 8 px side) leaves its stage messages, the error and the traceback in log.txt."""
+    base = tiny_config()
+    config = replace(base, dataset=replace(base.dataset, limit=40), generator_options=(("patch", 3),),
+                     audit=replace(base.audit, modes=("transfer",)))  # no pipeline-shadow workers
+    run_id = jobs.start_experiment(env, config)
+    registry = env.registry()
+    assert _wait(lambda: not jobs._alive(registry.get(run_id).pid)), "the run's process did not end"
+    log = jobs.read_log(env, run_id)
+    assert registry.get(run_id).status == "failed", log
+    assert re.search(STAMPED + r"INFO .*caption", log, re.M), log  # timestamped INFO stage messages
+    assert re.search(STAMPED + r"ERROR .*failed after the caption stage", log, re.M), log  # before a finetune step
+    assert re.search(STAMPED + r"ERROR .*not a multiple of patch 3", log, re.M), log
+    assert "Traceback (most recent call last)" in log and "scratch.py" in log, log
+    tail = jobs.read_log(env, run_id, max_bytes=300)
+    assert log.endswith(tail) and f"\n{tail}" in log  # a tail starts at a line
+    at = open_page("runs")
+    at.selectbox(key="runs_selected").set_value(run_id).run()
+    [panel] = [e for e in at.expander if e.label == "Log"]
+    assert panel.proto.expanded and "Traceback (most recent call last)" in panel.code[0].value
+
+
+def test_a_cancelled_queued_run_logs_the_stage_it_stopped_in(env, monkeypatch, capsys):
+    """What a queued run writes to its log (its stderr) when a cancel interrupts it mid-stage."""
+    run = env.registry().create("experiment", tiny_config())
+
+    def interrupted(config, project, progress, **_):
+        progress(Progress("caption", 40, 40))
+        progress(Progress("finetune", 3, 100, {"loss": 0.5}))
+        raise KeyboardInterrupt  # the SIGINT of jobs.cancel
+
+    monkeypatch.setattr("pipeline.experiment.run_experiment", interrupted)
+    # the command line jobs.start_experiment gives a background run
+    assert main(["--quiet", "--run-log", "run", "--project", str(env.root), "--queued", run.id]) == 130
+    log = capsys.readouterr().err
+    assert re.search(STAMPED + r"INFO .*finetune: started", log, re.M), log
+    assert re.search(STAMPED + r"WARNING .*cancelled during the finetune stage \(3/100\)", log, re.M), log
+    assert "Traceback" not in log
 
 
 def test_tradeoff_figure_filters_and_exports(env, monkeypatch):

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..core.common import Progress, to_jsonable
+
+logger = logging.getLogger(__name__)
 
 
 class ProgressBars:
@@ -51,6 +55,58 @@ class ProgressBars:
         for bar in self.bars.values():
             bar.close()
         self.bars.clear()
+
+
+class StageLog:
+    """Turns progress events into log lines (INFO): a stage starting, its epochs with their figures,
+    its progress at most every ``every_s`` seconds and its end; then hands each event to ``forward``.
+    ``where()`` names the stage and step the run is at, for a cancel or failure message."""
+
+    def __init__(self, forward: Callable[[Progress], None] | None = None, every_s: float = 30.0) -> None:
+        self.forward, self.every_s = forward, every_s
+        self.last: Progress | None = None
+        self.active: set[str] = set()
+        self.ended: dict[str, tuple[int, int | None]] = {}  # stage -> the (done, total) it ended at
+        self.logged_at = 0.0
+
+    def __call__(self, event: Progress) -> None:
+        if self.forward is not None:
+            self.forward(event)
+        now = time.monotonic()
+        finished = event.total is not None and event.done >= event.total
+        if event.stage not in self.active:
+            if self.ended.get(event.stage) == (event.done, event.total):
+                return  # a late repeat of the event that ended the stage
+            self.active.add(event.stage)
+            logger.info("%s: started%s", event.stage, f" ({event.total} in all)" if event.total else "")
+            self.logged_at = now
+        figures = ", ".join(f"{k} {_short(v)}" for k, v in event.info.items()
+                            if k not in ("epoch_end", "epoch") and isinstance(v, (int, float)))
+        figures = f" ({figures})" if figures else ""
+        if event.info.get("epoch_end"):
+            logger.info("%s: epoch %s%s", event.stage, event.info.get("epoch", _step(event)), figures)
+            self.logged_at = now
+        elif finished:
+            logger.info("%s: done %s%s", event.stage, _step(event), figures)
+        elif now - self.logged_at >= self.every_s:
+            logger.info("%s: %s%s", event.stage, _step(event), figures)
+            self.logged_at = now
+        if finished:
+            self.active.discard(event.stage)
+            self.ended[event.stage] = (event.done, event.total)
+        self.last = event
+
+    def where(self) -> str:
+        """'during the finetune stage (3/100)', or 'after the caption stage' between stages."""
+        if self.last is None:
+            return "before the first stage"
+        if self.last.stage not in self.active:
+            return f"after the {self.last.stage} stage"
+        return f"during the {self.last.stage} stage ({_step(self.last)})"
+
+
+def _step(event: Progress) -> str:
+    return f"{event.done}/{event.total}" if event.total is not None else str(event.done)
 
 
 def _short(value: Any) -> Any:

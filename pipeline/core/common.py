@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import random
+import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,12 +55,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over ``path``.
 
     A reader never sees a half-written file, and a crash leaves either the old or the new file.
+    The file keeps its mode when it exists, else gets the one ``open(path, "w")`` would give
+    (``mkstemp`` makes 0600 files, which other users and group-shared projects could not read).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -67,6 +75,25 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process umask, read without changing it.
+
+    ``os.umask`` can only read the mask by setting it, and another thread creating a file between the
+    set and the restore would get the wrong mode; Linux shows the mask in /proc/self/status instead.
+    Elsewhere the set-and-restore is the only way (a brief race, on platforms this rarely runs on).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: Path, text: str) -> None:
