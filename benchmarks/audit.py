@@ -21,7 +21,8 @@ import numpy as np
 
 from pipeline.audit import audit
 from pipeline.core.project import Project
-from pipeline.experiment import quickstart_config, run_experiment
+from pipeline.experiment import run_experiment
+from pipeline.presets import quickstart_config
 from pipeline.privacy.attacks import AttackInputs, run_attack
 from pipeline.privacy.metrics import attack_metrics, roc_curve, tpr_at_fpr
 

@@ -28,7 +28,8 @@ from typing import Any
 from pipeline.core.common import Progress
 from pipeline.core.project import Project
 from pipeline.data.datasets import load_dataset, parse_dataset_spec
-from pipeline.experiment import DataProfile, estimate_stages, estimated_wall, preset_config, run_experiment
+from pipeline.experiment import run_experiment
+from pipeline.presets import DataProfile, estimate_stages, estimated_wall, preset_config
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 DEFAULT_DATASETS = ["digits", f"parquet:{SHARED / 'fashion'}", f"parquet:{SHARED / 'cifar10'}@5000"]

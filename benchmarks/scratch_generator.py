@@ -81,7 +81,7 @@ def cnn_teacher(dataset, images: list, labels: list[int]):
 
     from pipeline.classifiers.train import TensorData, fit_classifier, images_to_tensor
     from pipeline.distill import build_model
-    from pipeline.experiment import DataProfile, preset_config
+    from pipeline.presets import DataProfile, preset_config
 
     config, _ = preset_config(dataset.config, DataProfile.of(dataset, device="cpu"))
     recipe = dataclasses.replace(config.teacher, device="cpu")

@@ -8,7 +8,8 @@ entry function taking a frozen config:
 - ``generate.synthesize``       3. synthetic rounds with a manifest (resumable)
 - ``distill``                   4. teacher on real members, GKD student on synthetic data
 - ``audit.audit``               5. membership-inference audit (attacks and shadows in ``privacy``)
-- ``experiment.run_experiment`` the whole loop; ``quickstart_config()`` is the offline default
+- ``experiment.run_experiment`` the whole loop; ``presets`` chooses its config from the data
+  (``quickstart_config()`` is the offline default)
 
 Components live in subpackages: ``data``, ``captions``, ``generators``, ``classifiers``, ``privacy``,
 ``core`` (project, run registry, jobs), ``cli`` and ``views`` (read side for the studio).
@@ -35,7 +36,7 @@ _EXPORTS = {
     "TrainConfig": "classifiers.train", "DistillConfig": "distill", "train_teacher": "distill", "train_student": "distill",
     "AuditConfig": "audit", "audit": "audit", "AuditResult": "audit", "lira_scores": "privacy.attacks.lira", "rmia_scores": "privacy.attacks.rmia",
     "aop": "privacy.metrics",
-    "ExperimentConfig": "experiment", "run_experiment": "experiment", "quickstart_config": "experiment",
+    "ExperimentConfig": "experiment", "run_experiment": "experiment", "quickstart_config": "presets", "preset_config": "presets",
 }
 
 __all__ = sorted(_EXPORTS)

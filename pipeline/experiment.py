@@ -23,8 +23,8 @@ from .captions.prompts import DEFAULT_TEMPLATE
 from .classifiers.train import TrainConfig
 from .core.common import Progress, ProgressFn, from_dict, no_progress, to_jsonable, write_json
 from .core.project import Project
-from .core.runs import Link, throttle
-from .data.datasets import DatasetConfig, load_dataset
+from .core.runs import Link, config_differences, throttle
+from .data.datasets import DatasetConfig, load_dataset, skipped_images
 from .distill import (
     DistillConfig,
     evaluate_on_test,
@@ -33,8 +33,8 @@ from .distill import (
     train_student,
     train_teacher,
 )
-from .finetune import FinetuneConfig, finetune
-from .generate import GenerateConfig, synthesize
+from .finetune import FinetuneConfig, finetune, finished_generator
+from .generate import GenerateConfig, SyntheticSet, synthesize
 from .generators.fidelity import synthetic_fidelity
 
 logger = logging.getLogger(__name__)
@@ -85,238 +85,6 @@ class ExperimentConfig:
         return from_dict(cls, data)
 
 
-PRESETS = ("quick", "standard", "paper")
-
-
-@dataclass(frozen=True)
-class DataProfile:
-    """What a preset looks at: the data's shape and size, and the device."""
-
-    side: int  # largest side of the training images (pixels)
-    channels: int  # 1 when every sampled image is grey, else 3
-    members: int  # real images the teacher and the generator train on
-    classes: int
-    device: str  # cpu | cuda
-
-    @classmethod
-    def of(cls, dataset: Any, device: str = "auto", sample: int = 64) -> DataProfile:
-        """Profile ``dataset`` from the first ``sample`` training images of every class."""
-        from .core.common import resolve_device
-
-        train = dataset.split("train")
-        per_class: dict[int, int] = {}
-        picked = []
-        for record in train:
-            if per_class.get(record.label, 0) < max(1, sample // max(len(dataset.class_names), 1)):
-                per_class[record.label] = per_class.get(record.label, 0) + 1
-                picked.append(record)
-        side, grey = 0, True
-        for _, image in dataset.iter_images(picked):
-            side = max(side, *image.size)
-            rgb = np.asarray(image.convert("RGB"))
-            grey = grey and bool((rgb[..., :1] == rgb).all())
-        device = resolve_device(device)
-        return cls(side=side, channels=1 if grey else 3, members=len(dataset.membership().members),
-                   classes=len(dataset.class_names), device="cuda" if device.startswith("cuda") else "cpu")
-
-
-def preset_config(dataset: DatasetConfig, profile: DataProfile, preset: str = "standard") -> tuple[ExperimentConfig, list[str]]:
-    """The experiment a preset runs on data of this profile, and one line per choice saying why.
-
-    - ``standard``: chosen from the data and the device. Images up to 16 px get the digits recipe
-      (tiny CNN, the small scratch UNet); larger ones a small ResNet and the scratch backend's
-      recipe for their side (see ``ScratchGenerator.suggest_options``); on CUDA more shadows, rounds
-      and generator steps.
-    - ``quick``: the same models with about half the training, and the student audited with the
-      teacher's shadows only (no pipeline shadows): a first look in a few minutes.
-    - ``paper``: TCKR's published recipe (Stable Diffusion 2.1 + LoRA rank 4 at 224 px, 20 sampling
-      steps, CFG 2, 20x cardinality, MobileNetV3 students, 256 shadows): needs a GPU and the Hub.
-    """
-    from .generators import generator_class
-
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
-    why = [f"data: {profile.members} member images of {profile.side} px, {profile.channels} channel(s), "
-           f"{profile.classes} classes; device {profile.device}"]
-    gpu = profile.device == "cuda"
-    if preset == "paper":
-        return _paper_config(dataset), why + [
-            "paper: TCKR's recipe (SD 2.1 + LoRA r4, 224 px, 20 steps, CFG 2, 20x cardinality, "
-            "MobileNetV3 student, 256 shadows); needs a GPU and the Hugging Face Hub"]
-    quick = preset == "quick"
-    if profile.side <= 16:
-        # Plain recipe (no augmentation, no weight decay, 60 epochs): the most accurate teacher we
-        # measured on digits (0.995 test accuracy vs 0.959 with crop + weight decay for 30 epochs).
-        recipe = TrainConfig(model="tiny-cnn", epochs=30 if quick else 60, batch_size=64, lr=3e-3,
-                             weight_decay=0.0, augment=())
-        why.append(f"classifier: tiny-cnn, {recipe.epochs} epochs, no augmentation (images of 16 px or less)")
-        cardinality, rounds, regen = 2.0, 3, 5
-    else:
-        size = None if profile.side <= 64 else 64
-        recipe = TrainConfig(model="small-resnet", image_size=size, epochs=20 if quick else 40,
-                             batch_size=64, lr=3e-3, weight_decay=5e-4, augment=("crop",),
-                             crop_padding=max(1, min(profile.side, 64) // 8))
-        why.append(f"classifier: small-resnet{f' at {size} px' if size else ''}, {recipe.epochs} epochs, "
-                   "random-crop augmentation (flip is left off: wrong for text, digits, some scans)")
-        cardinality, rounds, regen = (4.0, 4, 5) if gpu else (2.0, 2, 5)
-    options = generator_class("scratch").suggest_options(profile.side, profile.channels, profile.members,
-                                                         profile.device)
-    if quick:
-        steps = options.get("train_steps", 800)
-        options = {**options, "train_steps": steps // 2}
-    why.append("generator: scratch " + (", ".join(f"{k}={v}" for k, v in options.items()) or "defaults")
-               + " (chosen by resolution)")
-    why.append(f"synthetic: {rounds} rounds of {cardinality:g}x the members; student switches round every "
-               f"{regen} epochs")
-    if quick:
-        audit_config = AuditConfig(n_shadows=4, modes=("transfer",), views=("orig", "shift"), headline="rmia")
-        why.append("audit: 4 shadows of the teacher's recipe; the student is audited with them (transfer "
-                   "mode only, no pipeline shadows); no CAS")
-    else:
-        # RMIA, built for few reference models, is the headline attack; `benchmarks/audit.py` shows
-        # what more shadows change. Each pipeline shadow reruns the whole loop on half the population.
-        n_shadows, n_pipeline = (16, 4) if gpu else (4, 2)
-        audit_config = AuditConfig(n_shadows=n_shadows, pipeline_shadows=n_pipeline, views=("orig", "shift"),
-                                   headline="rmia")
-        why.append(f"audit: {n_shadows} transfer shadows (teacher's recipe) and {n_pipeline} pipeline shadows "
-                   "(each reruns generator, rounds, teacher and student); RMIA headline")
-    config = ExperimentConfig(
-        dataset=dataset,
-        generator_options=tuple(options.items()),
-        cardinality=cardinality,
-        rounds=rounds,
-        teacher=recipe,
-        distill=DistillConfig(student=replace(recipe, seed=1), temperature=4.0, alpha=1.0, regen_every=regen),
-        audit=audit_config,
-        cas_epochs=0 if quick else 15,
-    )
-    return config, why
-
-
-def _paper_config(dataset: DatasetConfig) -> ExperimentConfig:
-    """TCKR (Resmini et al. 2025): SD 2.1 base + LoRA rank 4 on BLIP-2 captions, 224 px, 20 DPM
-    steps with CFG 2, 20 synthetic images per real one, MobileNetV3 students with recycling."""
-    recipe = TrainConfig(model="mobilenetv3_large_100", pretrained=True, image_size=224, epochs=100,
-                         batch_size=128, lr=1e-3, weight_decay=5e-4, augment=("crop", "flip"),
-                         crop_padding=16, patience=10)
-    return ExperimentConfig(
-        dataset=dataset,
-        captioner=CaptionerConfig(name="blip2", model="Salesforce/blip2-opt-2.7b"),
-        template="{caption}",
-        generator="sd-lora",
-        generator_options=(("rank", 4), ("alpha", 4.0), ("resolution", 224), ("num_inference_steps", 20),
-                           ("guidance_scale", 2.0), ("snr_gamma", 5.0), ("mixed_precision", "bf16")),
-        cardinality=20.0,
-        rounds=5,
-        generation_batch=64,
-        teacher=recipe,
-        distill=DistillConfig(student=replace(recipe, seed=1), temperature=4.0, alpha=1.0, regen_every=20),
-        audit=AuditConfig(n_shadows=256, pipeline_shadows=4, headline="rmia"),
-    )
-
-
-@dataclass(frozen=True)
-class StageEstimate:
-    stage: str
-    seconds: float | None  # None: cannot be estimated cheaply (e.g. a Hub model)
-    what: str
-
-
-def estimate_stages(config: ExperimentConfig, profile: DataProfile) -> list[StageEstimate]:
-    """What each stage will do and roughly how long it takes, from a few timed steps on random data.
-
-    The generator times 3 training steps and one sampling pass; a classifier times 3 training batches.
-    Pipeline shadows run in worker processes beside the main work: their time is listed, and the
-    total assumes they overlap it on a multi-core machine.
-    """
-    import os
-
-    from .generators import create_generator
-
-    generator = create_generator(config.generator, **dict(config.generator_options))
-    timed = generator.time_steps(profile.side, profile.channels, profile.classes)
-    gen_steps = timed["train_steps"] if timed else "?"
-    synthetic = int(round(config.cardinality * profile.members))
-    images = synthetic * config.rounds
-    train_s = timed and gen_steps * timed["train_step_s"]
-    generate_s = timed and images * timed["image_s"]
-    teacher_img = _classifier_image_seconds(config.teacher, profile)
-    student_img = _classifier_image_seconds(config.distill.student, profile)
-    teacher_s = config.teacher.epochs * profile.members * teacher_img
-    student_s = config.distill.student.epochs * synthetic * (1 - config.distill.val_fraction) * student_img
-    cas_s = min(config.cas_epochs, config.distill.student.epochs) * synthetic * student_img \
-        if config.cas_epochs else 0.0
-    shadows_s = config.audit.n_shadows * teacher_s
-    stages = [
-        StageEstimate("generator", train_s, f"{config.generator}: {gen_steps} training steps"),
-        StageEstimate("generate", generate_s, f"{config.rounds} rounds x {synthetic} images"),
-        StageEstimate("teacher", teacher_s, f"{config.teacher.model}, {config.teacher.epochs} epochs on "
-                                            f"{profile.members} members"),
-        StageEstimate("student", student_s, f"{config.distill.student.model}, {config.distill.student.epochs} "
-                                            "epochs on synthetic rounds with soft labels"),
-        StageEstimate("fidelity", cas_s, "class fidelity, FD, PRDC per round"
-                      + (f"; CAS ({config.cas_epochs} epochs)" if config.cas_epochs else "")),
-        StageEstimate("audit", shadows_s, f"{config.audit.n_shadows} transfer shadows, attacks "
-                                          f"{', '.join(config.audit.attacks)}"),
-    ]
-    if "pipeline" in config.audit.modes and config.audit.pipeline_shadows:
-        one = None if train_s is None else train_s + generate_s + teacher_s + student_s
-        stages.append(StageEstimate(
-            "pipeline shadows", one and one * config.audit.pipeline_shadows,
-            f"{config.audit.pipeline_shadows} x the whole loop, in worker processes beside the stages above "
-            f"({os.cpu_count()} CPU cores)"))
-    return stages
-
-
-def estimated_wall(stages: list[StageEstimate], cores: int | None = None) -> float | None:
-    """Total wall time: the main stages in sequence, with pipeline shadows spread over the other
-    cores (at 65 % efficiency: hyper-threaded cores share their units)."""
-    import os
-
-    if any(s.seconds is None for s in stages):
-        return None
-    main = sum(s.seconds for s in stages if s.stage != "pipeline shadows")
-    side = sum(s.seconds for s in stages if s.stage == "pipeline shadows")
-    cores = cores or os.cpu_count() or 1
-    return max(main, (main + side) / max(1.0, 0.65 * cores)) if side else main
-
-
-def _classifier_image_seconds(recipe: TrainConfig, profile: DataProfile, batches: int = 3) -> float:
-    """Median seconds per training image of ``recipe``'s model (forward + backward), on noise."""
-    import torch
-
-    from .core.common import resolve_device
-    from .distill import build_model
-
-    device = resolve_device(recipe.device)
-    if recipe.pretrained:  # only the architecture matters for speed: never download to estimate
-        recipe = replace(recipe, pretrained=False)
-    model = build_model(recipe, profile.classes).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr)
-    side = recipe.image_size or profile.side
-    times = []
-    for _ in range(batches + 1):  # the first batch warms up
-        start = time.perf_counter()
-        x = torch.rand(recipe.batch_size, 3, side, side, device=device)
-        y = torch.randint(0, profile.classes, (recipe.batch_size,), device=device)
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times[1:])) / recipe.batch_size
-
-
-def quickstart_config() -> ExperimentConfig:
-    """The offline default: the standard preset on the built-in digits, with a digit caption."""
-    dataset = DatasetConfig()
-    profile = DataProfile(side=8, channels=1, members=644, classes=10, device="cpu")
-    config, _ = preset_config(dataset, profile, "standard")
-    # the preset is dataset-neutral ("a photo of a {label}"); the built-in data knows better. 4
-    # transfer shadows and 2 pipeline shadows keep the quickstart within 5 minutes on 2 CPU cores.
-    return replace(config, captioner=CaptionerConfig(class_template="a handwritten digit {label}"))
-
-
 @dataclass(frozen=True)
 class ExperimentResult:
     run_id: str
@@ -325,10 +93,12 @@ class ExperimentResult:
 
 
 def run_experiment(config: ExperimentConfig, project: Project, progress: ProgressFn = no_progress,
-                   run_id: str | None = None) -> ExperimentResult:
+                   run_id: str | None = None, resume: bool = False) -> ExperimentResult:
     """Run the whole loop; every stage is also recorded as its own run with lineage.
 
-    ``run_id`` is a queued experiment run to execute (the studio queues runs in the background).
+    ``run_id`` is a queued experiment run to execute (the studio queues runs in the background); with
+    ``resume`` it is an interrupted experiment to continue: finished stages are reused, an
+    interrupted one continues from its checkpoint or manifest, with the caption version it started with.
     """
     started = time.monotonic()
     config.validate()  # a bad option fails now, not after the generator trained
@@ -341,19 +111,25 @@ def run_experiment(config: ExperimentConfig, project: Project, progress: Progres
         run = registry.create("experiment", config, links=[Link("data", "dataset", dataset.fingerprint)])
     else:
         run = registry.get(run_id)
-        registry.link(run.id, Link("data", "dataset", dataset.fingerprint))
-    write_json(run.run_dir / "membership.json", split.to_dict())
     timings: dict[str, float] = {}
     progress = _RunReporter(registry, run.id, run.run_dir / "events.jsonl", progress)
 
     def timed(name: str, t0: float) -> None:
-        timings[name] = round(time.monotonic() - t0, 2)
+        timings[name] = round(timings.get(name, 0.0) + time.monotonic() - t0, 2)
         registry.report(run.id, progress={"stage": name, "done": 1, "total": 1}, timings=timings)
 
-    with registry.track(run.id), ExitStack() as stack:
+    with ExitStack() as stack:
+        # a second process executing this run stops here, before it writes anything
+        stack.enter_context(registry.claim(run.id))
+        earlier = _earlier_stages(registry.get(run.id), config, dataset.fingerprint, resume)
+        timings.update(registry.get(run.id).metrics.get("timings", {}) if resume else {})
+        stack.enter_context(registry.track(run.id))
+        registry.link(run.id, Link("data", "dataset", dataset.fingerprint))
+        write_json(run.run_dir / "membership.json", split.to_dict())
         # 2. captions: a pinned curated version as is, else caption what is missing
         t0 = time.monotonic()
-        captions = _captions(config, project, progress)
+        captions = _Pinned(*_store_version(earlier["captions"])) if "captions" in earlier else \
+            _captions(config, project, progress)
         registry.link(run.id, Link("captions", "captions", f"{captions.store}@{captions.version}"))
         timed("caption", t0)
         # pipeline-mode shadows need only the data, captions and config: on a multi-core CPU they train
@@ -364,38 +140,48 @@ def run_experiment(config: ExperimentConfig, project: Project, progress: Progres
                                                project).start()
         stack.callback(lambda: pipeline_shadows and pipeline_shadows.stop())
 
-        # 3. generator on the member images and their captions
+        # 3. generator on the member images and their captions (a finished one is reused)
         t0 = time.monotonic()
-        trained = finetune(FinetuneConfig(dataset=config.dataset, generator=config.generator,
+        generator_config = FinetuneConfig(dataset=config.dataset, generator=config.generator,
                                           options=config.generator_options, store=captions.store,
-                                          store_version=captions.version, template=config.template),
-                           project, progress)
-        registry.link(run.id, Link("generator", "run", trained.run_id))
+                                          store_version=captions.version, template=config.template)
+        previous = earlier.get("generator")
+        if previous and registry.get(previous).status == "done":
+            trained = finished_generator(registry, previous)
+        else:
+            trained = finetune(generator_config, project, progress, resume=previous,
+                               registered=lambda rid: registry.relink(run.id, Link("generator", "run", rid)))
         timed("generator", t0)
 
-        # 4. synthetic rounds from the members' captions
+        # 4. synthetic rounds from the members' captions (a finished round is reused, a partial one resumed)
         t0 = time.monotonic()
         rounds, round_runs = [], []
         for k in range(config.rounds):
+            out_dir = run.run_dir / "synthetic" / f"round-{k}"
+            previous = earlier.get(f"synthetic round {k}")
+            if previous and registry.get(previous).status == "done":
+                rounds.append(SyntheticSet.load(out_dir))
+                round_runs.append(previous)
+                continue
             made = synthesize(GenerateConfig(
                 generator=str(trained.generator_dir), prompts=f"store:{captions.store}@{captions.version}",
                 template=config.template, dataset=config.dataset, cardinality=config.cardinality, round=k,
-                seed=config.seed, batch_size=config.generation_batch,
-                out_dir=str(run.run_dir / "synthetic" / f"round-{k}")), project, progress)
-            registry.link(run.id, Link(f"synthetic round {k}", "run", made.run_id))
+                seed=config.seed, batch_size=config.generation_batch, out_dir=str(out_dir)), project, progress)
+            registry.relink(run.id, Link(f"synthetic round {k}", "run", made.run_id))
             rounds.append(made.synthetic)
             round_runs.append(made.run_id)
         timed("generate", t0)
 
         # 5. teacher on real members, student on synthetic rounds only (each recorded as its own run)
         t0 = time.monotonic()
-        with _stage_run(registry, "teacher", config.teacher, [Link("data", "dataset", dataset.fingerprint)]) as teacher_run:
+        with _stage_run(registry, run.id, "teacher", config.teacher, [Link("data", "dataset", dataset.fingerprint)],
+                        earlier.get("teacher")) as teacher_run:
             teacher = train_teacher(dataset, split, config.teacher, run.run_dir, progress)
         timed("teacher", t0)
         t0 = time.monotonic()
         rounds_links = [Link("teacher", "run", teacher_run)] + \
             [Link(f"synthetic round {k}", "run", rid) for k, rid in enumerate(round_runs)]
-        with _stage_run(registry, "student", config.distill, rounds_links) as student_run:
+        with _stage_run(registry, run.id, "student", config.distill, rounds_links, earlier.get("student")) as student_run:
             student = train_student(teacher.model, rounds, config.distill, n_classes, run.run_dir, progress,
                                     teacher_recipe=config.teacher)
         timed("student", t0)
@@ -430,7 +216,14 @@ def run_experiment(config: ExperimentConfig, project: Project, progress: Progres
             "fidelity": fidelity,
             "timings": timings,
             "seconds": round(time.monotonic() - started, 2),
+            "resumed": resume,
         }
+        unreadable = skipped_images(dataset)
+        metrics["dataset"]["unreadable"] = len(unreadable)
+        if unreadable:  # every stage skipped them; listed once here
+            write_json(run.run_dir / "unreadable_images.json", unreadable)
+            logger.warning("%d unreadable images were skipped in every stage; listed in %s", len(unreadable),
+                           run.run_dir / "unreadable_images.json")
         write_json(run.run_dir / "metrics.json", metrics)
         registry.report(run.id, **{"teacher_accuracy": metrics["teacher"]["accuracy"],
                                    "student_accuracy": metrics["student"]["accuracy"],
@@ -530,11 +323,45 @@ class _RunReporter:
 
 
 @contextmanager
-def _stage_run(registry: Any, kind: str, config: Any, links: list[Link]) -> Iterator[str]:
-    """Record one training stage of the experiment as its own run (status, config, lineage)."""
-    run = registry.create(kind, config, links=links)
+def _stage_run(registry: Any, experiment: str, kind: str, config: Any, links: list[Link],
+               earlier: str | None = None) -> Iterator[str]:
+    """Record one training stage of the experiment as its own run (status, config, lineage), linked to
+    the experiment at once so that a resume finds it; ``earlier`` = the same stage's run of an
+    interrupted attempt (continued; a finished one is only read back from its checkpoint)."""
+    run = registry.get(earlier) if earlier else registry.create(kind, config, links=links)
+    registry.link(experiment, Link(kind, "run", run.id))
+    if run.status == "done":
+        yield run.id
+        return
     with registry.track(run.id):
         yield run.id
+
+
+def _earlier_stages(record: Any, config: ExperimentConfig, fingerprint: str, resume: bool) -> dict[str, str]:
+    """role -> run or caption ref of an experiment's earlier attempt (empty for a fresh run); refuses a run
+    that is not in a state to (re)start."""
+    if not resume:
+        if record.status != "queued":
+            raise ValueError(f"run {record.id} is {record.status}, not queued"
+                             + (f"; `run --resume {record.id}` continues it" if record.status != "done" else ""))
+        return {}
+    if record.kind != "experiment":
+        raise ValueError(f"run {record.id} is a {record.kind} run; `run --resume` takes an experiment run id")
+    if record.status == "done":
+        raise ValueError(f"run {record.id} is already finished; nothing to resume")
+    differences = config_differences(record.config, config)
+    if differences:
+        raise ValueError(f"run {record.id} was started with another config ({'; '.join(differences)})")
+    earlier = {link.role: link.ref for link in record.links}
+    if earlier.get("data", fingerprint) != fingerprint:
+        raise ValueError(f"the data of run {record.id} changed since it started (dataset fingerprint "
+                         f"{earlier['data'][:12]}, now {fingerprint[:12]}); start a new run")
+    return earlier
+
+
+def _store_version(ref: str) -> tuple[str, int]:
+    store, _, version = ref.rpartition("@")
+    return store, int(version)
 
 
 def _model_metrics(test: dict[str, Any], audited: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from .captions.prompts import DEFAULT_TEMPLATE, build_prompt
 from .core.common import Progress, ProgressFn, no_progress, read_json, to_jsonable, write_json
 from .core.project import Project
-from .core.runs import Link, throttle
+from .core.runs import Link, config_differences, throttle
 from .data.datasets import DatasetConfig, load_dataset
 from .generators import Generator, generator_class, resolve_options
 
@@ -47,23 +48,41 @@ class FinetuneResult:
 
 
 def finetune(config: FinetuneConfig, project: Project, progress: ProgressFn = no_progress,
-             resume: str | None = None) -> FinetuneResult:
-    """Train a generator on the member images; ``resume`` = id of an interrupted run to continue."""
+             resume: str | None = None, registered: Callable[[str], None] | None = None) -> FinetuneResult:
+    """Train a generator on the member images; ``resume`` = id of an interrupted run to continue.
+
+    A resumed run must be unfinished and ``config`` must equal its recorded config (on the same data
+    and caption version); otherwise nothing is written and a ``ValueError`` says what differs.
+    ``registered`` is called with the run id before training starts (the experiment records it then,
+    so that a resume after a crash finds the run's checkpoints).
+    """
     # 1. check inputs: backend config first, so a typo fails before any data is loaded
     backend_config = config.backend_config()
+    registry = project.registry()
+    previous = _resumable(registry, resume, config) if resume else None
     dataset = load_dataset(config.dataset)
     members = set(dataset.membership().members)
     records = [r for r in dataset.split("train") if r.id in members]
+    if previous is not None:
+        recorded = {link.role: link.ref for link in previous.links}
+        if recorded.get("data") not in (None, dataset.fingerprint):
+            raise ValueError(f"run {resume} was trained on other data (dataset fingerprint "
+                             f"{recorded['data'][:12]}, now {dataset.fingerprint[:12]}); start a new run")
 
-    # 2. prompts for each member image
+    # 2. prompts for each member image (a resumed run keeps the caption version it started with)
     captions: dict[str, Any] = {}
     links = [Link("data", "dataset", dataset.fingerprint)]
     if config.store:
         store = project.caption_store(config.store)
         version = store.head() if config.store_version is None else config.store_version
+        if previous is not None and "captions" in recorded:
+            version = int(recorded["captions"].rpartition("@")[2])
         captions = store.records(version)
         links.append(Link("captions", "captions", f"{store.name}@{version}"))
         missing = [r.id for r in records if r.id not in captions]
+        if missing:
+            # an image nobody could caption because it cannot be read is skipped like in every stage
+            missing = [i for i in missing if dataset.readable(dataset.record(i))]
         if missing:
             raise ValueError(f"{len(missing)} member images have no caption in store {config.store!r} "
                              f"(e.g. {missing[0]}); caption them first")
@@ -74,13 +93,9 @@ def finetune(config: FinetuneConfig, project: Project, progress: ProgressFn = no
         return config.class_template.format(label=label)
 
     # 3. register (or reopen) the run
-    registry = project.registry()
-    if resume:
-        run = registry.get(resume)
-        if run.kind != "finetune":
-            raise ValueError(f"run {resume} is a {run.kind} run, not a finetune run")
-    else:
-        run = registry.create("finetune", config, links=links)
+    run = previous if previous is not None else registry.create("finetune", config, links=links)
+    if registered is not None:
+        registered(run.id)
     ready = throttle(2.0)
 
     def report(event: Progress) -> None:
@@ -114,6 +129,29 @@ def finetune(config: FinetuneConfig, project: Project, progress: ProgressFn = no
         write_json(run.run_dir / "metrics.json", metrics)
         registry.report(run.id, **metrics)
     return FinetuneResult(run.id, run.run_dir / "generator", metrics)
+
+
+def _resumable(registry: Any, run_id: str, config: FinetuneConfig) -> Any:
+    """The record of an unfinished finetune run whose recorded config is ``config``, else ValueError."""
+    run = registry.get(run_id)
+    if run.kind != "finetune":
+        raise ValueError(f"run {run_id} is a {run.kind} run, not a finetune run")
+    if run.status == "done":
+        raise ValueError(f"run {run_id} is already finished (its generator is {run.run_dir / 'generator'}); "
+                         "nothing to resume")
+    differences = config_differences(run.config, config)
+    if differences:
+        raise ValueError(f"finetune --resume {run_id}: the arguments differ from the run's recorded config "
+                         f"({'; '.join(differences)}); resume with the run's own config or start a new run")
+    return run
+
+
+def finished_generator(registry: Any, run_id: str) -> FinetuneResult:
+    """A finished finetune run's result, read back from its folder (nothing is retrained)."""
+    run = registry.get(run_id)
+    if run.kind != "finetune" or run.status != "done":
+        raise ValueError(f"run {run_id} is not a finished finetune run ({run.kind}, {run.status})")
+    return FinetuneResult(run.id, run.run_dir / "generator", read_json(run.run_dir / "metrics.json"))
 
 
 def load_generator(directory: Path, name: str | None = None, **overrides: Any) -> Generator:

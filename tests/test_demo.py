@@ -17,9 +17,9 @@ from pipeline.classifiers.train import images_to_tensor
 from pipeline.core.common import write_json
 from pipeline.data.datasets import DatasetConfig
 from pipeline.distill import build_model
-from pipeline.experiment import quickstart_config
 from pipeline.generate import GenerationPlan, generate_set
 from pipeline.generators import Generator
+from pipeline.presets import quickstart_config
 from pipeline.views import demo as demo_lib
 
 CLASSES = ["cat", "dog", "frog"]

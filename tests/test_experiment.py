@@ -14,7 +14,8 @@ from pipeline.cli.main import main
 from pipeline.core.common import to_jsonable
 from pipeline.core.runs import Link
 from pipeline.data.datasets import DatasetConfig
-from pipeline.experiment import ExperimentConfig, quickstart_config, run_experiment
+from pipeline.experiment import ExperimentConfig, run_experiment
+from pipeline.presets import quickstart_config
 
 
 def tiny_config() -> ExperimentConfig:

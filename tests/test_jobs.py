@@ -7,6 +7,7 @@ import sys
 import time
 from dataclasses import replace
 
+import pytest
 from test_experiment import tiny_config
 
 from pipeline.core import jobs
@@ -41,6 +42,20 @@ def test_start_then_cancel_a_background_run(project):
     assert _wait(lambda: not jobs._alive(record.pid)), "the run's process did not stop"
     assert registry.get(run_id).status == "cancelled"
     assert "Traceback" not in jobs.read_log(project, run_id)
+
+    # resumed in the background (the studio's Resume button): the same generator run continues
+    generator = {link.role: link.ref for link in registry.get(run_id).links}["generator"]
+    jobs.resume_experiment(project, run_id)
+    assert registry.get(run_id).status in ("queued", "running")
+    with pytest.raises(ValueError, match="only an interrupted experiment can be resumed"):
+        jobs.resume_experiment(project, run_id)
+    assert _wait(lambda: registry.get(run_id).status == "running"
+                 and registry.get(generator).status == "running",
+                 gone=lambda: not jobs._alive(registry.get(run_id).pid)), jobs.read_log(project, run_id)
+    assert {link.role: link.ref for link in registry.get(run_id).links}["generator"] == generator
+    jobs.cancel(project, run_id)
+    assert _wait(lambda: not jobs._alive(registry.get(run_id).pid)), "the resumed run did not stop"
+    assert registry.get(run_id).status == "cancelled"
 
 
 def test_reconcile_marks_runs_with_a_dead_process_failed(project):

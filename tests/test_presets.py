@@ -13,10 +13,10 @@ from pipeline.cli.main import main
 from pipeline.cli.stages import PRESET_NAMES
 from pipeline.core.common import from_dict
 from pipeline.data.datasets import DatasetConfig, load_dataset, parse_dataset_spec
-from pipeline.experiment import (
+from pipeline.experiment import ExperimentConfig
+from pipeline.presets import (
     PRESETS,
     DataProfile,
-    ExperimentConfig,
     estimate_stages,
     estimated_wall,
     preset_config,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -169,7 +170,7 @@ def fit_classifier(
     total = config.epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     result = TrainResult(model)
-    best_score, best_state, start_epoch, stale = -1.0, None, 0, 0
+    best_score, best_state, start_epoch, stale, resumed_seconds = -1.0, None, 0, 0, 0.0
 
     # 2. resume from the checkpoint if there is one
     if checkpoint is not None and Path(checkpoint).exists():
@@ -181,6 +182,11 @@ def fit_classifier(
         start_epoch, result.history = state["epoch"] + 1, state["history"]
         best_score, best_state, stale = state["best_score"], state["best_state"], state["stale"]
         result.best_epoch = state["best_epoch"]
+        if "torch_rng" in state:  # dropout draws from the global stream: resume it where it was
+            torch.set_rng_state(state["torch_rng"])
+        resumed_seconds = state.get("seconds", 0.0)
+        if config.patience is not None and stale > config.patience:
+            start_epoch = config.epochs  # it had stopped early: nothing left to train
         logger.info("resumed %s from epoch %d", stage, start_epoch)
 
     # 3. epochs
@@ -235,7 +241,7 @@ def fit_classifier(
                           {"epoch_end": 1, **{k: round(v, 4) for k, v in row.items()}}))
         if checkpoint is not None:
             _save_checkpoint(checkpoint, model, optimizer, scheduler, gen, epoch, result, best_score,
-                             best_state, stale)
+                             best_state, stale, resumed_seconds + time.monotonic() - started)
         if config.patience is not None and stale > config.patience:
             logger.info("%s: early stop at epoch %d (best %d)", stage, epoch + 1, result.best_epoch)
             break
@@ -245,17 +251,21 @@ def fit_classifier(
     else:
         result.best_epoch = len(result.history)
     result.epochs_run = len(result.history)
-    result.seconds = time.monotonic() - started
+    result.seconds = resumed_seconds + time.monotonic() - started
     return result
 
 
 def _save_checkpoint(path: Path, model: nn.Module, optimizer: Any, scheduler: Any, gen: torch.Generator,
-                     epoch: int, result: TrainResult, best_score: float, best_state: Any, stale: int) -> None:
+                     epoch: int, result: TrainResult, best_score: float, best_state: Any, stale: int,
+                     seconds: float) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "generator": gen.get_state(), "epoch": epoch,
                 "history": result.history, "best_score": best_score, "best_state": best_state,
-                "stale": stale, "best_epoch": result.best_epoch}, tmp)
+                "stale": stale, "best_epoch": result.best_epoch, "torch_rng": torch.get_rng_state(),
+                "seconds": seconds}, tmp)
+    with open(tmp, "rb") as f:  # on disk before the rename: a crash leaves the old or the new checkpoint
+        os.fsync(f.fileno())
     tmp.replace(path)

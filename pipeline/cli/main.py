@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -114,9 +115,15 @@ def cmd_captions_import(args: argparse.Namespace) -> int:
 
     dataset = load_dataset(dataset_config(args))
     store = project_of(args).caption_store(args.store, create=True)
-    report = import_captions(store, Path(args.file), args.format, dataset)
+    report = import_captions(store, Path(args.file), args.format, dataset, assign_in_order=args.assign_in_order)
     print(f"imported {report.imported} captions into {store.name} version {report.version}"
           + (f" ({report.unused} unused captions in the file)" if report.unused else ""))
+    if report.skipped:
+        print(f"{len(report.skipped)} rows skipped (empty captions; those images keep their caption):")
+        for line in report.skipped[:10]:
+            print(f"  {line}")
+        if len(report.skipped) > 10:
+            print(f"  ... {len(report.skipped) - 10} more")
     return 0
 
 
@@ -144,15 +151,26 @@ def cmd_captions_rollback(args: argparse.Namespace) -> int:
 
 
 # -- runs ----------------------------------------------------------------------------------------------
+def _reconciled(args: argparse.Namespace) -> Any:
+    """The project's registry after marking runs whose process died as failed (as the studio does)."""
+    from ..core.jobs import reconcile
+
+    project = project_of(args)
+    for run_id in reconcile(project):
+        print(f"note: {run_id} had stopped without a result (its process is gone); marked failed",
+              file=sys.stderr)
+    return project.registry()
+
+
 def cmd_runs_list(args: argparse.Namespace) -> int:
-    runs = project_of(args).registry().list(kind=args.kind, status=args.status, limit=args.limit)
+    runs = _reconciled(args).list(kind=args.kind, status=args.status, limit=args.limit)
     rows = [[r.id, r.kind, r.status, r.created_at[:19], _metric_summary(r.metrics)] for r in runs]
     print_table(rows, ["id", "kind", "status", "created", "metrics"])
     return 0
 
 
 def cmd_runs_show(args: argparse.Namespace) -> int:
-    registry = project_of(args).registry()
+    registry = _reconciled(args)
     record = registry.get(args.run_id)
     print_json({**record.__dict__, "lineage": [
         {"depth": d, "role": link.role, "kind": link.ref_kind, "ref": link.ref,
@@ -183,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "distil and audit (TCKR).")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--run-log", action="store_true",
+                        help="log for a run's log file: timestamped stage messages, warnings and the full "
+                             "traceback of a failure (the studio starts background runs with it)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     ds = sub.add_parser("datasets", help="list dataset sources or inspect a dataset")
@@ -231,12 +252,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output file")
     p.add_argument("--version", type=int, default=None, help="store version (default: newest)")
     p.set_defaults(func=cmd_captions_export)
-    p = cap_sub.add_parser("import", help="read captions from jsonl, csv or a TCKR prompt file")
+    p = cap_sub.add_parser("import", help="read captions from jsonl, csv or TCKR's caption files")
     add_project_arg(p)
     add_dataset_args(p)
     p.add_argument("store")
     p.add_argument("file")
-    p.add_argument("--format", default="jsonl", choices=["jsonl", "csv", "tckr-json"])
+    p.add_argument("--format", default="jsonl", choices=["jsonl", "csv", "tckr-txt", "tckr-json"],
+                   help="jsonl | csv (id, caption[, label]) | tckr-txt (TCKR's original_order/*_finetuning.txt: "
+                        "a 'class: caption' line per training image, in the source's order) | tckr-json "
+                        "(a per-class prompt pool {class: [captions]}: needs --assign-in-order)")
+    p.add_argument("--assign-in-order", action="store_true",
+                   help="tckr-json: store the k-th caption of a class for the k-th training image of the "
+                        "class, although the pool's captions are not tied to those images")
     p.set_defaults(func=cmd_captions_import)
     p = cap_sub.add_parser("history", help="versions of a store")
     add_project_arg(p)
@@ -275,11 +302,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def run_log() -> Iterator[None]:
+    """Logging for a run's log file (``--run-log``; the studio sends a background run's stderr to
+    runs/<id>/log.txt): the pipeline's INFO messages and every library's warnings (``warnings.warn``
+    included), with timestamps, on stderr. Undone on exit, so an in-process caller keeps its logging."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root, package = logging.getLogger(), logging.getLogger("pipeline")
+    level = package.level
+    root.addHandler(handler)
+    package.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        package.setLevel(level)
+        root.removeHandler(handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.run_log:
+        with run_log():
+            code = _dispatch(args)
+            logger.info("exit status %d%s", code, " (cancelled)" if code == 130 else "")
+            return code
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the command. The CLI boundary: an error is one line for the user (a run log gets its full
+    traceback); a cancel is one line (a run log has said where the run stopped)."""
     try:
         return args.func(args)
     except BrokenPipeError:  # `... | head` closed the pipe: not an error of ours, and nothing left to say
@@ -288,14 +346,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        if not args.run_log:
+            print("interrupted", file=sys.stderr)
         return 130
     except RunCancelled as err:  # the run noticed a cancel request before (or instead of) the SIGINT
-        print(f"cancelled{f': {err}' if str(err) else ''}", file=sys.stderr)
+        if not args.run_log:
+            print(f"cancelled{f': {err}' if str(err) else ''}", file=sys.stderr)
         return 130
     except (UnknownNameError, ValueError, KeyError, FileNotFoundError, RuntimeError, OSError) as err:
-        # the CLI boundary: one line for the user, the traceback only with --verbose
-        logger.debug("command failed", exc_info=True)
+        # the CLI boundary: one line for the user, the traceback only with --verbose or in a run log
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {message}", file=sys.stderr)
+        if args.run_log:
+            logger.error("%s: %s", type(err).__name__, message, exc_info=True)
+        else:
+            logger.debug("command failed", exc_info=True)
+            print(f"error: {message}", file=sys.stderr)
         return 2
+    except Exception as err:
+        if not args.run_log:
+            raise  # an unexpected error: Python's own traceback
+        logger.error("%s: %s", type(err).__name__, err, exc_info=True)
+        return 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 from .common import (
     ProgressBars,
+    StageLog,
     add_dataset_args,
     add_project_arg,
     dataset_config,
@@ -18,7 +20,9 @@ from .common import (
     project_of,
 )
 
-PRESET_NAMES = ("quick", "standard", "paper")  # experiment.PRESETS, without importing torch to build --help
+logger = logging.getLogger(__name__)
+PRESET_NAMES = ("quick", "standard", "paper")  # presets.PRESETS, without importing torch to build --help
+PROMPT_FILE_SUFFIXES = (".jsonl", ".csv", ".json", ".txt")  # what captions.prompts.pool_from_file reads
 
 
 def _options(pairs: list[str] | None) -> tuple[tuple[str, Any], ...]:
@@ -39,18 +43,40 @@ def _options(pairs: list[str] | None) -> tuple[tuple[str, Any], ...]:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from ..finetune import FinetuneConfig, finetune
 
-    options = list(_options(args.option))
-    for key in ("base", "steps", "lr", "batch_size", "resolution", "rank"):
-        value = getattr(args, key, None)
-        if value is not None:
-            options.append((key, value))
-    config = FinetuneConfig(dataset=dataset_config(args), generator=args.generator, options=tuple(options),
-                            store=args.store, store_version=args.store_version, template=args.template)
+    config = _finetune_config(args)
+    if args.resume:  # the run's own recorded config; arguments given that differ from it are refused
+        from ..core.common import from_dict
+        from ..core.runs import config_differences
+
+        recorded = from_dict(FinetuneConfig, project_of(args).registry().get(args.resume).config)
+
+        def fields(c: Any) -> dict[str, Any]:  # options by name, so their order does not matter
+            return {**c.__dict__, "options": dict(c.options)}
+
+        defaults = _finetune_config(args.parser.parse_args([]))
+        given = {d.split(":")[0] for d in config_differences(fields(defaults), fields(config))}
+        clash = [d for d in config_differences(fields(recorded), fields(config)) if d.split(":")[0] in given]
+        if clash:
+            raise ValueError(f"finetune --resume {args.resume}: arguments differ from the run's recorded config "
+                             f"({'; '.join(clash)}); drop them to resume, or start a new run")
+        config = recorded
     with ProgressBars(not args.quiet) as bars:
         result = finetune(config, project_of(args), progress=bars, resume=args.resume)
     print(f"generator saved to {result.generator_dir} [run {result.run_id}]")
     print_table([[k, v] for k, v in result.metrics.items()], ["metric", "value"])
     return 0
+
+
+def _finetune_config(args: argparse.Namespace) -> Any:
+    from ..finetune import FinetuneConfig
+
+    options = list(_options(args.option))
+    for key in ("base", "steps", "lr", "batch_size", "resolution", "rank"):
+        value = getattr(args, key, None)
+        if value is not None:
+            options.append((key, value))
+    return FinetuneConfig(dataset=dataset_config(args), generator=args.generator, options=tuple(options),
+                          store=args.store, store_version=args.store_version, template=args.template)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -78,9 +104,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ValueError(f"--generator {args.generator}: no such folder (a saved generator is runs/<id>/generator)")
     prompts = args.prompts
     if prompts and not prompts.startswith("store:") and prompts != "classnames" and not Path(prompts).exists():
+        if Path(prompts).suffix.lower() in PROMPT_FILE_SUFFIXES or "/" in prompts:
+            raise FileNotFoundError(f"--prompts {prompts}: no such file")
         prompts = f"store:{prompts}"  # a bare name means a caption store
     config = GenerateConfig(generator=args.generator or args.base, backend="sd-lora" if args.base else None,
                             options=tuple(options), prompts=prompts or "classnames", template=args.template,
+                            allow_nonmember_prompts=args.allow_nonmember_prompts,
                             dataset=dataset_config(args), cardinality=args.cardinality, num_images=args.num,
                             round=args.round, seed=args.gen_seed, batch_size=args.batch_size, out_dir=args.out)
     with ProgressBars(not args.quiet) as bars:
@@ -105,11 +134,22 @@ def _print_audit_table(metrics: dict[str, Any]) -> None:
           f"[{student['mia'].get('mia_mode', 'transfer')}]")
 
 
-def _run_experiment(args: argparse.Namespace, config: Any, run_id: str | None = None) -> int:
+def _run_experiment(args: argparse.Namespace, config: Any, run_id: str | None = None, resume: bool = False) -> int:
+    from ..core.runs import RunCancelled
     from ..experiment import run_experiment
 
     with ProgressBars(not args.quiet) as bars:
-        result = run_experiment(config, project_of(args), progress=bars, run_id=run_id)
+        stages = StageLog(forward=bars)  # INFO lines for a run's log (--run-log, as the studio starts runs)
+        try:
+            result = run_experiment(config, project_of(args), progress=stages, run_id=run_id, resume=resume)
+        except (KeyboardInterrupt, RunCancelled):
+            if args.run_log:  # a terminal shows the stage on its progress bar
+                logger.warning("cancelled %s", stages.where())
+            raise
+        except Exception:
+            if args.run_log:  # the CLI boundary then logs the error and its traceback
+                logger.error("failed %s", stages.where())
+            raise
     _print_audit_table(result.metrics)
     print(f"run {result.run_id} finished in {result.seconds:.0f} s; metrics in "
           f"{project_of(args).runs_dir / result.run_id / 'metrics.json'}")
@@ -153,7 +193,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    from ..experiment import quickstart_config
+    from ..presets import quickstart_config
 
     _print_plan(quickstart_config(), ["the standard preset on the built-in digits (offline, CPU)"])
     code = _run_experiment(args, quickstart_config())
@@ -176,6 +216,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         record = project_of(args).registry().get(args.queued)
         return _run_experiment(args, from_dict(ExperimentConfig, record.config), run_id=record.id)
+    if args.resume:
+        if args.config or args.dataset or args.preset:
+            raise ValueError("--resume continues a run with its recorded config; drop the config file, "
+                             "--dataset and --preset")
+        from ..core.jobs import reconcile
+
+        reconcile(project_of(args))  # a killed attempt still marked running is failed first
+        record = project_of(args).registry().get(args.resume)
+        print(f"resuming {record.id} (was {record.status}); finished stages are reused", file=sys.stderr)
+        return _run_experiment(args, from_dict(ExperimentConfig, record.config), run_id=record.id, resume=True)
     if args.config and args.dataset:
         raise ValueError("give a config file or --dataset, not both (edit the dataset in the config file)")
     if args.config:
@@ -199,7 +249,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _preset(args: argparse.Namespace) -> tuple[Any, list[str], Any]:
     """The preset's config for ``--dataset``, its reasons, and the data profile it was chosen from."""
     from ..data.datasets import load_dataset
-    from ..experiment import DataProfile, preset_config
+    from ..presets import DataProfile, preset_config
 
     dataset_cfg = dataset_config(args)
     dataset = load_dataset(dataset_cfg)
@@ -216,7 +266,7 @@ def _print_plan(config: Any, why: list[str], profile: Any = None) -> None:
     """What the run will do and, from a few timed steps, about how long each stage takes (``profile``:
     the data's, when the caller has it already; else the dataset is read for it)."""
     from ..data.datasets import load_dataset
-    from ..experiment import DataProfile, estimate_stages, estimated_wall
+    from ..presets import DataProfile, estimate_stages, estimated_wall
 
     print("plan:")
     for line in why:
@@ -255,7 +305,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from ..experiment import config_json, quickstart_config
+    from ..experiment import config_json
+    from ..presets import quickstart_config
 
     print(config_json(quickstart_config()))
     return 0
@@ -277,8 +328,10 @@ def add_stage_commands(sub: Any) -> None:
     p.add_argument("--rank", type=int, default=None, help="sd-lora: LoRA rank")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="any other backend config field (repeatable), e.g. --option snr_gamma=5")
-    p.add_argument("--resume", default=None, metavar="RUN_ID", help="continue an interrupted finetune run")
-    p.set_defaults(func=cmd_finetune)
+    p.add_argument("--resume", default=None, metavar="RUN_ID",
+                   help="continue an interrupted finetune run from its newest checkpoint, with its recorded "
+                        "config (other arguments must match it)")
+    p.set_defaults(func=cmd_finetune, parser=p)
 
     p = sub.add_parser("generate", help="generate a class-balanced synthetic set (resumable)")
     add_project_arg(p)
@@ -288,8 +341,15 @@ def add_stage_commands(sub: Any) -> None:
     p.add_argument("--lora", default=None, help="LoRA .safetensors file or folder to load onto --base")
     p.add_argument("--fuse", action="store_true", help="fuse the LoRA into the weights before generating")
     p.add_argument("--prompts", default=None,
-                   help="caption store name (or store:NAME@VERSION), a TCKR .json / .txt prompt file, "
-                        "or classnames (default)")
+                   help="caption store name (or store:NAME@VERSION); a per-image caption file (.jsonl / .csv "
+                        "from `captions export`), limited to the MIA members' captions; a per-class prompt "
+                        "file: TCKR .json {class: [captions]} or .txt lines 'class: caption' (TCKR's "
+                        "*_finetuning.txt) or 'class<TAB>caption', which has no image ids and is refused "
+                        "unless --allow-nonmember-prompts; or classnames (default)")
+    p.add_argument("--allow-nonmember-prompts", action="store_true",
+                   help="use a per-class .json / .txt prompt file although it cannot be limited to the "
+                        "members: captions of non-members would condition the generator and make the "
+                        "membership audit unsound (TCKR's own files caption the whole training set)")
     p.add_argument("--template", default="class_caption")
     p.add_argument("--out", default=None, help="output folder (default: the run folder); reuse it to resume")
     p.add_argument("--num", type=int, default=None, help="number of images (default: cardinality x members)")
@@ -327,6 +387,9 @@ def add_stage_commands(sub: Any) -> None:
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     p.add_argument("--queued", default=None, metavar="RUN_ID",
                    help="execute a run queued by the studio (its config is in the registry)")
+    p.add_argument("--resume", default=None, metavar="RUN_ID",
+                   help="continue an interrupted experiment with its recorded config: finished stages are "
+                        "reused, the interrupted one continues from its checkpoint")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("audit", help="membership-inference audit of a finished experiment (reuses cached shadows)")

@@ -25,16 +25,37 @@ def start_experiment(project: Project, config: Any) -> str:
     registry = project.registry()
     run = registry.create("experiment", config)
     write_json(run.run_dir / "experiment_config.json", to_jsonable(config))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT),
-                                                                      os.environ.get("PYTHONPATH")]))}
-    with open(run.run_dir / "log.txt", "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "--quiet", "run", "--project", str(project.root),
-             "--queued", run.id],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env)
-    registry.set_pid(run.id, process.pid)
-    logger.info("started run %s as process %d", run.id, process.pid)
+    _launch(project, run.id, "--queued")
     return run.id
+
+
+def resume_experiment(project: Project, run_id: str) -> None:
+    """Continue an interrupted (failed, cancelled or killed) experiment in the background: finished
+    stages are reused (``run --resume``). Refused for a finished run or one whose process still runs."""
+    reconcile(project)
+    record = project.registry().get(run_id)
+    if record.kind != "experiment" or record.status not in ("failed", "cancelled"):
+        raise ValueError(f"run {run_id} is a {record.status} {record.kind} run; only an interrupted experiment "
+                         "can be resumed")
+    project.registry().requeue(run_id)  # shown as waiting until the new process claims it
+    _launch(project, run_id, "--resume")
+
+
+def _launch(project: Project, run_id: str, how: str) -> None:
+    """``python -m pipeline run --queued|--resume ID`` as a detached process logging to the run's log.txt."""
+    registry = project.registry()
+    run_dir = registry.get(run_id).run_dir
+    # unbuffered: what the run prints reaches log.txt as it happens, in order with its log lines
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))}
+    with open(run_dir / "log.txt", "ab") as log:
+        # --run-log: timestamped stage messages, warnings and a failure's traceback (the Runs page shows them)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "--quiet", "--run-log", "run", "--project", str(project.root),
+             how, run_id],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+    registry.set_pid(run_id, process.pid)
+    logger.info("started run %s (%s) as process %d", run_id, how.strip("-"), process.pid)
 
 
 def cancel(project: Project, run_id: str) -> None:
@@ -51,24 +72,39 @@ def cancel(project: Project, run_id: str) -> None:
 
 
 def reconcile(project: Project) -> list[str]:
-    """Mark as failed the running runs whose process is gone (killed, machine restarted)."""
+    """Mark as failed the running runs whose process is gone (killed, machine restarted).
+
+    A running run holds its lock file while it lives (``RunRegistry.claim``), which is exact even
+    when its process id has been reused; a queued run (not claimed yet, or requeued for a resume) and
+    a run from before locks are judged by their process id."""
     registry = project.registry()
     dead = []
-    for record in registry.list(status="running") + registry.list(status="queued"):
-        if record.pid and not _alive(record.pid):
-            registry.fail(record.id, "the run's process ended without recording a result")
+    for record in registry.list(status="running", limit=10_000) + registry.list(status="queued", limit=10_000):
+        if record.status == "running" and (record.run_dir / ".lock").exists():
+            gone = not registry.is_locked(record.id)
+        else:
+            gone = bool(record.pid) and not _alive(record.pid)
+        # the status is re-checked in the same transaction: a run that finished meanwhile stays done
+        if gone and registry.fail_unfinished(record.id, "the run's process ended without recording a result "
+                                             "(killed or the machine restarted)"
+                                             + ("; `run --resume` continues it" if record.kind == "experiment" else "")):
             dead.append(record.id)
     return dead
 
 
 def read_log(project: Project, run_id: str, max_bytes: int = 20_000) -> str:
-    """The last ``max_bytes`` of a run's log."""
+    """The last ``max_bytes`` of a run's log, from the start of a line (the log grows while a run lives)."""
     path = project.registry().get(run_id).run_dir / "log.txt"
-    if not path.exists():
+    try:
+        with open(path, "rb") as f:
+            start = max(0, os.fstat(f.fileno()).st_size - max_bytes)
+            f.seek(start)
+            tail = f.read(max_bytes)
+    except FileNotFoundError:
         return ""
-    with open(path, "rb") as f:
-        f.seek(max(0, path.stat().st_size - max_bytes))
-        return f.read().decode("utf-8", errors="replace")
+    if start and b"\n" in tail:  # drop the cut first line (a part of a line, maybe of a UTF-8 character)
+        tail = tail.split(b"\n", 1)[1]
+    return tail.decode("utf-8", errors="replace")
 
 
 def read_events(project: Project, run_id: str) -> list[dict[str, Any]]:

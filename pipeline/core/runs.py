@@ -91,6 +91,16 @@ class RunCancelled(Exception):
     """Raised inside a run when someone asked for it to be cancelled."""
 
 
+class RunBusy(ValueError):
+    """Another process is executing this run (it holds the run's lock)."""
+
+
+# run locks this process holds: lock file -> (open file, depth). flock locks belong to an open file, so
+# a second flock of the same file from this process would fail against itself; nested claims (the
+# experiment claims its run, then ``track`` claims it again) share the one open file instead.
+_HELD: dict[str, list[Any]] = {}
+
+
 class RunRegistry:
     """Runs of one project. Each call opens its own short transaction, so several processes can
     write at once (SQLite serialises them; ``busy_timeout`` makes writers wait, not fail)."""
@@ -173,6 +183,17 @@ class RunRegistry:
     def fail(self, run_id: str, error: str) -> None:
         self._update(run_id, status="failed", finished_at=_now(), error=error)
 
+    def requeue(self, run_id: str) -> None:
+        """Put an interrupted run back in the queue (before a process resumes it)."""
+        self._update(run_id, status="queued", error=None, finished_at=None)
+
+    def fail_unfinished(self, run_id: str, error: str) -> bool:
+        """Mark a queued or running run failed; False (and no change) if it ended meanwhile."""
+        with self._connect() as db:
+            cursor = db.execute("UPDATE runs SET status='failed', finished_at=?, error=? "
+                                "WHERE id=? AND status IN ('queued','running')", (_now(), error, run_id))
+            return cursor.rowcount > 0
+
     def cancel(self, run_id: str) -> None:
         """Mark a run cancelled; a running job notices at its next progress report and stops."""
         record = self.get(run_id)
@@ -184,6 +205,12 @@ class RunRegistry:
         with self._connect() as db:
             db.executemany("INSERT OR IGNORE INTO links VALUES (?,?,?,?)",
                            [(run_id, k.role, k.ref_kind, k.ref) for k in links])
+
+    def relink(self, run_id: str, link: Link) -> None:
+        """Make ``link`` the run's only link in its role (a resumed stage replaces the interrupted one)."""
+        with self._connect() as db:
+            db.execute("DELETE FROM links WHERE run_id=? AND role=?", (run_id, link.role))
+            db.execute("INSERT INTO links VALUES (?,?,?,?)", (run_id, link.role, link.ref_kind, link.ref))
 
     def _update(self, run_id: str, **values: Any) -> None:
         columns = ", ".join(f"{k}=?" for k in values)
@@ -237,19 +264,63 @@ class RunRegistry:
 
     # -- running ------------------------------------------------------------------------------
     @contextmanager
-    def track(self, run_id: str) -> Iterator[RunRecord]:
-        """Mark a run running; on exit mark it done, failed (with the error) or cancelled."""
-        self.start(run_id)
+    def claim(self, run_id: str) -> Iterator[None]:
+        """Hold the run's lock (``runs/<id>/.lock``) while executing it: a second process that tries to
+        run the same run gets :class:`RunBusy` before it touches anything. The operating system drops
+        the lock when the holder dies (even by ``kill -9``), so a dead run is never locked out."""
+        path = str(self.get(run_id).run_dir / ".lock")
+        held = _HELD.get(path)
+        if held is not None:  # this process already holds it (nested stage)
+            held[1] += 1
+        else:
+            handle = open(path, "a+")  # noqa: SIM115 - held open for the lifetime of the claim
+            if not _try_lock(handle, attempts=10):  # a few tries: `is_locked` probes hold it for microseconds
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                handle.close()
+                raise RunBusy(f"run {run_id} is already being run by {holder}; wait for it or cancel it "
+                              "(`runs cancel`)")
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"process {os.getpid()}\n")
+            handle.flush()
+            held = _HELD[path] = [handle, 1]
         try:
-            yield self.get(run_id)
-        except (RunCancelled, KeyboardInterrupt):
-            self.cancel(run_id)
-            raise
-        except BaseException as err:
-            self.fail(run_id, f"{type(err).__name__}: {err}")
-            raise
-        if self.get(run_id).status == "running":
-            self._update(run_id, status="done", finished_at=_now())
+            yield
+        finally:
+            held[1] -= 1
+            if held[1] == 0:
+                del _HELD[path]
+                held[0].close()  # closing the file releases the lock
+
+    def is_locked(self, run_id: str) -> bool:
+        """Whether some live process (this one included) holds the run's lock."""
+        path = self.get(run_id).run_dir / ".lock"
+        if str(path) in _HELD:
+            return True
+        if not path.exists():
+            return False
+        with open(path, "a+") as handle:
+            if _try_lock(handle):
+                return False  # nobody held it; closing the file releases our probe
+            return True
+
+    @contextmanager
+    def track(self, run_id: str) -> Iterator[RunRecord]:
+        """Claim the run's lock and mark it running; on exit mark it done, failed (with the error) or
+        cancelled. A run that another process holds raises :class:`RunBusy` and is left as it was."""
+        with self.claim(run_id):
+            self.start(run_id)
+            try:
+                yield self.get(run_id)
+            except (RunCancelled, KeyboardInterrupt):
+                self.cancel(run_id)
+                raise
+            except BaseException as err:
+                self.fail(run_id, f"{type(err).__name__}: {err}")
+                raise
+            if self.get(run_id).status == "running":
+                self._update(run_id, status="done", finished_at=_now())
 
 
 def _record(row: sqlite3.Row, links: list[Any]) -> RunRecord:
@@ -260,6 +331,34 @@ def _record(row: sqlite3.Row, links: list[Any]) -> RunRecord:
         started_at=row["started_at"], finished_at=row["finished_at"],
         links=tuple(Link(k["role"], k["ref_kind"], k["ref"]) for k in links),
     )
+
+
+def config_differences(recorded: Any, given: Any, prefix: str = "") -> list[str]:
+    """``field: recorded -> given`` for every leaf where two configs (dataclasses or JSON) differ."""
+    recorded, given = to_jsonable(recorded), to_jsonable(given)
+    if isinstance(recorded, dict) and isinstance(given, dict):
+        out = []
+        for key in sorted(set(recorded) | set(given)):
+            out += config_differences(recorded.get(key), given.get(key), f"{prefix}{key}.")
+        return out
+    return [] if recorded == given else [f"{prefix.rstrip('.')}: {recorded!r} -> {given!r}"]
+
+
+def _try_lock(handle: Any, attempts: int = 1) -> bool:
+    """An exclusive advisory lock on an open file (POSIX ``flock``), without waiting for a holder:
+    ``attempts`` tries 50 ms apart."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no cross-process exclusion (the product runs on Linux and macOS)
+        return True
+    for attempt in range(attempts):
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if attempt + 1 < attempts:
+                time.sleep(0.05)
+    return False
 
 
 def _now() -> str:

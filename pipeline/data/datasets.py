@@ -74,6 +74,17 @@ class MembershipSplit:
         return to_jsonable(self)
 
 
+# unreadable images met in this process: (dataset name, spec, id) -> reason (warned once; see skipped_images)
+_WARNED: dict[tuple[str, str, str], str] = {}
+
+
+def skipped_images(dataset: ImageDataset) -> dict[str, str]:
+    """Every image of ``dataset`` that any stage of this process could not read: id -> reason."""
+    spec = f"{dataset.config.source}:{dataset.config.path}"
+    return {**{i: r for (name, s, i), r in _WARNED.items() if name == dataset.name and s == spec},
+            **dataset.skipped}
+
+
 class CorruptImageError(ValueError):
     """An image that cannot be decoded; the message names its path or id."""
 
@@ -147,8 +158,24 @@ class ImageDataset:
             try:
                 yield record, self.load_image(record)
             except CorruptImageError as err:
-                self.skipped[record.id] = str(err)
-                logger.warning("skipping %s", err)
+                self._skip(record, err)
+
+    def readable(self, record: ImageRecord) -> bool:
+        """Whether an image decodes (an unreadable one is recorded in ``skipped`` like in iteration)."""
+        try:
+            self.load_image(record)
+        except CorruptImageError as err:
+            self._skip(record, err)
+            return False
+        return True
+
+    def _skip(self, record: ImageRecord, err: CorruptImageError) -> None:
+        self.skipped[record.id] = str(err)
+        # every stage opens the dataset afresh and meets the same bad file: warn once per process
+        key = (self.name, f"{self.config.source}:{self.config.path}", record.id)
+        if key not in _WARNED:
+            _WARNED[key] = str(err)
+            logger.warning("skipping %s", err)
 
     # -- identity and splits --------------------------------------------------------------------
     @property

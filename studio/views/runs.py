@@ -14,8 +14,9 @@ from pipeline.captions.captioners import CAPTIONERS
 from pipeline.captions.prompts import TEMPLATES
 from pipeline.core import jobs
 from pipeline.data.datasets import SOURCES, DatasetConfig
-from pipeline.experiment import ExperimentConfig, quickstart_config
+from pipeline.experiment import ExperimentConfig
 from pipeline.finetune import FinetuneConfig
+from pipeline.presets import quickstart_config
 from pipeline.privacy.shadows import VIEWS
 from pipeline.views import report
 from pipeline.views.compare import SAMPLING_FIELDS
@@ -23,6 +24,7 @@ from studio import figures, shared
 
 ACTIVE = ("queued", "running")
 REFRESH_S = 2.0
+LOG_TAIL_BYTES = 12_000  # of a run's log shown: the stage messages of the last while, or a traceback
 TRAIN_STEPS_FIELD = {"scratch": "train_steps", "sd-lora": "steps"}
 PRESETS = {  # generator sizes offered for quick looks; "default" is the backend's own config
     "default": {},
@@ -30,6 +32,7 @@ PRESETS = {  # generator sizes offered for quick looks; "default" is the backend
 }
 CLASSIFIERS = ("tiny-cnn", "small-cnn", "resnet18")  # any timm name can be typed too
 SDLORA_BASE = "stabilityai/stable-diffusion-2-1-base"
+PATH_OPTIONS = {"base", "lora_path"}  # generator options naming a model: a hub id or a local path
 
 st.title("Runs")
 shared.show_flash()
@@ -82,10 +85,21 @@ def generator_options(backend: str) -> tuple[tuple[str, Any], ...] | None:
     extra = cols[3].text_input("More options (JSON)", "{}", key=f"run_extra_{backend}",
                                help='backend config fields, e.g. {"guidance_scale": 3.0}')
     try:
-        options.update(json.loads(extra or "{}"))
+        more = json.loads(extra or "{}")
     except ValueError as err:
         st.error(f"More options: not a JSON object ({err})")
         return None
+    if not isinstance(more, dict):
+        st.error('More options: not a JSON object (write {"field": value, ...})')
+        return None
+    for key in sorted(PATH_OPTIONS & more.keys()):  # model paths: inside the project, like every path field here
+        if not isinstance(more[key], str) or not more[key].strip():
+            continue  # the backend's config check names a wrong type or an empty name
+        ref = shared.model_ref(project, more[key])
+        if ref is None:
+            return None
+        more[key] = ref
+    options.update(more)
     return tuple(options.items())
 
 
@@ -184,6 +198,15 @@ def cancel(run_id: str) -> None:
     shared.flash("warning", f"Asked run {run_id} to stop.")
 
 
+def resume(run_id: str) -> None:
+    try:
+        jobs.resume_experiment(project, run_id)
+    except ValueError as err:
+        shared.flash("error", str(err))
+        return
+    shared.flash("success", f"Resuming run {run_id}: finished stages are reused.")
+
+
 def run_panel(run_id: str, was_active: bool) -> None:
     record = registry.get(run_id)
     if was_active and record.status not in ACTIVE:
@@ -197,6 +220,10 @@ def run_panel(run_id: str, was_active: bool) -> None:
     cols[2].metric("Generation", f"{rate:.1f} images/s" if rate else "-")
     if record.status in ACTIVE:
         cols[3].button("Cancel run", on_click=cancel, args=(run_id,), key="run_cancel", icon=":material/stop:")
+    elif record.kind == "experiment" and record.status in ("failed", "cancelled"):
+        cols[3].button("Resume run", on_click=resume, args=(run_id,), key="run_resume", icon=":material/replay:",
+                       help="continue from the last finished stage (the generator and the classifiers "
+                            "continue from their checkpoints)")
     done, total = progress.get("done"), progress.get("total")
     if record.status in ACTIVE and done is not None and total:
         st.progress(min(1.0, done / total), text=f"{progress.get('stage')}: {done}/{total}")
@@ -226,8 +253,9 @@ def run_panel(run_id: str, was_active: bool) -> None:
                        help="test accuracy of a classifier trained on round 0 with hard labels only")
     if metrics.get("timings"):
         st.caption("Seconds per stage: " + ", ".join(f"{k} {v:g}" for k, v in metrics["timings"].items()))
-    with st.expander("Log"):
-        st.code(jobs.read_log(project, run_id)[-8000:] or "(empty)", language=None)
+    # open while the run is live (the fragment refreshes it) and after a failure or cancel, to say why
+    with st.expander("Log", expanded=record.status != "done", icon=":material/terminal:"):
+        st.code(jobs.read_log(project, run_id, max_bytes=LOG_TAIL_BYTES) or "(empty)", language=None)
     with st.expander("Config"):
         st.json(record.config, expanded=False)
 

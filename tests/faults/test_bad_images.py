@@ -34,3 +34,31 @@ def test_sixteen_bit_greys_are_scaled_not_clipped(tmp_path: Path):
     # 8-bit data in a 32-bit container keeps its values; floats in [0, 1] are stretched to 0-255
     assert np.asarray(to_rgb(Image.fromarray(np.full((2, 2), 200, np.int32))))[0, 0, 0] == 200
     assert np.asarray(to_rgb(Image.fromarray(np.full((2, 2), 0.5, np.float32))))[0, 0, 0] == 128
+
+
+def test_an_unreadable_member_is_skipped_in_every_stage_and_listed_once(tmp_path: Path, caplog):
+    """Issue 10.6: a member image nobody can read used to block `run` ("caption them first")."""
+    import json
+    import logging
+    from dataclasses import replace
+
+    from test_experiment import tiny_config
+
+    from pipeline.core.project import Project
+    from pipeline.experiment import run_experiment
+
+    root = write_image_folder(tmp_path / "imgs", classes=("a", "b", "c"), per_class=20, size=8, splits=True)
+    spec = parse_dataset_spec(f"imagefolder:{root}")
+    dataset = load_dataset(spec)
+    member = dataset.record(dataset.membership().members[0])
+    nonmember = dataset.record(dataset.membership().nonmembers[0])
+    for record in (member, nonmember):
+        Path(dataset.describe_location(record)).write_bytes(b"not a png")  # truncated upload, disk error...
+    caplog.set_level(logging.WARNING)
+    result = run_experiment(replace(tiny_config(), dataset=spec), Project.open(tmp_path / "project"))
+    metrics = json.loads((tmp_path / "project" / "runs" / result.run_id / "metrics.json").read_text())
+    assert metrics["dataset"]["unreadable"] == 2
+    listed = json.loads((tmp_path / "project" / "runs" / result.run_id / "unreadable_images.json").read_text())
+    assert set(listed) == {member.id, nonmember.id}
+    for record in (member, nonmember):  # one warning per image, though every stage met it
+        assert sum(f"cannot read image {record.id!r}" in m for m in caplog.messages) == 1, caplog.messages

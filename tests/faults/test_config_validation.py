@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.cli.main import main
 from pipeline.core.common import to_jsonable
-from pipeline.experiment import quickstart_config
+from pipeline.presets import quickstart_config
 
 
 @pytest.mark.parametrize("path, value, message", [

@@ -59,7 +59,7 @@ def test_the_cli_reports_divergence_in_one_line(tmp_path, capsys):
 
     from pipeline.core.common import to_jsonable
     from pipeline.data.datasets import DatasetConfig
-    from pipeline.experiment import quickstart_config
+    from pipeline.presets import quickstart_config
 
     base = quickstart_config()
     config = dataclasses.replace(base, dataset=DatasetConfig(limit=120), teacher=dataclasses.replace(
