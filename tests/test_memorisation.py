@@ -1,0 +1,59 @@
+"""Memorisation audit (issue 11.4): nearest neighbours, copy flags and Meehan et al.'s data-copying test."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.privacy.memorisation import (
+    MemorisationConfig,
+    data_copying_test,
+    memorisation_audit,
+    nearest,
+    zu_statistic,
+)
+
+
+def test_nearest_neighbours_by_hand():
+    reference = np.array([[0.0, 0.0], [3.0, 4.0], [10.0, 0.0]])
+    d, i = nearest(np.array([[3.0, 3.0], [9.0, 0.0]]), reference)
+    assert i.tolist() == [1, 2] and d == pytest.approx([1.0, 1.0])
+    d, i = nearest(reference, reference, exclude_self=True)
+    assert i.tolist() == [1, 0, 1] and d == pytest.approx([5.0, 5.0, np.hypot(7, 4)])
+
+
+def test_zu_by_hand():
+    # generated distances (1, 4) vs test distances (2, 3): U = pairs where generated is farther = 2
+    # mean = n*m/2 - 0.5 = 1.5, std = sqrt(n*m*(n+m+1)/12) = sqrt(20/12)
+    assert zu_statistic(np.array([2.0, 3.0]), np.array([1.0, 4.0])) == pytest.approx(0.5 / np.sqrt(20 / 12))
+    # every generated sample closer than every test sample: U = 0, the most negative Z
+    assert zu_statistic(np.array([5.0, 6.0]), np.array([1.0, 2.0])) == pytest.approx(-1.5 / np.sqrt(20 / 12))
+
+
+def _blobs(rng, n: int) -> np.ndarray:
+    centres = np.array([[0.0] * 8, [6.0] * 8, [-6.0] * 8])
+    return centres[rng.integers(0, 3, n)] + rng.normal(size=(n, 8))
+
+
+def test_an_injected_exact_copy_is_flagged_and_a_fresh_sample_is_not():
+    rng = np.random.default_rng(0)
+    members, nonmembers = _blobs(rng, 200), _blobs(rng, 200)
+    fresh = _blobs(rng, 50)
+    synthetic = np.concatenate([members[[7]], fresh])  # image 0 is member 7, copied
+    per_image, summary = memorisation_audit(synthetic, members, nonmembers, [f"m{i}" for i in range(200)],
+                                            [f"n{i}" for i in range(200)], MemorisationConfig(copy_quantile=0.01))
+    assert per_image[0]["copy"] and per_image[0]["member"] == "m7" and per_image[0]["member_distance"] == 0.0
+    assert per_image[0]["ratio"] == 0.0
+    assert sum(p["copy"] for p in per_image[1:]) <= 2  # fresh draws: at about the calibrated 1 % rate
+    assert summary["copies"] == sum(p["copy"] for p in per_image) and summary["images"] == 51
+    assert summary["nonmember_flag_rate"] < 0.05  # the threshold flags few fresh real images
+
+
+def test_data_copying_test_separates_copies_from_fresh_samples():
+    rng = np.random.default_rng(1)
+    members, nonmembers = _blobs(rng, 300), _blobs(rng, 300)
+    copied = members[rng.integers(0, 300, 300)] + 0.05 * rng.normal(size=(300, 8))
+    fresh = _blobs(rng, 300)
+    assert data_copying_test(members, nonmembers, copied, cells=3)["ct"] < -5
+    result = data_copying_test(members, nonmembers, fresh, cells=3)
+    assert abs(result["ct"]) < 3 and result["cells_used"] == result["cells"] == 3
