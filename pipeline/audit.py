@@ -153,11 +153,15 @@ def audit(config: AuditConfig, project: Project, progress: ProgressFn = no_progr
     n_classes = len(dataset.class_names)
     teacher_model = _load_model(exp.run_dir / "teacher.pt", xc.teacher, n_classes)
     student_model = _load_model(exp.run_dir / "student.pt", xc.distill.student, n_classes)
+    methods = _load_methods(exp.run_dir, n_classes)  # the other transfer methods' students, if any
 
     # 2. test accuracy (for AOP)
     test = real_tensors(dataset, [r.id for r in dataset.split("test")], xc.teacher.image_size)
     accuracy = {"teacher": evaluate(teacher_model, test, n_classes)["accuracy"],
                 "student": evaluate(student_model, test, n_classes)["accuracy"]}
+    for key, (model, recipe) in methods.items():
+        sized = test if recipe.image_size == xc.teacher.image_size else real_tensors(dataset, test.ids, recipe.image_size)
+        accuracy[key] = evaluate(model, sized, n_classes)["accuracy"]
 
     # 3. register the audit run
     registry = project.registry()
@@ -182,6 +186,11 @@ def audit(config: AuditConfig, project: Project, progress: ProgressFn = no_progr
         if "transfer" in config.modes:
             results["student"]["transfer"] = _attack_all(config, views["student"], transfer, population.y, z.y,
                                                          is_member, "transfer", "teacher")
+        # every other method's student against the same real-data shadows (pipeline mode: not yet)
+        for key, (model, recipe) in methods.items():
+            views[key] = _query(model, recipe, data, config.views)
+            results[key] = {"transfer": _attack_all(config, views[key], transfer, population.y, z.y, is_member,
+                                                    "transfer", "teacher")}
 
         # 5. pipeline shadows: the whole pipeline on each shadow's half (maybe started ahead)
         pipeline_set = None
@@ -280,6 +289,20 @@ def _load_model(path: Path, recipe: TrainConfig, num_classes: int) -> torch.nn.M
     return model.eval()
 
 
+def _load_methods(run_dir: Path, num_classes: int) -> dict[str, tuple[torch.nn.Module, TrainConfig]]:
+    """The experiment's other transfer methods (``methods.json``): label -> (model, recipe)."""
+    from .experiment import _method_model
+
+    path = run_dir / "methods.json"
+    out = {}
+    for key, entry in (read_json(path) if path.exists() else {}).items():
+        recipe = from_dict(TrainConfig, entry["recipe"])
+        model = _method_model(recipe, num_classes, dp=entry.get("dp", False))
+        model.load_state_dict(torch.load(entry["checkpoint"], map_location="cpu"))
+        out[key] = (model.eval(), recipe)
+    return out
+
+
 def _reference_ids(dataset: ImageDataset, limit: int, seed: int) -> list[str]:
     """RMIA's population samples z: test images (never trained on by any model), at most ``limit``."""
     ids = sorted(r.id for r in dataset.split("test"))
@@ -349,7 +372,8 @@ def _save_vulnerability(run_dir: Path, ids: list[str], is_member: np.ndarray,
         for mode, entry in by_mode.items():
             scores = {name: entry[name]["scores"] for name in entry if isinstance(entry[name], dict)
                       and "scores" in entry[name]}
-            np.savez(folder / f"{model}-{mode}.npz", ids=np.array(ids), is_member=is_member, **scores)
+            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model)
+            np.savez(folder / f"{safe}-{mode}.npz", ids=np.array(ids), is_member=is_member, **scores)
             headline = scores[entry["attack"]]
             member_idx = np.flatnonzero(is_member)
             top = member_idx[np.argsort(-headline[member_idx], kind="stable")[:TOP_VULNERABLE]]

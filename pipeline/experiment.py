@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .audit import AuditConfig, PipelineShadows, audit
 from .caption import CaptionConfig, caption
 from .captions.captioners import CaptionerConfig
 from .captions.prompts import DEFAULT_TEMPLATE
 from .classifiers.train import TrainConfig
-from .core.common import Progress, ProgressFn, from_dict, no_progress, to_jsonable, write_json
+from .core.common import Progress, ProgressFn, from_dict, no_progress, read_json, to_jsonable, write_json
 from .core.project import Project
 from .core.runs import Link, config_differences, throttle
 from .data.datasets import DatasetConfig, load_dataset, skipped_images
@@ -35,7 +36,9 @@ from .distill import (
 )
 from .finetune import FinetuneConfig, finetune, finished_generator
 from .generate import GenerateConfig, SyntheticSet, synthesize
-from .generators.fidelity import synthetic_fidelity
+from .generators.fidelity import penultimate_features, synthetic_fidelity
+from .methods import create_method
+from .privacy.memorisation import MemorisationConfig, memorisation_audit
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +61,9 @@ class ExperimentConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)  # step 4: the student
     audit: AuditConfig = field(default_factory=AuditConfig)  # step 5
     cas_epochs: int = 15  # fidelity: CAS classifier (student recipe, hard labels, round 0) epochs; 0: off
+    memorisation: MemorisationConfig = field(default_factory=MemorisationConfig)  # copy audit of each round
+    methods: tuple[tuple[str, dict[str, Any]], ...] = ()  # other students on the same plane: (name, options),
+    # e.g. (("am", {}), ("gkd+bss", {}), ("bss", {}), ("dp-sgd", {"epsilon": 1})); see pipeline.methods
     seed: int = 0  # seeds generation
 
     def __post_init__(self) -> None:
@@ -68,6 +74,10 @@ class ExperimentConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.cas_epochs < 0:
             raise ValueError(f"cas_epochs must be >= 0, got {self.cas_epochs}")
+        object.__setattr__(self, "methods", tuple((str(n), dict(o or {})) for n, o in self.methods))
+        labels = [create_method(n, o).label() for n, o in self.methods]  # unknown names / options fail here
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"methods {labels} contain the same method twice")
 
     def validate(self) -> None:
         """Everything that can be checked before a stage runs: the generator backend and its options
@@ -186,9 +196,17 @@ def run_experiment(config: ExperimentConfig, project: Project, progress: Progres
                                     teacher_recipe=config.teacher)
         timed("student", t0)
 
+        # 5b. the other transfer methods on the same teacher (and rounds), each its own run
+        t0 = time.monotonic()
+        methods = _train_methods(config, registry, run, teacher, rounds, dataset, split, n_classes, earlier,
+                                 [Link("teacher", "run", teacher_run)], progress)
+        if methods:
+            timed("methods", t0)
+
         # 6. fidelity of every synthetic round, with the teacher as the feature extractor
         t0 = time.monotonic()
         fidelity = _round_fidelity(teacher.model, dataset, split, rounds, config, n_classes, progress)
+        memorisation = _round_memorisation(teacher.model, dataset, split, rounds, config)
         timed("fidelity", t0)
 
         # 7. test accuracy on the real test split
@@ -214,6 +232,12 @@ def run_experiment(config: ExperimentConfig, project: Project, progress: Progres
                       "shadows": audited.metrics["shadows"], "vulnerable": audited.metrics["vulnerable"]},
             **_run_summary(config, dataset, split, len(test), rounds, trained.metrics),
             "fidelity": fidelity,
+            "memorisation": memorisation,
+            "methods": {key: {**_model_metrics(evaluate_on_test(m.model, test if m.size == config.teacher.image_size else
+                                                                real_tensors(dataset, test.ids, m.size), n_classes),
+                                               audited.metrics[key], m.metrics),
+                              "method": m.name, "label": key, "reads_real_training_images": m.reads_real,
+                              "epsilon": m.metrics.get("epsilon")} for key, m in methods.items()},
             "timings": timings,
             "seconds": round(time.monotonic() - started, 2),
             "resumed": resume,
@@ -233,7 +257,8 @@ def run_experiment(config: ExperimentConfig, project: Project, progress: Progres
                                    "class_fidelity": fidelity["class_fidelity"],
                                    "frechet_distance": fidelity["frechet_distance"],
                                    "precision": fidelity["precision"], "recall": fidelity["recall"],
-                                   "cas": fidelity["cas"]})
+                                   "cas": fidelity["cas"], "copies": memorisation["copies"],
+                                   "copy_rate": memorisation["copy_rate"], "ct": memorisation["ct"]})
     return ExperimentResult(run.id, metrics, time.monotonic() - started)
 
 
@@ -266,6 +291,40 @@ def _round_fidelity(teacher: Any, dataset: Any, split: Any, rounds: list[Any], c
         if config.cas_epochs else None
     return {**mean, "cas": cas, "rounds": per_round, "feature_extractor": "teacher (penultimate layer)",
             "cas_recipe": f"student recipe, hard labels, round 0, {config.cas_epochs} epochs" if cas else None}
+
+
+def _round_memorisation(teacher: Any, dataset: Any, split: Any, rounds: list[Any],
+                        config: ExperimentConfig) -> dict[str, Any]:
+    """Memorisation audit of every synthetic round (``memorisation.json`` and per-image nearest real
+    images in ``neighbours.jsonl`` in each round's folder) in the teacher's feature space, and in pixel
+    space for small images; the copies summed and the other figures averaged over rounds."""
+    size, audit_config = config.teacher.image_size, config.memorisation
+    real = {name: real_tensors(dataset, ids, size) for name, ids in
+            (("members", split.members), ("nonmembers", split.nonmembers))}
+    spaces = {"features": lambda x: penultimate_features(teacher, x)[0]}
+    if max(real["members"].x.shape[-2:]) <= audit_config.pixel_max_side:
+        spaces["pixels"] = lambda x: x.flatten(1).numpy()
+    per_round = []
+    for synthetic in rounds:
+        data = synthetic_tensors(synthetic, size)
+        found = {space: memorisation_audit(embed(data.x), embed(real["members"].x), embed(real["nonmembers"].x),
+                                           real["members"].ids, real["nonmembers"].ids, audit_config)
+                 for space, embed in spaces.items()}
+        with open(synthetic.root / "neighbours.jsonl", "w", encoding="utf-8") as f:
+            for j, item in enumerate(synthetic.items):
+                row = {"index": item.index, "file": item.file, "label": item.label,
+                       **{space: images[j] for space, (images, _) in found.items()}}
+                f.write(json.dumps(row) + "\n")
+        summary = {space: figures for space, (_, figures) in found.items()}
+        write_json(synthetic.root / "memorisation.json", summary)
+        per_round.append(summary)
+    features = [r["features"] for r in per_round]
+    return {"copies": int(sum(r["copies"] for r in features)),
+            "copy_rate": float(np.mean([r["copy_rate"] for r in features])),
+            "nonmember_flag_rate": float(np.mean([r["nonmember_flag_rate"] for r in features])),
+            "ct": float(np.mean(cts)) if (cts := [r["ct"] for r in features if r["ct"] is not None]) else None,
+            "pixel_copies": int(sum(r["pixels"]["copies"] for r in per_round)) if "pixels" in spaces else None,
+            "rounds": per_round, "space": "teacher penultimate features" + (" and pixels" if "pixels" in spaces else "")}
 
 
 def _classification_accuracy_score(dataset: Any, synthetic: Any, config: ExperimentConfig, n_classes: int,
@@ -324,17 +383,83 @@ class _RunReporter:
 
 @contextmanager
 def _stage_run(registry: Any, experiment: str, kind: str, config: Any, links: list[Link],
-               earlier: str | None = None) -> Iterator[str]:
+               earlier: str | None = None, role: str | None = None) -> Iterator[str]:
     """Record one training stage of the experiment as its own run (status, config, lineage), linked to
     the experiment at once so that a resume finds it; ``earlier`` = the same stage's run of an
     interrupted attempt (continued; a finished one is only read back from its checkpoint)."""
     run = registry.get(earlier) if earlier else registry.create(kind, config, links=links)
-    registry.link(experiment, Link(kind, "run", run.id))
+    registry.link(experiment, Link(role or kind, "run", run.id))
     if run.status == "done":
         yield run.id
         return
     with registry.track(run.id):
         yield run.id
+
+
+@dataclass
+class _TrainedMethod:
+    name: str
+    model: Any
+    metrics: dict[str, Any]
+    reads_real: bool
+    size: int | None  # input size
+
+
+def _train_methods(config: ExperimentConfig, registry: Any, run: Any, teacher: Any, rounds: list[Any], dataset: Any,
+                   split: Any, n_classes: int, earlier: dict[str, str], links: list[Link],
+                   progress: ProgressFn) -> dict[str, _TrainedMethod]:
+    """Every configured transfer method (``config.methods``) trained on the teacher, each recorded as its
+    own run and listed in ``methods.json`` for the audit. Only a method that reads real training images
+    gets them (see :class:`pipeline.methods.MethodContext`)."""
+    from .methods import MethodContext, RealData
+
+    trained: dict[str, _TrainedMethod] = {}
+    if not config.methods:
+        return trained
+    recipe = config.distill.student
+    synthetic = tuple(synthetic_tensors(r, recipe.image_size) for r in rounds)
+    shape = tuple(real_tensors(dataset, split.members[:8], config.teacher.image_size).x.shape[1:])  # the teacher input
+    listing: dict[str, Any] = {}
+    for name, options in config.methods:
+        method = create_method(name, options)
+        key, folder = method.label(), run.run_dir / "methods" / _safe_name(method.label())
+        real = RealData(real_tensors(dataset, split.members, recipe.image_size),
+                        real_tensors(dataset, split.validation, recipe.image_size) if split.validation else None) \
+            if method.reads_real() else None
+        context = MethodContext(teacher.model, config.teacher, recipe, config.distill.temperature, config.distill.alpha,
+                                n_classes, shape, synthetic, config.distill.regen_every, real, config.seed)
+        with _stage_run(registry, run.id, "method", {"method": name, "options": options}, links,
+                        earlier.get(f"method {key}"), role=f"method {key}") as method_run:
+            if (folder / "metrics.json").exists() and registry.get(method_run).status == "done":
+                model = _method_model(recipe, n_classes, dp=name == "dp-sgd")
+                model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu"))
+                metrics = read_json(folder / "metrics.json")
+            else:
+                result = method.train(context, folder, progress)
+                model, metrics = result.model, to_jsonable(result.metrics)
+                write_json(folder / "metrics.json", metrics)
+        trained[key] = _TrainedMethod(name, model.eval(), metrics, method.reads_real(), recipe.image_size)
+        listing[key] = {"method": name, "options": options, "run": method_run, "recipe": to_jsonable(recipe),
+                        "checkpoint": str(folder / "model.pt"), "reads_real_training_images": method.reads_real(),
+                        "dp": name == "dp-sgd"}
+        write_json(run.run_dir / "methods.json", listing)
+    return trained
+
+
+def _method_model(recipe: Any, n_classes: int, dp: bool = False) -> Any:
+    """An untrained model of a method's architecture (DP-SGD's with BatchNorm swapped as Opacus does)."""
+    from .distill import build_model
+
+    model = build_model(replace(recipe, pretrained=False), n_classes)
+    if dp:
+        from opacus.validators import ModuleValidator
+
+        model = ModuleValidator.fix(model)
+    return model
+
+
+def _safe_name(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label.replace("+", "-plus-"))
 
 
 def _earlier_stages(record: Any, config: ExperimentConfig, fingerprint: str, resume: bool) -> dict[str, str]:
@@ -349,7 +474,7 @@ def _earlier_stages(record: Any, config: ExperimentConfig, fingerprint: str, res
         raise ValueError(f"run {record.id} is a {record.kind} run; `run --resume` takes an experiment run id")
     if record.status == "done":
         raise ValueError(f"run {record.id} is already finished; nothing to resume")
-    differences = config_differences(record.config, config)
+    differences = config_differences(from_dict(ExperimentConfig, record.config), config)  # defaults filled
     if differences:
         raise ValueError(f"run {record.id} was started with another config ({'; '.join(differences)})")
     earlier = {link.role: link.ref for link in record.links}
@@ -382,11 +507,13 @@ def summary_rows(metrics: dict[str, Any]) -> list[list[str]]:
         return "n/a" if value is None else f"{value:.{digits}f}"
 
     rows = []
-    for name in ("teacher", "student"):
-        m = metrics[name]
+    models = [("teacher", metrics["teacher"], True), ("student", metrics["student"], True)] + \
+        [(key + (" (reads real)" if m.get("reads_real_training_images") else ""), m, False)
+         for key, m in metrics.get("methods", {}).items()]  # other methods: the headline attack only
+    for name, m, every_attack in models:
         for mode, entry in m.get("mia_modes", {m["mia"].get("mia_mode", "transfer"): m["mia"]}).items():
-            for attack in [entry.get("attack", "lira")] + [a for a in ("lira", "rmia", "loss")
-                                                             if a != entry.get("attack") and a in entry]:
+            others = [a for a in ("lira", "rmia", "loss") if a != entry.get("attack") and a in entry]
+            for attack in [entry.get("attack", "lira")] + (others if every_attack else []):
                 res = entry.get(attack, entry)
                 if "auc" not in res:
                     rows.append([name, fmt(m["accuracy"]), mode, attack, "skipped", "-", "-", "-", "-"])

@@ -245,4 +245,6 @@ def quickstart_config() -> ExperimentConfig:
     config, _ = preset_config(dataset, profile, "standard")
     # the preset is dataset-neutral ("a photo of a {label}"); the built-in data knows better. 4
     # transfer shadows and 2 pipeline shadows keep the quickstart within 5 minutes on 2 CPU cores.
-    return replace(config, captioner=CaptionerConfig(class_template="a handwritten digit {label}"))
+    # plus one data-free student that needs no generator (activation maximisation) on the same plane
+    return replace(config, captioner=CaptionerConfig(class_template="a handwritten digit {label}"),
+                   methods=(("am", {}),))

@@ -13,6 +13,17 @@ from pipeline.views.report import ModelPoint, aop_iso_curve, front_line, run_pai
 
 AOP_LEVELS = (0.25, 0.5, 0.75, 1.0)
 ROLE_STYLE = {"teacher": {"symbol": "circle", "color": "#1f77b4"}, "student": {"symbol": "diamond", "color": "#d62728"}}
+# other transfer methods, by the family of their label: data-free students, real-data references, DP
+METHOD_STYLE = {"am": {"symbol": "square", "color": "#ff7f0e"}, "gkd+bss": {"symbol": "star", "color": "#9467bd"},
+                "bss": {"symbol": "triangle-up", "color": "#7f7f7f"}, "dp-sgd": {"symbol": "x", "color": "#17becf"}}
+
+
+def role_style(role: str) -> dict[str, str]:
+    """Marker of a role: teacher, student, or a method label such as ``dp-sgd ε=8`` (by its name)."""
+    if role in ROLE_STYLE:
+        return ROLE_STYLE[role]
+    name = role.split(" ")[0]
+    return METHOD_STYLE.get(name, {"symbol": "hexagon", "color": "#8c564b"})
 FPR_MARK = 0.001  # TPR at 0.1% FPR is marked on the ROC curves
 
 
@@ -45,13 +56,18 @@ def tradeoff_figure(points: Sequence[ModelPoint], aop_levels: Sequence[float] = 
                                  mode="lines", line={"color": "#bbb", "width": 1.5}, hoverinfo="skip",
                                  showlegend=False))
     # 3. the models
-    for role, style in ROLE_STYLE.items():
+    for role in dict.fromkeys(p.role for p in points):  # each role once, in order of appearance
+        style = role_style(role)
         chosen = [p for p in points if p.role == role]
         if chosen:
             fig.add_trace(go.Scatter(
                 x=[p.auc for p in chosen], y=[p.accuracy for p in chosen], mode="markers", name=role,
                 marker={"size": 11, "symbol": style["symbol"], "color": style["color"], "line": {"width": 1}},
                 text=[_hover(p) for p in chosen], hovertemplate="%{text}<extra></extra>",
+                # the AUC's bootstrap 95% interval as a horizontal bar
+                error_x={"type": "data", "symmetric": False, "thickness": 1, "width": 3, "color": style["color"],
+                         "array": [p.auc_ci95[1] - p.auc if p.auc_ci95 else 0 for p in chosen],
+                         "arrayminus": [p.auc - p.auc_ci95[0] if p.auc_ci95 else 0 for p in chosen]},
                 customdata=[p.run_id for p in chosen]))
     # 4. the Pareto front (higher accuracy, lower AUC)
     front = front_line(points)
@@ -60,7 +76,7 @@ def tradeoff_figure(points: Sequence[ModelPoint], aop_levels: Sequence[float] = 
                                  name="Pareto front", line={"color": "#2ca02c", "width": 2, "shape": "hv"},
                                  marker={"symbol": "circle-open", "size": 18, "color": "#2ca02c", "line": {"width": 2}},
                                  hoverinfo="skip"))
-    fig.update_layout(title="Accuracy vs membership-inference AUC", xaxis_title="MIA AUC (LiRA) — lower is more private",
+    fig.update_layout(title="Accuracy vs membership-inference AUC", xaxis_title="MIA AUC (headline attack, 95% CI) — lower is more private",
                       yaxis_title="test accuracy", template="plotly_white", height=520,
                       legend={"orientation": "h", "y": -0.18}, margin={"t": 50, "b": 40})
     fig.update_xaxes(range=[lo, hi])
@@ -97,7 +113,7 @@ def per_class_figure(points: Sequence[ModelPoint], class_names: Sequence[str]) -
     fig = go.Figure()
     for p in points:
         fig.add_trace(go.Bar(x=list(class_names)[:len(p.per_class_accuracy)], y=list(p.per_class_accuracy),
-                             name=p.label, marker_color=ROLE_STYLE.get(p.role, {}).get("color")))
+                             name=p.label, marker_color=role_style(p.role)["color"]))
     fig.update_layout(title="Per-class test accuracy", barmode="group", template="plotly_white", height=380,
                       yaxis={"range": [0, 1], "title": "accuracy"}, xaxis_title="class", margin={"t": 50})
     return fig

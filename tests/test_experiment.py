@@ -29,6 +29,7 @@ def tiny_config() -> ExperimentConfig:
         teacher=replace(base.teacher, epochs=2),
         distill=replace(base.distill, student=replace(base.distill.student, epochs=2), regen_every=1),
         audit=AuditConfig(n_shadows=4, pipeline_shadows=2, workers=1, bootstrap=20),
+        methods=(("am", {"images_per_class": 4, "steps": 5}),),
     )
 
 
@@ -47,11 +48,25 @@ def test_tiny_end_to_end_run(project):
     assert 0.0 <= fidelity["cas"] <= 1.0 and "hard labels" in fidelity["cas_recipe"]  # CAS on round 0
     round_dir = project.runs_dir / result.run_id / "synthetic" / "round-1"
     assert json.loads((round_dir / "fidelity.json").read_text()) == fidelity["rounds"][1]
+    # the memorisation audit of every round: per-image nearest member / non-member, copies, C_T
+    memorisation = metrics["memorisation"]
+    assert json.loads((round_dir / "memorisation.json").read_text()) == memorisation["rounds"][1]
+    neighbours = [json.loads(line) for line in (round_dir / "neighbours.jsonl").read_text().splitlines()]
+    assert len(neighbours) == metrics["synthetic"]["images_per_round"]
+    members = set(json.loads((project.runs_dir / result.run_id / "membership.json").read_text())["members"])
+    assert all(n["features"]["member"] in members and n["pixels"]["nonmember"] not in members for n in neighbours)
+    assert memorisation["copies"] == sum(r["features"]["copies"] for r in memorisation["rounds"])
+    assert memorisation["ct"] is not None and 0.0 <= memorisation["nonmember_flag_rate"] <= 1.0
+    # the data-free activation-maximisation student, on the same plane with the same (transfer) audit
+    am = metrics["methods"]["am"]
+    assert am["method"] == "am" and am["reads_real_training_images"] is False and am["epsilon"] is None
+    assert 0.0 <= am["accuracy"] <= 1.0 and am["mia"]["mia_mode"] == "transfer" and "auc_ci95" in am["mia"]
+    assert am["aop"] == pytest.approx(am["accuracy"] / (2 * am["mia"]["auc"]) ** 2)
     registry = project.registry()
     run = registry.get(result.run_id)
     assert run.status == "done" and run.metrics["student_auc"] == metrics["student"]["mia"]["auc"]
     kinds = {r.kind for r in registry.list()}
-    assert kinds == {"caption", "finetune", "generate", "teacher", "student", "audit", "experiment"}
+    assert kinds == {"caption", "finetune", "generate", "teacher", "student", "method", "audit", "experiment"}
     lineage = {(link.role, link.ref_kind) for _, _, link in registry.lineage(run.id)}
     assert {("data", "dataset"), ("captions", "captions"), ("generator", "run"),
             ("synthetic round 0", "run"), ("teacher", "run"), ("student", "run")} <= lineage

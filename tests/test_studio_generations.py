@@ -136,3 +136,38 @@ def test_sd_lora_versions_are_base_checkpoints_and_fine_tuned(tmp_path, one_thre
     assert not np.array_equal(pixels["base"], pixels["fine-tuned"])  # the LoRA changes the images
     base_generator = compare.load_variant(variants[0])
     assert not base_generator.has_lora
+
+
+def test_nearest_real_images_tab_shows_each_synthetic_image_with_its_neighbours(trained, monkeypatch):
+    """Issue 11.4: the memorisation audit's per-image neighbours, synthetic | member | non-member."""
+    import json
+
+    from pipeline.data.datasets import load_dataset
+    from pipeline.distill import build_model
+    from pipeline.experiment import ExperimentConfig, _round_memorisation
+    from pipeline.generate import GenerateConfig, synthesize
+
+    project, _, generator_dir = trained
+    config = ExperimentConfig(dataset=DIGITS, rounds=1)
+    record = project.registry().create("experiment", config)
+    made = synthesize(GenerateConfig(generator=str(generator_dir), dataset=DIGITS, num_images=10,
+                                     out_dir=str(record.run_dir / "synthetic" / "round-0")), project)
+    dataset = load_dataset(DIGITS)
+    teacher = build_model(config.teacher, len(dataset.class_names))  # untrained: any feature space will do
+    memorisation = _round_memorisation(teacher, dataset, dataset.membership(), [made.synthetic], config)
+    with project.registry().track(record.id):
+        pass
+    assert memorisation["rounds"][0]["pixels"]["images"] == 10
+
+    monkeypatch.setenv("TCKR_PROJECT", str(project.root))
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.switch_page("views/generations.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    at.number_input(key="mem_limit").set_value(4).run()
+    at.selectbox(key="mem_space").set_value("pixels").run()
+    assert not at.exception and not at.warning, [w.value for w in at.warning]
+    copies = memorisation["rounds"][0]["pixels"]["copies"]
+    assert any(f"{copies} of 10 synthetic images flagged as copies" in m.value for m in at.markdown)
+    assert len(at.get("image")) == 4 * 3  # synthetic | nearest member | nearest non-member
+    first = json.loads((record.run_dir / "synthetic" / "round-0" / "neighbours.jsonl").read_text().splitlines()[0])
+    assert first["pixels"]["member"] in dataset.membership().members

@@ -140,3 +140,21 @@ def test_generation_rate_falls_back_to_the_generation_runs(project):
     assert report.generation_rate(project, experiment) == 3.0
     assert report.generation_rate(project, experiment, [{"stage": "generate", "images_per_s": 9.0}]) == 9.0
     assert report.generation_rate(project, registry.create("experiment", {})) is None
+
+
+def test_other_methods_are_points_on_the_plane_with_their_intervals():
+    """Issue 11: every transfer method of a run is a point (role = its label), drawn with its AUC interval."""
+    from studio import figures
+
+    metrics = fake_metrics()
+    metrics["methods"] = {"am": {**fake_metrics()["student"], "accuracy": 0.7},
+                          "dp-sgd ε=1": {**fake_metrics()["teacher"], "accuracy": 0.6, "epsilon": 0.98}}
+    points = report.points_from_metrics("run-a", metrics)
+    assert [p.role for p in points] == ["teacher", "student", "am", "dp-sgd ε=1"]
+    assert points[2].accuracy == 0.7 and points[3].auc_ci95 == pytest.approx((0.58, 0.62))
+    figure = figures.tradeoff_figure(points)
+    traces = {t.name: t for t in figure.data}
+    assert {"teacher", "student", "am", "dp-sgd ε=1"} <= set(traces)
+    assert traces["dp-sgd ε=1"].marker.symbol == "x" and traces["am"].marker.symbol == "square"
+    assert list(traces["am"].error_x.array) == pytest.approx([0.02]) and traces["am"].error_x.arrayminus[0] > 0
+    assert [(t.role, s.role) for t, s in report.run_pairs(points)] == [("teacher", "student")]

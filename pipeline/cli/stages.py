@@ -237,6 +237,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         raise ValueError("give --dataset SPEC (a preset is chosen from the data), a config file "
                          "(see --print-config) or --queued RUN_ID")
+    if getattr(args, "methods", None) is not None:
+        config = replace(config, methods=_methods(args.methods))
+        why = [*why, f"methods: gkd (the student) + {', '.join(n + (f' {o}' if o else '') for n, o in config.methods) or 'none'}"]
     if args.print_config:
         for line in why:
             print(f"# {line}", file=sys.stderr)
@@ -244,6 +247,33 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     _print_plan(config, why, profile)
     return _run_experiment(args, config)
+
+
+DP_EPSILONS = (1.0, 8.0)  # `dp-sgd` without @EPS: the two budgets of the comparison
+
+
+def _methods(text: str) -> tuple[tuple[str, dict[str, Any]], ...]:
+    """``gkd,am,bss,gkd+bss,dp-sgd[@EPS]`` -> the config's other methods (GKD is always the student)."""
+    from ..methods import method_names
+
+    out: list[tuple[str, dict[str, Any]]] = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        name, _, eps = item.partition("@")
+        if name == "gkd":
+            continue
+        if name not in method_names():
+            raise ValueError(f"unknown method {name!r}; valid: gkd, {', '.join(method_names())} (dp-sgd@EPS for one ε)")
+        if name == "dp-sgd":
+            try:
+                budgets = (float(eps),) if eps else DP_EPSILONS
+            except ValueError:
+                raise ValueError(f"{item}: the ε after @ must be a number") from None
+            out += [(name, {"epsilon": e}) for e in budgets]
+        elif eps:
+            raise ValueError(f"{item}: only dp-sgd takes @EPS")
+        else:
+            out.append((name, {}))
+    return tuple(out)
 
 
 def _preset(args: argparse.Namespace) -> tuple[Any, list[str], Any]:
@@ -285,6 +315,15 @@ def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def _add_methods_arg(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument("--methods", default=default, metavar="LIST",
+                   help="students on the same plane, comma-separated: gkd (the generated-data student, always "
+                        "run), am (activation maximisation, data-free), gkd+bss (boundary samples on the "
+                        "synthetic rounds, data-free), bss (boundary samples on the real members: a non-private "
+                        "reference), dp-sgd (real members with DP; ε 1 and 8, or dp-sgd@EPS)"
+                        + (f" (default: {default})" if default else ""))
 
 
 def cmd_studio(args: argparse.Namespace) -> int:
@@ -390,6 +429,21 @@ def add_stage_commands(sub: Any) -> None:
     p.add_argument("--resume", default=None, metavar="RUN_ID",
                    help="continue an interrupted experiment with its recorded config: finished stages are "
                         "reused, the interrupted one continues from its checkpoint")
+    _add_methods_arg(p, None)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("compare-methods", help="every way to a private student on one plane: GKD, activation "
+                                               "maximisation, BSS, GKD+BSS, DP-SGD, with the same teacher and audit",
+                       description="`run --dataset SPEC --methods ...` with every method by default: one teacher, "
+                                   "one split, one set of shadows; prints one table (accuracy, MIA AUC with CI, "
+                                   "TPR@1% FPR, AOP per method) and puts every method on the Trade-offs plot.")
+    add_project_arg(p)
+    add_dataset_args(p)
+    p.set_defaults(dataset="digits", config=None, queued=None, resume=None)
+    p.add_argument("--preset", default=None, choices=PRESET_NAMES, help="as for run (default: chosen from the data)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    _add_methods_arg(p, "gkd,am,bss,gkd+bss,dp-sgd")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("audit", help="membership-inference audit of a finished experiment (reuses cached shadows)")

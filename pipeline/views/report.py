@@ -58,13 +58,14 @@ def _number(value: Any) -> float:
 
 
 def points_from_metrics(run_id: str, metrics: dict[str, Any], created_at: str = "") -> list[ModelPoint]:
-    """The teacher and student points of one run's ``metrics.json`` (format of ``experiment.py``)."""
+    """The teacher and student points of one run's ``metrics.json`` (format of ``experiment.py``), then
+    one per other transfer method (role = the method's label, e.g. ``am`` or ``dp-sgd ε=8``)."""
     from ..privacy.metrics import aop  # imports scipy.stats (~1.5 s): only for metrics without "aop"
 
     points = []
     synthetic = metrics.get("synthetic", {})
-    for role in ROLES:
-        m = metrics[role]
+    models = [(role, metrics[role]) for role in ROLES] + list(metrics.get("methods", {}).items())
+    for role, m in models:
         mia = m["mia"]
         roc = mia.get("roc") or {}
         ci = mia.get("auc_ci95")
@@ -268,3 +269,26 @@ def run_class_names(project: Project, record: RunRecord, n_classes: int) -> list
             if classes and len(classes) == n_classes:
                 return [str(c) for c in classes]
     return [str(i) for i in range(n_classes)]
+
+
+def memorisation_runs(project: Project) -> list[RunRecord]:
+    """Finished experiments whose synthetic rounds have a memorisation audit (newest first)."""
+    return [r for r in project.registry().list(kind="experiment", status="done")
+            if (r.run_dir / "synthetic" / "round-0" / "neighbours.jsonl").exists()]
+
+
+def synthetic_neighbours(record: RunRecord, round_k: int, space: str = "features",
+                         limit: int = 24) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The synthetic images of one round closest to a real member first (copies lead), each with its
+    nearest member and non-member in ``space`` (features | pixels); and the round's summary."""
+    folder = record.run_dir / "synthetic" / f"round-{round_k}"
+    summary = json.loads((folder / "memorisation.json").read_text(encoding="utf-8"))
+    if space not in summary:
+        raise ValueError(f"round {round_k} has no {space!r} audit; spaces: {', '.join(summary)}")
+    rows = []
+    with open(folder / "neighbours.jsonl", encoding="utf-8") as f:
+        for line in f:
+            entry = json.loads(line)
+            rows.append({"file": str(folder / entry["file"]), "label": entry["label"], **entry[space]})
+    rows.sort(key=lambda r: (not r["copy"], r["member_distance"]))
+    return rows[:limit], summary[space]

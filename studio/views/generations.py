@@ -5,11 +5,12 @@ and a per-class grid."""
 from __future__ import annotations
 
 import streamlit as st
+from PIL import Image
 
 from pipeline.captions.prompts import build_prompt
 from pipeline.core.common import from_dict, read_json
 from pipeline.data.datasets import DatasetConfig
-from pipeline.views import compare
+from pipeline.views import compare, report
 from studio import shared
 
 MAX_CAPTIONS = 8
@@ -60,7 +61,7 @@ def generate(prompts: list[str], labels: list[int], seeds: list[int]) -> compare
         return None
 
 
-side, grid = st.tabs(["Captions side by side", "Per-class grid"])
+side, grid, nearest = st.tabs(["Captions side by side", "Per-class grid", "Nearest real images"])
 
 # 2. chosen captions: real image | version 1 | version 2 ... -----------------------------------------------------
 with side:
@@ -118,3 +119,40 @@ with grid:
                 for label, class_name in enumerate(class_names):
                     row = [im for im, y in zip(result.images[name], result.labels) if y == label]
                     st.image([shared.scaled(im, 64) for im in row], caption=[class_name] * len(row))
+
+# 4. memorisation: each synthetic image next to its nearest real member and non-member ------------------------------
+with nearest:
+    audited = report.memorisation_runs(project)
+    if not audited:
+        st.info("No finished run with a memorisation audit yet (every run audits its synthetic rounds).")
+    else:
+        cols = st.columns([3, 1, 1, 1])
+        exp_id = cols[0].selectbox("Experiment run", [r.id for r in audited], key="mem_run")
+        exp = next(r for r in audited if r.id == exp_id)
+        round_k = cols[1].number_input("Round", 0, int(exp.config.get("rounds", 1)) - 1, 0, key="mem_round")
+        space = cols[2].selectbox("Space", ["features", "pixels"], key="mem_space",
+                                  help="the teacher's penultimate features, or raw pixels (small images only)")
+        shown = cols[3].number_input("Pairs", 4, 96, 12, step=4, key="mem_limit")
+        try:
+            rows, summary = report.synthetic_neighbours(exp, int(round_k), space, int(shown))
+        except (OSError, ValueError) as err:
+            st.warning(str(err))
+            st.stop()
+        ct = summary.get("ct")
+        st.markdown(f"**{summary['copies']} of {summary['images']} synthetic images flagged as copies** "
+                    f"(a fresh real image is flagged {summary['nonmember_flag_rate']:.1%} of the time at this "
+                    "threshold); data-copying test " + (f"C_T = {ct:.2f}" if ct is not None else "not run"))
+        st.caption("Closest to a member first. A copy is closer to a member than "
+                   f"{1 - summary['copy_quantile']:.0%} of members are to another member. C_T well below 0 "
+                   "(e.g. < -3) means synthetic images sit closer to the training images than fresh data does "
+                   "(Meehan et al. 2020).")
+        dataset = shared.dataset(from_dict(DatasetConfig, exp.config["dataset"]))
+        for row in rows:
+            cells = st.columns([1, 1, 1, 3])
+            cells[0].image(shared.scaled(Image.open(row["file"]).convert("RGB")), caption="synthetic")
+            cells[1].image(shared.scaled(dataset.load_image(row["member"])), caption=f"member {row['member']}")
+            cells[2].image(shared.scaled(dataset.load_image(row["nonmember"])),
+                           caption=f"non-member {row['nonmember']}")
+            cells[3].markdown(("**copy** · " if row["copy"] else "") +
+                              f"distance to member {row['member_distance']:.3g}, to non-member "
+                              f"{row['nonmember_distance']:.3g}, ratio {row['ratio']:.2f}")
