@@ -11,7 +11,8 @@ entry function taking a frozen config:
 - ``experiment.run_experiment`` the whole loop; ``presets`` chooses its config from the data
   (``quickstart_config()`` is the offline default)
 
-Components live in subpackages: ``data``, ``captions``, ``generators``, ``classifiers``, ``privacy``,
+Components live in subpackages: ``data``, ``captions``, ``generators``, ``classifiers``, ``methods``
+(other transfer methods: activation maximisation, boundary samples, DP-SGD), ``privacy``,
 ``core`` (project, run registry, jobs), ``cli`` and ``views`` (read side for the studio).
 
 Public names are imported lazily so that ``import pipeline`` stays fast and side-effect free.
@@ -35,7 +36,8 @@ _EXPORTS = {
     "create_generator": "generators", "GENERATORS": "generators",
     "TrainConfig": "classifiers.train", "DistillConfig": "distill", "train_teacher": "distill", "train_student": "distill",
     "AuditConfig": "audit", "audit": "audit", "AuditResult": "audit", "lira_scores": "privacy.attacks.lira", "rmia_scores": "privacy.attacks.rmia",
-    "aop": "privacy.metrics",
+    "aop": "privacy.metrics", "memorisation_audit": "privacy.memorisation", "data_copying_test": "privacy.memorisation",
+    "create_method": "methods", "method_names": "methods",
     "ExperimentConfig": "experiment", "run_experiment": "experiment", "quickstart_config": "presets", "preset_config": "presets",
 }
 

@@ -47,6 +47,7 @@ from .core.common import (
     no_progress,
     read_json,
     resolve_device,
+    safe_filename,
     seed_everything,
     to_jsonable,
     write_json,
@@ -372,8 +373,7 @@ def _save_vulnerability(run_dir: Path, ids: list[str], is_member: np.ndarray,
         for mode, entry in by_mode.items():
             scores = {name: entry[name]["scores"] for name in entry if isinstance(entry[name], dict)
                       and "scores" in entry[name]}
-            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model)
-            np.savez(folder / f"{safe}-{mode}.npz", ids=np.array(ids), is_member=is_member, **scores)
+            np.savez(folder / f"{safe_filename(model)}-{mode}.npz", ids=np.array(ids), is_member=is_member, **scores)
             headline = scores[entry["attack"]]
             member_idx = np.flatnonzero(is_member)
             top = member_idx[np.argsort(-headline[member_idx], kind="stable")[:TOP_VULNERABLE]]

@@ -22,7 +22,16 @@ from .caption import CaptionConfig, caption
 from .captions.captioners import CaptionerConfig
 from .captions.prompts import DEFAULT_TEMPLATE
 from .classifiers.train import TrainConfig
-from .core.common import Progress, ProgressFn, from_dict, no_progress, read_json, to_jsonable, write_json
+from .core.common import (
+    Progress,
+    ProgressFn,
+    from_dict,
+    no_progress,
+    read_json,
+    safe_filename,
+    to_jsonable,
+    write_json,
+)
 from .core.project import Project
 from .core.runs import Link, config_differences, throttle
 from .data.datasets import DatasetConfig, load_dataset, skipped_images
@@ -62,6 +71,7 @@ class ExperimentConfig:
     audit: AuditConfig = field(default_factory=AuditConfig)  # step 5
     cas_epochs: int = 15  # fidelity: CAS classifier (student recipe, hard labels, round 0) epochs; 0: off
     memorisation: MemorisationConfig = field(default_factory=MemorisationConfig)  # copy audit of each round
+    copy_gate: int = 0  # regenerate images flagged as member copies, up to this many times, before the student (0: off)
     methods: tuple[tuple[str, dict[str, Any]], ...] = ()  # other students on the same plane: (name, options),
     # e.g. (("am", {}), ("gkd+bss", {}), ("bss", {}), ("dp-sgd", {"epsilon": 1})); see pipeline.methods
     seed: int = 0  # seeds generation
@@ -72,8 +82,8 @@ class ExperimentConfig:
         for name in ("rounds", "generation_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.cas_epochs < 0:
-            raise ValueError(f"cas_epochs must be >= 0, got {self.cas_epochs}")
+        if self.cas_epochs < 0 or self.copy_gate < 0:
+            raise ValueError(f"cas_epochs and copy_gate must be >= 0, got {self.cas_epochs}, {self.copy_gate}")
         object.__setattr__(self, "methods", tuple((str(n), dict(o or {})) for n, o in self.methods))
         labels = [create_method(n, o).label() for n, o in self.methods]  # unknown names / options fail here
         if len(set(labels)) != len(labels):
@@ -188,6 +198,12 @@ def run_experiment(config: ExperimentConfig, project: Project, progress: Progres
                         earlier.get("teacher")) as teacher_run:
             teacher = train_teacher(dataset, split, config.teacher, run.run_dir, progress)
         timed("teacher", t0)
+        gate = read_json(run.run_dir / "copy_gate.json") if (run.run_dir / "copy_gate.json").exists() else None
+        if config.copy_gate and gate is None:  # near-copies of a member are redrawn before the student sees them
+            t0 = time.monotonic()
+            rounds, gate = _copy_gate(teacher.model, dataset, split, rounds, trained.generator_dir, config)
+            write_json(run.run_dir / "copy_gate.json", gate)  # once: a resumed run keeps the gated rounds
+            timed("copy gate", t0)
         t0 = time.monotonic()
         rounds_links = [Link("teacher", "run", teacher_run)] + \
             [Link(f"synthetic round {k}", "run", rid) for k, rid in enumerate(round_runs)]
@@ -233,6 +249,7 @@ def run_experiment(config: ExperimentConfig, project: Project, progress: Progres
             **_run_summary(config, dataset, split, len(test), rounds, trained.metrics),
             "fidelity": fidelity,
             "memorisation": memorisation,
+            "copy_gate": gate,
             "methods": {key: {**_model_metrics(evaluate_on_test(m.model, test if m.size == config.teacher.image_size else
                                                                 real_tensors(dataset, test.ids, m.size), n_classes),
                                                audited.metrics[key], m.metrics),
@@ -325,6 +342,46 @@ def _round_memorisation(teacher: Any, dataset: Any, split: Any, rounds: list[Any
             "ct": float(np.mean(cts)) if (cts := [r["ct"] for r in features if r["ct"] is not None]) else None,
             "pixel_copies": int(sum(r["pixels"]["copies"] for r in per_round)) if "pixels" in spaces else None,
             "rounds": per_round, "space": "teacher penultimate features" + (" and pixels" if "pixels" in spaces else "")}
+
+
+def _copy_gate(teacher: Any, dataset: Any, split: Any, rounds: list[Any], generator_dir: Path,
+               config: ExperimentConfig) -> tuple[list[Any], dict[str, Any]]:
+    """Redraw the synthetic images flagged as near-copies of a member (the memorisation audit's flag, in
+    the teacher's features and, for small images, in pixels) up to ``config.copy_gate`` times. Returns
+    the gated rounds and, per round, how many were flagged, redrawn and still flagged at the end."""
+    from .finetune import load_generator
+    from .generate import regenerate
+    from .privacy.memorisation import copy_flags
+
+    size, quantile = config.teacher.image_size, config.memorisation.copy_quantile
+    members = real_tensors(dataset, split.members, size)
+    spaces = [lambda x: penultimate_features(teacher, x)[0]]
+    if max(members.x.shape[-2:]) <= config.memorisation.pixel_max_side:
+        spaces.append(lambda x: x.flatten(1).numpy())
+    references = [embed(members.x) for embed in spaces]
+
+    def flagged(synthetic: Any) -> list[int]:
+        x = synthetic_tensors(synthetic, size).x
+        hits = np.zeros(len(synthetic), dtype=bool)
+        for embed, reference in zip(spaces, references):
+            hits |= copy_flags(embed(x), reference, quantile)[0]
+        return [synthetic.items[j].index for j in np.flatnonzero(hits)]
+
+    generator, gated, report = load_generator(generator_dir), [], []
+    for synthetic in rounds:
+        hits = flagged(synthetic)
+        first, redrawn = len(hits), 0
+        for attempt in range(1, config.copy_gate + 1):
+            if not hits:
+                break
+            synthetic = regenerate(synthetic, hits, generator, attempt)
+            redrawn += len(hits)
+            hits = flagged(synthetic)
+        gated.append(synthetic)
+        report.append({"flagged": first, "redrawn": redrawn, "still_flagged": len(hits)})
+    logger.info("copy gate: %s", report)
+    return gated, {"attempts": config.copy_gate, "rounds": report,
+                   "flagged": sum(r["flagged"] for r in report), "still_flagged": sum(r["still_flagged"] for r in report)}
 
 
 def _classification_accuracy_score(dataset: Any, synthetic: Any, config: ExperimentConfig, n_classes: int,
@@ -422,7 +479,7 @@ def _train_methods(config: ExperimentConfig, registry: Any, run: Any, teacher: A
     listing: dict[str, Any] = {}
     for name, options in config.methods:
         method = create_method(name, options)
-        key, folder = method.label(), run.run_dir / "methods" / _safe_name(method.label())
+        key, folder = method.label(), run.run_dir / "methods" / safe_filename(method.label().replace("+", "-plus-"))
         real = RealData(real_tensors(dataset, split.members, recipe.image_size),
                         real_tensors(dataset, split.validation, recipe.image_size) if split.validation else None) \
             if method.reads_real() else None
@@ -435,8 +492,10 @@ def _train_methods(config: ExperimentConfig, registry: Any, run: Any, teacher: A
                 model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu"))
                 metrics = read_json(folder / "metrics.json")
             else:
+                started = time.monotonic()
                 result = method.train(context, folder, progress)
-                model, metrics = result.model, to_jsonable(result.metrics)
+                model = result.model
+                metrics = {**to_jsonable(result.metrics), "seconds": round(time.monotonic() - started, 2)}
                 write_json(folder / "metrics.json", metrics)
         trained[key] = _TrainedMethod(name, model.eval(), metrics, method.reads_real(), recipe.image_size)
         listing[key] = {"method": name, "options": options, "run": method_run, "recipe": to_jsonable(recipe),
@@ -456,10 +515,6 @@ def _method_model(recipe: Any, n_classes: int, dp: bool = False) -> Any:
 
         model = ModuleValidator.fix(model)
     return model
-
-
-def _safe_name(label: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label.replace("+", "-plus-"))
 
 
 def _earlier_stages(record: Any, config: ExperimentConfig, fingerprint: str, resume: bool) -> dict[str, str]:

@@ -25,7 +25,15 @@ import numpy as np
 from PIL import Image
 
 from .captions.prompts import PromptPool
-from .core.common import Progress, ProgressFn, atomic_write_bytes, no_progress, read_json, write_json
+from .core.common import (
+    Progress,
+    ProgressFn,
+    atomic_write_bytes,
+    no_progress,
+    read_json,
+    safe_filename,
+    write_json,
+)
 from .data.datasets import DatasetConfig
 from .generators import Generator
 
@@ -171,6 +179,33 @@ def generate_set(
     return SyntheticSet.load(out_dir)
 
 
+def regenerate(synthetic: SyntheticSet, indices: list[int], generator: Generator, attempt: int) -> SyntheticSet:
+    """Replace the images at ``indices`` with fresh draws (same prompt and class, a new seed derived from
+    the old one and ``attempt``): the copy gate's tool. Each new image goes to a new file listed by a
+    new manifest line (the manifest keeps the last line per index), and only then is the old file
+    removed, so a crash leaves every index pointing at an image that exists, with its true seed."""
+    root, by_index = synthetic.root, {i.index: i for i in synthetic.items}
+    batch = [by_index[i] for i in indices]
+    if not batch:
+        return synthetic
+    seeds = [int(np.random.SeedSequence([item.seed, attempt]).generate_state(1)[0]) for item in batch]
+    images = generator.generate([i.prompt for i in batch], [i.label for i in batch], seeds)
+    with open(root / "manifest.jsonl", "a", encoding="utf-8") as log:
+        for item, seed, image in zip(batch, seeds, images):
+            stem = Path(item.file).stem.split("~")[0]  # r00-000123 (a redrawn image: r00-000123~SEED)
+            file = str(Path(item.file).with_name(f"{stem}~{seed}.png"))
+            atomic_write_bytes(root / file, _png_bytes(image))
+            log.write(json.dumps({**item.__dict__, "seed": seed, "file": file,
+                                  "class": synthetic.class_names[item.label], "generator": synthetic.generator,
+                                  "replaces": item.file, "gate_attempt": attempt}) + "\n")
+        log.flush()
+        os.fsync(log.fileno())
+    for item, seed in zip(batch, seeds):
+        if not item.file.endswith(f"~{seed}.png"):
+            (root / item.file).unlink(missing_ok=True)
+    return SyntheticSet.load(root)
+
+
 def generator_identity(source: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """What makes a generator's images: a saved generator's run and a SHA-256 over its files, or a
     base model's id (a local base folder by its files' names, sizes and times: hashing gigabytes of
@@ -239,7 +274,7 @@ def _png_bytes(image: Image.Image) -> bytes:
 
 
 def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "class"
+    return safe_filename(name, "class")
 
 
 def balanced_total(n_real: int, cardinality: float, n_classes: int) -> int:

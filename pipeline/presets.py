@@ -191,6 +191,11 @@ def estimate_stages(config: ExperimentConfig, profile: DataProfile) -> list[Stag
         StageEstimate("audit", shadows_s, f"{config.audit.n_shadows} transfer shadows, attacks "
                                           f"{', '.join(config.audit.attacks)}"),
     ]
+    if config.methods:
+        method_s = sum(_method_seconds(name, options, config, profile, synthetic, teacher_img, student_img)
+                       for name, options in config.methods)
+        stages.append(StageEstimate("methods", method_s, ", ".join(n for n, _ in config.methods)
+                                    + " (rough: from the classifiers' timed steps)"))
     if "pipeline" in config.audit.modes and config.audit.pipeline_shadows:
         one = None if train_s is None else train_s + generate_s + teacher_s + student_s
         stages.append(StageEstimate(
@@ -198,6 +203,27 @@ def estimate_stages(config: ExperimentConfig, profile: DataProfile) -> list[Stag
             f"{config.audit.pipeline_shadows} x the whole loop, in worker processes beside the stages above "
             f"({os.cpu_count()} CPU cores)"))
     return stages
+
+
+def _method_seconds(name: str, options: dict[str, Any], config: ExperimentConfig, profile: DataProfile,
+                    synthetic: int, teacher_img: float, student_img: float) -> float:
+    """A rough time for one transfer method, in units of the timed per-image training costs: AM's
+    ascent steps cost about a teacher step per image, a BSS step adds its attack (``attack_steps``
+    teacher passes on ``attack_size`` images, for three quarters of the epochs), DP-SGD's per-example
+    gradients about 3x a plain step."""
+    from .methods import create_method
+
+    cfg, epochs = create_method(name, options).config, config.distill.student.epochs
+    if name == "am":
+        images = cfg.images_per_class * profile.classes
+        return images * cfg.steps * teacher_img + epochs * images * student_img
+    if name in ("bss", "gkd+bss"):
+        images = profile.members if name == "bss" else synthetic
+        steps = epochs * max(1, images // config.distill.student.batch_size)
+        return epochs * images * student_img + 0.75 * steps * cfg.attack_steps * cfg.attack_size * teacher_img
+    if name == "dp-sgd":
+        return 3.0 * (cfg.epochs or epochs) * profile.members * student_img
+    return epochs * synthetic * student_img
 
 
 def estimated_wall(stages: list[StageEstimate], cores: int | None = None) -> float | None:

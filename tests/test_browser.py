@@ -173,5 +173,5 @@ def test_tradeoffs_and_generations_show_the_run(studio, page):
     # the first row: the real image and one image per compared version
     page.locator('[data-testid="stImage"]').nth(3).wait_for(timeout=300_000)
     wait_idle(page, 60_000)
-    assert page.get_by_text("real image").is_visible()
+    assert page.get_by_text("real image", exact=True).is_visible()
     shoot(page, "generations")

@@ -57,3 +57,39 @@ def test_data_copying_test_separates_copies_from_fresh_samples():
     assert data_copying_test(members, nonmembers, copied, cells=3)["ct"] < -5
     result = data_copying_test(members, nonmembers, fresh, cells=3)
     assert abs(result["ct"]) < 3 and result["cells_used"] == result["cells"] == 3
+
+
+def test_the_copy_gate_redraws_flagged_images_and_keeps_the_set_whole(project):
+    """Issue 11.4: the optional copy gate regenerates images flagged as member copies before the student."""
+    import json
+    from dataclasses import replace
+
+    from pipeline.data.datasets import DatasetConfig, load_dataset
+    from pipeline.distill import build_model
+    from pipeline.experiment import ExperimentConfig, _copy_gate
+    from pipeline.finetune import FinetuneConfig, finetune
+    from pipeline.generate import GenerateConfig, synthesize
+
+    data = DatasetConfig(limit=40)
+    tiny = (("block_out_channels", (8, 16)), ("norm_groups", 4), ("train_steps", 2), ("batch_size", 8),
+            ("sampling_steps", 2), ("generate_batch_size", 16), ("threads", 1))
+    generator = finetune(FinetuneConfig(dataset=data, options=tiny), project).generator_dir
+    made = synthesize(GenerateConfig(generator=str(generator), dataset=data, num_images=20,
+                                     out_dir=str(project.root / "round-0")), project)
+    dataset = load_dataset(data)
+    config = ExperimentConfig(dataset=data, copy_gate=2,
+                              memorisation=replace(ExperimentConfig().memorisation, copy_quantile=0.9))
+    teacher = build_model(config.teacher, len(dataset.class_names))
+    before = {i.index: i for i in made.synthetic.items}
+    (gated,), report = _copy_gate(teacher, dataset, dataset.membership(), [made.synthetic], generator, config)
+    first = report["rounds"][0]
+    assert first["flagged"] > 0 and first["redrawn"] >= first["flagged"]  # a generous threshold flags many
+    assert first["still_flagged"] <= first["flagged"] and report["attempts"] == 2
+    after = {i.index: i for i in gated.items}
+    assert sorted(after) == sorted(before)  # every planned image still there, once
+    redrawn = [i for i in after if after[i].seed != before[i].seed]
+    assert len(redrawn) >= first["flagged"] and all(after[i].prompt == before[i].prompt for i in redrawn)
+    files = {str(p.relative_to(gated.root)) for p in gated.root.rglob("*.png")}
+    assert files == {i.file for i in gated.items}  # redrawn files replaced the old ones, no orphan left
+    lines = [json.loads(line) for line in (gated.root / "manifest.jsonl").read_text().splitlines()]
+    assert sum("replaces" in line for line in lines) == first["redrawn"]

@@ -57,10 +57,13 @@ def test_form_builds_the_config_and_starts_the_run(env, monkeypatch):
     at.number_input(key="run_rounds").set_value(1)
     at.number_input(key="run_gen_steps_scratch").set_value(10)
     at.selectbox(key="run_preset").set_value("tiny (smoke test)")
+    at.multiselect(key="run_methods").set_value(["am", "dp-sgd ε=1"])
+    at.number_input(key="run_gate").set_value(2)
     at.run()
     at.button(key="run_start").click().run()
     assert not at.exception and not at.error
     [config] = started
+    assert config.methods == (("am", {}), ("dp-sgd", {"epsilon": 1.0})) and config.copy_gate == 2
     assert config.dataset.limit == 40 and config.teacher.epochs == 2 and config.distill.student.epochs == 1
     assert config.audit.n_shadows == 4 and config.rounds == 1 and config.generator == "scratch"
     options = dict(config.generator_options)

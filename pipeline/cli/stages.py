@@ -132,6 +132,20 @@ def _print_audit_table(metrics: dict[str, Any]) -> None:
           f"MIA AUC ({teacher['mia'].get('attack', 'lira')}) teacher {teacher['mia']['auc']:.3f} "
           f"[{teacher['mia'].get('mia_mode', 'transfer')}] -> student {student['mia']['auc']:.3f} "
           f"[{student['mia'].get('mia_mode', 'transfer')}]")
+    methods = metrics.get("methods") or {}
+    memorisation = metrics.get("memorisation")
+    if memorisation:
+        ct = memorisation.get("ct")
+        print(f"memorisation of the synthetic rounds: {memorisation['copies']} copies flagged "
+              f"({memorisation['copy_rate']:.2%}; fresh real images {memorisation['nonmember_flag_rate']:.2%}), "
+              "data-copying C_T " + (f"{ct:.2f}" if ct is not None else "n/a") + " (< -3: copying)")
+    if methods:
+        print()
+        print_table([[key, "real members" if m.get("reads_real_training_images") else "no (data-free)",
+                      f"{m['epsilon']:.2f}" if m.get("epsilon") is not None else "-",
+                      f"{m['accuracy'] / max(teacher['accuracy'], 1e-9):.3f}",
+                      f"{m.get('train', {}).get('seconds', float('nan')):.0f}"] for key, m in methods.items()],
+                    ["method", "reads real training images", "ε", "accuracy / teacher", "seconds"])
 
 
 def _run_experiment(args: argparse.Namespace, config: Any, run_id: str | None = None, resume: bool = False) -> int:
@@ -402,7 +416,7 @@ def add_stage_commands(sub: Any) -> None:
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="other backend options")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("quickstart", help="the whole loop on the built-in dataset (offline, CPU, 5-6 min)")
+    p = sub.add_parser("quickstart", help="the whole loop on the built-in dataset (offline, CPU, about 7 min)")
     add_project_arg(p)
     p.add_argument("--studio", action="store_true", help="then open the studio on the results")
     p.add_argument("--host", default="127.0.0.1", help="studio address (default localhost only)")

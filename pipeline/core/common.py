@@ -45,6 +45,11 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
+def safe_filename(name: str, empty: str = "_") -> str:
+    """A file-name-safe form of a label: letters, digits, ``-_.`` kept, anything else ``_``."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or empty
+
+
 def config_hash(obj: Any, length: int = 12) -> str:
     """A stable short hash of a config (or any JSON-able object)."""
     text = json.dumps(to_jsonable(obj), sort_keys=True, separators=(",", ":"))

@@ -117,6 +117,18 @@ def data_copying_test(train: np.ndarray, test: np.ndarray, generated: np.ndarray
     return {"ct": ct, "cells": k, "cells_used": len(used), "zu": zu}
 
 
+def copy_flags(synthetic: np.ndarray, members: np.ndarray, quantile: float,
+               member_distance: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """(copy flag per synthetic row, threshold): a distance to the nearest member at or below the
+    ``quantile`` of the members' own nearest-other-member distances. ``member_distance``: the synthetic
+    rows' nearest-member distances when already known."""
+    own_d, _ = nearest(members, members, exclude_self=True)
+    threshold = float(np.quantile(own_d, quantile))
+    if member_distance is None:
+        member_distance, _ = nearest(synthetic, members)
+    return member_distance <= threshold, threshold
+
+
 def memorisation_audit(synthetic: np.ndarray, members: np.ndarray, nonmembers: np.ndarray,
                        member_ids: list[str], nonmember_ids: list[str],
                        config: MemorisationConfig = MemorisationConfig()) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -131,11 +143,9 @@ def memorisation_audit(synthetic: np.ndarray, members: np.ndarray, nonmembers: n
     """
     member_d, member_i = nearest(synthetic, members)
     nonmember_d, nonmember_i = nearest(synthetic, nonmembers)
-    own_d, _ = nearest(members, members, exclude_self=True)
-    threshold = float(np.quantile(own_d, config.copy_quantile))
+    copies, threshold = copy_flags(synthetic, members, config.copy_quantile, member_d)
     fresh_d, _ = nearest(nonmembers, members)
     ratio = member_d / np.maximum(nonmember_d, 1e-12)
-    copies = member_d <= threshold
     per_image = [{"member": member_ids[member_i[j]], "member_distance": round(float(member_d[j]), 6),
                   "nonmember": nonmember_ids[nonmember_i[j]], "nonmember_distance": round(float(nonmember_d[j]), 6),
                   "ratio": round(float(ratio[j]), 6), "copy": bool(copies[j])} for j in range(len(synthetic))]

@@ -103,6 +103,11 @@ def generator_options(backend: str) -> tuple[tuple[str, Any], ...] | None:
     return tuple(options.items())
 
 
+# the other transfer methods offered (label -> (name, options)); pipeline.methods has them all
+METHOD_CHOICES = {"am": ("am", {}), "gkd+bss": ("gkd+bss", {}), "bss": ("bss", {}),
+                  "dp-sgd ε=1": ("dp-sgd", {"epsilon": 1.0}), "dp-sgd ε=8": ("dp-sgd", {"epsilon": 8.0})}
+
+
 def experiment_form() -> ExperimentConfig | None:
     """Widgets → an ExperimentConfig (the quickstart's, with the chosen fields replaced)."""
     dataset = dataset_widgets()
@@ -142,6 +147,14 @@ def experiment_form() -> ExperimentConfig | None:
         help="each reruns generator, rounds, teacher and student on half the population: the honest audit "
              "of the student (RMIA needs only a few)")
     views = cols[6].multiselect("Query views", VIEWS, default=list(defaults.audit.views), key="run_views")
+    cols = st.columns([3, 1])
+    methods = cols[0].multiselect(
+        "Other students on the same plane", list(METHOD_CHOICES), default=[],  # opt-in: each costs a training
+        key="run_methods", help="am and gkd+bss are data-free; bss (real members) and dp-sgd are references "
+                                "that read real training images")
+    copy_gate = cols[1].number_input("Copy gate (redraws)", min_value=0, value=defaults.copy_gate, key="run_gate",
+                                     help="redraw synthetic images flagged as near-copies of a member, up to N "
+                                          "times, before the student sees them (0: off)")
     if dataset is None or options is None:
         return None
     if store_version and not store.strip():
@@ -159,6 +172,7 @@ def experiment_form() -> ExperimentConfig | None:
                             student=replace(defaults.distill.student, model=student_model, epochs=int(student_epochs))),
             audit=replace(defaults.audit, n_shadows=int(shadows), pipeline_shadows=int(pipeline_shadows),
                           views=tuple(views)),
+            methods=tuple(METHOD_CHOICES[m] for m in methods), copy_gate=int(copy_gate),
         )
     except (ValueError, TypeError) as err:
         st.error(f"Invalid settings: {err}")
