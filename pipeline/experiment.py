@@ -318,9 +318,7 @@ def _round_memorisation(teacher: Any, dataset: Any, split: Any, rounds: list[Any
     size, audit_config = config.teacher.image_size, config.memorisation
     real = {name: real_tensors(dataset, ids, size) for name, ids in
             (("members", split.members), ("nonmembers", split.nonmembers))}
-    spaces = {"features": lambda x: penultimate_features(teacher, x)[0]}
-    if max(real["members"].x.shape[-2:]) <= audit_config.pixel_max_side:
-        spaces["pixels"] = lambda x: x.flatten(1).numpy()
+    spaces = _audit_spaces(teacher, real["members"].x, audit_config)
     per_round = []
     for synthetic in rounds:
         data = synthetic_tensors(synthetic, size)
@@ -344,6 +342,15 @@ def _round_memorisation(teacher: Any, dataset: Any, split: Any, rounds: list[Any
             "rounds": per_round, "space": "teacher penultimate features" + (" and pixels" if "pixels" in spaces else "")}
 
 
+def _audit_spaces(teacher: Any, members_x: torch.Tensor, config: MemorisationConfig) -> dict[str, Any]:
+    """Where the memorisation audit measures distances: the teacher's penultimate features, and raw
+    pixels for images up to ``config.pixel_max_side`` (name -> images (N, C, H, W) -> (N, d) array)."""
+    spaces = {"features": lambda x: penultimate_features(teacher, x)[0]}
+    if max(members_x.shape[-2:]) <= config.pixel_max_side:
+        spaces["pixels"] = lambda x: x.flatten(1).numpy()
+    return spaces
+
+
 def _copy_gate(teacher: Any, dataset: Any, split: Any, rounds: list[Any], generator_dir: Path,
                config: ExperimentConfig) -> tuple[list[Any], dict[str, Any]]:
     """Redraw the synthetic images flagged as near-copies of a member (the memorisation audit's flag, in
@@ -355,9 +362,7 @@ def _copy_gate(teacher: Any, dataset: Any, split: Any, rounds: list[Any], genera
 
     size, quantile = config.teacher.image_size, config.memorisation.copy_quantile
     members = real_tensors(dataset, split.members, size)
-    spaces = [lambda x: penultimate_features(teacher, x)[0]]
-    if max(members.x.shape[-2:]) <= config.memorisation.pixel_max_side:
-        spaces.append(lambda x: x.flatten(1).numpy())
+    spaces = list(_audit_spaces(teacher, members.x, config.memorisation).values())
     references = [embed(members.x) for embed in spaces]
 
     def flagged(synthetic: Any) -> list[int]:

@@ -143,6 +143,13 @@ def evaluate(model: nn.Module, data: TensorData, num_classes: int, device: str =
             "loss": float(F.cross_entropy(logits, data.y))}
 
 
+def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step cosine annealing of the learning rate from its peak at step 0 to 0 at ``total_steps``
+    (the schedule every classifier of the product trains with)."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
+
+
 def fit_classifier(
     model: nn.Module,
     data_for_epoch: Callable[[int], TensorData],
@@ -168,7 +175,7 @@ def fit_classifier(
     steps_per_epoch = max(1, math.ceil(len(first) / config.batch_size))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     total = config.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    scheduler = cosine_schedule(optimizer, total)
     result = TrainResult(model)
     best_score, best_state, start_epoch, stale, resumed_seconds = -1.0, None, 0, 0, 0.0
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..classifiers.train import augment_batch, evaluate
+from ..classifiers.train import augment_batch, cosine_schedule, evaluate
 from ..core.common import Progress, ProgressFn, check_loss, resolve_device
 from ..distill import build_model
 from . import MethodContext, MethodResult, TransferMethod, register
@@ -112,7 +112,7 @@ class _BoundarySupportingSamples(TransferMethod):
         optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
         steps_per_epoch = math.ceil(len(base) / recipe.batch_size)
         total = recipe.epochs * steps_per_epoch
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        scheduler = cosine_schedule(optimizer, total)
         started, first, history = time.monotonic(), None, []
         boundary = 0
         for epoch in range(1, recipe.epochs + 1):
