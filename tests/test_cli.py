@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 
@@ -105,3 +106,12 @@ def test_the_library_never_imports_the_ui_toolkits():
     offenders = [str(p) for p in root.rglob("*.py")
                  if re.search(r"^\s*(import|from)\s+(streamlit|gradio)\b", p.read_text(), re.M)]
     assert offenders == []
+
+
+def test_benchmark_scripts_are_this_repository_s():
+    """opacus installs a top-level ``benchmarks`` package; ours must still be the one ``-m`` finds."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    for name in ("datasets", "methods", "audit"):
+        assert Path(importlib.util.find_spec(f"benchmarks.{name}").origin).is_relative_to(root / "benchmarks")
