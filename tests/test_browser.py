@@ -88,7 +88,7 @@ def page(studio):
 
 def open_page(page, url: str, title: str) -> None:
     page.goto(url)
-    page.get_by_role("heading", name=title).wait_for()
+    page.get_by_role("heading", name=title, level=1).wait_for()  # the page title (a section may share its name)
     wait_idle(page)
 
 
