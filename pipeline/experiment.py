@@ -227,10 +227,9 @@ def run_experiment(config: ExperimentConfig, project: Project, progress: Progres
 
         # 7. test accuracy on the real test split
         test = real_tensors(dataset, [r.id for r in dataset.split("test")], config.teacher.image_size)
+        test_at = _sized(dataset, test, config.teacher.image_size)  # decoded once per input size
         teacher_test = evaluate_on_test(teacher.model, test, n_classes)
-        student_test = evaluate_on_test(student.model, test, n_classes) if \
-            config.distill.student.image_size == config.teacher.image_size else \
-            evaluate_on_test(student.model, real_tensors(dataset, test.ids, config.distill.student.image_size), n_classes)
+        student_test = evaluate_on_test(student.model, test_at(config.distill.student.image_size), n_classes)
         registry.link(run.id, Link("teacher", "run", teacher_run), Link("student", "run", student_run))
         registry.report(teacher_run, accuracy=teacher_test["accuracy"], weights=str(teacher.checkpoint))
         registry.report(student_run, accuracy=student_test["accuracy"], weights=str(student.checkpoint))
@@ -250,8 +249,7 @@ def run_experiment(config: ExperimentConfig, project: Project, progress: Progres
             "fidelity": fidelity,
             "memorisation": memorisation,
             "copy_gate": gate,
-            "methods": {key: {**_model_metrics(evaluate_on_test(m.model, test if m.size == config.teacher.image_size else
-                                                                real_tensors(dataset, test.ids, m.size), n_classes),
+            "methods": {key: {**_model_metrics(evaluate_on_test(m.model, test_at(m.size), n_classes),
                                                audited.metrics[key], m.metrics),
                               "method": m.name, "label": key, "reads_real_training_images": m.reads_real,
                               "epsilon": m.metrics.get("epsilon")} for key, m in methods.items()},
@@ -340,6 +338,18 @@ def _round_memorisation(teacher: Any, dataset: Any, split: Any, rounds: list[Any
             "ct": float(np.mean(cts)) if (cts := [r["ct"] for r in features if r["ct"] is not None]) else None,
             "pixel_copies": int(sum(r["pixels"]["copies"] for r in per_round)) if "pixels" in spaces else None,
             "rounds": per_round, "space": "teacher penultimate features" + (" and pixels" if "pixels" in spaces else "")}
+
+
+def _sized(dataset: Any, test: Any, size: int | None) -> Any:
+    """``size -> the test split at that input size``: ``test`` (at ``size``) as is, others decoded once."""
+    cache = {size: test}
+
+    def at(wanted: int | None) -> Any:
+        if wanted not in cache:
+            cache[wanted] = real_tensors(dataset, test.ids, wanted)
+        return cache[wanted]
+
+    return at
 
 
 def _audit_spaces(teacher: Any, members_x: torch.Tensor, config: MemorisationConfig) -> dict[str, Any]:
