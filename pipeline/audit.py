@@ -160,7 +160,7 @@ def audit(config: AuditConfig, project: Project, progress: ProgressFn = no_progr
     test = real_tensors(dataset, [r.id for r in dataset.split("test")], xc.teacher.image_size)
     accuracy = {"teacher": evaluate(teacher_model, test, n_classes)["accuracy"],
                 "student": evaluate(student_model, test, n_classes)["accuracy"]}
-    for key, (model, recipe) in methods.items():
+    for key, (model, recipe, _) in methods.items():
         sized = test if recipe.image_size == xc.teacher.image_size else real_tensors(dataset, test.ids, recipe.image_size)
         accuracy[key] = evaluate(model, sized, n_classes)["accuracy"]
 
@@ -187,26 +187,37 @@ def audit(config: AuditConfig, project: Project, progress: ProgressFn = no_progr
         if "transfer" in config.modes:
             results["student"]["transfer"] = _attack_all(config, views["student"], transfer, population.y, z.y,
                                                          is_member, "transfer", "teacher")
-        # every other method's student against the same real-data shadows (pipeline mode: not yet)
-        for key, (model, recipe) in methods.items():
+        # every other method's student against the same real-data shadows
+        for key, (model, recipe, _) in methods.items():
             views[key] = _query(model, recipe, data, config.views)
-            results[key] = {"transfer": _attack_all(config, views[key], transfer, population.y, z.y, is_member,
-                                                    "transfer", "teacher")}
+            results[key] = {}
+            if "transfer" in config.modes:
+                results[key]["transfer"] = _attack_all(config, views[key], transfer, population.y, z.y, is_member,
+                                                       "transfer", "teacher")
 
         # 5. pipeline shadows: the whole pipeline on each shadow's half (maybe started ahead)
-        pipeline_set = None
+        pipeline_set, method_sets = None, {}
         if "pipeline" in config.modes:
             if pipeline_shadows is None:
                 pipeline_shadows = PipelineShadows(config, xc, exp.captions, project, data)
             pipeline_set = pipeline_shadows.result(progress)
             results["student"]["pipeline"] = _attack_all(config, views["student"], pipeline_set, population.y, z.y,
                                                          is_member, "pipeline", "student pipeline")
+            # each method's own pipeline: the same shadow halves, generators, rounds and teachers, the
+            # method's student at the end (a DP-SGD shadow is DP-SGD on the half)
+            for key, (_, _, method) in methods.items():
+                method_set = PipelineShadows(config, xc, exp.captions, project, data, method=method).result(progress)
+                results[key]["pipeline"] = _attack_all(config, views[key], method_set, population.y, z.y, is_member,
+                                                       "pipeline", f"{key} pipeline")
+                method_sets[key] = method_set
 
         # 6. metrics, per-example scores and the most vulnerable members
         metrics = {name: _model_entry(accuracy[name], by_mode) for name, by_mode in results.items()}
         metrics["shadows"] = {"transfer": _shadow_summary(transfer)}
         if pipeline_set is not None:
             metrics["shadows"]["pipeline"] = _shadow_summary(pipeline_set)
+        for key, method_set in method_sets.items():
+            metrics["shadows"][f"pipeline {key}"] = _shadow_summary(method_set)
         metrics["vulnerable"] = str(run.run_dir / "vulnerable.json")
         metrics["seconds"] = round(time.monotonic() - started, 2)
         _save_outputs(run.run_dir, data, views, results, metrics)
@@ -290,8 +301,9 @@ def _load_model(path: Path, recipe: TrainConfig, num_classes: int) -> torch.nn.M
     return model.eval()
 
 
-def _load_methods(run_dir: Path, num_classes: int) -> dict[str, tuple[torch.nn.Module, TrainConfig]]:
-    """The experiment's other transfer methods (``methods.json``): label -> (model, recipe)."""
+def _load_methods(run_dir: Path, num_classes: int
+                  ) -> dict[str, tuple[torch.nn.Module, TrainConfig, tuple[str, dict[str, Any]]]]:
+    """The experiment's other transfer methods (``methods.json``): label -> (model, recipe, (name, options))."""
     from .experiment import _method_model
 
     path = run_dir / "methods.json"
@@ -300,7 +312,7 @@ def _load_methods(run_dir: Path, num_classes: int) -> dict[str, tuple[torch.nn.M
         recipe = from_dict(TrainConfig, entry["recipe"])
         model = _method_model(recipe, num_classes, dp=entry.get("dp", False))
         model.load_state_dict(torch.load(entry["checkpoint"], map_location="cpu"))
-        out[key] = (model.eval(), recipe)
+        out[key] = (model.eval(), recipe, (entry["method"], entry.get("options", {})))
     return out
 
 
@@ -414,6 +426,15 @@ class _PipelineJob:
     distill: DistillConfig
     views: tuple[str, ...]
     threads: int
+    method: tuple[str, tuple[tuple[str, Any], ...]] | None = None  # a transfer method instead of GKD's student
+
+    @property
+    def output(self) -> Path:
+        """Where this job's own files go (job, log, result): a method's under the shared shadow folder."""
+        if self.method is None:
+            return Path(self.directory)
+        return Path(self.directory) / "methods" / safe_filename(self.method[0].replace("+", "-plus-")
+                                                               + "-" + config_hash(self.method, 8))
 
 
 class PipelineShadows:
@@ -421,10 +442,15 @@ class PipelineShadows:
     experiment's config, not its trained models, so :func:`~pipeline.experiment.run_experiment`
     starts them right after captioning: on a CPU the experiment's own generator trains on one core
     while the shadows train in worker processes on the others. :meth:`result` waits for them (or
-    trains them here when none was started) and returns their cached logits."""
+    trains them here when none was started) and returns their cached logits.
+
+    With ``method`` = (name, options) the shadows end with that transfer method's student instead of
+    GKD's (see :mod:`pipeline.methods`): each reuses the GKD shadow's generator, synthetic rounds and
+    shadow teacher from the same work folder, so run the GKD shadows first. A method that reads real
+    training images gets the shadow's half. Their logits are cached under their own manifest."""
 
     def __init__(self, config: AuditConfig, xc: Any, captions: str | None, project: Project,
-                 data: _AuditData | None = None) -> None:
+                 data: _AuditData | None = None, method: tuple[str, dict[str, Any]] | None = None) -> None:
         self.data = data = data or _AuditData.build(xc, config)
         self.project = project
         self.shadow_in = assign_shadows(len(data.population), config.pipeline_shadows, data.size, config.seed)
@@ -434,6 +460,12 @@ class PipelineShadows:
                   "captions": captions, "cardinality": xc.cardinality, "rounds": xc.rounds,
                   "generation_seed": xc.seed}
         self.manifest = {**data.common, "kind": "pipeline", "recipe": recipe}
+        work = project.root / "shadows" / "pipeline-work" / config_hash(self.manifest, 16)  # GKD's and the methods'
+        job_method = None
+        if method is not None:
+            name, options = method
+            job_method = (name, tuple(sorted(to_jsonable(options).items())))
+            self.manifest = {**self.manifest, "kind": "pipeline-method", "method": name, "options": to_jsonable(options)}
         self.directory = project.root / "shadows" / config_hash(self.manifest, 16)
         store, version = _store_ref(captions)
         records = project.caption_store(store).records(version) if store else {}
@@ -447,7 +479,7 @@ class PipelineShadows:
                                  f"{missing[0]}); pipeline-mode shadows train generators on non-members too: "
                                  "caption the whole training split")
             self.jobs[i] = _PipelineJob(
-                index=i, directory=str(project.root / "shadows" / "pipeline-work" / self.directory.name / f"shadow-{i:04d}"),
+                index=i, directory=str(work / f"shadow-{i:04d}"), method=job_method,
                 dataset=xc.dataset, train_ids=tuple(train_ids),
                 val_ids=tuple(ids[j] for j in np.flatnonzero(val_in[i])), query_ids=tuple(ids),
                 z_ids=tuple(data.z.ids), captions=tuple((t, records[t].caption) for t in train_ids if t in records),
@@ -505,10 +537,10 @@ class PipelineShadows:
             proc = self._running.pop(index)
             job = self.jobs[index]
             if proc.wait() != 0:
-                log = Path(job.directory) / "worker.log"
+                log = job.output / "worker.log"
                 tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
                 raise RuntimeError(f"pipeline shadow {index + 1} failed (exit {proc.returncode}):\n{tail}")
-            with np.load(Path(job.directory) / "result.npz") as result:
+            with np.load(job.output / "result.npz") as result:
                 out[index] = (result["logits"], result["z_logits"])
             self._fill()
         return out
@@ -538,7 +570,7 @@ def _workers(config: AuditConfig, xc: Any) -> int:
 
 
 def _start_worker(job: _PipelineJob, env: dict[str, str], events: queue.Queue) -> subprocess.Popen:
-    directory = Path(job.directory)
+    directory = job.output
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "job.pkl").write_bytes(pickle.dumps(job))
     (directory / "result.npz").unlink(missing_ok=True)
@@ -571,9 +603,9 @@ def _worker_main(job_file: str) -> None:
             print(json.dumps({"stage": event.stage, "done": event.done, "total": event.total}), flush=True)
 
     logits, z_logits = _pipeline_shadow(job, emit)
-    tmp = Path(job.directory) / ".result.tmp.npz"
+    tmp = job.output / ".result.tmp.npz"
     np.savez(tmp, logits=logits, z_logits=z_logits)
-    tmp.replace(Path(job.directory) / "result.npz")
+    tmp.replace(job.output / "result.npz")
 
 
 def _pipeline_shadow(job: _PipelineJob, progress: ProgressFn) -> tuple[np.ndarray, np.ndarray]:
@@ -625,18 +657,44 @@ def _pipeline_shadow(job: _PipelineJob, progress: ProgressFn) -> tuple[np.ndarra
                                                            batch_size=job.generation_batch),
                            root / "synthetic" / f"round-{k}", progress=report) for k in range(job.rounds)]
 
-    # 4. shadow teacher on the real half (early stopping on its carve-out), shadow student on synthetic data
+    # 4. shadow teacher on the real half (early stopping on its carve-out)
     seed_everything(job.teacher.seed)
     teacher = build_model(job.teacher, len(dataset.class_names))
     fit_classifier(teacher, lambda _: train, job.teacher, val, root / "teacher.ckpt", report, stage="teacher")
-    student = train_student(teacher, rounds, job.distill, len(dataset.class_names), root, report,
-                            teacher_recipe=job.teacher).model
+    # 5. the shadow student: GKD's on the synthetic rounds, or the method's
+    if job.method is None:
+        student = train_student(teacher, rounds, job.distill, len(dataset.class_names), root, report,
+                                teacher_recipe=job.teacher).model
+    else:
+        student = _method_shadow_student(job, dataset, teacher.eval(), train, rounds, report)
 
-    # 5. the shadow student's logits (at the student's input size)
+    # 6. the shadow student's logits (at the student's input size)
     size = job.distill.student.image_size
     query = real_tensors(dataset, list(job.query_ids), size)
     z = real_tensors(dataset, list(job.z_ids), size)
     return view_logits(student, query.x, job.views), view_logits(student, z.x, job.views)
+
+
+def _method_shadow_student(job: _PipelineJob, dataset: ImageDataset, teacher: torch.nn.Module, train: TensorData,
+                           rounds: list[Any], progress: ProgressFn) -> torch.nn.Module:
+    """A transfer method's student in a pipeline shadow, trained as the experiment trains it
+    (:func:`pipeline.experiment._train_methods`) from the shadow's teacher, rounds and half."""
+    from .distill import synthetic_tensors
+    from .methods import MethodContext, RealData, create_method
+
+    name, options = job.method
+    method = create_method(name, dict(options))
+    recipe = job.distill.student
+    real = None
+    if method.reads_real():
+        sized = real_tensors(dataset, list(job.train_ids), recipe.image_size)
+        val = real_tensors(dataset, list(job.val_ids), recipe.image_size) if job.val_ids else None
+        real = RealData(sized, val)
+    context = MethodContext(teacher, job.teacher, recipe, job.distill.temperature, job.distill.alpha,
+                            len(dataset.class_names), tuple(train.x.shape[1:]),
+                            tuple(synthetic_tensors(r, recipe.image_size) for r in rounds),
+                            job.distill.regen_every, real, recipe.seed)
+    return method.train(context, job.output / "train", progress).model.eval()
 
 
 if __name__ == "__main__":

@@ -57,10 +57,18 @@ def test_tiny_end_to_end_run(project):
     assert all(n["features"]["member"] in members and n["pixels"]["nonmember"] not in members for n in neighbours)
     assert memorisation["copies"] == sum(r["features"]["copies"] for r in memorisation["rounds"])
     assert memorisation["ct"] is not None and 0.0 <= memorisation["nonmember_flag_rate"] <= 1.0
-    # the data-free activation-maximisation student, on the same plane with the same (transfer) audit
+    # the data-free activation-maximisation student, on the same plane with the same audit: transfer mode
+    # (the teacher's shadows) and its own pipeline (the GKD shadows' generators, rounds and teachers reused)
     am = metrics["methods"]["am"]
     assert am["method"] == "am" and am["reads_real_training_images"] is False and am["epsilon"] is None
-    assert 0.0 <= am["accuracy"] <= 1.0 and am["mia"]["mia_mode"] == "transfer" and "auc_ci95" in am["mia"]
+    assert set(am["mia_modes"]) == {"transfer", "pipeline"} and am["mia_modes"]["pipeline"]["n_shadows"] == 2
+    assert 0.0 <= am["accuracy"] <= 1.0 and am["mia"]["mia_mode"] == "pipeline" and "auc_ci95" in am["mia"]
+    assert am["mia"]["shadow_recipe"] == "am pipeline"
+    audit_run = project.registry().list(kind="audit")[0]
+    assert json.loads((audit_run.run_dir / "metrics.json").read_text())["shadows"]["pipeline am"]["n"] == 2
+    work = list((project.root / "shadows" / "pipeline-work").glob("*/shadow-*"))
+    assert len(work) == 2 and all(len(list(w.glob("generator/backend.json"))) == 1 for w in work)
+    assert all((w / "methods").is_dir() and not list(w.glob("methods/*/train/generator")) for w in work)
     assert am["aop"] == pytest.approx(am["accuracy"] / (2 * am["mia"]["auc"]) ** 2)
     registry = project.registry()
     run = registry.get(result.run_id)
