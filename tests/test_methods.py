@@ -71,6 +71,28 @@ def test_activation_maximisation_raises_the_target_logit_within_its_priors():
     assert p.min() > 0.35 and p.max() < 0.9 and p.std() > 0.05
 
 
+def test_an_online_teacher_labels_every_batch_as_the_student_sees_it():
+    """With a teacher, the KD targets are the teacher's on the (augmented, mixed) batch: stored logits
+    that contradict it are ignored, and the student ends up agreeing with the teacher on fresh images."""
+    from pipeline.classifiers.train import fit_classifier
+
+    teacher, data = linear_teacher(), toy_data(n=256)
+    gen = torch.Generator().manual_seed(3)
+    wrong = TensorData(data.x, data.y, torch.randn((len(data), 4), generator=gen) * 5)  # noise "soft labels"
+    fresh = torch.rand((512, *SHAPE), generator=gen)
+    recipe = TrainConfig(epochs=30, batch_size=32, lr=1e-2, device="cpu", augment=("crop",))
+
+    def agreement(**online) -> float:
+        torch.manual_seed(0)
+        student = nn.Sequential(nn.Flatten(), nn.Linear(3 * 6 * 6, 4))
+        fit_classifier(student, lambda _: wrong, recipe, **online)
+        with torch.no_grad():
+            return float((student(fresh).argmax(1) == teacher(fresh).argmax(1)).float().mean())
+
+    online, stored = agreement(teacher=teacher, teacher_mixup=True), agreement()
+    assert online > 0.85 > 0.5 > stored, (online, stored)
+
+
 def test_boundary_samples_end_at_the_boundary_towards_the_target():
     teacher, data = linear_teacher(), toy_data(16)
     with torch.no_grad():

@@ -160,17 +160,23 @@ def fit_classifier(
     stage: str = "train",
     kd_temperature: float = 4.0,
     kd_alpha: float = 1.0,
+    teacher: nn.Module | None = None,
+    teacher_mixup: bool = False,
 ) -> TrainResult:
     """Train ``model``; epoch e uses ``data_for_epoch(e)`` (lets the student switch synthetic rounds).
 
     Data with ``teacher_logits`` is trained with :func:`~pipeline.classifiers.losses.kd_loss`, otherwise with
-    cross-entropy (plus MixUp if asked). ``checkpoint`` is a file rewritten after every epoch; if it
-    exists, training resumes from it.
+    cross-entropy (plus MixUp if asked). With a ``teacher`` (eval mode) the KD targets come from it on
+    each batch as the student sees it (augmented, and with ``teacher_mixup`` mixed pairwise with a
+    uniform weight): the teacher labels every image the student trains on, not only the stored ones.
+    ``checkpoint`` is a file rewritten after every epoch; if it exists, training resumes from it.
     """
     # 1. set up model, optimiser and schedule
     device = resolve_device(config.device)
     gen = torch.Generator().manual_seed(config.seed)
     model = model.to(device)
+    if teacher is not None:
+        teacher = teacher.to(device).eval()
     first = data_for_epoch(0)
     steps_per_epoch = max(1, math.ceil(len(first) / config.batch_size))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -210,7 +216,15 @@ def fit_classifier(
             x = augment_batch(data.x[idx], config, gen).to(device)
             y = data.y[idx].to(device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                if data.teacher_logits is not None:
+                if teacher is not None:
+                    if teacher_mixup:
+                        lam = torch.rand((len(x), 1, 1, 1), generator=gen).to(device)
+                        x = lam * x + (1 - lam) * x[torch.randperm(len(x), generator=gen).to(device)]
+                    with torch.no_grad():
+                        target = teacher(x).float()
+                    parts = kd_loss(model(x).float(), target, target.argmax(1), kd_temperature, kd_alpha,
+                                    config.label_smoothing)
+                elif data.teacher_logits is not None:
                     parts = kd_loss(model(x).float(), data.teacher_logits[idx].to(device), y,
                                     kd_temperature, kd_alpha, config.label_smoothing)
                 elif "mixup" in config.augment:

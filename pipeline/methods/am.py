@@ -3,7 +3,10 @@ gradient ascent on the input, then a student distilled on them with the teacher'
 
 Follows Nikolaidis et al. ("Learning from Higher-Layer Feature Visualizations"): maximise a class
 score under image priors — a random shift each step (jitter), total variation and an L2 pull towards
-grey — class-balanced. The optional BatchNorm-statistics term of DeepInversion (Yin et al., CVPR 2020)
+grey — class-balanced. The student trains with an online teacher: every batch is augmented and
+mixed pairwise, then labelled by the teacher as the student sees it (as data-free distillation does,
+e.g. Yin et al.'s DeepInversion), so a few thousand synthesised images teach the teacher's function
+around them, not only at them. The optional BatchNorm-statistics term of DeepInversion (Yin et al., CVPR 2020)
 matches the batch's feature statistics to the teacher's BatchNorm running statistics; those are
 averages over the member images, so with ``bn_weight > 0`` the synthesis reads an aggregate of member
 data (recorded as ``uses_member_statistics``). The built-in classifiers have no BatchNorm.
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..classifiers.train import TensorData, fit_classifier, predict_logits
+from ..classifiers.train import AUGMENTATIONS, TensorData, fit_classifier, predict_logits
 from ..core.common import Progress, ProgressFn, check_loss, no_progress, resolve_device
 from ..distill import build_model
 from . import MethodContext, MethodResult, TransferMethod, register
@@ -33,7 +36,7 @@ logger = logging.getLogger(__name__)
 class AMConfig:
     """How the activation-maximisation images are made."""
 
-    images_per_class: int = 128  # synthesised images per class
+    images_per_class: int = 512  # synthesised images per class
     steps: int = 200  # gradient-ascent steps per batch
     lr: float = 0.05  # Adam step size on the pixels
     objective: str = "ce"  # ce: cross-entropy to the class (pushes the others down too) | logit: the class logit
@@ -44,6 +47,10 @@ class AMConfig:
     confidence: tuple[float, float] | None = (0.5, 0.99)  # each image stops at a teacher confidence drawn from this range
     batch_size: int = 256  # images optimised together
     val_fraction: float = 0.1  # synthesised images held out for the student's early stopping
+    online_teacher: bool = True  # the teacher labels each batch as the student sees it (augmented, mixed)
+    mixup: bool = True  # with online_teacher: pairs of images mixed with a uniform weight, then labelled
+    augment: tuple[str, ...] = ("crop",)  # added to the student recipe's augmentations (online_teacher only:
+    # the teacher relabels every augmented image, so no augmentation can make a label wrong)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -54,6 +61,10 @@ class AMConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if min(self.tv_weight, self.l2_weight, self.bn_weight, self.jitter) < 0 or not self.lr > 0:
             raise ValueError("lr must be positive and the prior weights and jitter >= 0")
+        object.__setattr__(self, "augment", tuple(self.augment))
+        if set(self.augment) - set(AUGMENTATIONS):
+            raise ValueError(f"unknown augment {sorted(set(self.augment) - set(AUGMENTATIONS))}; valid: "
+                             + ", ".join(AUGMENTATIONS))
         if self.confidence is not None:
             object.__setattr__(self, "confidence", tuple(self.confidence))
             low, high = self.confidence
@@ -132,6 +143,17 @@ def _bn_hooks(model: nn.Module) -> list[torch.Tensor]:
     return losses
 
 
+class _Resized(nn.Module):
+    """A teacher that takes the student's input size: images resized to its own first."""
+
+    def __init__(self, teacher: nn.Module, side: int) -> None:
+        super().__init__()
+        self.teacher, self.side = teacher, side
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.teacher(F.interpolate(x, size=(self.side, self.side), mode="bilinear", antialias=True))
+
+
 @register
 class ActivationMaximisation(TransferMethod):
     """Data-free: a student distilled on images synthesised from the teacher (Nikolaidis et al.)"""
@@ -157,10 +179,17 @@ class ActivationMaximisation(TransferMethod):
         n_val = int(round(cfg.val_fraction * len(images)))
         train = TensorData(images[order[n_val:]], labels[order[n_val:]], logits[order[n_val:]])
         val = TensorData(images[order[:n_val]], logits[order[:n_val]].argmax(1)) if n_val else None
-        # 3. the student, with the experiment's student recipe and KD settings
+        # 3. the student, with the experiment's student recipe and KD settings; with an online teacher, each
+        # batch is augmented (and mixed) and labelled by the teacher as the student sees it: the student
+        # learns the teacher's function around the synthesised images, not only at them
+        teacher = None
+        if cfg.online_teacher:
+            teacher = context.teacher if recipe.image_size in (None, side) else _Resized(context.teacher, side)
+            recipe = replace(recipe, augment=tuple(dict.fromkeys((*recipe.augment, *cfg.augment))))
         model = build_model(recipe, context.num_classes)
         result = fit_classifier(model, lambda _: train, recipe, val, out_dir / "student.ckpt", progress,
-                                stage="am student", kd_temperature=context.temperature, kd_alpha=context.alpha)
+                                stage="am student", kd_temperature=context.temperature, kd_alpha=context.alpha,
+                                teacher=teacher, teacher_mixup=cfg.online_teacher and cfg.mixup)
         path = out_dir / "model.pt"
         torch.save(result.model.state_dict(), path)
         metrics: dict[str, Any] = {
