@@ -196,6 +196,10 @@ def estimate_stages(config: ExperimentConfig, profile: DataProfile) -> list[Stag
                        for name, options in config.methods)
         stages.append(StageEstimate("methods", method_s, ", ".join(n for n, _ in config.methods)
                                     + " (rough: from the classifiers' timed steps)"))
+        if "pipeline" in config.audit.modes and config.audit.pipeline_shadows:
+            n, workers = config.audit.pipeline_shadows, min(config.audit.pipeline_shadows, os.cpu_count() or 1)
+            stages.append(StageEstimate("method shadows", method_s * n / max(1.0, 0.65 * workers),
+                                        f"every method once per pipeline shadow ({n}), in the audit stage"))
     if "pipeline" in config.audit.modes and config.audit.pipeline_shadows:
         one = None if train_s is None else train_s + generate_s + teacher_s + student_s
         stages.append(StageEstimate(
@@ -216,7 +220,10 @@ def _method_seconds(name: str, options: dict[str, Any], config: ExperimentConfig
     cfg, epochs = create_method(name, options).config, config.distill.student.epochs
     if name == "am":
         images = cfg.images_per_class * profile.classes
-        return images * cfg.steps * teacher_img + epochs * images * student_img
+        # ascent steps (fewer: an image stops at its confidence); the student's steps plus the online
+        # teacher's forward pass (about a third of a training step)
+        online = teacher_img / 3 if cfg.online_teacher else 0.0
+        return images * cfg.steps * teacher_img + epochs * images * (student_img + online)
     if name in ("bss", "gkd+bss"):
         images = profile.members if name == "bss" else synthetic
         steps = epochs * max(1, images // config.distill.student.batch_size)
@@ -271,6 +278,7 @@ def quickstart_config() -> ExperimentConfig:
     config, _ = preset_config(dataset, profile, "standard")
     # the preset is dataset-neutral ("a photo of a {label}"); the built-in data knows better. 4
     # transfer shadows and 2 pipeline shadows keep the quickstart within 5 minutes on 2 CPU cores.
-    # plus one data-free student that needs no generator (activation maximisation) on the same plane
+    # plus one data-free student that needs no generator (activation maximisation) on the same plane,
+    # with half its default images (256 per class instead of 512) to keep the quickstart short
     return replace(config, captioner=CaptionerConfig(class_template="a handwritten digit {label}"),
-                   methods=(("am", {}),))
+                   methods=(("am", {"images_per_class": 256}),))

@@ -100,27 +100,29 @@ def synthesise(teacher: nn.Module, labels: torch.Tensor, shape: tuple[int, int, 
                 if config.confidence else torch.full((len(y),), 2.0, device=device))
         for step in range(config.steps):
             with torch.no_grad():
-                live = (F.softmax(teacher(x), 1).gather(1, y[:, None]).squeeze(1) < stop).float()
-            if not live.any():
+                live = (F.softmax(teacher(x), 1).gather(1, y[:, None]).squeeze(1) < stop).nonzero().squeeze(1)
+            if not len(live):
                 break
             dx, dy = (torch.randint(-config.jitter, config.jitter + 1, (2,), generator=gen).tolist()
                       if config.jitter else (0, 0))
-            logits = teacher(torch.roll(x, shifts=(dx, dy), dims=(2, 3)))
-            score = F.cross_entropy(logits, y, reduction="none") if config.objective == "ce" else \
-                -logits.gather(1, y[:, None]).squeeze(1)
-            loss = (score + config.tv_weight * total_variation(x)
-                    + config.l2_weight * (x - 0.5).pow(2).flatten(1).mean(1)).mean()
+            xs, ys = x[live], y[live]  # only the images still below their confidence (the rest stay as they are)
+            logits = teacher(torch.roll(xs, shifts=(dx, dy), dims=(2, 3)))
+            score = F.cross_entropy(logits, ys, reduction="none") if config.objective == "ce" else \
+                -logits.gather(1, ys[:, None]).squeeze(1)
+            loss = (score + config.tv_weight * total_variation(xs)
+                    + config.l2_weight * (xs - 0.5).pow(2).flatten(1).mean(1)).sum() / len(y)
             if bn_losses is not None:
                 loss = loss + config.bn_weight * sum(bn_losses)
                 bn_losses.clear()
             check_loss(float(loss.detach()), None, "am", f"batch {b + 1}, step {step + 1}", config.lr)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            x.grad.mul_(live[:, None, None, None])  # an image that reached its confidence stays as it is
             before = x.detach().clone()
             optimizer.step()
             with torch.no_grad():
-                x.copy_(torch.where(live[:, None, None, None] > 0, x, before).clamp(0, 1))  # a valid image
+                keep = torch.ones(len(y), dtype=torch.bool, device=device)
+                keep[live] = False
+                x.copy_(torch.where(keep[:, None, None, None], before, x).clamp(0, 1))  # a valid image
             progress(Progress("am synthesis", b * config.steps + step + 1, batches * config.steps, {}))
         out.append(x.detach().cpu())
     return torch.cat(out)
