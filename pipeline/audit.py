@@ -86,6 +86,8 @@ class AuditConfig:
     attacks: tuple[str, ...] = ("lira", "rmia", "loss")  # attacks to run, by registered name
     headline: str = "rmia"  # the attack the headline AUC and AOP use
     modes: tuple[str, ...] = MODES  # modes for the student (the teacher is audited with its own recipe)
+    method_modes: tuple[str, ...] | None = None  # modes for the other methods' students (None: as ``modes``);
+    # pipeline mode reruns every method once per pipeline shadow
     n_shadows: int = 8  # transfer-mode shadows: real data, the teacher's recipe
     pipeline_shadows: int = 2  # pipeline-mode shadows: each reruns generator -> rounds -> teacher -> student
     views: tuple[str, ...] = ("orig", "shift")  # query augmentations: orig, flip, shift (1-pixel roll)
@@ -102,6 +104,11 @@ class AuditConfig:
     def __post_init__(self) -> None:
         for name in ("attacks", "modes", "views"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.method_modes is not None:
+            object.__setattr__(self, "method_modes", tuple(self.method_modes))
+            if set(self.method_modes) - set(MODES) or not self.method_modes:
+                raise ValueError(f"unknown method mode(s) {sorted(set(self.method_modes) - set(MODES))}; valid: "
+                                 + ", ".join(MODES))
         valid = attack_names()
         unknown = sorted(set(self.attacks) - set(valid))
         if unknown or not self.attacks:
@@ -191,7 +198,7 @@ def audit(config: AuditConfig, project: Project, progress: ProgressFn = no_progr
         for key, (model, recipe, _) in methods.items():
             views[key] = _query(model, recipe, data, config.views)
             results[key] = {}
-            if "transfer" in config.modes:
+            if "transfer" in (config.method_modes or config.modes):
                 results[key]["transfer"] = _attack_all(config, views[key], transfer, population.y, z.y, is_member,
                                                        "transfer", "teacher")
 
@@ -203,6 +210,7 @@ def audit(config: AuditConfig, project: Project, progress: ProgressFn = no_progr
             pipeline_set = pipeline_shadows.result(progress)
             results["student"]["pipeline"] = _attack_all(config, views["student"], pipeline_set, population.y, z.y,
                                                          is_member, "pipeline", "student pipeline")
+        if "pipeline" in (config.method_modes or config.modes):
             # each method's own pipeline: the same shadow halves, generators, rounds and teachers, the
             # method's student at the end (a DP-SGD shadow is DP-SGD on the half)
             for key, (_, _, method) in methods.items():

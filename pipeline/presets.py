@@ -196,7 +196,7 @@ def estimate_stages(config: ExperimentConfig, profile: DataProfile) -> list[Stag
                        for name, options in config.methods)
         stages.append(StageEstimate("methods", method_s, ", ".join(n for n, _ in config.methods)
                                     + " (rough: from the classifiers' timed steps)"))
-        if "pipeline" in config.audit.modes and config.audit.pipeline_shadows:
+        if "pipeline" in (config.audit.method_modes or config.audit.modes) and config.audit.pipeline_shadows:
             n, workers = config.audit.pipeline_shadows, min(config.audit.pipeline_shadows, os.cpu_count() or 1)
             stages.append(StageEstimate("method shadows", method_s * n / max(1.0, 0.65 * workers),
                                         f"every method once per pipeline shadow ({n}), in the audit stage"))
@@ -279,6 +279,8 @@ def quickstart_config() -> ExperimentConfig:
     # the preset is dataset-neutral ("a photo of a {label}"); the built-in data knows better. 4
     # transfer shadows and 2 pipeline shadows keep the quickstart within 5 minutes on 2 CPU cores.
     # plus one data-free student that needs no generator (activation maximisation) on the same plane,
-    # with half its default images (256 per class instead of 512) to keep the quickstart short
+    # with half its default images (256 per class instead of 512) and audited in transfer mode only (its
+    # pipeline mode reruns it in every pipeline shadow: about 2 more minutes here) to keep the quickstart short
     return replace(config, captioner=CaptionerConfig(class_template="a handwritten digit {label}"),
-                   methods=(("am", {"images_per_class": 256}),))
+                   methods=(("am", {"images_per_class": 256}),),
+                   audit=replace(config.audit, method_modes=("transfer",)))

@@ -38,7 +38,9 @@ def test_tiny_images_get_the_digits_recipe_and_the_quickstart_is_that_preset():
     config, why = preset_config(DatasetConfig(), profile(8, 1, 644), "standard")
     assert config.teacher.model == "tiny-cnn" and config.teacher.augment == ()
     assert dict(config.generator_options) == {}
-    assert replace(config, captioner=quickstart_config().captioner, methods=quickstart_config().methods) == quickstart_config()
+    assert replace(config, captioner=quickstart_config().captioner, methods=quickstart_config().methods,
+                   audit=quickstart_config().audit) == quickstart_config()
+    assert quickstart_config().audit == replace(config.audit, method_modes=("transfer",))
     assert config.captioner.class_template == "a photo of a {label}"  # dataset-neutral unless it knows better
     assert any("tiny-cnn" in line for line in why)
 

@@ -161,6 +161,8 @@ def test_audit_config_rejects_bad_values():
         AuditConfig(views=("rotate",))
     with pytest.raises(ValueError, match="valid: transfer, pipeline"):
         AuditConfig(modes=("both",))
+    with pytest.raises(ValueError, match="unknown method mode"):
+        AuditConfig(method_modes=("both",))
 
 
 def test_a_model_that_memorised_its_members_is_caught(tmp_path: Path):
