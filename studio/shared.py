@@ -11,20 +11,23 @@ import io
 import json
 import re
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
 from PIL import Image
 
-from pipeline.captions.curation import filter_records
+from pipeline.captions.curation import ReviewProgress, curators, filter_records, review_progress
 from pipeline.captions.store import CaptionRecord, CaptionStore
 from pipeline.core.common import from_dict
 from pipeline.core.project import Project, default_project_dir
 from pipeline.data.datasets import DatasetConfig, ImageDataset, load_dataset
 
-THUMB = 64  # thumbnail side in pixels
+THUMB_SIZES = (64, 128, 256)  # grid thumbnail sides in pixels the Captions page offers
+THUMB = 128  # default thumbnail side: a chest X-ray or a skin lesion still shows its structure
+VIEW_SIDE = 768  # "fit to panel": the longer side of a viewer image, in pixels (a portrait X-ray fits a screen)
+CURATOR = "curator"  # session-state key: the name of who curates in this browser session
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # `name` or `owner/name` on the Hub
 
 
@@ -61,8 +64,25 @@ def records(root: str, name: str, version: int) -> dict[str, CaptionRecord]:
 
 @st.cache_resource(show_spinner=False, max_entries=32)
 def filtered_ids(root: str, name: str, version: int, classes: tuple[str, ...], text: str,
-                 status: str) -> list[str]:
-    return [r.id for r in filter_records(records(root, name, version), classes or None, text, status)]
+                 status: str, curator: str = "") -> list[str]:
+    """Ids matching the filters; ``curator`` "" = anyone."""
+    return [r.id for r in filter_records(records(root, name, version), classes or None, text, status,
+                                         curator or None)]
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def curator_names(root: str, name: str, version: int) -> list[str]:
+    return curators(records(root, name, version))
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def progress(root: str, name: str, version: int, classes: tuple[str, ...]) -> list[ReviewProgress]:
+    return review_progress(records(root, name, version), classes)
+
+
+def curator() -> str:
+    """The curator's name for this browser session ("" until they give it)."""
+    return str(st.session_state.get(CURATOR, "")).strip()
 
 
 # -- datasets ---------------------------------------------------------------------------------------------
@@ -89,15 +109,26 @@ def dataset_fingerprint(config: DatasetConfig) -> str:
     return _fingerprint(dataset_key(config))
 
 
-def thumbnail_uri(image: Image.Image, size: int = THUMB) -> str:
-    """A PNG data URI of ``image`` scaled to fit ``size`` (nearest neighbour: tiny images stay crisp)."""
-    image = image.convert("RGB")
+def fit(image: Image.Image, size: int) -> Image.Image:
+    """``image`` fitted to ``size`` pixels: shrunk with a box pre-reduction (``reducing_gap``: a 3000 px
+    X-ray in milliseconds), or enlarged by a whole factor with nearest neighbour (tiny images stay crisp,
+    no blur or uneven pixels)."""
     scale = size / max(image.size)
-    resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BILINEAR
-    image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), resample)
+    if scale >= 1:
+        return scaled(image, size)
+    target = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)
+
+
+def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    image.save(buffer, format="PNG", compress_level=1)  # shown once, not stored: speed over size
+    return buffer.getvalue()
+
+
+def thumbnail_uri(image: Image.Image, size: int = THUMB) -> str:
+    """A PNG data URI of ``image`` scaled to fit ``size``."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes(fit(image.convert("RGB"), size))).decode()
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -111,6 +142,27 @@ def thumbnails(key: str, ids: tuple[str, ...], size: int = THUMB) -> list[str | 
         except (KeyError, ValueError):
             out.append(None)
     return out
+
+
+@dataclass(frozen=True)
+class ViewerImage:
+    """One image as the viewer shows it."""
+
+    png: bytes  # lossless: a caption may describe a detail JPEG would smear
+    size: tuple[int, int]  # the original width and height
+    width: int  # the width of ``png``
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def viewer_image(key: str, image_id: str, full: bool) -> ViewerImage | None:
+    """One image for the viewer (None if unreadable): the original pixels when ``full``, else fitted to
+    :data:`VIEW_SIDE` (small images enlarged, large ones shrunk)."""
+    try:
+        image = _dataset(key).load_image(image_id)
+    except (KeyError, ValueError):
+        return None
+    shown = image if full else fit(image, VIEW_SIDE)
+    return ViewerImage(png_bytes(shown), image.size, shown.width)
 
 
 def scaled(image: Image.Image, size: int = 128) -> Image.Image:

@@ -1,6 +1,6 @@
 """Caption curation helpers for people fixing captions by hand: filter, search, bulk find & replace
-with a preview, per-class statistics, re-captioning a selection. Pure functions over store records,
-plus :func:`recaption` which writes a new store version."""
+with a preview, per-class statistics and review progress, re-captioning a selection. Pure functions
+over store records, plus :func:`recaption` and :func:`approve_class`, which write a new store version."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from .captioners import Captioner, CaptionerConfig, create_captioner
 from .store import CaptionChange, CaptionRecord, CaptionStore
 
 STOPWORDS = frozenset("a an the of on in at with and is are to for by from its it this that".split())
-FILTERS = ("all", "edited", "machine", "needs review")
+# status filters: a caption's review status (machine | edited | reviewed), "not reviewed" (machine or
+# edited) and "needs review" (machine captions that look wrong, see needs_review)
+FILTERS = ("all", "edited", "machine", "needs review", "reviewed", "not reviewed")
 
 
 @dataclass(frozen=True)
@@ -30,11 +32,26 @@ class ClassStats:
     missing_class_name: int  # captions that do not mention the class name
 
 
+@dataclass(frozen=True)
+class ReviewProgress:
+    """How far the review of one class has come."""
+
+    label: str
+    total: int  # captions of the class
+    reviewed: int  # of them with status "reviewed"
+    edited: int  # of them edited by hand and waiting for review
+
+    @property
+    def fraction(self) -> float:
+        return self.reviewed / self.total if self.total else 1.0
+
+
 def needs_review(record: CaptionRecord) -> bool:
-    """A machine caption that is empty, very short, repeats a word 3+ times or lacks the class name."""
-    words = record.caption.lower().split()
-    if record.edited_by_hand:
+    """A machine caption (not yet edited or reviewed) that is empty, very short, repeats a word 3+
+    times or lacks the class name."""
+    if record.status != "machine":
         return False
+    words = record.caption.lower().split()
     repeated = any(n >= 3 for n in Counter(words).values())
     return len(words) < 3 or repeated or not mentions_class(record.caption, record.label)
 
@@ -43,27 +60,69 @@ def mentions_class(caption: str, label: str) -> bool:
     return re.search(rf"\b{re.escape(label.lower().replace('_', ' '))}s?\b", caption.lower()) is not None
 
 
+_STATUS_TESTS = {
+    "all": lambda r: True,
+    "edited": lambda r: r.status == "edited",
+    "machine": lambda r: r.status == "machine",
+    "needs review": needs_review,
+    "reviewed": lambda r: r.status == "reviewed",
+    "not reviewed": lambda r: r.status != "reviewed",
+}
+
+
 def filter_records(records: Mapping[str, CaptionRecord], classes: Iterable[str] | None = None, text: str = "",
-                   status: str = "all") -> list[CaptionRecord]:
-    """Records (sorted by id) of the given classes whose caption contains ``text`` (case-insensitive)
-    and whose status is ``status``: all | edited (by hand) | machine | needs review."""
+                   status: str = "all", curator: str | None = None) -> list[CaptionRecord]:
+    """Records (sorted by id) of the given classes whose caption or id contains ``text``
+    (case-insensitive), whose status matches ``status`` (one of :data:`FILTERS`) and, if given, whose
+    last editor or reviewer is ``curator``."""
     if status not in FILTERS:
         raise ValueError(f"unknown filter {status!r}; valid: {', '.join(FILTERS)}")
     wanted = set(classes) if classes else None
     needle = text.lower().strip()
+    keep = _STATUS_TESTS[status]
     out = []
     for image_id in sorted(records):
         r = records[image_id]
-        if wanted is not None and r.label not in wanted:
+        if wanted is not None and r.label not in wanted or curator is not None and r.curator != curator:
             continue
         if needle and needle not in r.caption.lower() and needle not in r.id.lower():
             continue
-        if status == "edited" and not r.edited_by_hand or status == "machine" and r.edited_by_hand:
-            continue
-        if status == "needs review" and not needs_review(r):
-            continue
-        out.append(r)
+        if keep(r):
+            out.append(r)
     return out
+
+
+def curators(records: Mapping[str, CaptionRecord]) -> list[str]:
+    """Everyone who last edited or reviewed some caption, sorted."""
+    return sorted({r.curator for r in records.values() if r.curator})
+
+
+def review_progress(records: Mapping[str, CaptionRecord], class_names: Iterable[str]) -> list[ReviewProgress]:
+    """Per class (in ``class_names`` order, then any other label): captions, reviewed, edited."""
+    counts: dict[str, Counter] = {c: Counter() for c in class_names}
+    for r in records.values():
+        counts.setdefault(r.label, Counter())[r.status] += 1
+    return [ReviewProgress(label, sum(c.values()), c["reviewed"], c["edited"]) for label, c in counts.items()]
+
+
+def approve_class(store: CaptionStore, label: str, base_version: int, reviewer: str) -> int:
+    """Mark every caption of class ``label`` at ``base_version`` reviewed, as one version (refused
+    like an edit if one of them changed since)."""
+    ids = sorted(i for i, r in store.records(base_version).items() if r.label == label and not r.reviewed)
+    if not ids:
+        raise ValueError(f"every caption of class {label!r} is already reviewed")
+    return store.review(ids, base_version=base_version, reviewer=reviewer, message=f"approve class {label}")
+
+
+def store_template(meta: Mapping[str, Any], records: Mapping[str, CaptionRecord]) -> str | None:
+    """The class template the store's captions were made with: ``class_template`` in the store's meta,
+    else the most common one among its ``classname`` captions' sources; None if neither has one."""
+    if meta.get("class_template"):
+        return str(meta["class_template"])
+    used = Counter(r.source.get("params", {}).get("class_template") for r in records.values()
+                   if r.source.get("captioner") == "classname")
+    used.pop(None, None)
+    return used.most_common(1)[0][0] if used else None
 
 
 def find_replace(records: Iterable[CaptionRecord], find: str, replace: str, regex: bool = False,

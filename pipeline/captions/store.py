@@ -9,9 +9,16 @@ Layout of a store folder (``<project>/captions/<store>/``)::
     .lock                 fcntl lock serialising writers across processes
 
 A version file holds ``{"version", "parent", "created_at", "author", "message", "records": [...]}``
-where each record is ``{"id", "label", "caption", "source", "timestamp"}`` (``caption`` None means
-deleted). Versions are deltas, so a hand edit of one caption costs one small file, not a rewrite
-of 50,000 records. The state at version v is the latest record per id over versions 1..v.
+where each record is ``{"id", "label", "caption", "source", "timestamp", "status", "curator"}``
+(``caption`` None means deleted). Versions are deltas, so a hand edit of one caption costs one small
+file, not a rewrite of 50,000 records. The state at version v is the latest record per id over
+versions 1..v.
+
+Review workflow: every caption has a ``status``, ``machine`` (written by a captioner or an import) →
+``edited`` (changed by hand) → ``reviewed`` (approved by a curator, text unchanged), and a ``curator``:
+who last edited or reviewed it. A hand edit of a reviewed caption makes it ``edited`` again. Files
+written before statuses existed lack both keys: the status is read from ``source`` (captioner "hand" =
+edited) and the curator of a hand edit is its version's author.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -33,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 SNAPSHOT_EVERY = 50
 HAND_EDIT = {"captioner": "hand", "model": None, "params": {}}
+STATUSES = ("machine", "edited", "reviewed")  # review workflow order
 
 
 @dataclass(frozen=True)
@@ -44,19 +52,37 @@ class CaptionRecord:
     caption: str  # the caption text
     source: Mapping[str, Any]  # {"captioner", "model", "params"}; captioner "hand" = edited by hand
     timestamp: str  # ISO-8601 UTC time the caption was written
+    status: str = ""  # machine | edited | reviewed; "" = from ``source`` (hand = edited, else machine)
+    curator: str = ""  # who last edited or reviewed it by hand ("" for a machine caption)
+
+    def __post_init__(self) -> None:
+        if not self.status:  # frozen: the derived default has to be set through object.__setattr__
+            object.__setattr__(self, "status", "edited" if self.source.get("captioner") == "hand" else "machine")
+        elif self.status not in STATUSES:
+            raise ValueError(f"unknown caption status {self.status!r}; valid: {', '.join(STATUSES)}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "label": self.label, "caption": self.caption,
-                "source": dict(self.source), "timestamp": self.timestamp}
+        return {"id": self.id, "label": self.label, "caption": self.caption, "source": dict(self.source),
+                "timestamp": self.timestamp, "status": self.status, "curator": self.curator}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> CaptionRecord:
-        return cls(data["id"], data["label"], data["caption"], data.get("source") or {},
-                   data.get("timestamp") or "")
+    def from_dict(cls, data: Mapping[str, Any], author: str = "") -> CaptionRecord:
+        """``author``: the version's author, the curator of a hand edit saved before records named one."""
+        source = data.get("source") or {}
+        curator = data.get("curator")
+        if curator is None:
+            curator = author if source.get("captioner") == "hand" else ""
+        return cls(data["id"], data["label"], data["caption"], source, data.get("timestamp") or "",
+                   data.get("status") or "", curator)
 
     @property
     def edited_by_hand(self) -> bool:
+        """The text was written by a person (it may be reviewed since)."""
         return self.source.get("captioner") == "hand"
+
+    @property
+    def reviewed(self) -> bool:
+        return self.status == "reviewed"
 
 
 @dataclass(frozen=True)
@@ -220,20 +246,40 @@ class CaptionStore:
         author: str = "",
         message: str = "edited by hand",
     ) -> int:
-        """Hand edits {image id: new caption} based on ``base_version``; see :meth:`save`."""
-        current = self.records(self.head())
-        unknown = [i for i in captions if i not in current]
-        if unknown:
-            raise KeyError(f"no caption for image ids {unknown[:5]} in store {self.name!r}")
+        """Hand edits {image id: new caption} based on ``base_version``; see :meth:`save`.
+
+        An edited caption gets status ``edited`` and ``author`` as its curator, also when it was
+        reviewed before (the new text has not been reviewed). Unchanged captions are left alone.
+        """
+        current = self._current(captions)
+        author = author or os.environ.get("USER", "")
         stamp = _now()
         changed = [
-            CaptionRecord(i, current[i].label, text.strip(), HAND_EDIT, stamp)
+            CaptionRecord(i, current[i].label, text.strip(), HAND_EDIT, stamp, "edited", author)
             for i, text in captions.items()
             if text.strip() != current[i].caption
         ]
         if not changed:
             return self.head()
         return self.save(changed, base_version=base_version, author=author, message=message)
+
+    def review(self, ids: Iterable[str], base_version: int, reviewer: str, message: str = "") -> int:
+        """Mark captions reviewed by ``reviewer`` without changing their text, as one new version.
+
+        Captions already reviewed are skipped (no version when none is left). Refused like an edit
+        (:class:`CaptionConflictError`) when a caption changed after ``base_version``: the reviewer
+        approved the text they saw, not a newer one.
+        """
+        if not reviewer.strip():
+            raise ValueError("name the reviewer: a review records who approved the captions")
+        wanted = list(dict.fromkeys(ids))
+        current = self._current(wanted)
+        changed = [replace(current[i], status="reviewed", curator=reviewer.strip())
+                   for i in wanted if not current[i].reviewed]
+        if not changed:
+            return self.head()
+        return self.save(changed, base_version=base_version, author=reviewer.strip(),
+                         message=message or f"reviewed {len(changed)} caption(s)")
 
     def rollback(self, version: int, author: str = "") -> int:
         """Make the state of ``version`` current again, as a new version (history is kept)."""
@@ -275,6 +321,14 @@ class CaptionStore:
         self.pending_path(key).unlink(missing_ok=True)
 
     # -- internals ------------------------------------------------------------------------------
+    def _current(self, ids: Iterable[str]) -> dict[str, CaptionRecord]:
+        """The head state; every id in ``ids`` must have a caption."""
+        current = self.records(self.head())
+        unknown = [i for i in ids if i not in current]
+        if unknown:
+            raise KeyError(f"no caption for image ids {unknown[:5]} in store {self.name!r}")
+        return current
+
     def _version_path(self, version: int) -> Path:
         return self.root / "versions" / f"{version:06d}.json"
 
@@ -300,11 +354,12 @@ class CaptionStore:
 
     def _apply(self, state: dict[str, CaptionRecord], first: int, last: int) -> dict[str, CaptionRecord]:
         for v in range(first, last + 1):
-            for data in self._read_version(v)["records"]:
+            version = self._read_version(v)
+            for data in version["records"]:
                 if data["caption"] is None:
                     state.pop(data["id"], None)
                 else:
-                    state[data["id"]] = CaptionRecord.from_dict(data)
+                    state[data["id"]] = CaptionRecord.from_dict(data, author=version.get("author", ""))
         return state
 
     def _changed_since(self, base: int, ids: set[str]) -> set[str]:
@@ -314,8 +369,10 @@ class CaptionStore:
         return touched
 
     def _write_snapshot(self, version: int) -> None:
+        # records(), not _replay(): a store that has the previous state in memory only applies the
+        # newest delta (a replay of 50k captions took a second, in the middle of someone's save)
         lines = "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n"
-                        for r in self._replay(version).values())
+                        for r in self.records(version).values())
         atomic_write_text(self.root / "snapshots" / f"{version:06d}.jsonl", lines)
 
     @contextmanager

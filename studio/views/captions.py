@@ -1,8 +1,11 @@
-"""Captions: browse a caption store page by page with the real thumbnails, edit inline, find & replace,
-re-caption a selection, per-class statistics, version history with diff and rollback.
+"""Captions: browse a caption store page by page with real-size thumbnails and edit inline, or go through it
+one image at a time in a viewer (keys: N next, P previous, E edit the caption, Ctrl+S save, A mark
+reviewed); review captions (machine-made → edited → reviewed) with per-class progress and class approval;
+find & replace, re-caption, per-class statistics, version history with diff and rollback.
 
 Every save names the version this tab loaded (``base_version``): a save that would overwrite a caption
-someone else changed since is refused with the store's conflict message, never lost silently.
+someone else changed since is refused with the store's conflict message, never lost silently. Every save
+records the curator's name (asked once per browser session) as the author of the version it writes.
 """
 
 from __future__ import annotations
@@ -14,17 +17,42 @@ import streamlit as st
 
 from pipeline.captions import curation
 from pipeline.captions.captioners import CAPTIONERS, CaptionerConfig
-from pipeline.captions.store import CaptionConflictError
+from pipeline.captions.store import CaptionConflictError, CaptionRecord
 from pipeline.data.datasets import SOURCES, DatasetConfig
 from pipeline.views.report import dataset_config_for_store
 from studio import shared
 
 PAGE_SIZES = (24, 48, 96)
-STATUS_LABELS = {"all": "all", "edited": "edited by hand", "machine": "machine-made", "needs review": "needs review"}
-TOOLS = ("Find & replace", "Re-caption", "Statistics", "History")
-AUTHOR = "studio"
+STATUS_LABELS = {"all": "all", "edited": "edited by hand", "machine": "machine-made", "needs review": "needs review",
+                 "reviewed": "reviewed", "not reviewed": "not reviewed"}
+RECORD_STATUS = {"machine": "machine-made", "edited": "edited", "reviewed": "reviewed"}
+MODES = ("Grid", "Viewer")
+TOOLS = ("Review", "Find & replace", "Re-caption", "Statistics", "History")
+KEYS = {"next": "N", "previous": "P", "save": "Ctrl+S", "review": "A"}  # "R" and "C" are Streamlit's own
+ANYONE = ""  # curator filter: no filter
 PREVIEW_ROWS = 500
-ROW_HEIGHT = 56  # pixels: room for a thumbnail
+PICK, FOLLOW = "cap_pick", "cap_follow"  # session keys: the viewer's image; "show the page it is on"
+NEED_NAME = "Type your name under **Curator** (top of the page) before saving: it is recorded with every version."
+# Streamlit's shortcuts skip plain keys while a text field has focus, and a text area only commits what was
+# typed on blur: so Ctrl/Cmd+S first blurs the field (its text and the Save click reach the server in one
+# message) and never opens the browser's "save page"; E puts the cursor in the viewer's caption. Runs in
+# the page itself (capture phase: before Streamlit's own key handler), once per browser tab.
+KEY_SCRIPT = """<script>
+if (!window.tckrCaptionKeys) {
+  window.tckrCaptionKeys = true;
+  document.addEventListener("keydown", (event) => {
+    const field = event.target.closest ? event.target.closest("textarea, input, [contenteditable=true]") : null;
+    const mod = event.ctrlKey || event.metaKey;
+    if (mod && !event.altKey && event.key.toLowerCase() === "s") {
+      event.preventDefault();
+      if (field) field.blur();
+    } else if (!field && !mod && !event.altKey && event.key.toLowerCase() === "e") {
+      const box = document.querySelector('[class*="st-key-cap_vtext_"] textarea');
+      if (box) { event.preventDefault(); box.focus(); box.setSelectionRange(box.value.length, box.value.length); }
+    }
+  }, true);
+}
+</script>"""
 
 st.title("Captions")
 shared.show_flash()
@@ -36,8 +64,22 @@ if not names:
             "or start a run on the **Runs** page.")
     st.stop()
 
-# 1. which store and version -----------------------------------------------------------------------------
-top = st.columns([3, 2, 1], vertical_alignment="bottom")
+
+def curator_now() -> str:
+    """The name in the Curator box; inside a callback too, where the script has not stored it yet."""
+    return str(st.session_state.get("cap_curator", shared.curator())).strip()
+
+
+def author() -> str | None:
+    """The curator's name for a save, or None with an error shown on the next run."""
+    if not curator_now():
+        shared.flash("error", NEED_NAME)
+        return None
+    return curator_now()
+
+
+# 1. which store and version, and who curates -------------------------------------------------------------
+top = st.columns([3, 2, 1, 2], vertical_alignment="bottom")
 name = top[0].selectbox("Caption store", names, key="cap_store")
 store = shared.store(root, name)
 head = store.head()
@@ -51,6 +93,12 @@ view = top[1].selectbox("Version", list(range(head, 0, -1)), index=head - base, 
 if top[2].button("Load newest", disabled=base == head, help="Reload the newest version (drops unsaved edits)"):
     bases[name] = head
     st.rerun()
+# its own key, copied to the session's: a widget's state is dropped while another page is shown
+top[3].text_input("Curator", value=shared.curator(), key="cap_curator", placeholder="your name",
+                  help="Recorded as the author of every version you save, once per browser session.")
+st.session_state[shared.CURATOR] = curator_now()
+if not curator_now():
+    st.info(NEED_NAME)
 editable = view == base
 if head > base:
     st.warning(f"Version {head} was saved after version {base}, which this tab is editing (another tab or "
@@ -58,9 +106,10 @@ if head > base:
                "to a caption changed since are refused. Press **Load newest** to see the newest captions.")
 if not editable:
     st.info(f"Viewing version {view} (read-only). Roll back to it under **History**, or pick version {base} to edit.")
+meta = store.meta()
 
 
-# 2. the dataset the captions describe (for thumbnails and re-captioning) ----------------------------------
+# 2. the dataset the captions describe (for thumbnails, the viewer and re-captioning) ----------------------
 def pick_dataset() -> tuple[DatasetConfig | None, bool]:
     """The store's dataset and whether it was chosen by hand (then its fingerprint is checked)."""
     chosen = st.session_state.get(f"cap_dataset_{name}")
@@ -94,7 +143,7 @@ def load_dataset(config: DatasetConfig | None, by_hand: bool):
         return None
     try:
         dataset = shared.dataset(config)
-        if by_hand and store.meta().get("fingerprint") not in (None, shared.dataset_fingerprint(config)):
+        if by_hand and meta.get("fingerprint") not in (None, shared.dataset_fingerprint(config)):
             st.warning(f"Dataset {shared.describe(config)} is not the one these captions were made from "
                        "(fingerprints differ); thumbnails are hidden. Choose the right dataset above.")
             return None
@@ -107,65 +156,54 @@ def load_dataset(config: DatasetConfig | None, by_hand: bool):
 config, by_hand = pick_dataset()
 
 # 3. filters and the page of captions ------------------------------------------------------------------------
-classes = store.meta().get("classes") or sorted({r.label for r in shared.records(root, name, view).values()})
-cols = st.columns([2, 2, 3, 1])
+classes = meta.get("classes") or sorted({r.label for r in shared.records(root, name, view).values()})
+cols = st.columns([3, 3, 2, 2], vertical_alignment="bottom")
 chosen_classes = cols[0].multiselect("Classes", classes, key="cap_classes", placeholder="all classes")
 text = cols[1].text_input("Search captions or ids", key="cap_text")
-status = cols[2].radio("Status", curation.FILTERS, horizontal=True, key="cap_status",
-                       format_func=STATUS_LABELS.get)
-page_size = cols[3].selectbox("Per page", PAGE_SIZES, key="cap_page_size")
+who = cols[2].selectbox("Curator (last edit or review)", [ANYONE, *shared.curator_names(root, name, view)],
+                        key="cap_who", format_func=lambda c: c or "anyone")
+mode = cols[3].segmented_control("Show", MODES, default="Grid", required=True, key="cap_mode",
+                                 help="Grid: a page of captions to edit inline. Viewer: one image at full size.")
+cols = st.columns([6, 1, 1], vertical_alignment="bottom")
+status = cols[0].radio("Status", curation.FILTERS, horizontal=True, key="cap_status", format_func=STATUS_LABELS.get)
+page_size = cols[1].selectbox("Per page", PAGE_SIZES, key="cap_page_size")
+thumb = cols[2].selectbox("Thumbnail size", shared.THUMB_SIZES, index=shared.THUMB_SIZES.index(shared.THUMB),
+                          key="cap_thumb", format_func=lambda s: f"{s} px")
 everything = shared.records(root, name, view)  # after the widgets: they paint while 50k captions load
-ids = shared.filtered_ids(root, name, view, tuple(chosen_classes), text, status)
+ids = shared.filtered_ids(root, name, view, tuple(chosen_classes), text, status, who)
 pages = max(1, -(-len(ids) // page_size))
-signature = hashlib.sha1(repr((chosen_classes, text, status, page_size)).encode()).hexdigest()[:8]
+signature = hashlib.sha1(repr((chosen_classes, text, status, who, page_size)).encode()).hexdigest()[:8]
+page_key = f"cap_page_{signature}"
+if st.session_state.pop(FOLLOW, False) and st.session_state.get(PICK) in everything:
+    try:  # the viewer moved: show the page its image is on
+        st.session_state[page_key] = ids.index(st.session_state[PICK]) // page_size + 1
+    except ValueError:  # it left the filter (e.g. reviewed under "not reviewed")
+        pass
+if st.session_state.get(page_key, 1) > pages:  # the filter shrank under it
+    st.session_state[page_key] = pages
 cols = st.columns([1, 4], vertical_alignment="bottom")
-page = cols[0].number_input(f"Page (of {pages:,})", min_value=1, max_value=pages, value=1, key=f"cap_page_{signature}")
+page = cols[0].number_input(f"Page (of {pages:,})", min_value=1, max_value=pages, key=page_key)
 page_ids = ids[(page - 1) * page_size: page * page_size]
 cols[1].caption(f"{len(ids):,} of {len(everything):,} captions match · version {view} of {head}")
 
 dataset = load_dataset(config, by_hand)  # loaded once per server, after the widgets have painted
-page_records = [everything[i] for i in page_ids]
-thumbs = shared.thumbnails(shared.dataset_key(config), tuple(page_ids)) if dataset is not None else \
-    [None] * len(page_ids)
-table = pd.DataFrame({
-    "image": thumbs,
-    "id": page_ids,
-    "class": [r.label for r in page_records],
-    "caption": [r.caption for r in page_records],
-    "status": ["edited by hand" if r.edited_by_hand else "needs review" if curation.needs_review(r)
-               else r.source.get("captioner", "") for r in page_records],
-    "select": [False] * len(page_ids),
-})
-editor_key = f"cap_editor_{name}_{view}_{signature}_{page}"
-if not page_ids:  # an empty table cannot take the editor's column types (StreamlitAPIException)
-    st.info("No captions match these filters. Clear the search or pick another status or class.")
-else:
-    st.data_editor(
-        table, key=editor_key, hide_index=True, width="stretch", row_height=ROW_HEIGHT,
-        height=min(38 + ROW_HEIGHT * len(table), 720),
-        disabled=["image", "id", "class", "status"] + ([] if editable else ["caption", "select"]),
-        column_config={
-            "image": st.column_config.ImageColumn("image", width="small"),
-            "id": st.column_config.TextColumn("id", width="small"),
-            "class": st.column_config.TextColumn("class", width="small"),
-            "caption": st.column_config.TextColumn("caption", width="large", required=True),
-            "status": st.column_config.TextColumn("status", width="small"),
-            "select": st.column_config.CheckboxColumn("select", help="select for re-captioning", width="small"),
-        },
-    )
-edit_state = st.session_state.get(editor_key) or {}
-edited = {page_ids[int(row)]: change["caption"] for row, change in edit_state.get("edited_rows", {}).items()
-          if "caption" in change}
-selected = [page_ids[int(row)] for row, change in edit_state.get("edited_rows", {}).items() if change.get("select")]
-pending = {i: (t or "").strip() for i, t in edited.items() if (t or "").strip() != everything[i].caption}
+
+
+def status_label(record: CaptionRecord) -> str:
+    if curation.needs_review(record):
+        return "needs review"
+    return RECORD_STATUS[record.status]
 
 
 def save_edits(store_name: str, base_version: int, changes: dict[str, str]) -> None:
     if any(not t for t in changes.values()):
         shared.flash("error", "A caption cannot be empty; type a caption or undo the change.")
         return
+    who = author()
+    if who is None:
+        return
     try:
-        version = shared.store(root, store_name).edit(changes, base_version=base_version, author=AUTHOR)
+        version = shared.store(root, store_name).edit(changes, base_version=base_version, author=who)
     except CaptionConflictError as err:
         shared.flash("error", f"Not saved: {err}")
         return
@@ -173,20 +211,191 @@ def save_edits(store_name: str, base_version: int, changes: dict[str, str]) -> N
     shared.flash("success", f"Saved {len(changes)} caption(s) as version {version}.")
 
 
-st.button(f"Save {len(pending)} edit(s)", type="primary", disabled=not pending or not editable,
-          on_click=save_edits, args=(name, base, pending), key="cap_save")
+def show_grid() -> list[str]:
+    """The page of captions in an editable grid, with a Save button for what was typed into it; returns
+    the ids ticked in its select column."""
+    page_records = [everything[i] for i in page_ids]
+    thumbs = shared.thumbnails(shared.dataset_key(config), tuple(page_ids), thumb) if dataset is not None \
+        else [None] * len(page_ids)
+    table = pd.DataFrame({
+        "image": thumbs,
+        "id": page_ids,
+        "class": [r.label for r in page_records],
+        "caption": [r.caption for r in page_records],
+        "status": [status_label(r) for r in page_records],
+        "curator": [r.curator for r in page_records],
+        "select": [False] * len(page_ids),
+    })
+    row_height = thumb + 8
+    editor_key = f"cap_editor_{name}_{view}_{signature}_{page}"
+    st.data_editor(
+        table, key=editor_key, hide_index=True, width="stretch", row_height=row_height,
+        height=min(38 + row_height * len(table), 760),
+        disabled=["image", "id", "class", "status", "curator"] + ([] if editable else ["caption", "select"]),
+        column_config={
+            "image": st.column_config.ImageColumn("image", width=thumb + 8),
+            "id": st.column_config.TextColumn("id", width="small"),
+            "class": st.column_config.TextColumn("class", width="small"),
+            "caption": st.column_config.TextColumn("caption", width="large", required=True),
+            "status": st.column_config.TextColumn("status", width="small"),
+            "curator": st.column_config.TextColumn("curator", width="small"),
+            "select": st.column_config.CheckboxColumn("select", help="select for re-captioning", width="small"),
+        },
+    )
+    edit_state = st.session_state.get(editor_key) or {}
+    rows = edit_state.get("edited_rows", {})
+    edited = {page_ids[int(row)]: change["caption"] for row, change in rows.items() if "caption" in change}
+    pending = {i: (t or "").strip() for i, t in edited.items() if (t or "").strip() != everything[i].caption}
+    st.button(f"Save {len(pending)} edit(s)", type="primary", disabled=not pending or not editable,
+              on_click=save_edits, args=(name, base, pending), key="cap_save", shortcut=KEYS["save"])
+    return [page_ids[int(row)] for row, change in rows.items() if change.get("select")]
 
-# 4. tools ----------------------------------------------------------------------------------------------------
+
+# 4. the viewer: one image beside its caption ---------------------------------------------------------------
+def step(target: str, text_key: str, original: str) -> None:
+    """Go to another image, unless the caption shown has an unsaved change (it would be lost)."""
+    if (st.session_state.get(text_key) or original).strip() != original:
+        shared.flash("warning", "Unsaved change: save it (Ctrl+S) or undo it before moving to another image.")
+        return
+    st.session_state[PICK] = target
+    st.session_state[FOLLOW] = True
+
+
+def save_one(store_name: str, base_version: int, image_id: str, text_key: str, original: str) -> None:
+    text = (st.session_state.get(text_key) or "").strip()
+    if not text:
+        shared.flash("error", "A caption cannot be empty; type a caption or undo the change.")
+        return
+    if text == original:
+        shared.flash("info", f"Nothing to save: the caption of {image_id} is unchanged.")
+        return
+    who = author()
+    if who is None:
+        return
+    try:
+        version = shared.store(root, store_name).edit({image_id: text}, base_version=base_version, author=who)
+    except CaptionConflictError as err:
+        shared.flash("error", f"Not saved: {err}")
+        return
+    st.session_state["cap_base"][store_name] = version
+    shared.flash("success", f"Saved the caption of {image_id} as version {version}.")
+
+
+def review_one(store_name: str, base_version: int, image_id: str, text_key: str, original: str,
+               next_id: str | None) -> None:
+    """Approve the caption shown (with the curator's change, if any, saved first), then go to the next."""
+    who = author()
+    if who is None:
+        return
+    text = (st.session_state.get(text_key) or original).strip()
+    target = shared.store(root, store_name)
+    before = target.head()
+    try:
+        version = target.edit({image_id: text}, base_version=base_version, author=who) if text != original \
+            else base_version
+        version = target.review([image_id], base_version=version, reviewer=who)
+    except CaptionConflictError as err:
+        shared.flash("error", f"Not saved: {err}")
+        return
+    if version == before:  # nothing written: it was reviewed already
+        shared.flash("info", f"{image_id} was already reviewed.")
+    else:
+        st.session_state["cap_base"][store_name] = version
+        shared.flash("success", f"Marked {image_id} reviewed by {who} (version {version}).")
+    if next_id is not None:
+        st.session_state[PICK] = next_id
+        st.session_state[FOLLOW] = True
+
+
+def show_image(image_id: str) -> None:
+    if dataset is None:
+        st.info("No image: this store's dataset was not found (choose it above).")
+        return
+    full = st.toggle("Full resolution", key="cap_full", help="Off: fitted to the panel (small images enlarged).")
+    shown = shared.viewer_image(shared.dataset_key(config), image_id, full)
+    if shown is None:
+        st.warning(f"Image {image_id} cannot be read.")
+        return
+    w, h = shown.size
+    # width = the PNG's own width and PNG out, so that Streamlit sends these very pixels (otherwise it
+    # shrinks images wider than 1,460 px and turns them into JPEG); a narrower panel scales it in the
+    # browser, and the image's fullscreen button shows it whole
+    st.image(shown.png, width=shown.width, output_format="PNG", caption=f"{image_id} · {w}×{h} px")
+
+
+def show_viewer() -> None:
+    if st.session_state.get(PICK) not in page_ids:
+        st.session_state[PICK] = page_ids[0]
+    image_id = st.session_state[PICK]
+    position = (page - 1) * page_size + page_ids.index(image_id)
+    previous_id = ids[position - 1] if position > 0 else None
+    next_id = ids[position + 1] if position + 1 < len(ids) else None
+    record = everything[image_id]
+    left, right = st.columns([3, 2])
+    with left:
+        show_image(image_id)
+    with right:
+        st.selectbox("Image", page_ids, key=PICK, format_func=lambda i: f"{i} · {everything[i].label}")
+        curated = f" by {record.curator}" if record.curator else ""
+        st.caption(f"Image {position + 1:,} of {len(ids):,} · class **{record.label}** · "
+                   f"{status_label(record)}{curated}")
+        text_key = f"cap_vtext_{name}_{base}_{image_id}"
+        st.text_area("Caption", record.caption, key=text_key, height=140, disabled=not editable,
+                     help="E puts the cursor here; Ctrl+S (Cmd+S) saves without leaving the box.")
+        nav = st.columns(2)
+        nav[0].button("Previous", key="view_prev", icon=":material/arrow_back:", disabled=previous_id is None,
+                      on_click=step, args=(previous_id, text_key, record.caption), shortcut=KEYS["previous"],
+                      width="stretch")
+        nav[1].button("Next", key="view_next", icon=":material/arrow_forward:", disabled=next_id is None,
+                      on_click=step, args=(next_id, text_key, record.caption), shortcut=KEYS["next"],
+                      width="stretch")
+        act = st.columns(2)
+        act[0].button("Save", key="view_save", type="primary", disabled=not editable, on_click=save_one,
+                      args=(name, base, image_id, text_key, record.caption), shortcut=KEYS["save"], width="stretch")
+        act[1].button("Mark reviewed", key="view_review", disabled=not editable, on_click=review_one,
+                      args=(name, base, image_id, text_key, record.caption, next_id), shortcut=KEYS["review"],
+                      width="stretch", help="Approve this caption as it reads (saving your change first), then "
+                                            "go to the next image.")
+        st.caption("Keys: **N** next · **P** previous · **E** edit · **Ctrl+S** save · **A** mark reviewed")
+
+
+selected: list[str] = []  # ticked in the grid, for re-captioning
+if not page_ids:  # an empty table cannot take the editor's column types (StreamlitAPIException)
+    st.info("No captions match these filters. Clear the search or pick another status, class or curator.")
+elif mode == "Viewer":
+    show_viewer()
+else:
+    selected = show_grid()
+st.html(KEY_SCRIPT, unsafe_allow_javascript=True)
+
+# 5. tools ----------------------------------------------------------------------------------------------------
 tool = st.segmented_control("Tools", TOOLS, key="cap_tool")
+
+
+def approve(store_name: str, base_version: int, label: str, count: int) -> None:
+    who = author()
+    if who is None:
+        return
+    try:
+        version = curation.approve_class(shared.store(root, store_name), label, base_version, who)
+    except (CaptionConflictError, ValueError) as err:
+        shared.flash("error", f"Not approved: {err}")
+        return
+    st.session_state["cap_base"][store_name] = version
+    st.session_state["rv_sure"] = False
+    shared.flash("success", f"Approved {count:,} caption(s) of class {label} as reviewed by {who}: version {version}.")
 
 
 def apply_replace(store_name: str) -> None:
     preview = st.session_state.pop("cap_fr_preview", None)
     if not preview:
         return
+    who = author()
+    if who is None:
+        return
     try:
         version = curation.apply_changes(shared.store(root, store_name), preview["changes"],
-                                         base_version=preview["base"], author=AUTHOR,
+                                         base_version=preview["base"], author=who,
                                          message=f"find {preview['find']!r} replace {preview['replace']!r}")
     except CaptionConflictError as err:
         shared.flash("error", f"Not applied: {err}")
@@ -195,7 +404,25 @@ def apply_replace(store_name: str) -> None:
     shared.flash("success", f"Replaced in {len(preview['changes'])} caption(s): version {version}.")
 
 
-if tool == "Find & replace":
+if tool == "Review":
+    progress = shared.progress(root, name, view, tuple(classes))
+    reviewed, total = sum(p.reviewed for p in progress), sum(p.total for p in progress)
+    st.progress(reviewed / total if total else 1.0, text=f"{reviewed:,} of {total:,} captions reviewed")
+    st.dataframe(pd.DataFrame([{"class": p.label, "reviewed": p.fraction, "captions": p.total,
+                                "reviewed captions": p.reviewed, "edited, waiting": p.edited} for p in progress]),
+                 hide_index=True, width="stretch", column_config={
+                     "reviewed": st.column_config.ProgressColumn("reviewed", min_value=0.0, max_value=1.0,
+                                                                 format="percent")})
+    by_label = {p.label: p for p in progress}
+    cols = st.columns([2, 2, 3], vertical_alignment="bottom")
+    label = cols[0].selectbox("Class to approve", list(by_label), key="rv_class")
+    left = by_label[label].total - by_label[label].reviewed
+    sure = cols[1].checkbox("I checked this class", key="rv_sure",
+                            help="Marks every caption of the class reviewed by you, as they read now.")
+    cols[2].button(f"Approve {left:,} caption(s) of class {label}", key="rv_approve", type="primary",
+                   disabled=not (sure and left and editable), on_click=approve, args=(name, base, label, left))
+
+elif tool == "Find & replace":
     cols = st.columns([3, 3, 1, 1, 2], vertical_alignment="bottom")
     find = cols[0].text_input("Find", key="fr_find")
     replace = cols[1].text_input("Replace with", key="fr_replace")
@@ -221,13 +448,15 @@ if tool == "Find & replace":
                   on_click=apply_replace, args=(name,), key="fr_apply")
 
 elif tool == "Re-caption":
-    st.caption("Re-caption the rows ticked in the **select** column, or every caption matching the filters.")
+    st.caption("Re-caption the rows ticked in the **select** column of the grid, or every caption matching the "
+               "filters. The class template starts as the one this store's captions were made with.")
     cols = st.columns([2, 3, 3, 2], vertical_alignment="bottom")
     captioner = cols[0].selectbox("Captioner", CAPTIONERS.names(), key="rc_captioner",
                                   index=CAPTIONERS.names().index("classname"))
     model = cols[1].text_input("Model (hub id, or a folder inside the project)", key="rc_model",
                                disabled=captioner == "classname")
-    template = cols[2].text_input("Class template", "a photo of a {label}", key="rc_template",
+    own_template = curation.store_template(meta, everything) or CaptionerConfig().class_template
+    template = cols[2].text_input("Class template", own_template, key=f"rc_template_{name}",
                                   disabled=captioner != "classname")
     which = cols[3].radio("Images", ["selected", "all filtered"], key="rc_which")
     targets = selected if which == "selected" else ids
@@ -235,9 +464,12 @@ elif tool == "Re-caption":
                  key="rc_run", help=None if dataset is not None else "needs the store's dataset (see above)"):
         model_ref = shared.model_ref(project, model) if captioner != "classname" else None
         try:
+            if not curator_now():
+                raise ValueError(NEED_NAME)
             with st.spinner(f"Captioning {len(targets):,} images with {captioner}..."):
                 version = curation.recaption(store, dataset, list(targets), CaptionerConfig(
-                    name=captioner, model=model_ref, class_template=template), base_version=base, author=AUTHOR)
+                    name=captioner, model=model_ref, class_template=template), base_version=base,
+                    author=curator_now())
             bases[name] = version
             shared.flash("success", f"Re-captioned {len(targets):,} image(s): version {version}.")
             st.rerun()
@@ -270,7 +502,10 @@ elif tool == "History":
     sure = cols[1].checkbox("I want to restore it", key="hist_sure",
                             help="Writes the captions of that version as a new version; history is kept.")
     if cols[2].button("Roll back", disabled=not sure, key="hist_rollback"):
-        version = store.rollback(target, author=AUTHOR)
-        bases[name] = version
-        shared.flash("success", f"Version {version} restores the captions of version {target}.")
-        st.rerun()
+        if not curator_now():
+            st.error(NEED_NAME)
+        else:
+            version = store.rollback(target, author=curator_now())
+            bases[name] = version
+            shared.flash("success", f"Version {version} restores the captions of version {target}.")
+            st.rerun()
