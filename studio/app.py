@@ -21,6 +21,8 @@ PAGES = [
     st.Page(VIEWS / "generations.py", title="Generations", icon=":material/image:", url_path="generations"),
     st.Page(VIEWS / "runs.py", title="Runs", icon=":material/play_circle:", url_path="runs"),
     st.Page(VIEWS / "tradeoffs.py", title="Trade-offs", icon=":material/scatter_plot:", url_path="tradeoffs"),
+    st.Page(VIEWS / "leaks.py", title="Leak explorer", icon=":material/policy:", url_path="leaks"),
+    st.Page(VIEWS / "synthetic.py", title="Synthetic set", icon=":material/photo_library:", url_path="synthetic"),
 ]
 
 st.set_page_config(page_title="TCKR studio", page_icon=":material/shield:", layout="wide")

@@ -1,0 +1,111 @@
+"""Synthetic set: the images an experiment's student actually trained on, round by round and class by
+class, with the prompt that made each one, the teacher's label and confidence, and the memorisation
+audit's copy flags; real member images of the same class beside. Data from
+:mod:`pipeline.views.synthetic_set`; this page only draws."""
+
+from __future__ import annotations
+
+import math
+
+import streamlit as st
+from PIL import Image
+
+from pipeline.core.common import from_dict
+from pipeline.data.datasets import DatasetConfig
+from pipeline.views import synthetic_set
+from pipeline.views.synthetic_set import SyntheticFilter, SyntheticImage, SyntheticSetView
+from studio import shared
+
+MIN_SIDE = 128  # images are shown at least this large (tiny ones upscaled, nearest neighbour)
+PER_ROW = 6
+
+st.title("Synthetic set")
+project = shared.project()
+runs = synthetic_set.browsable_runs(project)
+if not runs:
+    st.info("No finished experiment yet: start one on the **Runs** page; its synthetic training set appears here.")
+    st.stop()
+st.markdown("The synthetic images below are the ones the student was trained on (not fresh samples). Each shows "
+            "the prompt that generated it and what the run's **teacher** (trained on the real images) sees in it: "
+            "✓ when it recognises the intended class, ✗ when it sees another class. **copy** marks an image the "
+            "memorisation audit found to be a near-duplicate of a real training image.")
+
+
+def large(image: Image.Image) -> Image.Image:
+    """At least MIN_SIDE pixels on the longer side, upscaled by a whole factor (pixels stay sharp)."""
+    factor = math.ceil(MIN_SIDE / max(image.size))
+    if factor <= 1:
+        return image
+    return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+
+
+@st.cache_resource(show_spinner="Labelling the synthetic set with the teacher...", max_entries=4)
+def synthetic_view(root: str, run_id: str, stamp: float) -> SyntheticSetView:
+    """The run's synthetic rounds with the teacher's outputs (``stamp``: teacher.pt's mtime)."""
+    record = project.registry().get(run_id)
+    return synthetic_set.load_synthetic_set(project, run_id,
+                                            shared.dataset(from_dict(DatasetConfig, record.config["dataset"])))
+
+
+# 1. the run ---------------------------------------------------------------------------------------------------------
+run_id = st.selectbox("Experiment run", [r.id for r in runs], key="syn_run")
+record = next(r for r in runs if r.id == run_id)
+try:
+    view = synthetic_view(str(project.root), run_id, (record.run_dir / "teacher.pt").stat().st_mtime)
+except (OSError, ValueError, KeyError) as err:  # a run folder changed or lost files: shown, not raised
+    st.error(f"Cannot read this run's synthetic set: {err}")
+    st.stop()
+overall = synthetic_set.summary(view.images)
+cols = st.columns(4)
+cols[0].metric("Synthetic images", overall["images"], help=f"{len(view.rounds())} round(s)")
+cols[1].metric("Class fidelity", f"{overall['class_fidelity']:.1%}", help="share the teacher labels as intended")
+cols[2].metric("Mean teacher confidence", f"{overall['confidence']:.1%}")
+cols[3].metric("Flagged copies", overall["flagged"])
+
+# 2. filters -----------------------------------------------------------------------------------------------------------
+cols = st.columns([2, 3, 2, 2])
+rounds = cols[0].multiselect("Rounds", view.rounds(), key="syn_rounds", placeholder="all",
+                             format_func=lambda k: f"round {k}")
+classes = cols[1].multiselect("Classes", list(range(len(view.class_names))), key="syn_classes", placeholder="all",
+                              format_func=lambda c: view.class_names[c])
+only_wrong = cols[2].toggle("Only misclassified", key="syn_wrong", help="the teacher sees another class")
+only_flagged = cols[3].toggle("Only flagged copies", key="syn_flagged")
+cols = st.columns(2)
+per_class = cols[0].number_input("Synthetic images per class", 1, 200, 12, step=6, key="syn_per_class")
+n_real = cols[1].number_input("Real (member) images beside", 0, 12, 3, key="syn_real")
+shown = synthetic_set.filter_images(view.images, SyntheticFilter(tuple(rounds), tuple(classes), only_wrong,
+                                                                 only_flagged))
+if not shown:
+    st.info("No synthetic image matches these filters.")
+    st.stop()
+dataset = shared.dataset(view.dataset)
+
+
+# 3. class by class: real members, then the synthetic images ---------------------------------------------------------------
+def synthetic_cell(image: SyntheticImage) -> None:
+    with Image.open(image.path) as file:
+        st.image(large(file.convert("RGB")))
+    verdict = "✓" if image.faithful else "✗"
+    flag = " · **copy**" if image.copied else ""
+    st.caption(f"{verdict} teacher: {view.class_names[image.teacher_label]} ({image.teacher_confidence:.0%}){flag} · "
+               f"round {image.round} #{image.index}")
+    st.caption(f"“{image.prompt}”")
+
+
+for label in sorted({im.label for im in shown}):
+    in_class = [im for im in shown if im.label == label]
+    figures = synthetic_set.summary(in_class)
+    st.subheader(f"Class {view.class_names[label]}")
+    st.caption(f"{figures['images']} synthetic image(s) here · teacher agrees on {figures['class_fidelity']:.0%} · "
+               f"{figures['flagged']} flagged" + (f" · showing {per_class}" if len(in_class) > per_class else ""))
+    members = view.members_by_class.get(label, [])[:int(n_real)]
+    if members:
+        cells = st.columns(PER_ROW)
+        for cell, member in zip(cells, members):
+            cell.image(large(dataset.load_image(member)))
+            cell.caption(f"real (member) {member}")
+    picked = in_class[:int(per_class)]
+    for start in range(0, len(picked), PER_ROW):
+        for cell, image in zip(st.columns(PER_ROW), picked[start:start + PER_ROW]):
+            with cell:
+                synthetic_cell(image)
