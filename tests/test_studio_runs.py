@@ -1,5 +1,7 @@
-"""The Runs page in AppTest: the form builds and starts an ExperimentConfig, the live panel shows
-progress, curves, throughput and the log, and cancels a run; the Trade-offs page builds its figures."""
+"""The Runs page in AppTest: the form builds and starts an ExperimentConfig (also from a preset or a
+clone of a run), the table shows live status, the live panel shows progress, curves, throughput and the
+log, and cancels a run; two runs compare side by side; runs are archived and deleted with their checks;
+the Trade-offs page builds its figures."""
 
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import streamlit as st
 from streamlit.testing.v1 import AppTest
 from test_experiment import tiny_config
 from test_jobs import _wait
@@ -18,7 +22,10 @@ from test_studio_report import add_finished_run, fake_metrics
 
 from pipeline.cli.main import main
 from pipeline.core import jobs
-from pipeline.core.common import Progress, write_json
+from pipeline.core.common import Progress, to_jsonable, write_json
+from pipeline.core.runs import Link
+from pipeline.data.datasets import DatasetConfig, load_dataset
+from pipeline.presets import DataProfile, preset_config
 
 APP = str(Path(__file__).resolve().parents[1] / "studio" / "app.py")
 
@@ -38,6 +45,56 @@ def open_page(page: str) -> AppTest:
 
 def plotly_specs(at: AppTest) -> list[dict]:
     return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+@pytest.fixture
+def started(monkeypatch) -> list:
+    """Configs the Start button starts (registered as queued runs; the real start spawns a process)."""
+    configs = []
+
+    def fake_start(project, config):
+        configs.append(config)
+        return project.registry().create("experiment", config).id
+
+    monkeypatch.setattr("pipeline.core.jobs.start_experiment", fake_start)
+    return configs
+
+
+@pytest.fixture
+def fragments(monkeypatch) -> dict:
+    """``run_every`` of each fragment the page registers, by function name (AppTest fires no timers)."""
+    seen, real = {}, st.fragment
+
+    def spy(func=None, *, run_every=None):
+        def wrap(f):
+            seen[f.__name__] = run_every
+            return real(f, run_every=run_every)
+        return wrap if func is None else wrap(func)
+
+    monkeypatch.setattr(st, "fragment", spy)
+    return seen
+
+
+def table(at: AppTest, column: str) -> pd.DataFrame:
+    """The page's dataframe or table that has ``column`` (a column or an index level)."""
+    frames = [d.value for d in [*at.dataframe, *at.table]]
+    return next(f.reset_index() if column in f.index.names else f for f in frames
+                if column in f.columns or column in f.index.names)
+
+
+def finished_run(project, config: dict, metrics: dict) -> str:
+    registry = project.registry()
+    run = registry.create("experiment", config)
+    registry.start(run.id)
+    write_json(run.run_dir / "metrics.json", metrics)
+    registry.finish(run.id, teacher_accuracy=metrics["teacher"]["accuracy"])
+    return run.id
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
 
 
 def test_form_builds_the_config_and_starts_the_run(env, monkeypatch):
@@ -236,3 +293,149 @@ def test_png_export_renders_with_the_installed_kaleido():
 
     png = figures.to_png(figures.tradeoff_figure(points_from_metrics("r", fake_metrics())))
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+# -- issue 12: runs management -------------------------------------------------------------------------------
+def test_the_table_shows_live_status_stage_and_elapsed_and_refreshes_while_live(env, fragments):
+    registry = env.registry()
+    done = add_finished_run(env, fake_metrics())
+    running = registry.create("experiment", {"dataset": {"source": "digits"}})
+    registry.start(running.id)  # its process: this one, alive
+    registry.report(running.id, progress={"stage": "teacher", "done": 4, "total": 8})
+    queued = registry.create("experiment", {})  # its process has not claimed it yet
+    dead = registry.create("experiment", {})
+    registry.start(dead.id)
+    registry.set_pid(dead.id, dead_pid())  # marked running, its process gone
+    at = open_page("runs")
+    rows = table(at, "elapsed").set_index("run")
+    assert rows.loc[running.id, "status"] == "running" and rows.loc[running.id, "stage"] == "teacher 4/8"
+    assert re.fullmatch(r"\d+s|\d+m \d\ds", rows.loc[running.id, "elapsed"])
+    assert (rows.loc[queued.id, "status"], rows.loc[queued.id, "elapsed"]) == ("queued", "–")
+    assert rows.loc[dead.id, "status"] == "failed"  # judged like `runs list`
+    assert rows.loc[done, "teacher acc"] == "0.9500" and rows.loc[done, "student AUC"] == "–"
+    assert not rows.isna().any().any() and "None" not in rows.to_string()
+    assert fragments["runs_table"] == 2.0  # refreshed while a run is live
+    registry.finish(running.id)
+    registry.cancel(queued.id)
+    at.run()
+    assert fragments["runs_table"] is None
+    rows = table(at, "elapsed").set_index("run")
+    assert rows.loc[running.id, "status"] == "done" and rows.loc[running.id, "stage"] == ""
+
+
+def test_clone_fills_the_form_and_starts_the_same_config(env, started):
+    base = tiny_config()
+    original = replace(
+        base, dataset=replace(base.dataset, limit=40, member_fraction=0.4), store="digits", store_version=2,
+        template="class", cardinality=1.5, rounds=1, copy_gate=1, cas_epochs=3,
+        generator_options=(("train_steps", 12), ("sampling_steps", 3), ("block_out_channels", [8, 16]),
+                           ("norm_groups", 4), ("batch_size", 16), ("checkpoint_every", 5), ("guidance_scale", 3.0)),
+        teacher=replace(base.teacher, epochs=3, lr=0.01),  # lr: not in the form, kept from the clone
+        distill=replace(base.distill, regen_every=2, temperature=2.0,
+                        student=replace(base.distill.student, model="small-cnn", epochs=2)),
+        audit=replace(base.audit, n_shadows=6, pipeline_shadows=1, views=("orig",)),
+        methods=(("am", {"images_per_class": 4, "steps": 5}), ("dp-sgd", {"epsilon": 8.0})))
+    run = env.registry().create("experiment", original)
+    env.registry().fail(run.id, "ValueError: boom")
+    at = open_page("runs")
+    at.button(key="run_clone").click().run()
+    assert not at.exception and any("Cloned run" in s.value for s in at.success)
+    assert at.number_input(key="run_teacher_epochs").value == 3 and at.selectbox(key="run_student").value == "small-cnn"
+    assert at.selectbox(key="run_preset").value == "tiny (smoke test)"
+    assert json.loads(at.text_input(key="run_extra_scratch").value) == {"checkpoint_every": 5, "guidance_scale": 3.0}
+    assert any(f"a clone of run {run.id}" in i.value for i in at.info)
+    at.number_input(key="run_rounds").set_value(2).run()  # what the user changes before starting
+    at.button(key="run_start").click().run()
+    assert not at.error
+    [config] = started
+    assert config.rounds == 2
+    assert dict(config.generator_options) == {**dict(original.generator_options), "keep_checkpoints": 4}
+    same = {"rounds": 1, "generator_options": ()}
+    assert to_jsonable(replace(config, **same)) == to_jsonable(replace(original, **same))
+
+
+def test_a_preset_fills_the_form_from_the_data(env, started):
+    at = open_page("runs")
+    at.selectbox(key="run_data_preset").set_value("quick").run()
+    at.button(key="run_apply_preset").click().run()
+    assert not at.exception and not at.error
+    expected, why = preset_config(DatasetConfig(), DataProfile.of(load_dataset(DatasetConfig())), "quick")
+    [note] = [i.value for i in at.info if "quick preset" in i.value]
+    assert all(line in note for line in why)
+    assert at.number_input(key="run_teacher_epochs").value == expected.teacher.epochs == 30
+    at.button(key="run_start").click().run()
+    [config] = started
+    assert dict(config.generator_options).items() >= dict(expected.generator_options).items()
+    assert to_jsonable(replace(config, generator_options=())) == to_jsonable(replace(expected, generator_options=()))
+    at.button(key="run_form_reset").click().run()  # back to the defaults
+    assert at.number_input(key="run_teacher_epochs").value == 60 and not any("preset" in i.value for i in at.info)
+
+
+def test_two_runs_side_by_side(env):
+    a = finished_run(env, {"dataset": {"source": "digits"}, "rounds": 1}, fake_metrics(teacher=(0.95, 0.60)))
+    metrics = fake_metrics(teacher=(0.80, 0.70))
+    metrics["methods"] = {"am": fake_metrics(student=(0.70, 0.51))["student"]}
+    b = finished_run(env, {"dataset": {"source": "digits", "limit": 40}, "rounds": 2}, metrics)
+    at = open_page("runs")
+    at.selectbox(key="runs_compare_a").set_value(a)
+    at.selectbox(key="runs_compare_b").set_value(b).run()
+    config = table(at, "field").to_dict("records")
+    assert config == [{"field": "dataset.limit", "run A": "–", "run B": "40"},
+                      {"field": "rounds", "run A": "1", "run B": "2"}]
+    rows = table(at, "metric").set_index(["model", "metric"])
+    assert tuple(rows.loc[("teacher", "accuracy")]) == ("0.9500", "0.8000", "-0.1500")
+    assert tuple(rows.loc[("teacher", "MIA AUC [95% CI]")]) == ("0.600 [0.580, 0.620]", "0.700 [0.680, 0.720]",
+                                                                "+0.1000")
+    assert rows.loc[("student", "TPR @ 1% FPR"), "run A"] == "0.0500"
+    assert rows.loc[("teacher", "AOP"), "run A"] == f"{0.95 / 1.44:.4f}"
+    assert tuple(rows.loc[("am", "accuracy")]) == ("–", "0.7000", "")  # a method only run B trained
+    at.selectbox(key="runs_compare_b").set_value(a).run()
+    assert any("two different runs" in i.value for i in at.info)
+
+
+def test_archive_hides_a_run_and_unarchive_brings_it_back(env):
+    registry = env.registry()
+    old = add_finished_run(env, fake_metrics())
+    add_finished_run(env, fake_metrics())
+    at = open_page("runs")
+    at.selectbox(key="runs_selected").set_value(old).run()
+    at.button(key="run_archive").click().run()
+    assert registry.get(old).archived and any("Archived run" in s.value for s in at.success)
+    assert old not in at.selectbox(key="runs_selected").options and old not in set(table(at, "elapsed")["run"])
+    at.toggle(key="runs_archived").set_value(True).run()
+    assert table(at, "elapsed").set_index("run").loc[old, "archived"] == "yes"
+    at.selectbox(key="runs_selected").set_value(old).run()
+    at.button(key="run_unarchive").click().run()
+    assert not registry.get(old).archived
+    running = registry.create("experiment", {})
+    registry.start(running.id)  # live (this process): archiving it is refused, with the reason
+    at.run()
+    at.selectbox(key="runs_selected").set_value(running.id).run()
+    at.button(key="run_archive").click().run()
+    assert any("is running" in e.value for e in at.error) and not registry.get(running.id).archived
+
+
+def test_delete_asks_for_confirmation_and_refuses_live_or_used_runs(env):
+    registry = env.registry()
+    used = add_finished_run(env, fake_metrics())
+    audit = registry.create("audit", {}, links=[Link("audited", "run", used)])
+    registry.start(audit.id)
+    registry.finish(audit.id)
+    running = registry.create("experiment", {})
+    registry.start(running.id)  # live (this process)
+    at = open_page("runs")
+    at.selectbox(key="runs_selected").set_value(running.id).run()
+    assert at.button(key="run_delete").disabled and any("is running" in w.value for w in at.warning)
+    at.selectbox(key="runs_selected").set_value(used).run()  # an audit was made from it: refused, named
+    assert at.button(key="run_delete").disabled
+    assert any(f"used by {audit.id} (as audited)" in w.value for w in at.warning)
+    assert any(audit.id in m.value for m in at.markdown if "Used by" in m.value)
+    registry.delete(audit.id)
+    at.run()
+    assert at.button(key="run_delete").disabled  # not confirmed yet
+    at.checkbox(key=f"run_delete_sure_{used}").check().run()
+    at.button(key="run_delete").click().run()
+    assert any(f"Deleted run {used}" in s.value for s in at.success)
+    with pytest.raises(KeyError):
+        registry.get(used)
+    assert not (env.runs_dir / used).exists() and used not in at.selectbox(key="runs_selected").options

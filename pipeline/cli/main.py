@@ -163,7 +163,8 @@ def _reconciled(args: argparse.Namespace) -> Any:
 
 
 def cmd_runs_list(args: argparse.Namespace) -> int:
-    runs = _reconciled(args).list(kind=args.kind, status=args.status, limit=args.limit)
+    runs = _reconciled(args).list(kind=args.kind, status=args.status, limit=args.limit,
+                                  archived=None if args.archived else False)
     rows = [[r.id, r.kind, r.status, r.created_at[:19], _metric_summary(r.metrics)] for r in runs]
     print_table(rows, ["id", "kind", "status", "created", "metrics"])
     return 0
@@ -185,6 +186,23 @@ def cmd_runs_cancel(args: argparse.Namespace) -> int:
         raise ValueError(f"run {args.run_id} is already {status}; there is nothing to cancel")
     registry.cancel(args.run_id)
     print(f"cancel requested for {args.run_id} (it was {status}; a running job stops at its next progress report)")
+    return 0
+
+
+def cmd_runs_archive(args: argparse.Namespace) -> int:
+    registry = _reconciled(args)
+    ids = registry.archive(args.run_id) if args.archive else registry.unarchive(args.run_id)
+    print(f"{'archived' if args.archive else 'unarchived'} {', '.join(ids)}")
+    return 0
+
+
+def cmd_runs_delete(args: argparse.Namespace) -> int:
+    registry = _reconciled(args)
+    ids = registry.deletable(args.run_id)  # a refusal says why before anything is asked
+    if not args.yes:
+        raise ValueError(f"this deletes {len(ids)} run(s) and their folders for good ({', '.join(ids)}); "
+                         "add --yes to do it")
+    print(f"deleted {', '.join(registry.delete(args.run_id))}")
     return 0
 
 
@@ -281,13 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("version", type=int)
     p.set_defaults(func=cmd_captions_rollback)
 
-    runs = sub.add_parser("runs", help="list, show or cancel runs")
+    runs = sub.add_parser("runs", help="list, show, cancel, archive or delete runs")
     runs_sub = runs.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = runs_sub.add_parser("list", help="runs, newest first")
     add_project_arg(p)
     p.add_argument("--kind", default=None)
     p.add_argument("--status", default=None)
     p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--archived", action="store_true", help="list archived runs too")
     p.set_defaults(func=cmd_runs_list)
     p = runs_sub.add_parser("show", help="one run with config, metrics and lineage")
     add_project_arg(p)
@@ -297,6 +316,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_project_arg(p)
     p.add_argument("run_id")
     p.set_defaults(func=cmd_runs_cancel)
+    for action, archive in (("archive", True), ("unarchive", False)):
+        p = runs_sub.add_parser(action, help=f"{'hide a run (and the stage runs it made) from' if archive else 'bring an archived run back to'} `runs list`")
+        add_project_arg(p)
+        p.add_argument("run_id")
+        p.set_defaults(func=cmd_runs_archive, archive=archive)
+    p = runs_sub.add_parser("delete", help="delete a finished run, its stage runs and their folders (refused for a "
+                                           "live run or one other runs were made from)")
+    add_project_arg(p)
+    p.add_argument("run_id")
+    p.add_argument("--yes", action="store_true", help="confirm: the files are gone for good")
+    p.set_defaults(func=cmd_runs_delete)
 
     add_stage_commands(sub)
     return parser

@@ -6,11 +6,15 @@ Schema (``<project>/registry.sqlite``, WAL mode so readers never block the write
          progress TEXT (JSON: latest progress event), error TEXT, pid INTEGER, run_dir TEXT,
          created_at TEXT, started_at TEXT, finished_at TEXT)
     links(run_id TEXT, role TEXT, ref_kind TEXT, ref TEXT)   -- lineage: what a run was made from
+    archived(run_id TEXT PRIMARY KEY, archived_at TEXT)       -- runs hidden from the default lists
     meta(key TEXT PRIMARY KEY, value TEXT)                    -- schema_version
 
 ``ref_kind`` is "dataset" (fingerprint), "captions" ("<store>@<version>") or "run" (a parent run
 id); ``role`` says what the parent was used as ("data", "captions", "generator", "teacher", ...).
-Artefacts of a run live in ``<project>/runs/<id>/``.
+Artefacts of a run live in ``<project>/runs/<id>/``. An experiment *owns* the stage runs it links to
+(generator, synthetic rounds, teacher, student, methods; their images and weights mostly live in the
+experiment's folder): archiving or deleting it takes them along. A run that another run was made from
+(a link to it, or to a stage run it owns) is never deleted.
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +35,7 @@ from typing import Any
 from .common import to_jsonable, write_json
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
+LIVE = ("queued", "running")  # a process is (about to be) executing the run
 SCHEMA_VERSION = "1"
 
 _SCHEMA = """
@@ -55,6 +61,7 @@ CREATE TABLE IF NOT EXISTS links (
     ref TEXT NOT NULL,
     PRIMARY KEY (run_id, role, ref)
 );
+CREATE TABLE IF NOT EXISTS archived (run_id TEXT PRIMARY KEY REFERENCES runs(id), archived_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -85,6 +92,7 @@ class RunRecord:
     started_at: str | None
     finished_at: str | None
     links: tuple[Link, ...] = field(default=())
+    archived: bool = False  # hidden from the default lists (``RunRegistry.archive``)
 
 
 class RunCancelled(Exception):
@@ -93,6 +101,10 @@ class RunCancelled(Exception):
 
 class RunBusy(ValueError):
     """Another process is executing this run (it holds the run's lock)."""
+
+
+class RunInUse(ValueError):
+    """The run is live, or other runs were made from it: it cannot be deleted."""
 
 
 # run locks this process holds: lock file -> (open file, depth). flock locks belong to an open file, so
@@ -222,22 +234,25 @@ class RunRegistry:
     # -- reading --------------------------------------------------------------------------------
     def get(self, run_id: str) -> RunRecord:
         with self._connect() as db:
-            row = db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+            row = db.execute(f"{_SELECT} WHERE runs.id=?", (run_id,)).fetchone()
             if row is None:
                 raise KeyError(f"no run {run_id!r} in {self.db_path}")
             links = db.execute("SELECT role, ref_kind, ref FROM links WHERE run_id=?", (run_id,)).fetchall()
         return _record(row, links)
 
-    def list(self, kind: str | None = None, status: str | None = None, limit: int = 200) -> list[RunRecord]:
-        """Newest first."""
-        query, args = "SELECT * FROM runs WHERE 1=1", []
+    def list(self, kind: str | None = None, status: str | None = None, limit: int = 200,
+             archived: bool | None = None) -> list[RunRecord]:
+        """Newest first; ``archived``: None lists every run, False only unarchived, True only archived ones."""
+        query, args = f"{_SELECT} WHERE 1=1", []
         if kind:
             query, args = query + " AND kind=?", [*args, kind]
         if status:
             if status not in STATUSES:
                 raise ValueError(f"unknown status {status!r}; valid: {', '.join(STATUSES)}")
             query, args = query + " AND status=?", [*args, status]
-        query += " ORDER BY created_at DESC, rowid DESC LIMIT ?"
+        if archived is not None:
+            query += f" AND archived.run_id IS {'NOT ' if archived else ''}NULL"
+        query += " ORDER BY created_at DESC, runs.rowid DESC LIMIT ?"
         with self._connect() as db:
             rows = db.execute(query, (*args, limit)).fetchall()
             links = db.execute("SELECT run_id, role, ref_kind, ref FROM links").fetchall()
@@ -261,6 +276,75 @@ class RunRegistry:
 
         walk(run_id, 0)
         return out
+
+    def users(self, run_id: str) -> list[tuple[str, str]]:
+        """(run id, role) of every run made from ``run_id`` (that links to it), oldest first."""
+        with self._connect() as db:
+            rows = db.execute("SELECT links.run_id, links.role FROM links JOIN runs ON runs.id = links.run_id "
+                              "WHERE ref_kind='run' AND ref=? ORDER BY runs.created_at", (run_id,)).fetchall()
+        return [(row[0], row[1]) for row in rows]
+
+    def owned(self, run_id: str) -> list[str]:
+        """The run, then the stage runs it owns: an experiment's linked runs (generator, synthetic rounds,
+        teacher, student, methods), whose artefacts mostly live in the experiment's own folder."""
+        record = self.get(run_id)
+        if record.kind != "experiment":
+            return [run_id]
+        with self._connect() as db:
+            known = {row[0] for row in db.execute("SELECT id FROM runs")}
+        return [run_id, *dict.fromkeys(k.ref for k in record.links
+                                       if k.ref_kind == "run" and k.ref in known and k.ref != run_id)]
+
+    # -- archiving and deleting -------------------------------------------------------------------
+    def archive(self, run_id: str) -> list[str]:
+        """Hide a run and the stage runs it owns from the default lists (``list(archived=False)``);
+        returns their ids. Refused for a live run: cancel it or let it end first."""
+        ids = self.owned(run_id)
+        with self._connect() as db:
+            _refuse_live(db, run_id, ids, "archiving")
+            db.executemany("INSERT OR IGNORE INTO archived VALUES (?,?)", [(i, _now()) for i in ids])
+        return ids
+
+    def unarchive(self, run_id: str) -> list[str]:
+        """Show an archived run (and the stage runs it owns) in the default lists again."""
+        ids = self.owned(run_id)
+        with self._connect() as db:
+            db.executemany("DELETE FROM archived WHERE run_id=?", [(i,) for i in ids])
+        return ids
+
+    def deletable(self, run_id: str) -> list[str]:
+        """The ids :meth:`delete` would remove (the run, then the stage runs it owns), or :class:`RunInUse`
+        saying why it would refuse."""
+        ids = self.owned(run_id)
+        with self._connect() as db:
+            _refuse_live(db, run_id, ids, "deleting")
+            _refuse_used(db, run_id, ids)
+        return ids
+
+    def delete(self, run_id: str) -> list[str]:
+        """Delete a run for good: its registry rows and its folder, with the stage runs it owns; returns
+        their ids. Refused (:class:`RunInUse`) for a live run and for a run that another run was made
+        from (it would lose its lineage, and maybe the weights or images it reads): delete that one
+        first, or archive instead. :class:`RunBusy` if a process holds one of the runs."""
+        # 1. what goes, and whether anything forbids it
+        ids = self.deletable(run_id)
+        with ExitStack() as stack:
+            # 2. hold their locks: a process that starts one of them meanwhile stops at its claim
+            for rid in ids:
+                if (self.runs_dir / rid).is_dir():
+                    stack.enter_context(self.claim(rid))
+            # 3. the rows, in one transaction that checks again (a resume may have requeued one)
+            marks = ",".join("?" * len(ids))
+            with self._connect() as db:
+                _refuse_live(db, run_id, ids, "deleting")
+                _refuse_used(db, run_id, ids)
+                for table, column in (("links", "run_id"), ("archived", "run_id"), ("runs", "id")):
+                    db.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", ids)
+            # 4. the folders, which no registry row points at any more
+            for rid in ids:
+                if (self.runs_dir / rid).is_dir():
+                    shutil.rmtree(self.runs_dir / rid)
+        return ids
 
     # -- running ------------------------------------------------------------------------------
     @contextmanager
@@ -323,6 +407,9 @@ class RunRegistry:
                 self._update(run_id, status="done", finished_at=_now())
 
 
+_SELECT = "SELECT runs.*, archived.archived_at FROM runs LEFT JOIN archived ON archived.run_id = runs.id"
+
+
 def _record(row: sqlite3.Row, links: list[Any]) -> RunRecord:
     return RunRecord(
         id=row["id"], kind=row["kind"], status=row["status"], config=json.loads(row["config"]),
@@ -330,18 +417,43 @@ def _record(row: sqlite3.Row, links: list[Any]) -> RunRecord:
         error=row["error"], pid=row["pid"], run_dir=Path(row["run_dir"]), created_at=row["created_at"],
         started_at=row["started_at"], finished_at=row["finished_at"],
         links=tuple(Link(k["role"], k["ref_kind"], k["ref"]) for k in links),
+        archived=row["archived_at"] is not None,
     )
 
 
-def config_differences(recorded: Any, given: Any, prefix: str = "") -> list[str]:
-    """``field: recorded -> given`` for every leaf where two configs (dataclasses or JSON) differ."""
-    recorded, given = to_jsonable(recorded), to_jsonable(given)
-    if isinstance(recorded, dict) and isinstance(given, dict):
+def _refuse_live(db: sqlite3.Connection, run_id: str, ids: list[str], doing: str) -> None:
+    marks = ",".join("?" * len(ids))
+    live = db.execute(f"SELECT id, status FROM runs WHERE id IN ({marks}) AND status IN ('queued','running')",
+                      ids).fetchall()
+    if live:
+        what = ", ".join(f"{row[0]} is {row[1]}" for row in live)
+        raise RunInUse(f"run {what}: cancel it or wait for it to end before {doing} {run_id}")
+
+
+def _refuse_used(db: sqlite3.Connection, run_id: str, ids: list[str]) -> None:
+    marks = ",".join("?" * len(ids))
+    users = db.execute(f"SELECT run_id, role, ref FROM links WHERE ref_kind='run' AND ref IN ({marks}) "
+                       f"AND run_id NOT IN ({marks}) ORDER BY run_id", [*ids, *ids]).fetchall()
+    if users:
+        what = ", ".join(f"{row[0]} (as {row[1]}{'' if row[2] == run_id else f' of {row[2]}'})" for row in users)
+        raise RunInUse(f"run {run_id} is used by {what}: delete those first, or archive {run_id} instead")
+
+
+def config_changes(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(field, value in a, value in b)`` for every leaf where two configs (dataclasses or JSON) differ;
+    a field one side lacks is None there."""
+    a, b = to_jsonable(a), to_jsonable(b)
+    if isinstance(a, dict) and isinstance(b, dict):
         out = []
-        for key in sorted(set(recorded) | set(given)):
-            out += config_differences(recorded.get(key), given.get(key), f"{prefix}{key}.")
+        for key in sorted(set(a) | set(b)):
+            out += config_changes(a.get(key), b.get(key), f"{prefix}{key}.")
         return out
-    return [] if recorded == given else [f"{prefix.rstrip('.')}: {recorded!r} -> {given!r}"]
+    return [] if a == b else [(prefix.rstrip("."), a, b)]
+
+
+def config_differences(recorded: Any, given: Any) -> list[str]:
+    """``field: recorded -> given`` for every leaf where two configs (dataclasses or JSON) differ."""
+    return [f"{name}: {a!r} -> {b!r}" for name, a, b in config_changes(recorded, given)]
 
 
 def _try_lock(handle: Any, attempts: int = 1) -> bool:

@@ -1,5 +1,7 @@
-"""Runs: configure and start a distillation run in the background, follow it live (progress, curves,
-images/s, log), cancel it, and list every run of the project with its status."""
+"""Runs: configure and start a distillation run in the background (from the defaults, a preset chosen
+from the data, or a clone of an earlier run), follow it live (progress, curves, images/s, log), cancel
+or resume it, list every run of the project with its live status, compare two runs, archive or delete
+one."""
 
 from __future__ import annotations
 
@@ -13,12 +15,15 @@ import streamlit as st
 from pipeline.captions.captioners import CAPTIONERS
 from pipeline.captions.prompts import TEMPLATES
 from pipeline.core import jobs
+from pipeline.core.common import from_dict, to_jsonable
+from pipeline.core.runs import RunRecord
 from pipeline.data.datasets import SOURCES, DatasetConfig
 from pipeline.experiment import ExperimentConfig
 from pipeline.finetune import FinetuneConfig
-from pipeline.presets import quickstart_config
+from pipeline.presets import PRESETS, DataProfile, preset_config, quickstart_config
 from pipeline.privacy.shadows import VIEWS
 from pipeline.views import report
+from pipeline.views import runs as runs_view
 from pipeline.views.compare import SAMPLING_FIELDS
 from studio import figures, shared
 
@@ -26,63 +31,168 @@ ACTIVE = ("queued", "running")
 REFRESH_S = 2.0
 LOG_TAIL_BYTES = 12_000  # of a run's log shown: the stage messages of the last while, or a traceback
 TRAIN_STEPS_FIELD = {"scratch": "train_steps", "sd-lora": "steps"}
-PRESETS = {  # generator sizes offered for quick looks; "default" is the backend's own config
+MODEL_SIZES = {  # generator sizes offered for quick looks; "default" is the backend's own config
     "default": {},
     "tiny (smoke test)": {"block_out_channels": [8, 16], "norm_groups": 4, "batch_size": 16},
 }
 CLASSIFIERS = ("tiny-cnn", "small-cnn", "resnet18")  # any timm name can be typed too
-SDLORA_BASE = "stabilityai/stable-diffusion-2-1-base"
 PATH_OPTIONS = {"base", "lora_path"}  # generator options naming a model: a hub id or a local path
+FORM_BASE = "run_form_base"  # session state: the config the form starts from (fields it does not show)
+FORM_ORIGIN = "run_form_origin"  # session state: (what that config is, the preset's reasons)
 
 st.title("Runs")
 shared.show_flash()
 project = shared.project()
 registry = project.registry()
-jobs.reconcile(project)  # runs whose process died are marked failed before they are listed
-defaults = quickstart_config()
+experiments = runs_view.list_runs(project, kind="experiment")  # reconciled: dead runs are failed first
+base: ExperimentConfig = st.session_state.get(FORM_BASE) or replace(quickstart_config(), methods=())
 
 
-# 1. start a run ------------------------------------------------------------------------------------------------
-def dataset_widgets() -> DatasetConfig | None:
-    known = report.known_datasets(project)
-    choices = {shared.describe(c): c for c in known}
+# 1. start a run: the form's widgets hold the fields of ``base`` that they show ---------------------------------
+def dataset_choices(config: ExperimentConfig) -> dict[str, DatasetConfig]:
+    """Datasets of the project's runs by label, the built-in digits, and ``config``'s own dataset."""
+    choices = {shared.describe(c): c for c in report.known_datasets(project)}
     choices.setdefault("digits (built-in)", DatasetConfig())
+    if dataset_label(choices, config.dataset) is None:  # same name as a known one, other settings
+        choices[f"{shared.describe(config.dataset)} (as cloned)"] = config.dataset
+    return choices
+
+
+def dataset_label(choices: dict[str, DatasetConfig], dataset: DatasetConfig) -> str | None:
+    return next((label for label, c in choices.items()  # limit and member fraction have their own widgets
+                 if replace(c, limit=dataset.limit, member_fraction=dataset.member_fraction) == dataset), None)
+
+
+def method_label(method: tuple[str, dict[str, Any]]) -> str:
+    known = {json.dumps(to_jsonable(v), sort_keys=True): k for k, v in METHOD_CHOICES.items()}
+    name, options = method
+    return known.get(json.dumps(to_jsonable(method), sort_keys=True)) or \
+        (f"{name} {json.dumps(options, sort_keys=True)}" if options else name)
+
+
+def generator_state(backend: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Widget values of one backend's options: steps, sampling steps, size or base model, the rest as JSON."""
+    options = to_jsonable(options)
+    defaults = to_jsonable(FinetuneConfig(generator=backend).backend_config())
+    steps = int(options.pop(TRAIN_STEPS_FIELD[backend], defaults[TRAIN_STEPS_FIELD[backend]]))
+    sampling = int(options.pop(SAMPLING_FIELDS[backend]["steps"], defaults[SAMPLING_FIELDS[backend]["steps"]]))
+    state: dict[str, Any] = {f"run_gen_steps_{backend}": steps, f"run_sampling_{backend}": sampling}
+    if backend == "scratch":
+        size = next((k for k, v in reversed(MODEL_SIZES.items()) if all(options.get(o) == x for o, x in v.items())))
+        state["run_preset"] = size
+        for key, value in [*MODEL_SIZES[size].items(), *checkpoint_options(steps).items()]:
+            if options.get(key) == value:  # the form adds these itself
+                options.pop(key)
+    else:
+        state["run_base"] = options.pop("base", defaults["base"])
+    return {**state, f"run_extra_{backend}": json.dumps(options) if options else "{}"}
+
+
+def checkpoint_options(steps: int) -> dict[str, int]:
+    return {"checkpoint_every": max(1, steps // 4), "keep_checkpoints": 4}  # a few to compare on Generations
+
+
+def form_state(config: ExperimentConfig, choices: dict[str, DatasetConfig]) -> dict[str, Any]:
+    """The form's widget values (by key) that rebuild ``config``."""
+    state = {
+        "run_dataset": dataset_label(choices, config.dataset), "run_limit": config.dataset.limit or 0,
+        "run_members": float(config.dataset.member_fraction), "run_captioner": config.captioner.name,
+        "run_class_template": config.captioner.class_template, "run_store": config.store or "",
+        "run_template": config.template, "run_store_version": config.store_version or 0,
+        "run_backend": config.generator, "run_cardinality": float(config.cardinality), "run_rounds": config.rounds,
+        "run_regen": config.distill.regen_every, "run_teacher": config.teacher.model,
+        "run_teacher_epochs": config.teacher.epochs, "run_student": config.distill.student.model,
+        "run_student_epochs": config.distill.student.epochs, "run_shadows": config.audit.n_shadows,
+        "run_pipeline_shadows": config.audit.pipeline_shadows, "run_views": list(config.audit.views),
+        "run_methods": [method_label(m) for m in config.methods], "run_gate": config.copy_gate,
+    }
+    for backend in TRAIN_STEPS_FIELD:  # the other backend's widgets start at its defaults
+        state.update(generator_state(backend, dict(config.generator_options) if backend == config.generator else {}))
+    return state
+
+
+def fill_form(config: ExperimentConfig, origin: str, why: list[str]) -> None:
+    """Make ``config`` the form's starting point and set every widget from it (a callback: before widgets)."""
+    if config.generator not in TRAIN_STEPS_FIELD:
+        raise ValueError(f"the form has no {config.generator!r} generator; valid: {', '.join(TRAIN_STEPS_FIELD)}")
+    state = form_state(config, dataset_choices(config))
+    st.session_state.update({FORM_BASE: config, FORM_ORIGIN: (origin, why), "run_form_open": True, **state})
+
+
+def reset_form() -> None:
+    for key in [k for k in st.session_state if k.startswith("run_") and k != "run_form_open"]:
+        del st.session_state[key]
+
+
+def clone(run_id: str) -> None:
+    try:
+        fill_form(from_dict(ExperimentConfig, registry.get(run_id).config), f"a clone of run {run_id}", [])
+    except (KeyError, TypeError, ValueError) as err:
+        shared.flash("error", f"Cannot clone run {run_id}: {err}")
+        return
+    shared.flash("success", f"Cloned run {run_id} into the form: change what you like and start it.")
+
+
+def apply_preset(dataset: DatasetConfig, preset: str) -> None:
+    try:
+        config, why = preset_config(dataset, DataProfile.of(shared.dataset(dataset)), preset)
+        fill_form(config, f"the {preset} preset for {shared.describe(dataset)}", why)
+    except Exception as err:  # the UI boundary: a dataset that fails to load or profile is said, not raised
+        shared.flash("error", f"Preset {preset}: {type(err).__name__}: {err}")
+
+
+def dataset_widgets(choices: dict[str, DatasetConfig]) -> DatasetConfig | None:
     other = "another dataset (path inside the project)..."
     cols = st.columns([3, 1, 1])
     label = cols[0].selectbox("Dataset", [*choices, other], key="run_dataset")
-    limit = cols[1].number_input("Images per split (0: all)", min_value=0, value=0, step=50, key="run_limit")
-    members = cols[2].number_input("Member fraction", min_value=0.05, max_value=1.0, value=0.5, step=0.05,
-                                   key="run_members")
+    limit = cols[1].number_input("Images per split (0: all)", min_value=0, step=50, key="run_limit")
+    members = cols[2].number_input("Member fraction", min_value=0.05, max_value=1.0, step=0.05, key="run_members")
     if label == other:
         cols = st.columns([1, 3])
         source = cols[0].selectbox("Source", [s for s in SOURCES.names() if s != "digits"], key="run_source")
         path = shared.confined_path(project, cols[1].text_input("Path (inside the project)", key="run_path"))
         if path is None:
             return None
-        base = DatasetConfig(source=source, path=str(path))
+        chosen = DatasetConfig(source=source, path=str(path))
     else:
-        base = choices[label]
-    return replace(base, limit=int(limit) or None, member_fraction=float(members))
+        chosen = choices[label]
+    return replace(chosen, limit=int(limit) or None, member_fraction=float(members))
+
+
+def preset_widgets(dataset: DatasetConfig | None) -> None:
+    cols = st.columns([1, 1, 3], vertical_alignment="bottom")
+    preset = cols[0].selectbox("Preset from the data", PRESETS, index=PRESETS.index("standard"),
+                               key="run_data_preset")
+    cols[1].button("Fill the form from the preset", key="run_apply_preset", on_click=apply_preset,
+                   args=(dataset, preset), disabled=dataset is None, icon=":material/auto_fix_high:")
+    cols[2].caption("Models, training lengths and audit chosen from this dataset's image size, colour, size and "
+                    "the device, as `python -m pipeline run --dataset ... --preset` does (paper: needs a GPU).")
+
+
+def origin_note() -> None:
+    origin, why = st.session_state.get(FORM_ORIGIN, (None, []))
+    if origin:
+        cols = st.columns([5, 1])
+        cols[0].info(f"Starting from {origin}; settings the form does not show keep its values."
+                     + "".join(f"\n- {line}" for line in why))
+        cols[1].button("Reset the form", key="run_form_reset", on_click=reset_form, icon=":material/restart_alt:")
 
 
 def generator_options(backend: str) -> tuple[tuple[str, Any], ...] | None:
     cols = st.columns(4)
-    steps = cols[0].number_input("Generator training steps", min_value=1, value=800 if backend == "scratch" else 1000,
-                                 key=f"run_gen_steps_{backend}")
-    sampling = cols[1].number_input("Sampling steps", min_value=1, value=10 if backend == "scratch" else 20,
-                                    key=f"run_sampling_{backend}")
+    steps = cols[0].number_input("Generator training steps", min_value=1, key=f"run_gen_steps_{backend}")
+    sampling = cols[1].number_input("Sampling steps", min_value=1, key=f"run_sampling_{backend}")
     options: dict[str, Any] = {TRAIN_STEPS_FIELD[backend]: int(steps), SAMPLING_FIELDS[backend]["steps"]: int(sampling)}
     if backend == "scratch":
-        options.update(PRESETS[cols[2].selectbox("Model size", list(PRESETS), key="run_preset")])
-        # a few checkpoints to compare on the Generations page
-        options.update(checkpoint_every=max(1, int(steps) // 4), keep_checkpoints=4)
+        options.update(MODEL_SIZES[cols[2].selectbox("Model size", list(MODEL_SIZES), key="run_preset")])
+        options.update(checkpoint_options(int(steps)))
     else:
-        base = shared.model_ref(project, cols[2].text_input("Base model (hub id or folder in the project)",
-                                                             SDLORA_BASE, key="run_base"))
-        if base is None:
+        base_model = shared.model_ref(project, cols[2].text_input("Base model (hub id or folder in the project)",
+                                                                   key="run_base"))
+        if base_model is None:
             return None
-        options["base"] = base
-    extra = cols[3].text_input("More options (JSON)", "{}", key=f"run_extra_{backend}",
+        options["base"] = base_model
+    extra = cols[3].text_input("More options (JSON)", key=f"run_extra_{backend}",
                                help='backend config fields, e.g. {"guidance_scale": 3.0}')
     try:
         more = json.loads(extra or "{}")
@@ -109,50 +219,54 @@ METHOD_CHOICES = {"am": ("am", {}), "gkd+bss": ("gkd+bss", {}), "bss": ("bss", {
 
 
 def experiment_form() -> ExperimentConfig | None:
-    """Widgets → an ExperimentConfig (the quickstart's, with the chosen fields replaced)."""
-    dataset = dataset_widgets()
+    """Widgets → an ExperimentConfig: ``base`` with the fields the widgets show replaced."""
+    choices = dataset_choices(base)
+    state = form_state(base, choices)
+    if FORM_ORIGIN not in st.session_state:
+        del state["run_dataset"]  # not cloned: the newest dataset of the project comes first
+    for key, value in state.items():
+        st.session_state.setdefault(key, value)
+    origin_note()
+    dataset = dataset_widgets(choices)
+    preset_widgets(dataset)
     st.markdown("**Captions**")
     cols = st.columns([1, 2, 2, 1, 1])
-    captioner = cols[0].selectbox("Captioner", CAPTIONERS.names(), key="run_captioner",
-                                  index=CAPTIONERS.names().index(defaults.captioner.name))
-    class_template = cols[1].text_input("Class template (classname captioner)", defaults.captioner.class_template,
-                                        key="run_class_template")
+    captioner = cols[0].selectbox("Captioner", CAPTIONERS.names(), key="run_captioner")
+    class_template = cols[1].text_input("Class template (classname captioner)", key="run_class_template")
     store = cols[2].text_input("Caption store (blank: the dataset's name)", key="run_store")
-    template = cols[3].selectbox("Prompt template", list(TEMPLATES), key="run_template",
-                                 index=list(TEMPLATES).index(defaults.template))
-    store_version = cols[4].number_input("Caption version", min_value=0, value=0, key="run_store_version",
+    template = cols[3].selectbox("Prompt template", list(dict.fromkeys([*TEMPLATES, base.template])), key="run_template")
+    store_version = cols[4].number_input("Caption version", min_value=0, key="run_store_version",
                                          help="0: caption what is missing and use the newest version; "
                                               "N: use the curated version N of the store as it is")
     st.markdown("**Generator and synthetic set**")
     cols = st.columns(4)
     backend = cols[0].selectbox("Generator", list(TRAIN_STEPS_FIELD), key="run_backend")
-    cardinality = cols[1].number_input("Cardinality (× members per round)", min_value=0.1, value=float(defaults.cardinality), step=0.5,
+    cardinality = cols[1].number_input("Cardinality (× members per round)", min_value=0.1, step=0.5,
                                        key="run_cardinality")
-    rounds = cols[2].number_input("Rounds", min_value=1, value=defaults.rounds, key="run_rounds")
-    regen = cols[3].number_input("Regenerate every (student epochs)", min_value=1,
-                                 value=defaults.distill.regen_every, key="run_regen")
+    rounds = cols[2].number_input("Rounds", min_value=1, key="run_rounds")
+    regen = cols[3].number_input("Regenerate every (student epochs)", min_value=1, key="run_regen")
     options = generator_options(backend)
     st.markdown("**Teacher, student and audit**")
     cols = st.columns(7)
-    teacher_model = cols[0].selectbox("Teacher", CLASSIFIERS, key="run_teacher", accept_new_options=True)
-    teacher_epochs = cols[1].number_input("Teacher epochs", min_value=1, value=defaults.teacher.epochs,
-                                          key="run_teacher_epochs")
-    student_model = cols[2].selectbox("Student", CLASSIFIERS, key="run_student", accept_new_options=True)
-    student_epochs = cols[3].number_input("Student epochs", min_value=1, value=defaults.distill.student.epochs,
-                                          key="run_student_epochs")
-    shadows = cols[4].number_input("Transfer shadows", min_value=1, value=defaults.audit.n_shadows, step=2,
-                                   key="run_shadows", help="shadow models on real data with the teacher's recipe")
+    models = list(dict.fromkeys([*CLASSIFIERS, base.teacher.model, base.distill.student.model]))
+    teacher_model = cols[0].selectbox("Teacher", models, key="run_teacher", accept_new_options=True)
+    teacher_epochs = cols[1].number_input("Teacher epochs", min_value=1, key="run_teacher_epochs")
+    student_model = cols[2].selectbox("Student", models, key="run_student", accept_new_options=True)
+    student_epochs = cols[3].number_input("Student epochs", min_value=1, key="run_student_epochs")
+    shadows = cols[4].number_input("Transfer shadows", min_value=1, step=2, key="run_shadows",
+                                   help="shadow models on real data with the teacher's recipe")
     pipeline_shadows = cols[5].number_input(
-        "Pipeline shadows", min_value=1, value=defaults.audit.pipeline_shadows, key="run_pipeline_shadows",
+        "Pipeline shadows", min_value=1, key="run_pipeline_shadows",
         help="each reruns generator, rounds, teacher and student on half the population: the honest audit "
              "of the student (RMIA needs only a few)")
-    views = cols[6].multiselect("Query views", VIEWS, default=list(defaults.audit.views), key="run_views")
+    views = cols[6].multiselect("Query views", VIEWS, key="run_views")
     cols = st.columns([3, 1])
-    methods = cols[0].multiselect(
-        "Other students on the same plane", list(METHOD_CHOICES), default=[],  # opt-in: each costs a training
-        key="run_methods", help="am and gkd+bss are data-free; bss (real members) and dp-sgd are references "
-                                "that read real training images")
-    copy_gate = cols[1].number_input("Copy gate (redraws)", min_value=0, value=defaults.copy_gate, key="run_gate",
+    method_choices = {**METHOD_CHOICES, **{method_label(m): m for m in base.methods}}
+    methods = cols[0].multiselect(  # opt-in: each costs a training
+        "Other students on the same plane", list(method_choices), key="run_methods",
+        help="am and gkd+bss are data-free; bss (real members) and dp-sgd are references that read real "
+             "training images")
+    copy_gate = cols[1].number_input("Copy gate (redraws)", min_value=0, key="run_gate",
                                      help="redraw synthetic images flagged as near-copies of a member, up to N "
                                           "times, before the student sees them (0: off)")
     if dataset is None or options is None:
@@ -163,24 +277,24 @@ def experiment_form() -> ExperimentConfig | None:
     try:
         FinetuneConfig(generator=backend, options=options).backend_config()  # unknown options fail here
         return replace(
-            defaults, dataset=dataset, store=store.strip() or None, template=template,
+            base, dataset=dataset, store=store.strip() or None, template=template,
             store_version=int(store_version) or None,
-            captioner=replace(defaults.captioner, name=captioner, class_template=class_template),
+            captioner=replace(base.captioner, name=captioner, class_template=class_template),
             generator=backend, generator_options=options, cardinality=float(cardinality), rounds=int(rounds),
-            teacher=replace(defaults.teacher, model=teacher_model, epochs=int(teacher_epochs)),
-            distill=replace(defaults.distill, regen_every=int(regen),
-                            student=replace(defaults.distill.student, model=student_model, epochs=int(student_epochs))),
-            audit=replace(defaults.audit, n_shadows=int(shadows), pipeline_shadows=int(pipeline_shadows),
+            teacher=replace(base.teacher, model=teacher_model, epochs=int(teacher_epochs)),
+            distill=replace(base.distill, regen_every=int(regen),
+                            student=replace(base.distill.student, model=student_model, epochs=int(student_epochs))),
+            audit=replace(base.audit, n_shadows=int(shadows), pipeline_shadows=int(pipeline_shadows),
                           views=tuple(views)),
-            methods=tuple(METHOD_CHOICES[m] for m in methods), copy_gate=int(copy_gate),
+            methods=tuple(method_choices[m] for m in methods), copy_gate=int(copy_gate),
         )
     except (ValueError, TypeError) as err:
         st.error(f"Invalid settings: {err}")
         return None
 
 
-runs = registry.list(kind="experiment")
-with st.expander("Start a run", expanded=not runs, icon=":material/add:"):
+st.session_state.setdefault("run_form_open", not experiments)
+with st.expander("Start a run", key="run_form_open", on_change="rerun", icon=":material/add:"):
     config = experiment_form()
     if st.button("Start run", type="primary", disabled=config is None, key="run_start"):
         run_id = jobs.start_experiment(project, config)
@@ -188,25 +302,96 @@ with st.expander("Start a run", expanded=not runs, icon=":material/add:"):
         shared.flash("success", f"Started run {run_id} in the background; it keeps running if you close the page.")
         st.rerun()
 
-# 2. the runs of the project ---------------------------------------------------------------------------------------
+
+# 2. the runs of the project, refreshed while one is live -------------------------------------------------------
+def runs_table(kind: str | None, archived: bool, shown: list[tuple[str, str]]) -> None:
+    records = runs_view.list_runs(project, kind=kind, archived=archived)
+    if [(r.id, r.status) for r in records] != shown:
+        st.rerun()  # a run started, ended or appeared: the whole page follows (panel, buttons, refresh)
+    rows = pd.DataFrame([runs_view.run_row(r) for r in records])
+    st.dataframe(rows, hide_index=True, width="stretch",
+                 column_order=[c for c in rows.columns if archived or c != "archived"])
+
+
 st.subheader("Runs")
-kind = st.segmented_control("Kind", ["experiment", "all"], default="experiment", key="runs_kind")
-listed = runs if kind == "experiment" else registry.list()
+cols = st.columns([3, 1], vertical_alignment="bottom")
+kind = cols[0].segmented_control("Kind", ["experiment", "all"], default="experiment", key="runs_kind")
+show_archived = cols[1].toggle("Show archived", key="runs_archived",
+                               help="archived runs are hidden from this list; they keep their files")
+listed = runs_view.list_runs(project, kind="experiment" if kind == "experiment" else None, archived=show_archived)
 if not listed:
-    st.info("No runs yet.")
+    st.info("No runs yet." if not show_archived and not registry.list(limit=1) else
+            "No runs to show: archived runs are hidden unless 'Show archived' is on.")
     st.stop()
-st.dataframe(pd.DataFrame([report.run_summary(r) for r in listed]), hide_index=True, width="stretch",
-             column_config={"teacher acc": st.column_config.NumberColumn(format="%.4f"),
-                            "student acc": st.column_config.NumberColumn(format="%.4f"),
-                            "teacher AUC": st.column_config.NumberColumn(format="%.4f"),
-                            "student AUC": st.column_config.NumberColumn(format="%.4f")})
+live = any(r.status in ACTIVE for r in listed)
+st.fragment(run_every=REFRESH_S if live else None)(runs_table)(
+    "experiment" if kind == "experiment" else None, show_archived, [(r.id, r.status) for r in listed])
 ids = [r.id for r in listed]
 if st.session_state.get("runs_selected") not in ids:
     st.session_state["runs_selected"] = ids[0]
 selected = st.selectbox("Run", ids, key="runs_selected")
+record = next(r for r in listed if r.id == selected)
 
 
-# 3. one run, live while it is active ---------------------------------------------------------------------------------
+# 3. what can be done with the selected run ---------------------------------------------------------------------
+def set_archived(run_id: str, archived: bool) -> None:
+    try:
+        ids = runs_view.archive_run(project, run_id, archived)
+    except (KeyError, ValueError) as err:
+        shared.flash("error", str(err.args[0] if err.args else err))
+        return
+    stages = f" and its {len(ids) - 1} stage runs" if len(ids) > 1 else ""
+    shared.flash("success", f"Archived run {run_id}{stages}: hidden from the list; 'Show archived' shows it again."
+                 if archived else f"Run {run_id}{stages} is back in the list.")
+
+
+def delete(run_id: str) -> None:
+    try:
+        ids = runs_view.delete_run(project, run_id)
+    except (KeyError, ValueError, OSError) as err:
+        shared.flash("error", str(err.args[0] if err.args else err))
+        return
+    stages = f" and its {len(ids) - 1} stage runs" if len(ids) > 1 else ""
+    shared.flash("success", f"Deleted run {run_id}{stages} and {'their folders' if stages else 'its folder'}.")
+
+
+def run_actions(record: RunRecord) -> None:
+    cols = st.columns([1, 1, 3])
+    if record.kind == "experiment":
+        cols[0].button("Clone into form", key="run_clone", on_click=clone, args=(record.id,),
+                       icon=":material/content_copy:", help="fill the form above with this run's config; change "
+                                                            "what you like and start the new run")
+    if record.archived:
+        cols[1].button("Unarchive", key="run_unarchive", on_click=set_archived, args=(record.id, False),
+                       icon=":material/unarchive:")
+    else:
+        cols[1].button("Archive", key="run_archive", on_click=set_archived, args=(record.id, True),
+                       icon=":material/archive:", help="hide it (and the stage runs it made) from the list; its "
+                                                       "files stay, and 'Show archived' shows it again")
+    with cols[2].expander("Delete this run", icon=":material/delete:"):
+        delete_panel(record)
+
+
+def delete_panel(record: RunRecord) -> None:
+    plan = runs_view.delete_plan(project, record.id)
+    if len(plan.runs) > 1:
+        st.caption(f"Goes with it: the {len(plan.runs) - 1} stage runs it made ({', '.join(plan.runs[1:])}).")
+    if plan.users:
+        st.markdown("**Used by** " + ", ".join(f"`{user}` ({role})" for user, role in plan.users))
+    if plan.refusal:
+        st.warning(f"Cannot delete: {plan.refusal}.")
+    st.caption("A run that other runs were made from is never deleted: they would lose their lineage and the "
+               "weights or images they read. Delete those first, or archive this one.")
+    sure = st.checkbox(f"Delete {record.id} and its files for good", key=f"run_delete_sure_{record.id}",
+                       disabled=plan.refusal is not None)
+    st.button("Delete run", type="primary", key="run_delete", on_click=delete, args=(record.id,),
+              disabled=plan.refusal is not None or not sure, icon=":material/delete_forever:")
+
+
+run_actions(record)
+
+
+# 4. one run, live while it is active ---------------------------------------------------------------------------------
 def cancel(run_id: str) -> None:
     jobs.cancel(project, run_id)
     shared.flash("warning", f"Asked run {run_id} to stop.")
@@ -238,6 +423,9 @@ def run_panel(run_id: str, was_active: bool) -> None:
         cols[3].button("Resume run", on_click=resume, args=(run_id,), key="run_resume", icon=":material/replay:",
                        help="continue from the last finished stage (the generator and the classifiers "
                             "continue from their checkpoints)")
+    took = runs_view.format_duration(runs_view.elapsed(record))
+    if took != runs_view.MISSING:
+        st.caption(f"{'Running for' if record.status in ACTIVE else 'Ran for'} {took}")
     done, total = progress.get("done"), progress.get("total")
     if record.status in ACTIVE and done is not None and total:
         st.progress(min(1.0, done / total), text=f"{progress.get('stage')}: {done}/{total}")
@@ -251,8 +439,9 @@ def run_panel(run_id: str, was_active: bool) -> None:
     metrics = record.metrics
     if "teacher_accuracy" in metrics:
         st.dataframe(pd.DataFrame([
-            {"model": role, "test accuracy": metrics[f"{role}_accuracy"], "MIA AUC": metrics[f"{role}_auc"]}
-            for role in ("teacher", "student")]), hide_index=True)
+            {"model": role, "test accuracy": runs_view.number_text(metrics.get(f"{role}_accuracy")),
+             "MIA AUC": runs_view.number_text(metrics.get(f"{role}_auc"))} for role in ("teacher", "student")]),
+            hide_index=True)
         st.page_link("views/tradeoffs.py", label="See it on the trade-off plot", icon=":material/scatter_plot:")
     if "class_fidelity" in metrics:
         st.markdown("**Synthetic data** (mean over rounds; the teacher is the feature extractor)")
@@ -274,5 +463,34 @@ def run_panel(run_id: str, was_active: bool) -> None:
         st.json(record.config, expanded=False)
 
 
-active = registry.get(selected).status in ACTIVE
+active = record.status in ACTIVE
 st.fragment(run_every=REFRESH_S if active else None)(run_panel)(selected, active)
+
+
+# 5. two runs side by side --------------------------------------------------------------------------------------------
+def compare_section(ids: list[str]) -> None:
+    cols = st.columns(2)
+    a = cols[0].selectbox("Run A", ids, key="runs_compare_a")
+    b = cols[1].selectbox("Run B", ids, index=min(1, len(ids) - 1), key="runs_compare_b")
+    try:
+        comparison = runs_view.compare_runs(project, a, b)
+    except (KeyError, ValueError) as err:
+        st.info(str(err.args[0] if err.args else err))
+        return
+    st.markdown("**Config**: the fields that differ")
+    if comparison.config:  # static tables: short, read whole, and their text is selectable
+        st.table(pd.DataFrame(comparison.config).set_index("field"))
+    else:
+        st.caption("The two runs have the same config.")
+    st.markdown("**Metrics** of every audited model (AUC: the headline attack, with its bootstrap 95% interval)")
+    if comparison.metrics:
+        st.table(pd.DataFrame(comparison.metrics).set_index(["model", "metric"]))
+    else:
+        st.caption("Neither run has audited models yet.")
+
+
+st.subheader("Compare two runs")
+if len(ids) < 2:
+    st.caption("Start a second run to compare two.")
+else:
+    compare_section(ids)
