@@ -1,5 +1,9 @@
 """Plotly figures of the studio: the accuracy / privacy trade-off, attack ROC curves, per-class
-accuracy and training curves. Data and maths come from :mod:`pipeline.views.report`; this only draws."""
+accuracy and training curves. Data and maths come from :mod:`pipeline.views.report`; this only draws.
+
+The trade-off figure itself is drawn in :mod:`pipeline.views.stakeholder` (the stakeholder report, which
+the CLI writes too, embeds it) and re-exported here with its marker styles.
+"""
 
 from __future__ import annotations
 
@@ -9,103 +13,49 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from pipeline.views.report import ModelPoint, aop_iso_curve, front_line, run_pairs
+from pipeline.views.report import ModelPoint, roc_resolution
+from pipeline.views.stakeholder import marker_styles, role_style, tradeoff_figure  # noqa: F401 (re-exported)
 
-AOP_LEVELS = (0.25, 0.5, 0.75, 1.0)
-ROLE_STYLE = {"teacher": {"symbol": "circle", "color": "#1f77b4"}, "student": {"symbol": "diamond", "color": "#d62728"}}
-# other transfer methods, by the family of their label: data-free students, real-data references, DP
-METHOD_STYLE = {"am": {"symbol": "square", "color": "#ff7f0e"}, "gkd+bss": {"symbol": "star", "color": "#9467bd"},
-                "bss": {"symbol": "triangle-up", "color": "#7f7f7f"}, "dp-sgd": {"symbol": "x", "color": "#17becf"}}
+FPR_MARKS = (0.001, 0.01)  # TPR at the lowest of these FPRs the audit can measure is marked on the ROC curves
 
 
-def role_style(role: str) -> dict[str, str]:
-    """Marker of a role: teacher, student, or a method label such as ``dp-sgd ε=8`` (by its name)."""
-    if role in ROLE_STYLE:
-        return ROLE_STYLE[role]
-    name = role.split(" ")[0]
-    return METHOD_STYLE.get(name, {"symbol": "hexagon", "color": "#8c564b"})
-FPR_MARK = 0.001  # TPR at 0.1% FPR is marked on the ROC curves
-
-
-def _hover(p: ModelPoint) -> str:
-    ci = f" [{p.auc_ci95[0]:.3f}, {p.auc_ci95[1]:.3f}]" if p.auc_ci95 else ""
-    return (f"<b>{p.run_id}</b> {p.role}<br>accuracy {p.accuracy:.4f}<br>MIA AUC {p.auc:.4f}{ci}"
-            f"<br>audit {p.audit}<br>TPR@0.1%FPR {p.tpr_at_01pct:.4f}<br>AOP {p.aop:.4f}<br>{p.dataset} · {p.generator}"
-            f" · ×{p.cardinality:g}")
-
-
-def tradeoff_figure(points: Sequence[ModelPoint], aop_levels: Sequence[float] = AOP_LEVELS) -> go.Figure:
-    """Test accuracy against MIA AUC: teacher → student of a run linked, iso-AOP curves, Pareto front."""
+def roc_figure(points: Sequence[ModelPoint], marks: Sequence[float] = FPR_MARKS) -> go.Figure:
+    """Log-log ROC curves of the attack (LiRA's way to read them). The axes start at the audits'
+    resolution (1 / non-members, 1 / members): nothing below is measurable, zeros sit on the axis. The TPR
+    at the lowest of ``marks`` the audits resolve (0.1% FPR, else 1%) is marked."""
     fig = go.Figure()
-    aucs = [p.auc for p in points] or [0.5]
-    lo, hi = min(0.45, min(aucs) - 0.02), max(0.75, max(aucs) + 0.02)
-    grid = np.linspace(lo, hi, 120)
-    # 1. iso-AOP curves: accuracy = AOP (2 AUC)^2
-    for level in aop_levels:
-        fig.add_trace(go.Scatter(x=grid, y=aop_iso_curve(level, grid), mode="lines", hoverinfo="skip",
-                                 line={"dash": "dot", "width": 1, "color": "#999"}, name="iso-AOP curves",
-                                 legendgroup="aop", showlegend=level == aop_levels[0]))
-        inside = np.nonzero(~np.isnan(aop_iso_curve(level, grid)))[0]
-        if inside.size:
-            k = inside[-1]
-            fig.add_annotation(x=grid[k], y=aop_iso_curve(level, grid)[k], text=f"AOP {level:g}",
-                               showarrow=False, font={"size": 10, "color": "#777"}, xanchor="right", yanchor="bottom")
-    # 2. teacher → student of the same run
-    for teacher, student in run_pairs(points):
-        fig.add_trace(go.Scatter(x=[teacher.auc, student.auc], y=[teacher.accuracy, student.accuracy],
-                                 mode="lines", line={"color": "#bbb", "width": 1.5}, hoverinfo="skip",
-                                 showlegend=False))
-    # 3. the models
-    for role in dict.fromkeys(p.role for p in points):  # each role once, in order of appearance
-        style = role_style(role)
-        chosen = [p for p in points if p.role == role]
-        if chosen:
-            fig.add_trace(go.Scatter(
-                x=[p.auc for p in chosen], y=[p.accuracy for p in chosen], mode="markers", name=role,
-                marker={"size": 11, "symbol": style["symbol"], "color": style["color"], "line": {"width": 1}},
-                text=[_hover(p) for p in chosen], hovertemplate="%{text}<extra></extra>",
-                # the AUC's bootstrap 95% interval as a horizontal bar
-                error_x={"type": "data", "symmetric": False, "thickness": 1, "width": 3, "color": style["color"],
-                         "array": [p.auc_ci95[1] - p.auc if p.auc_ci95 else 0 for p in chosen],
-                         "arrayminus": [p.auc - p.auc_ci95[0] if p.auc_ci95 else 0 for p in chosen]},
-                customdata=[p.run_id for p in chosen]))
-    # 4. the Pareto front (higher accuracy, lower AUC)
-    front = front_line(points)
-    if front:
-        fig.add_trace(go.Scatter(x=[p.auc for p in front], y=[p.accuracy for p in front], mode="lines+markers",
-                                 name="Pareto front", line={"color": "#2ca02c", "width": 2, "shape": "hv"},
-                                 marker={"symbol": "circle-open", "size": 18, "color": "#2ca02c", "line": {"width": 2}},
-                                 hoverinfo="skip"))
-    fig.update_layout(title="Accuracy vs membership-inference AUC", xaxis_title="MIA AUC (headline attack, 95% CI) — lower is more private",
-                      yaxis_title="test accuracy", template="plotly_white", height=520,
-                      legend={"orientation": "h", "y": -0.18}, margin={"t": 50, "b": 40})
-    fig.update_xaxes(range=[lo, hi])
-    fig.update_yaxes(range=[0, 1.02])
-    return fig
-
-
-def roc_figure(points: Sequence[ModelPoint], mark_fpr: float = FPR_MARK) -> go.Figure:
-    """Log-log ROC curves of the attack, with TPR at ``mark_fpr`` marked (LiRA's way to read them)."""
-    fig = go.Figure()
-    floor = 1e-5  # log axes cannot show 0
-    fig.add_trace(go.Scatter(x=[floor, 1], y=[floor, 1], mode="lines", name="chance",
+    fpr_floor, tpr_floor = roc_resolution(points)
+    low = min(fpr_floor, tpr_floor)
+    fig.add_trace(go.Scatter(x=[low, 1], y=[low, 1], mode="lines", name="chance",
                              line={"dash": "dash", "color": "#999"}, hoverinfo="skip"))
+    mark = next((m for m in sorted(marks) if m >= fpr_floor * (1 - 1e-9)), None)
     for p in points:
         if not p.roc_fpr:
             continue
-        fpr = np.maximum(np.asarray(p.roc_fpr), floor)
-        tpr = np.maximum(np.asarray(p.roc_tpr), floor)
+        fpr = np.maximum(np.asarray(p.roc_fpr), fpr_floor)
+        tpr = np.maximum(np.asarray(p.roc_tpr), tpr_floor)
         fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=f"{p.label} (AUC {p.auc:.3f})",
                                  line={"shape": "hv"}))
-        fig.add_trace(go.Scatter(x=[mark_fpr], y=[max(p.tpr_at_01pct, floor)], mode="markers", showlegend=False,
-                                 marker={"size": 10, "symbol": "x"},
-                                 hovertemplate=f"{p.label}<br>TPR@{mark_fpr:.1%} FPR = {p.tpr_at_01pct:.4f}<extra></extra>"))
-    fig.add_vline(x=mark_fpr, line={"dash": "dot", "color": "#777"}, annotation_text=f"FPR {mark_fpr:.1%}")
-    fig.update_xaxes(type="log", title="false-positive rate", range=[np.log10(floor), 0])
-    fig.update_yaxes(type="log", title="true-positive rate", range=[np.log10(floor), 0])
+        value = _tpr_at(p, mark)
+        if mark and np.isfinite(value):
+            fig.add_trace(go.Scatter(x=[mark], y=[max(value, tpr_floor)], mode="markers", showlegend=False,
+                                     marker={"size": 10, "symbol": "x"},
+                                     hovertemplate=f"{p.label}<br>TPR@{mark:.1%} FPR = {value:.4f}<extra></extra>"))
+    if mark:
+        fig.add_vline(x=mark, line={"dash": "dot", "color": "#777"}, annotation_text=f"FPR {mark:.1%}")
+    pad = 0.05  # decades below the resolution, so the lowest step is not on the frame
+    fig.update_xaxes(type="log", title=f"false-positive rate (resolution 1/{round(1 / fpr_floor)})",
+                     range=[np.log10(fpr_floor) - pad, 0])
+    fig.update_yaxes(type="log", title=f"true-positive rate (resolution 1/{round(1 / tpr_floor)})",
+                     range=[np.log10(tpr_floor) - pad, 0])
     fig.update_layout(title="Attack ROC (log-log)", template="plotly_white", height=480,
                       legend={"orientation": "h", "y": -0.2}, margin={"t": 50})
     return fig
+
+
+def _tpr_at(p: ModelPoint, fpr: float | None) -> float:
+    """The TPR the audit recorded at one of :data:`FPR_MARKS` (NaN: not measured)."""
+    return {0.001: p.tpr_at_01pct, 0.01: p.tpr_at_1pct}.get(fpr, float("nan"))
 
 
 def per_class_figure(points: Sequence[ModelPoint], class_names: Sequence[str]) -> go.Figure:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -158,3 +159,75 @@ def test_other_methods_are_points_on_the_plane_with_their_intervals():
     assert traces["dp-sgd ε=1"].marker.symbol == "x" and traces["am"].marker.symbol == "square"
     assert list(traces["am"].error_x.array) == pytest.approx([0.02]) and traces["am"].error_x.arrayminus[0] > 0
     assert [(t.role, s.role) for t, s in report.run_pairs(points)] == [("teacher", "student")]
+
+
+# -- issue 12: trade-offs for stakeholders ---------------------------------------------------------------------
+def test_axis_ranges_zoom_to_the_data_with_padding():
+    points = report.points_from_metrics("a", fake_metrics(teacher=(0.95, 0.60), student=(0.90, 0.52)))
+    # AUCs with their intervals span 0.50 .. 0.62 (0.12), accuracies 0.90 .. 0.95 (0.05); 15% padding
+    ranges = report.axis_ranges(points)
+    assert ranges.auc == pytest.approx((0.50 - 0.018, 0.62 + 0.018))
+    assert ranges.accuracy == pytest.approx((0.90 - 0.0075, 0.95 + 0.0075))
+    assert report.axis_ranges(points, zoom=False) == report.FIXED_RANGES == report.AxisRanges((0, 1), (0, 1.02))
+    assert report.axis_ranges([]) == report.FIXED_RANGES
+    # one point: at least min_span wide, centred; never outside 0..1 (1.02 for accuracy)
+    one = [replace(p, auc_ci95=None) for p in report.points_from_metrics("b", fake_metrics(teacher=(1.0, 0.5), student=(1.0, 0.5)))]
+    ranges = report.axis_ranges(one, padding=0.5, min_span=0.02)
+    assert ranges.auc == pytest.approx((0.5 - 0.02, 0.5 + 0.02))
+    assert ranges.accuracy == pytest.approx((0.98, 1.02))
+
+
+def test_roc_resolution_is_one_over_the_audit_counts():
+    points = report.points_from_metrics("a", fake_metrics())  # 10 members, 10 non-members
+    assert report.roc_resolution(points) == (0.1, 0.1)
+    metrics = fake_metrics()
+    for role in ("teacher", "student"):
+        del metrics[role]["mia"]["n_members"], metrics[role]["mia"]["n_nonmembers"]
+    # counts not recorded: the smallest non-zero rate on the curves
+    assert report.roc_resolution(report.points_from_metrics("a", metrics)) == (0.001, 0.01)
+    assert report.roc_resolution([]) == (1e-3, 1e-3)
+
+
+def test_points_table_says_na_below_the_fpr_floor_and_shows_epsilon():
+    metrics = fake_metrics()
+    metrics["teacher"]["mia"].update(n_nonmembers=1000, mia_mode="transfer", attack="rmia")
+    metrics["methods"] = {"dp-sgd ε=8": {**fake_metrics()["teacher"], "epsilon": 7.996}}
+    rows = report.points_table(report.points_from_metrics("a", metrics))
+    teacher, student, dp = rows
+    assert teacher["TPR@1%FPR"] == "0.0500" and teacher["TPR@0.1%FPR"] == "0.0100"  # 1000 non-members
+    assert student["TPR@1%FPR"] == "n/a" and student["model"] == "GKD student"  # 10: floor 10% FPR
+    assert (teacher["audit mode"], teacher["attack"]) == ("transfer", "rmia")
+    assert teacher["AUC 95% CI"] == "[0.580, 0.620]" and teacher["ε"] == "" and dp["ε"] == "8.00"
+    assert report.tpr_text(float("nan"), 0.01, 0.001) == "n/a"
+
+
+def test_tradeoff_figure_zooms_and_gives_each_method_its_marker():
+    from studio import figures
+
+    metrics = fake_metrics(teacher=(0.95, 0.60), student=(0.90, 0.52))
+    metrics["methods"] = {label: {**fake_metrics()["student"], "epsilon": eps}
+                          for label, eps in (("dp-sgd ε=1", 1.0), ("dp-sgd ε=8", 8.0), ("gkd+bss", None))}
+    points = report.points_from_metrics("a", metrics)
+    zoomed, fixed = figures.tradeoff_figure(points), figures.tradeoff_figure(points, zoom=False)
+    assert list(zoomed.layout.xaxis.range) == pytest.approx(report.axis_ranges(points).auc)
+    assert list(zoomed.layout.yaxis.range) == pytest.approx(report.axis_ranges(points).accuracy)
+    assert list(fixed.layout.xaxis.range) == [0, 1] and list(fixed.layout.yaxis.range) == [0, 1.02]
+    traces = {t.name: t for t in zoomed.data if t.mode == "markers"}
+    assert set(traces) == {"teacher", "student", "dp-sgd ε=1", "dp-sgd ε=8", "gkd+bss"}
+    markers = {(t.marker.symbol, t.marker.color) for t in traces.values()}
+    assert len(markers) == 5  # each its own marker, though both DP runs are x's
+    assert traces["dp-sgd ε=1"].marker.symbol == traces["dp-sgd ε=8"].marker.symbol == "x"
+    assert all(t.showlegend is not False for t in traces.values())
+
+
+def test_roc_axes_start_at_the_audit_resolution():
+    from studio import figures
+
+    metrics = fake_metrics()
+    metrics["teacher"]["mia"]["n_nonmembers"] = metrics["student"]["mia"]["n_nonmembers"] = 109
+    roc = figures.roc_figure(report.points_from_metrics("a", metrics))
+    lo = roc.layout.xaxis.range[0]
+    assert math.log10(1 / 109) - 0.1 < lo < math.log10(1 / 109)  # at 1/109, not five decades below
+    assert roc.layout.yaxis.range[0] == pytest.approx(math.log10(0.1) - 0.05)  # 10 members
+    # 0.1% FPR is below what 109 non-members resolve: the 1% FPR is marked instead
+    assert [s.x0 for s in roc.layout.shapes] == [0.01]

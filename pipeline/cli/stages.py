@@ -357,6 +357,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return launch_demo(project.root, args.run, host=args.host, port=args.port)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from ..views.stakeholder import ReportConfig, build_report
+
+    config = ReportConfig(run_ids=tuple(args.run), out_dir=Path(args.out) if args.out else None,
+                          pdf_plot=not args.no_plot_image)
+    built = build_report(config, project_of(args))
+    for note in built.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"wrote {built.html} (opens offline)" + (f" and {built.pdf}" if built.pdf else ""))
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from ..experiment import config_json
     from ..presets import quickstart_config
@@ -486,6 +498,15 @@ def add_stage_commands(sub: Any) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default localhost only)")
     p.add_argument("--port", type=int, default=7860)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("report", help="stakeholder report of finished experiments: HTML (opens offline) and PDF")
+    add_project_arg(p)
+    p.add_argument("--run", required=True, action="append", metavar="EXPERIMENT_ID",
+                   help="a finished experiment run id (repeat for several runs)")
+    p.add_argument("--out", default=None, help="output folder (default: <project>/reports/<time>-<run>)")
+    p.add_argument("--no-plot-image", action="store_true",
+                   help="leave the plot out of the PDF (it needs kaleido with Chrome / Chromium)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("config", help="print the quickstart's config as JSON (a template for `run`)")
     p.set_defaults(func=cmd_config)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,10 +48,31 @@ class ModelPoint:
     per_class_accuracy: tuple[float, ...]
     created_at: str = ""
     audit: str = "transfer · lira"  # audit mode and attack of ``auc`` (older runs: transfer-mode LiRA)
+    mia_mode: str = "transfer"  # audit mode of ``auc``: transfer | pipeline
+    attack: str = "lira"  # attack of ``auc``: lira | rmia | loss
+    n_members: int = 0  # audited members (0: not recorded); the smallest measurable TPR is 1 / n_members
+    n_nonmembers: int = 0  # audited non-members; the smallest measurable FPR is 1 / n_nonmembers
+    epsilon: float | None = None  # DP-SGD's spent ε (None: not a DP model)
+    reads_real: bool = True  # whether training read real training images (the GKD student does not)
 
     @property
     def label(self) -> str:
         return f"{self.run_id} {self.role}"
+
+    @property
+    def name(self) -> str:
+        """The model as a reader knows it: the student is the GKD student."""
+        return model_name(self.role)
+
+    @property
+    def fpr_floor(self) -> float:
+        """The smallest non-zero FPR this audit can measure (0 when the count is not recorded)."""
+        return 1.0 / self.n_nonmembers if self.n_nonmembers else 0.0
+
+
+def model_name(role: str) -> str:
+    """Display name of a role: ``student`` is the GKD student; methods keep their label (``dp-sgd ε=8``)."""
+    return {"student": "GKD student"}.get(role, role)
 
 
 def _number(value: Any) -> float:
@@ -84,6 +106,10 @@ def points_from_metrics(run_id: str, metrics: dict[str, Any], created_at: str = 
             per_class_accuracy=tuple(float(v) for v in m.get("per_class_accuracy", ())),
             created_at=created_at,
             audit=f"{mia.get('mia_mode', 'transfer')} · {mia.get('attack', 'lira')}",
+            mia_mode=str(mia.get("mia_mode", "transfer")), attack=str(mia.get("attack", "lira")),
+            n_members=int(mia.get("n_members") or 0), n_nonmembers=int(mia.get("n_nonmembers") or 0),
+            epsilon=None if m.get("epsilon") is None else float(m["epsilon"]),
+            reads_real=bool(m.get("reads_real_training_images", role == "teacher")),
         ))
     return points
 
@@ -153,14 +179,74 @@ def run_pairs(points: Sequence[ModelPoint]) -> list[tuple[ModelPoint, ModelPoint
             if "teacher" in roles and "student" in roles]
 
 
+def tpr_text(tpr: float, fpr: float, floor: float) -> str:
+    """TPR at ``fpr`` as text: "n/a" when ``fpr`` is below the audit's FPR floor (1 / non-members) or
+    the value was not measured, since one false positive already exceeds that rate."""
+    return "n/a" if (floor and fpr < floor) or not math.isfinite(tpr) else f"{tpr:.4f}"
+
+
+def ci_text(ci: tuple[float, float] | None) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "n/a"
+
+
 def points_table(points: Sequence[ModelPoint]) -> list[dict[str, Any]]:
-    """Rows for a table widget or a CSV."""
+    """Rows for a table widget, a CSV or the stakeholder report: per model its accuracy, the audit
+    (mode and attack) its AUC comes from, the AUC with its 95% interval, TPR at 1% FPR, AOP and ε.
+    Columns that can say "n/a" are text (a table column holds one type)."""
     optimal = pareto_front([p.accuracy for p in points], [p.auc for p in points]) if points else []
-    return [{"run": p.run_id, "model": p.role, "dataset": p.dataset, "generator": p.generator,
-             "cardinality": p.cardinality, "accuracy": round(p.accuracy, 4), "MIA AUC": round(p.auc, 4),
-             "audit": p.audit,
-             "TPR@0.1%FPR": round(p.tpr_at_01pct, 4), "AOP": round(p.aop, 4), "Pareto": bool(on_front)}
+    return [{"run": p.run_id, "model": p.name, "dataset": p.dataset, "generator": p.generator,
+             "cardinality": p.cardinality, "accuracy": round(p.accuracy, 4), "audit mode": p.mia_mode,
+             "attack": p.attack, "MIA AUC": round(p.auc, 4), "AUC 95% CI": ci_text(p.auc_ci95),
+             "TPR@1%FPR": tpr_text(p.tpr_at_1pct, 0.01, p.fpr_floor),
+             "TPR@0.1%FPR": tpr_text(p.tpr_at_01pct, 0.001, p.fpr_floor), "AOP": round(p.aop, 4),
+             "ε": "" if p.epsilon is None else f"{p.epsilon:.2f}", "Pareto": bool(on_front)}
             for p, on_front in zip(points, optimal)]
+
+
+# -- plot axes ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AxisRanges:
+    """Ranges of the trade-off plot's axes."""
+
+    auc: tuple[float, float]  # x: membership-inference AUC
+    accuracy: tuple[float, float]  # y: test accuracy
+
+
+FIXED_RANGES = AxisRanges(auc=(0.0, 1.0), accuracy=(0.0, 1.02))  # the whole square (1.02: a marker at 1 shows)
+
+
+def axis_ranges(points: Sequence[ModelPoint], zoom: bool = True, padding: float = 0.15,
+                min_span: float = 0.02) -> AxisRanges:
+    """The trade-off plot's axes: zoomed to the data (AUC intervals included) with ``padding`` x the
+    data's span on each side, at least ``min_span`` wide, kept inside the fixed ranges; or, with
+    ``zoom`` off or no points, the fixed 0–1 ranges."""
+    if not zoom or not points:
+        return FIXED_RANGES
+    aucs = [v for p in points for v in (p.auc, *(p.auc_ci95 or ()))]
+    accuracies = [p.accuracy for p in points]
+    return AxisRanges(_padded(aucs, padding, min_span, FIXED_RANGES.auc),
+                      _padded(accuracies, padding, min_span, FIXED_RANGES.accuracy))
+
+
+def _padded(values: Sequence[float], padding: float, min_span: float,
+            bounds: tuple[float, float]) -> tuple[float, float]:
+    lo, hi = min(values), max(values)
+    grow = max(hi - lo, min_span) * padding + max(0.0, min_span - (hi - lo)) / 2
+    return max(lo - grow, bounds[0]), min(hi + grow, bounds[1])
+
+
+def roc_resolution(points: Sequence[ModelPoint], default: float = 1e-3) -> tuple[float, float]:
+    """(FPR, TPR) resolution of the audits: 1 / non-members and 1 / members of the largest audit shown
+    (where a log-scale ROC axis should start: nothing below it is measurable). Runs that did not record
+    the counts fall back to the smallest non-zero rate on their curves, then to ``default``."""
+    def finest(counts: list[int], rates: list[float]) -> float:
+        if any(counts):
+            return 1.0 / max(counts)
+        positive = [r for r in rates if r > 0]
+        return min(positive) if positive else default
+
+    return (finest([p.n_nonmembers for p in points], [v for p in points for v in p.roc_fpr]),
+            finest([p.n_members for p in points], [v for p in points for v in p.roc_tpr]))
 
 
 # -- live runs ----------------------------------------------------------------------------------------

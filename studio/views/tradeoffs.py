@@ -1,12 +1,13 @@
 """Trade-offs: test accuracy against membership-inference AUC for every audited model, with the Pareto
-front and iso-AOP curves, attack ROC curves and per-class accuracy; export for slides."""
+front and iso-AOP curves, attack ROC curves and per-class accuracy; export for slides, and a one-click
+report for stakeholders (HTML that opens offline, and a PDF)."""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
-from pipeline.views import report
+from pipeline.views import report, stakeholder
 from studio import figures, shared
 
 st.title("Trade-offs")
@@ -29,10 +30,13 @@ if not shown:
     st.stop()
 
 # 2. the trade-off ---------------------------------------------------------------------------------------------
-fig = figures.tradeoff_figure(shown)
+zoom = st.toggle("Zoom to the data", value=True, key="to_zoom",
+                 help="On: the axes fit the models and their AUC intervals. Off: both axes from 0 to 1.")
+fig = figures.tradeoff_figure(shown, zoom=zoom)
 st.plotly_chart(fig, key="to_scatter")
-st.caption("Each run's teacher (real data) and student (synthetic data only) are joined by a line. "
-           "AOP = accuracy / (2·AUC)²; the green step line is the Pareto front (higher accuracy, lower AUC).")
+st.caption("Each run's teacher (real data) and GKD student (synthetic data only) are joined by a line; bars are "
+           "the AUC's 95% interval. AOP = accuracy / (2·AUC)²; the green step line is the Pareto front (higher "
+           "accuracy, lower AUC). TPR@1%FPR is n/a when the audit has under 100 non-members.")
 table = pd.DataFrame(report.points_table(shown))
 st.dataframe(table, hide_index=True, width="stretch")
 
@@ -59,7 +63,33 @@ export_buttons(fig, "tradeoff", "to_export")
 st.download_button("Table (CSV)", table.to_csv(index=False), file_name="tradeoff.csv", mime="text/csv",
                    key="to_csv")
 
-# 3. attack ROC curves --------------------------------------------------------------------------------------------
+# 3. the stakeholder report --------------------------------------------------------------------------------------
+st.subheader("Report for stakeholders")
+report_runs = list(dict.fromkeys(p.run_id for p in shown))
+st.caption(f"Runs {', '.join(report_runs)}: the plot, the table, the setup, conclusions drawn from the numbers and "
+           "a few synthetic examples — never a real image. The HTML opens offline; the PDF needs Chrome/Chromium "
+           "for the plot (without it, it has the table and the text).")
+if st.button("Build report", key="to_report", icon=":material/summarize:", type="primary"):
+    try:
+        with st.spinner("Building the report (the PDF's plot takes a few seconds)..."):
+            st.session_state["to_report_built"] = stakeholder.build_report(
+                stakeholder.ReportConfig(run_ids=tuple(report_runs), zoom=zoom), project)
+    except (ValueError, KeyError, OSError) as err:  # UI boundary: a run vanished, a file unreadable
+        st.session_state.pop("to_report_built", None)
+        st.error(f"The report could not be built: {err}")
+built = st.session_state.get("to_report_built")
+if built is not None and built.html.exists() and (built.pdf is None or built.pdf.exists()):  # not deleted since
+    cols = st.columns([1, 1, 3])
+    cols[0].download_button("Report (HTML)", built.html.read_bytes(), file_name="tradeoffs-report.html",
+                            mime="text/html", key="to_report_html", icon=":material/download:")
+    if built.pdf:
+        cols[1].download_button("Report (PDF)", built.pdf.read_bytes(), file_name="tradeoffs-report.pdf",
+                                mime="application/pdf", key="to_report_pdf", icon=":material/picture_as_pdf:")
+    cols[2].caption(f"Built for {', '.join(built.run_ids)}; saved in {built.html.parent}.")
+    for note in built.notes:
+        st.warning(note)
+
+# 4. attack ROC curves --------------------------------------------------------------------------------------------
 st.subheader("Attack ROC curves")
 labels = [p.label for p in shown]
 picked = st.multiselect("Models", labels, default=labels[:2], key="to_roc_models")
@@ -67,7 +97,7 @@ roc = figures.roc_figure([p for p in shown if p.label in picked])
 st.plotly_chart(roc, key="to_roc")
 export_buttons(roc, "roc", "to_roc_export")
 
-# 4. per-class accuracy -------------------------------------------------------------------------------------------
+# 5. per-class accuracy -------------------------------------------------------------------------------------------
 st.subheader("Per-class accuracy")
 runs = list(dict.fromkeys(p.run_id for p in shown))
 run_id = st.selectbox("Run", runs, key="to_class_run")
