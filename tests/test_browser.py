@@ -8,6 +8,7 @@ Needs Debian's chromium at /usr/bin/chromium (``.ci/run`` installs it); skipped 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -109,6 +110,11 @@ def shoot(page, name: str) -> None:
     page.set_viewport_size(size)
 
 
+def segment(page, text: str):
+    """A segmented control's option (a radio button; a rerun may briefly keep a stale copy of the control)."""
+    return page.get_by_role("radio", name=text, exact=True).first
+
+
 def set_number(page, label: str, value: int) -> None:
     field = page.get_by_label(label, exact=True)
     field.fill(str(value))
@@ -119,12 +125,16 @@ def set_number(page, label: str, value: int) -> None:
 def test_edit_a_caption_in_the_grid(studio, page):
     url, project = studio
     open_page(page, url, "Captions")
+    curator = page.get_by_label("Curator", exact=True)  # saves are credited to a named curator
+    curator.fill("dr. grid")
+    curator.press("Enter")
+    wait_idle(page)
     grid = page.locator('[data-testid="stDataFrame"] canvas').first
     grid.wait_for()
     shoot(page, "captions")
-    # double-click the caption of the second row (header 36 px, rows 56 px, caption column mid-grid)
+    # double-click the caption of the second row (header 36 px, rows 136 px for 128-px thumbnails)
     box = grid.bounding_box()
-    page.mouse.dblclick(box["x"] + box["width"] * 0.5, box["y"] + 36 + 56 + 28)
+    page.mouse.dblclick(box["x"] + 450, box["y"] + 36 + 136 + 68)
     editor = page.locator("textarea.gdg-input").first
     assert editor.input_value().startswith("a handwritten digit")
     editor.fill("typed in a real browser")
@@ -134,6 +144,50 @@ def test_edit_a_caption_in_the_grid(studio, page):
     store = project.caption_store("digits")
     assert store.head() == 2
     assert [r.caption for r in store.records().values() if r.edited_by_hand] == ["typed in a real browser"]
+    assert store.history()[-1].author == "dr. grid"
+
+
+def test_curator_walks_20_captions_with_the_keyboard_and_approves_a_class(studio, page):
+    url, project = studio
+    store = project.caption_store("digits")
+    start = store.head()
+    open_page(page, url, "Captions")
+    curator = page.get_by_label("Curator", exact=True)
+    curator.fill("dr. keys")
+    curator.press("Enter")
+    wait_idle(page)
+    segment(page, "Viewer").click()
+    page.locator('[class*="st-key-cap_vtext_"] textarea').wait_for()  # the viewer's caption box
+    page.wait_for_function("window.tckrCaptionKeys === true")  # and its key script
+    wait_idle(page)
+    page.get_by_role("heading", name="Captions", level=1).click()  # focus off text fields: plain keys work
+    for k in range(20):
+        page.keyboard.press("e")  # cursor into the caption box
+        page.keyboard.press("Control+a")
+        page.keyboard.type(f"keyboard caption {k}")
+        page.keyboard.press("Control+s")  # commits the box and saves
+        page.get_by_text(re.compile(rf"as version {start + k + 1}\.")).wait_for()
+        wait_idle(page)
+        page.keyboard.press("n")  # next image
+        page.get_by_text(re.compile(rf"^Image {k + 2} of 40 ")).wait_for()
+        wait_idle(page)
+    shoot(page, "captions-viewer")
+    typed = [r for r in store.records().values() if r.caption.startswith("keyboard caption")]
+    assert len(typed) == 20 and store.head() == start + 20
+    assert {r.curator for r in typed} == {"dr. keys"} and store.history()[-1].author == "dr. keys"
+
+    segment(page, "Review").click()
+    wait_idle(page)
+    page.get_by_label("Class to approve").click()
+    page.keyboard.type("3")  # the select filters its options as one types
+    page.keyboard.press("Enter")
+    wait_idle(page)
+    page.get_by_text("I checked this class").click()
+    wait_idle(page)
+    page.get_by_role("button", name=re.compile(r"^Approve \d+ caption\(s\) of class 3")).click()
+    page.get_by_text(re.compile(r"Approved \d+ caption\(s\) of class 3 as reviewed by dr\. keys")).wait_for()
+    shoot(page, "captions-review")
+    assert all(r.reviewed for r in store.records().values() if r.label == "3")
 
 
 def test_start_a_tiny_run_and_see_it_finish(studio, page):
@@ -175,3 +229,104 @@ def test_tradeoffs_and_generations_show_the_run(studio, page):
     wait_idle(page, 60_000)
     assert page.get_by_text("real image", exact=True).is_visible()
     shoot(page, "generations")
+
+
+def test_leak_explorer_and_synthetic_set_show_images(studio, page):
+    url, project = studio
+    if not project.registry().list(kind="experiment", status="done"):
+        pytest.skip("needs the run of test_start_a_tiny_run_and_see_it_finish")
+    open_page(page, url + "/leaks", "Leak explorer")
+    page.locator('[data-testid="stImage"]').nth(1).wait_for(timeout=120_000)  # a member and a synthetic image
+    page.locator(".js-plotly-plot").nth(1).wait_for()  # histogram and per-class chart
+    wait_idle(page, 60_000)
+    assert page.get_by_text("#1 real (member)").is_visible()
+    assert page.locator('[data-testid="stImage"] img').first.evaluate("e => e.naturalWidth") >= 128
+    shoot(page, "leaks")
+    open_page(page, url + "/synthetic", "Synthetic set")
+    page.locator('[data-testid="stImage"]').nth(3).wait_for(timeout=120_000)
+    wait_idle(page, 60_000)
+    assert page.get_by_text("real (member)").first.is_visible()
+    assert page.get_by_text("teacher:").count() > 0
+    shoot(page, "synthetic")
+
+
+def test_tradeoffs_axes_toggle_and_offline_report(studio, page):
+    url, project = studio
+    if not project.registry().list(kind="experiment", status="done"):
+        pytest.skip("needs the run of test_start_a_tiny_run_and_see_it_finish")
+    open_page(page, url + "/tradeoffs", "Trade-offs")
+    page.locator(".js-plotly-plot").first.wait_for()
+    x_range = "document.querySelector('.js-plotly-plot')._fullLayout.xaxis.range"
+    zoomed = page.evaluate(x_range)
+    assert zoomed[1] - zoomed[0] < 1, zoomed  # zoomed to the data
+    page.get_by_text("Zoom to the data").click()
+    wait_idle(page)
+    page.wait_for_function(f"{x_range}[1] - {x_range}[0] >= 0.99")
+    assert page.evaluate(x_range) == [0, 1]
+    page.get_by_text("Zoom to the data").click()
+    wait_idle(page)
+    page.get_by_role("button", name="Build report").click()
+    page.get_by_role("button", name="Report (HTML)").wait_for(timeout=120_000)  # kaleido renders the PDF's plot
+    wait_idle(page)
+    shoot(page, "tradeoffs-report")
+    saved = {}
+    for label in ("Report (HTML)", "Report (PDF)"):
+        with page.expect_download() as info:
+            page.get_by_role("button", name=label).click()
+        saved[label] = project.root / "downloads" / info.value.suggested_filename  # keeps the .html suffix
+        info.value.save_as(saved[label])
+    assert saved["Report (PDF)"].read_bytes().startswith(b"%PDF-")
+    # the HTML opens with the network cut: the plot draws, the images load, nothing is fetched
+    offline = page.context.browser.new_context(offline=True)
+    tab = offline.new_page()
+    fetched = []
+    tab.on("request", lambda r: fetched.append(r.url) if r.url.startswith("http") else None)
+    tab.goto(saved["Report (HTML)"].as_uri())
+    tab.wait_for_function("document.querySelectorAll('.js-plotly-plot .scatterlayer .point').length > 0")
+    assert tab.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+    assert tab.get_by_text("What the numbers say").is_visible()
+    assert not fetched, fetched
+    offline.close()
+
+
+def test_clone_compare_and_archive_runs(studio, page):
+    url, project = studio
+    registry = project.registry()
+    done = registry.list(kind="experiment", status="done")
+    if not done:
+        pytest.skip("needs the run of test_start_a_tiny_run_and_see_it_finish")
+    first = done[0]
+    open_page(page, url + "/runs", "Runs")
+    # 1. clone the finished run into the form (it opens, filled from its config), change one field, start;
+    # then cancel it (a second run to the end would only repeat the first test)
+    page.get_by_role("button", name="Clone into form").click()
+    page.get_by_text(f"Cloned run {first.id} into the form").wait_for()
+    wait_idle(page)
+    if not page.get_by_label("Student epochs", exact=True).is_visible():
+        page.get_by_text("Start a run").click()
+    set_number(page, "Student epochs", 2)
+    page.get_by_role("button", name="Start run").click()
+    page.get_by_text("Started run").wait_for()
+    clone = next(r for r in registry.list(kind="experiment") if r.id != first.id)
+    assert clone.config["distill"]["student"]["epochs"] == 2
+    assert {**clone.config, "distill": first.config["distill"]} == first.config  # the rest is the clone's
+    page.get_by_role("button", name="Cancel run").click()
+    status = page.locator('[data-testid="stMetric"]').filter(has_text="Status").first
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not any(s in status.inner_text() for s in ("cancelled", "failed", "done")):
+        assert time.monotonic() < deadline, "the cloned run was not cancelled"
+        page.wait_for_timeout(500)
+    wait_idle(page)
+    # 2. compare the two: the config difference and the metrics side by side
+    page.get_by_text("distill.student.epochs", exact=True).wait_for()
+    page.get_by_text("MIA AUC [95% CI]").first.wait_for()
+    shoot(page, "runs-compare")
+    # 3. archive the first run: it leaves the list (Show archived brings it back)
+    page.get_by_label("Run", exact=True).click()
+    page.keyboard.type(first.id)  # the select filters its options as one types
+    page.keyboard.press("Enter")
+    wait_idle(page)
+    page.get_by_role("button", name="Archive", exact=True).click()
+    page.get_by_text(f"Archived run {first.id}").wait_for()
+    assert registry.get(first.id).archived
+    wait_idle(page)

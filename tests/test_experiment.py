@@ -33,9 +33,11 @@ def tiny_config() -> ExperimentConfig:
     )
 
 
-def test_tiny_end_to_end_run(project):
-    result = run_experiment(tiny_config(), project)
-    metrics = json.loads((project.runs_dir / result.run_id / "metrics.json").read_text())
+def test_tiny_end_to_end_run(tmp_path_factory):
+    from audited_run import audited_run  # the tiny run, built once per session (the studio tests read it too)
+
+    project, run_id = audited_run(tmp_path_factory)
+    metrics = json.loads((project.runs_dir / run_id / "metrics.json").read_text())
     for role in ("teacher", "student"):
         m = metrics[role]
         assert 0.0 <= m["accuracy"] <= 1.0 and 0.0 <= m["mia"]["auc"] <= 1.0
@@ -46,14 +48,14 @@ def test_tiny_end_to_end_run(project):
     assert len(fidelity["rounds"]) == 2 and 0.0 <= fidelity["class_fidelity"] <= 1.0
     assert {"frechet_distance", "precision", "recall", "density", "coverage"} <= set(fidelity)
     assert 0.0 <= fidelity["cas"] <= 1.0 and "hard labels" in fidelity["cas_recipe"]  # CAS on round 0
-    round_dir = project.runs_dir / result.run_id / "synthetic" / "round-1"
+    round_dir = project.runs_dir / run_id / "synthetic" / "round-1"
     assert json.loads((round_dir / "fidelity.json").read_text()) == fidelity["rounds"][1]
     # the memorisation audit of every round: per-image nearest member / non-member, copies, C_T
     memorisation = metrics["memorisation"]
     assert json.loads((round_dir / "memorisation.json").read_text()) == memorisation["rounds"][1]
     neighbours = [json.loads(line) for line in (round_dir / "neighbours.jsonl").read_text().splitlines()]
     assert len(neighbours) == metrics["synthetic"]["images_per_round"]
-    members = set(json.loads((project.runs_dir / result.run_id / "membership.json").read_text())["members"])
+    members = set(json.loads((project.runs_dir / run_id / "membership.json").read_text())["members"])
     assert all(n["features"]["member"] in members and n["pixels"]["nonmember"] not in members for n in neighbours)
     assert memorisation["copies"] == sum(r["features"]["copies"] for r in memorisation["rounds"])
     assert memorisation["ct"] is not None and 0.0 <= memorisation["nonmember_flag_rate"] <= 1.0
@@ -71,7 +73,7 @@ def test_tiny_end_to_end_run(project):
     assert all((w / "methods").is_dir() and not list(w.glob("methods/*/train/generator")) for w in work)
     assert am["aop"] == pytest.approx(am["accuracy"] / (2 * am["mia"]["auc"]) ** 2)
     registry = project.registry()
-    run = registry.get(result.run_id)
+    run = registry.get(run_id)
     assert run.status == "done" and run.metrics["student_auc"] == metrics["student"]["mia"]["auc"]
     kinds = {r.kind for r in registry.list()}
     assert kinds == {"caption", "finetune", "generate", "teacher", "student", "method", "audit", "experiment"}
@@ -92,7 +94,7 @@ def test_tiny_end_to_end_run(project):
     assert "skipped" in student["mia_modes"]["pipeline"]["lira"]  # 2 pipeline shadows are too few for LiRA
     vulnerable = json.loads(Path(metrics["audit"]["vulnerable"]).read_text())
     assert len(vulnerable["student"]["pipeline"]["members"]) == 50
-    events = (project.runs_dir / result.run_id / "events.jsonl").read_text().splitlines()
+    events = (project.runs_dir / run_id / "events.jsonl").read_text().splitlines()
     assert any(json.loads(e).get("epoch_end") for e in events)
     # a second run on a pinned (curated) caption version reuses it as is, and the cached shadows
     again = run_experiment(replace(tiny_config(), store="digits", store_version=1), project)
