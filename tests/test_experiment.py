@@ -33,10 +33,8 @@ def tiny_config() -> ExperimentConfig:
     )
 
 
-def test_tiny_end_to_end_run(tmp_path_factory):
-    from audited_run import audited_run  # the tiny run, built once per session (the studio tests read it too)
-
-    project, run_id = audited_run(tmp_path_factory)
+def test_tiny_end_to_end_run(project):
+    run_id = run_experiment(tiny_config(), project).run_id  # its own project: it adds a second run below
     metrics = json.loads((project.runs_dir / run_id / "metrics.json").read_text())
     for role in ("teacher", "student"):
         m = metrics[role]
