@@ -200,7 +200,27 @@ def test_start_a_tiny_run_and_see_it_finish(studio, page):
     page.get_by_label("Model size").click()
     page.get_by_role("option", name="tiny (smoke test)").click()
     wait_idle(page)
-    page.get_by_role("button", name="Start run").click()
+    # the caption template and query views as a user types them (in a fresh clone the form has come up
+    # with these two empty: a known, not yet understood, form-state bug of the Runs page)
+    template = page.get_by_label("Class template (classname captioner)")
+    template.fill("a handwritten digit {label}")
+    template.press("Enter")
+    wait_idle(page)
+    views = page.locator('[data-testid="stMultiSelect"]').filter(has_text="Query views")
+    if "orig" not in views.inner_text():
+        views.locator("input").click()
+        page.keyboard.type("orig")
+        page.keyboard.press("Enter")
+        page.keyboard.press("Escape")
+        wait_idle(page)
+    start = page.get_by_role("button", name="Start run")
+    try:
+        page.wait_for_function("b => !b.disabled", arg=start.element_handle(), timeout=30_000)
+    except Exception as err:  # the form refused the settings: say why
+        shoot(page, "runs-form-refused")
+        alerts = page.locator('[data-testid="stAlert"]').all_inner_texts()
+        raise AssertionError(f"Start run stays disabled; the page says: {alerts}") from err
+    start.click()
     page.get_by_text("Started run").wait_for()
     status = page.locator('[data-testid="stMetric"]').filter(has_text="Status").first
     deadline = time.monotonic() + RUN_TIMEOUT_S
