@@ -171,6 +171,24 @@ def scaled(image: Image.Image, size: int = 128) -> Image.Image:
     return image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
 
 
+def at_least(image: Image.Image, side: int = 128) -> Image.Image:
+    """At least ``side`` pixels on the longer side, upscaled by a whole factor (pixels stay sharp)."""
+    factor = -(-side // max(image.size))
+    return image if factor <= 1 else \
+        image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+
+
+@st.cache_resource(show_spinner="Labelling the synthetic set with the teacher...", max_entries=4)
+def synthetic_view(root: str, run_id: str, stamp: float) -> Any:
+    """A run's synthetic rounds with the teacher's outputs (``stamp``: teacher.pt's mtime, so a new teacher
+    is labelled again); shared by the Leak explorer and Synthetic set pages."""
+    from pipeline.views.synthetic_set import load_synthetic_set
+
+    project_ = Project.open(root)
+    record = project_.registry().get(run_id)
+    return load_synthetic_set(project_, run_id, dataset(from_dict(DatasetConfig, record.config["dataset"])))
+
+
 # -- messages that survive one rerun (set in a callback, shown by the next run) ---------------------------
 def flash(kind: str, text: str) -> None:
     st.session_state.setdefault("_flash", []).append((kind, text))

@@ -5,7 +5,6 @@ and how exposed each class is. Data from :mod:`pipeline.views.leaks`; this page 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict
 
 import numpy as np
@@ -16,7 +15,6 @@ from PIL import Image
 from pipeline.core.common import from_dict
 from pipeline.data.datasets import DatasetConfig
 from pipeline.views import leaks
-from pipeline.views.synthetic_set import SyntheticSetView, load_synthetic_set
 from studio import shared
 
 MIN_SIDE = 128  # images are shown at least this large (tiny ones upscaled, nearest neighbour)
@@ -40,19 +38,8 @@ st.markdown(
 
 
 # 1. widgets -------------------------------------------------------------------------------------------------------
-def large(image: Image.Image) -> Image.Image:
-    """At least MIN_SIDE pixels on the longer side, upscaled by a whole factor (pixels stay sharp)."""
-    factor = math.ceil(MIN_SIDE / max(image.size))
-    if factor <= 1:
-        return image
-    return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
 
 
-@st.cache_resource(show_spinner="Labelling the synthetic set with the teacher...", max_entries=4)
-def synthetic_view(root: str, run_id: str, stamp: float) -> SyntheticSetView:
-    """The run's synthetic rounds with the teacher's outputs (``stamp``: teacher.pt's mtime)."""
-    record = project.registry().get(run_id)
-    return load_synthetic_set(project, run_id, shared.dataset(from_dict(DatasetConfig, record.config["dataset"])))
 
 
 @st.cache_resource(show_spinner="Ranking the members...", max_entries=16)
@@ -60,7 +47,7 @@ def leak_report(root: str, config_json: str, stamp: float) -> leaks.LeakReport:
     config = leaks.LeakConfig(**json.loads(config_json))
     record = project.registry().get(config.experiment)
     dataset = shared.dataset(from_dict(DatasetConfig, record.config["dataset"]))
-    return leaks.explore_leaks(config, project, dataset, synthetic_view(root, config.experiment, stamp))
+    return leaks.explore_leaks(config, project, dataset, shared.synthetic_view(root, config.experiment, stamp))
 
 
 cols = st.columns([3, 2, 3, 2])
@@ -113,14 +100,14 @@ st.caption(f"Audit {report.audit_id} · {model}, {MODES.get(mode, mode)} · atta
 for member in report.members:
     cells = st.columns([1] * (1 + config.per_member) + [1])
     with cells[0]:
-        st.image(large(dataset.load_image(member.id)))
+        st.image(shared.at_least(dataset.load_image(member.id), MIN_SIDE))
         st.caption(f"#{member.rank} real (member) {member.id} · class {member.class_name} · score {member.score:.4g}")
     if not member.matches:
         cells[1].info("No synthetic neighbour: the images are too large for the pixel space; pick teacher features.")
     for cell, match in zip(cells[1:], member.matches):
         with cell:
             with Image.open(match.image.path) as image:
-                st.image(large(image.convert("RGB")))
+                st.image(shared.at_least(image.convert("RGB"), MIN_SIDE))
             how = "nearest" if match.nearest else "closest"
             flag = " · **copy**" if match.copy else ""
             st.caption(f"{how} · distance {match.distance:.3g}{flag} · round {match.image.round} · "

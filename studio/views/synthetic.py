@@ -5,15 +5,11 @@ audit's copy flags; real member images of the same class beside. Data from
 
 from __future__ import annotations
 
-import math
-
 import streamlit as st
 from PIL import Image
 
-from pipeline.core.common import from_dict
-from pipeline.data.datasets import DatasetConfig
 from pipeline.views import synthetic_set
-from pipeline.views.synthetic_set import SyntheticFilter, SyntheticImage, SyntheticSetView
+from pipeline.views.synthetic_set import SyntheticFilter, SyntheticImage
 from studio import shared
 
 MIN_SIDE = 128  # images are shown at least this large (tiny ones upscaled, nearest neighbour)
@@ -31,27 +27,15 @@ st.markdown("The synthetic images below are the ones the student was trained on 
             "memorisation audit found to be a near-duplicate of a real training image.")
 
 
-def large(image: Image.Image) -> Image.Image:
-    """At least MIN_SIDE pixels on the longer side, upscaled by a whole factor (pixels stay sharp)."""
-    factor = math.ceil(MIN_SIDE / max(image.size))
-    if factor <= 1:
-        return image
-    return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
 
 
-@st.cache_resource(show_spinner="Labelling the synthetic set with the teacher...", max_entries=4)
-def synthetic_view(root: str, run_id: str, stamp: float) -> SyntheticSetView:
-    """The run's synthetic rounds with the teacher's outputs (``stamp``: teacher.pt's mtime)."""
-    record = project.registry().get(run_id)
-    return synthetic_set.load_synthetic_set(project, run_id,
-                                            shared.dataset(from_dict(DatasetConfig, record.config["dataset"])))
 
 
 # 1. the run ---------------------------------------------------------------------------------------------------------
 run_id = st.selectbox("Experiment run", [r.id for r in runs], key="syn_run")
 record = next(r for r in runs if r.id == run_id)
 try:
-    view = synthetic_view(str(project.root), run_id, (record.run_dir / "teacher.pt").stat().st_mtime)
+    view = shared.synthetic_view(str(project.root), run_id, (record.run_dir / "teacher.pt").stat().st_mtime)
 except (OSError, ValueError, KeyError) as err:  # a run folder changed or lost files: shown, not raised
     st.error(f"Cannot read this run's synthetic set: {err}")
     st.stop()
@@ -84,7 +68,7 @@ dataset = shared.dataset(view.dataset)
 # 3. class by class: real members, then the synthetic images ---------------------------------------------------------------
 def synthetic_cell(image: SyntheticImage) -> None:
     with Image.open(image.path) as file:
-        st.image(large(file.convert("RGB")))
+        st.image(shared.at_least(file.convert("RGB"), MIN_SIDE))
     verdict = "✓" if image.faithful else "✗"
     flag = " · **copy**" if image.copied else ""
     st.caption(f"{verdict} teacher: {view.class_names[image.teacher_label]} ({image.teacher_confidence:.0%}){flag} · "
@@ -102,7 +86,7 @@ for label in sorted({im.label for im in shown}):
     if members:
         cells = st.columns(PER_ROW)
         for cell, member in zip(cells, members):
-            cell.image(large(dataset.load_image(member)))
+            cell.image(shared.at_least(dataset.load_image(member), MIN_SIDE))
             cell.caption(f"real (member) {member}")
     picked = in_class[:int(per_class)]
     for start in range(0, len(picked), PER_ROW):
