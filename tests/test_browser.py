@@ -110,6 +110,15 @@ def shoot(page, name: str) -> None:
     page.set_viewport_size(size)
 
 
+def wait_for_run_end(page, message: str) -> None:
+    """Until the Runs page's Status metric says the run ended (done, failed or cancelled)."""
+    status = page.locator('[data-testid="stMetric"]').filter(has_text="Status").first
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not any(s in status.inner_text() for s in ("done", "failed", "cancelled")):
+        assert time.monotonic() < deadline, message
+        page.wait_for_timeout(500)
+
+
 def segment(page, text: str):
     """A segmented control's option (a radio button; a rerun may briefly keep a stale copy of the control)."""
     return page.get_by_role("radio", name=text, exact=True).first
@@ -222,11 +231,7 @@ def test_start_a_tiny_run_and_see_it_finish(studio, page):
         raise AssertionError(f"Start run stays disabled; the page says: {alerts}") from err
     start.click()
     page.get_by_text("Started run").wait_for()
-    status = page.locator('[data-testid="stMetric"]').filter(has_text="Status").first
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while not any(s in status.inner_text() for s in ("done", "failed", "cancelled")):
-        assert time.monotonic() < deadline, "the run did not finish in time"
-        page.wait_for_timeout(1000)
+    wait_for_run_end(page, "the run did not finish in time")
     [run] = project.registry().list(kind="experiment")
     assert run.status == "done", f"{run.error}\n{(run.run_dir / 'log.txt').read_text()[-3000:]}"
     page.get_by_text("See it on the trade-off plot").wait_for()
@@ -331,11 +336,7 @@ def test_clone_compare_and_archive_runs(studio, page):
     assert clone.config["distill"]["student"]["epochs"] == 2
     assert {**clone.config, "distill": first.config["distill"]} == first.config  # the rest is the clone's
     page.get_by_role("button", name="Cancel run").click()
-    status = page.locator('[data-testid="stMetric"]').filter(has_text="Status").first
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while not any(s in status.inner_text() for s in ("cancelled", "failed", "done")):
-        assert time.monotonic() < deadline, "the cloned run was not cancelled"
-        page.wait_for_timeout(500)
+    wait_for_run_end(page, "the cloned run was not cancelled")
     wait_idle(page)
     # 2. compare the two: the config difference and the metrics side by side
     page.get_by_text("distill.student.epochs", exact=True).wait_for()
