@@ -89,6 +89,9 @@ def test_collect_points_reads_finished_runs_only(project):
     points = report.collect_points(project)
     assert {p.run_id for p in points} == {done}
     assert len(points) == 2
+    project.registry().archive(done)  # archived: off the plot unless asked for
+    assert report.collect_points(project) == []
+    assert {p.run_id for p in report.collect_points(project, archived=True)} == {done}
 
 
 def test_epoch_rows_and_throughput():
@@ -155,7 +158,7 @@ def test_other_methods_are_points_on_the_plane_with_their_intervals():
     assert points[2].accuracy == 0.7 and points[3].auc_ci95 == pytest.approx((0.58, 0.62))
     figure = figures.tradeoff_figure(points)
     traces = {t.name: t for t in figure.data}
-    assert {"teacher", "student", "am", "dp-sgd ε=1"} <= set(traces)
+    assert {"teacher", "GKD student", "am", "dp-sgd ε=1"} <= set(traces)
     assert traces["dp-sgd ε=1"].marker.symbol == "x" and traces["am"].marker.symbol == "square"
     assert list(traces["am"].error_x.array) == pytest.approx([0.02]) and traces["am"].error_x.arrayminus[0] > 0
     assert [(t.role, s.role) for t, s in report.run_pairs(points)] == [("teacher", "student")]
@@ -213,7 +216,7 @@ def test_tradeoff_figure_zooms_and_gives_each_method_its_marker():
     assert list(zoomed.layout.yaxis.range) == pytest.approx(report.axis_ranges(points).accuracy)
     assert list(fixed.layout.xaxis.range) == [0, 1] and list(fixed.layout.yaxis.range) == [0, 1.02]
     traces = {t.name: t for t in zoomed.data if t.mode == "markers"}
-    assert set(traces) == {"teacher", "student", "dp-sgd ε=1", "dp-sgd ε=8", "gkd+bss"}
+    assert set(traces) == {"teacher", "GKD student", "dp-sgd ε=1", "dp-sgd ε=8", "gkd+bss"}
     markers = {(t.marker.symbol, t.marker.color) for t in traces.values()}
     assert len(markers) == 5  # each its own marker, though both DP runs are x's
     assert traces["dp-sgd ε=1"].marker.symbol == traces["dp-sgd ε=8"].marker.symbol == "x"

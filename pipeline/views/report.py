@@ -114,10 +114,12 @@ def points_from_metrics(run_id: str, metrics: dict[str, Any], created_at: str = 
     return points
 
 
-def collect_points(project: Project) -> list[ModelPoint]:
-    """Points of every finished experiment run that wrote a ``metrics.json`` (newest run first)."""
+def collect_points(project: Project, archived: bool = False) -> list[ModelPoint]:
+    """Points of every finished experiment run that wrote a ``metrics.json`` (newest run first);
+    archived runs only with ``archived``."""
     points: list[ModelPoint] = []
-    for run in project.registry().list(kind="experiment", status="done", limit=10_000):
+    for run in project.registry().list(kind="experiment", status="done", limit=10_000,
+                                       archived=None if archived else False):
         path = run.run_dir / "metrics.json"
         if not path.exists():
             continue

@@ -41,6 +41,7 @@ from .report import (
     aop_iso_curve,
     axis_ranges,
     front_line,
+    model_name,
     points_from_metrics,
     points_table,
     run_pairs,
@@ -133,7 +134,7 @@ def tradeoff_figure(points: Sequence[ModelPoint], zoom: bool = True,
     for role, style in marker_styles([p.role for p in points]).items():
         chosen = [p for p in points if p.role == role]
         fig.add_trace(go.Scatter(
-            x=[p.auc for p in chosen], y=[p.accuracy for p in chosen], mode="markers", name=role,
+            x=[p.auc for p in chosen], y=[p.accuracy for p in chosen], mode="markers", name=model_name(role),
             marker={"size": 11, "symbol": style["symbol"], "color": style["color"], "line": {"width": 1}},
             text=[_hover(p) for p in chosen], hovertemplate="%{text}<extra></extra>",
             error_x={"type": "data", "symmetric": False, "thickness": 1, "width": 3, "color": style["color"],
@@ -150,7 +151,7 @@ def tradeoff_figure(points: Sequence[ModelPoint], zoom: bool = True,
     fig.update_layout(title="Accuracy vs membership-inference AUC",
                       xaxis_title="MIA AUC (headline attack; bars: 95% CI) — lower is more private",
                       yaxis_title="test accuracy", template="plotly_white", height=520,
-                      legend={"orientation": "h", "y": -0.18, "title": {"text": "student = GKD student "}},
+                      legend={"orientation": "h", "y": -0.18},
                       margin={"t": 50, "b": 40})
     fig.update_xaxes(range=list(ranges.auc))
     fig.update_yaxes(range=list(ranges.accuracy))

@@ -12,7 +12,8 @@ from studio import figures, shared
 
 st.title("Trade-offs")
 project = shared.project()
-points = report.collect_points(project)
+archived = st.toggle("Archived runs too", key="to_archived", help="Runs archived on the Runs page are hidden.")
+points = report.collect_points(project, archived=archived)
 if not points:
     st.info("No audited models yet: finished experiment runs appear here. Start one on the **Runs** page.")
     st.stop()
