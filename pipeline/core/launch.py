@@ -24,6 +24,7 @@ def studio_command(project_root: Path | str, host: str = "127.0.0.1", port: int 
     return [sys.executable, "-m", "streamlit", "run", str(STUDIO_APP),
             "--server.headless", "true", "--server.address", host, "--server.port", str(port),
             "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
+            "--global.disableWidgetStateDuplicationWarning", "true",  # see studio/views/runs.py
             "--", "--project", str(Path(project_root).resolve())]
 
 

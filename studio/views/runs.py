@@ -144,9 +144,10 @@ def apply_preset(dataset: DatasetConfig, preset: str) -> None:
 def dataset_widgets(choices: dict[str, DatasetConfig]) -> DatasetConfig | None:
     other = "another dataset (path inside the project)..."
     cols = st.columns([3, 1, 1])
-    label = cols[0].selectbox("Dataset", [*choices, other], key="run_dataset")
-    limit = cols[1].number_input("Images per split (0: all)", min_value=0, step=50, key="run_limit")
-    members = cols[2].number_input("Member fraction", min_value=0.05, max_value=1.0, step=0.05, key="run_members")
+    label = cols[0].selectbox("Dataset", [*choices, other], key="run_dataset", index=start_index([*choices], "run_dataset"))
+    limit = cols[1].number_input("Images per split (0: all)", min_value=0, step=50, key="run_limit", value=initial["run_limit"])
+    members = cols[2].number_input("Member fraction", min_value=0.05, max_value=1.0, step=0.05, key="run_members",
+                                   value=initial["run_members"])
     if label == other:
         cols = st.columns([1, 3])
         source = cols[0].selectbox("Source", [s for s in SOURCES.names() if s != "digits"], key="run_source")
@@ -180,19 +181,22 @@ def origin_note() -> None:
 
 def generator_options(backend: str) -> tuple[tuple[str, Any], ...] | None:
     cols = st.columns(4)
-    steps = cols[0].number_input("Generator training steps", min_value=1, key=f"run_gen_steps_{backend}")
-    sampling = cols[1].number_input("Sampling steps", min_value=1, key=f"run_sampling_{backend}")
+    steps = cols[0].number_input("Generator training steps", min_value=1, key=f"run_gen_steps_{backend}",
+                                 value=initial[f"run_gen_steps_{backend}"])
+    sampling = cols[1].number_input("Sampling steps", min_value=1, key=f"run_sampling_{backend}",
+                                    value=initial[f"run_sampling_{backend}"])
     options: dict[str, Any] = {TRAIN_STEPS_FIELD[backend]: int(steps), SAMPLING_FIELDS[backend]["steps"]: int(sampling)}
     if backend == "scratch":
-        options.update(MODEL_SIZES[cols[2].selectbox("Model size", list(MODEL_SIZES), key="run_preset")])
+        options.update(MODEL_SIZES[cols[2].selectbox("Model size", list(MODEL_SIZES), key="run_preset",
+                                                      index=start_index(list(MODEL_SIZES), "run_preset"))])
         options.update(checkpoint_options(int(steps)))
     else:
         base_model = shared.model_ref(project, cols[2].text_input("Base model (hub id or folder in the project)",
-                                                                   key="run_base"))
+                                                                   key="run_base", value=initial["run_base"]))
         if base_model is None:
             return None
         options["base"] = base_model
-    extra = cols[3].text_input("More options (JSON)", key=f"run_extra_{backend}",
+    extra = cols[3].text_input("More options (JSON)", key=f"run_extra_{backend}", value=initial[f"run_extra_{backend}"],
                                help='backend config fields, e.g. {"guidance_scale": 3.0}')
     try:
         more = json.loads(extra or "{}")
@@ -221,52 +225,58 @@ METHOD_CHOICES = {"am": ("am", {}), "gkd+bss": ("gkd+bss", {}), "bss": ("bss", {
 def experiment_form() -> ExperimentConfig | None:
     """Widgets → an ExperimentConfig: ``base`` with the fields the widgets show replaced."""
     choices = dataset_choices(base)
-    state = form_state(base, choices)
-    if FORM_ORIGIN not in st.session_state:
-        del state["run_dataset"]  # not cloned: the newest dataset of the project comes first
-    for key, value in state.items():
-        st.session_state.setdefault(key, value)
     origin_note()
     dataset = dataset_widgets(choices)
     preset_widgets(dataset)
     st.markdown("**Captions**")
     cols = st.columns([1, 2, 2, 1, 1])
-    captioner = cols[0].selectbox("Captioner", CAPTIONERS.names(), key="run_captioner")
-    class_template = cols[1].text_input("Class template (classname captioner)", key="run_class_template")
-    store = cols[2].text_input("Caption store (blank: the dataset's name)", key="run_store")
-    template = cols[3].selectbox("Prompt template", list(dict.fromkeys([*TEMPLATES, base.template])), key="run_template")
+    captioner = cols[0].selectbox("Captioner", CAPTIONERS.names(), key="run_captioner",
+                                 index=start_index(CAPTIONERS.names(), "run_captioner"))
+    class_template = cols[1].text_input("Class template (classname captioner)", key="run_class_template",
+                                       value=initial["run_class_template"])
+    store = cols[2].text_input("Caption store (blank: the dataset's name)", key="run_store", value=initial["run_store"])
+    templates = list(dict.fromkeys([*TEMPLATES, base.template]))
+    template = cols[3].selectbox("Prompt template", templates, key="run_template",
+                                index=start_index(templates, "run_template"))
     store_version = cols[4].number_input("Caption version", min_value=0, key="run_store_version",
+                                         value=initial["run_store_version"],
                                          help="0: caption what is missing and use the newest version; "
                                               "N: use the curated version N of the store as it is")
     st.markdown("**Generator and synthetic set**")
     cols = st.columns(4)
-    backend = cols[0].selectbox("Generator", list(TRAIN_STEPS_FIELD), key="run_backend")
+    backend = cols[0].selectbox("Generator", list(TRAIN_STEPS_FIELD), key="run_backend",
+                               index=start_index(list(TRAIN_STEPS_FIELD), "run_backend"))
     cardinality = cols[1].number_input("Cardinality (× members per round)", min_value=0.1, step=0.5,
-                                       key="run_cardinality")
-    rounds = cols[2].number_input("Rounds", min_value=1, key="run_rounds")
-    regen = cols[3].number_input("Regenerate every (student epochs)", min_value=1, key="run_regen")
+                                       key="run_cardinality", value=initial["run_cardinality"])
+    rounds = cols[2].number_input("Rounds", min_value=1, key="run_rounds", value=initial["run_rounds"])
+    regen = cols[3].number_input("Regenerate every (student epochs)", min_value=1, key="run_regen",
+                                 value=initial["run_regen"])
     options = generator_options(backend)
     st.markdown("**Teacher, student and audit**")
     cols = st.columns(7)
     models = list(dict.fromkeys([*CLASSIFIERS, base.teacher.model, base.distill.student.model]))
-    teacher_model = cols[0].selectbox("Teacher", models, key="run_teacher", accept_new_options=True)
-    teacher_epochs = cols[1].number_input("Teacher epochs", min_value=1, key="run_teacher_epochs")
-    student_model = cols[2].selectbox("Student", models, key="run_student", accept_new_options=True)
-    student_epochs = cols[3].number_input("Student epochs", min_value=1, key="run_student_epochs")
-    shadows = cols[4].number_input("Transfer shadows", min_value=1, step=2, key="run_shadows",
+    teacher_model = cols[0].selectbox("Teacher", models, key="run_teacher", accept_new_options=True,
+                                     index=start_index(models, "run_teacher"))
+    teacher_epochs = cols[1].number_input("Teacher epochs", min_value=1, key="run_teacher_epochs",
+                                          value=initial["run_teacher_epochs"])
+    student_model = cols[2].selectbox("Student", models, key="run_student", accept_new_options=True,
+                                     index=start_index(models, "run_student"))
+    student_epochs = cols[3].number_input("Student epochs", min_value=1, key="run_student_epochs",
+                                          value=initial["run_student_epochs"])
+    shadows = cols[4].number_input("Transfer shadows", min_value=1, step=2, key="run_shadows", value=initial["run_shadows"],
                                    help="shadow models on real data with the teacher's recipe")
     pipeline_shadows = cols[5].number_input(
-        "Pipeline shadows", min_value=1, key="run_pipeline_shadows",
+        "Pipeline shadows", min_value=1, key="run_pipeline_shadows", value=initial["run_pipeline_shadows"],
         help="each reruns generator, rounds, teacher and student on half the population: the honest audit "
              "of the student (RMIA needs only a few)")
-    views = cols[6].multiselect("Query views", VIEWS, key="run_views")
+    views = cols[6].multiselect("Query views", VIEWS, key="run_views", default=initial["run_views"])
     cols = st.columns([3, 1])
     method_choices = {**METHOD_CHOICES, **{method_label(m): m for m in base.methods}}
     methods = cols[0].multiselect(  # opt-in: each costs a training
-        "Other students on the same plane", list(method_choices), key="run_methods",
+        "Other students on the same plane", list(method_choices), key="run_methods", default=initial["run_methods"],
         help="am and gkd+bss are data-free; bss (real members) and dp-sgd are references that read real "
              "training images")
-    copy_gate = cols[1].number_input("Copy gate (redraws)", min_value=0, key="run_gate",
+    copy_gate = cols[1].number_input("Copy gate (redraws)", min_value=0, key="run_gate", value=initial["run_gate"],
                                      help="redraw synthetic images flagged as near-copies of a member, up to N "
                                           "times, before the student sees them (0: off)")
     if dataset is None or options is None:
@@ -291,6 +301,20 @@ def experiment_form() -> ExperimentConfig | None:
     except (ValueError, TypeError) as err:
         st.error(f"Invalid settings: {err}")
         return None
+
+
+# Each widget's starting value comes from ``base`` through its value/index/default argument; callbacks that fill
+# the form (clone, preset, reset) write the widget keys instead, which win. Seeding the keys in the script
+# itself (setdefault) left the first paint empty at times: an interrupted first run sent the template box
+# without its value (seen in the browser walk). Streamlit's log warning about a value set both ways is off in
+# .streamlit/config.toml and the studio command for this reason.
+initial = form_state(base, dataset_choices(base))
+if FORM_ORIGIN not in st.session_state:
+    del initial["run_dataset"]  # not cloned: the newest dataset of the project comes first
+
+
+def start_index(options: list[str], key: str) -> int:
+    return options.index(initial[key]) if initial.get(key) in options else 0
 
 
 st.session_state.setdefault("run_form_open", not experiments)
