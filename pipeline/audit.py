@@ -39,6 +39,7 @@ import torch
 
 from .captions.prompts import DEFAULT_TEMPLATE, build_prompt, pool_from_store
 from .classifiers.train import TensorData, TrainConfig, evaluate, fit_classifier
+from .core.cluster import SINGLE, Cluster
 from .core.common import (
     Progress,
     ProgressFn,
@@ -146,10 +147,11 @@ class _Experiment:
 
 
 def audit(config: AuditConfig, project: Project, progress: ProgressFn = no_progress,
-          pipeline_shadows: PipelineShadows | None = None) -> AuditResult:
+          pipeline_shadows: PipelineShadows | None = None, cluster: Cluster = SINGLE) -> AuditResult:
     """Audit an experiment's teacher (its own recipe) and student (transfer and/or pipeline mode).
 
-    ``pipeline_shadows`` is a set the experiment started ahead (see :class:`PipelineShadows`).
+    ``pipeline_shadows`` is a set the experiment started ahead (see :class:`PipelineShadows`). With a
+    distributed ``cluster`` (called in its main process) the shadows are shared out over its processes.
     """
     started = time.monotonic()
     # 1. the experiment: config, data, split, trained models
@@ -176,16 +178,12 @@ def audit(config: AuditConfig, project: Project, progress: ProgressFn = no_progr
     run = registry.create("audit", config, links=[Link("audited", "run", exp.run_id),
                                                   Link("data", "dataset", dataset.fingerprint)])
     with registry.track(run.id):
-        # 4. transfer shadows: real data, the teacher's recipe
-        shadow_in = assign_shadows(len(population), config.n_shadows, data.size, config.seed)
-        val_in = carve_validation(shadow_in, data.n_val, config.seed) if data.n_val else None
-        transfer = load_or_train_shadows(
-            project.root / "shadows",
-            {**data.common, "kind": "transfer", "recipe": to_jsonable(xc.teacher), "batched": config.batched},
-            shadow_in,
-            lambda idx: train_classifier_shadows(idx, population, z, shadow_in, val_in, xc.teacher, config.views,
-                                                 n_classes, config.seed, config.batched, progress),
-            cache_dir=Path(config.shadow_dir) if config.shadow_dir else None)
+        # 4. shadows: transfer (real data, the teacher's recipe), pipeline (maybe started ahead), methods'
+        cluster.assign("audit-shadows", config=config, project_root=str(project.root))
+        transfer, pipeline_set, method_sets = _audit_shadows(config, exp, data, list(methods.values()), project,
+                                                             progress, pipeline_shadows, cluster)
+
+        # 5. attacks: every model against the shadows of each mode
         views = {"teacher": _query(teacher_model, xc.teacher, data, config.views),
                  "student": _query(student_model, xc.distill.student, data, config.views)}
         results: dict[str, dict[str, Any]] = {"teacher": {}, "student": {}}
@@ -194,44 +192,74 @@ def audit(config: AuditConfig, project: Project, progress: ProgressFn = no_progr
         if "transfer" in config.modes:
             results["student"]["transfer"] = _attack_all(config, views["student"], transfer, population.y, z.y,
                                                          is_member, "transfer", "teacher")
-        # every other method's student against the same real-data shadows
-        for key, (model, recipe, _) in methods.items():
+        if pipeline_set is not None:
+            results["student"]["pipeline"] = _attack_all(config, views["student"], pipeline_set, population.y, z.y,
+                                                         is_member, "pipeline", "student pipeline")
+        # every other method's student against the same real-data shadows, and its own pipeline's
+        for (key, (model, recipe, _)), method_set in zip(methods.items(), method_sets):
             views[key] = _query(model, recipe, data, config.views)
             results[key] = {}
             if "transfer" in (config.method_modes or config.modes):
                 results[key]["transfer"] = _attack_all(config, views[key], transfer, population.y, z.y, is_member,
                                                        "transfer", "teacher")
-
-        # 5. pipeline shadows: the whole pipeline on each shadow's half (maybe started ahead)
-        pipeline_set, method_sets = None, {}
-        if "pipeline" in config.modes:
-            if pipeline_shadows is None:
-                pipeline_shadows = PipelineShadows(config, xc, exp.captions, project, data)
-            pipeline_set = pipeline_shadows.result(progress)
-            results["student"]["pipeline"] = _attack_all(config, views["student"], pipeline_set, population.y, z.y,
-                                                         is_member, "pipeline", "student pipeline")
-        if "pipeline" in (config.method_modes or config.modes):
-            # each method's own pipeline: the same shadow halves, generators, rounds and teachers, the
-            # method's student at the end (a DP-SGD shadow is DP-SGD on the half)
-            for key, (_, _, method) in methods.items():
-                method_set = PipelineShadows(config, xc, exp.captions, project, data, method=method).result(progress)
+            if method_set is not None:
                 results[key]["pipeline"] = _attack_all(config, views[key], method_set, population.y, z.y, is_member,
                                                        "pipeline", f"{key} pipeline")
-                method_sets[key] = method_set
 
         # 6. metrics, per-example scores and the most vulnerable members
         metrics = {name: _model_entry(accuracy[name], by_mode) for name, by_mode in results.items()}
         metrics["shadows"] = {"transfer": _shadow_summary(transfer)}
         if pipeline_set is not None:
             metrics["shadows"]["pipeline"] = _shadow_summary(pipeline_set)
-        for key, method_set in method_sets.items():
-            metrics["shadows"][f"pipeline {key}"] = _shadow_summary(method_set)
+        for key, method_set in zip(methods, method_sets):
+            if method_set is not None:
+                metrics["shadows"][f"pipeline {key}"] = _shadow_summary(method_set)
         metrics["vulnerable"] = str(run.run_dir / "vulnerable.json")
         metrics["seconds"] = round(time.monotonic() - started, 2)
+        metrics["processes"] = cluster.size
         _save_outputs(run.run_dir, data, views, results, metrics)
         registry.report(run.id, **{f"{m}_auc": metrics[m]["mia"]["auc"] for m in ("teacher", "student")},
                         headline=config.headline, student_mode=metrics["student"]["mia"]["mia_mode"])
     return AuditResult(run.id, _strip_scores(metrics), time.monotonic() - started)
+
+
+def _audit_shadows(config: AuditConfig, exp: _Experiment, data: _AuditData, methods: list[Any], project: Project,
+                   progress: ProgressFn, pipeline_shadows: PipelineShadows | None, cluster: Cluster
+                   ) -> tuple[ShadowLogits, ShadowLogits | None, list[ShadowLogits | None]]:
+    """Every shadow set the audit needs, in one fixed order (every process of a cluster goes through
+    the same sets): transfer shadows, the GKD pipeline's, then each method's own pipeline's."""
+    xc, population, z = exp.config, data.population, data.z
+    n_classes = len(data.dataset.class_names)
+    shadow_in = assign_shadows(len(population), config.n_shadows, data.size, config.seed)
+    val_in = carve_validation(shadow_in, data.n_val, config.seed) if data.n_val else None
+    transfer = load_or_train_shadows(
+        project.root / "shadows",
+        {**data.common, "kind": "transfer", "recipe": to_jsonable(xc.teacher), "batched": config.batched},
+        shadow_in,
+        lambda idx: train_classifier_shadows(idx, population, z, shadow_in, val_in, xc.teacher, config.views,
+                                             n_classes, config.seed, config.batched, progress),
+        cache_dir=Path(config.shadow_dir) if config.shadow_dir else None, cluster=cluster)
+    pipeline_set = None
+    if "pipeline" in config.modes:
+        if pipeline_shadows is None:
+            pipeline_shadows = PipelineShadows(config, xc, exp.captions, project, data)
+        pipeline_set = pipeline_shadows.result(progress, cluster)
+    # each method's own pipeline: the same shadow halves, generators, rounds and teachers, the method's
+    # student at the end (a DP-SGD shadow is DP-SGD on the half)
+    method_sets: list[ShadowLogits | None] = [None] * len(methods)
+    if "pipeline" in (config.method_modes or config.modes):
+        method_sets = [PipelineShadows(config, xc, exp.captions, project, data, method=method).result(progress, cluster)
+                       for _, _, method in methods]
+    return transfer, pipeline_set, method_sets
+
+
+def audit_share(config: AuditConfig, project_root: str, cluster: Cluster) -> None:
+    """A serving process's part of :func:`audit`: its share of every shadow set."""
+    project = Project.open(project_root)
+    exp = _load_experiment(project, config.experiment)
+    data = _AuditData.build(exp.config, config)
+    methods = list(_load_methods(exp.run_dir, len(data.dataset.class_names)).values())
+    _audit_shadows(config, exp, data, methods, project, no_progress, None, cluster)
 
 
 def _query(model: torch.nn.Module, recipe: TrainConfig, data: _AuditData, views: tuple[str, ...]
@@ -512,10 +540,16 @@ class PipelineShadows:
             self._fill()
         return self
 
-    def result(self, progress: ProgressFn = no_progress) -> ShadowLogits:
+    def result(self, progress: ProgressFn = no_progress, cluster: Cluster = SINGLE) -> ShadowLogits:
+        """The shadows' logits: trained here (or waited for) where not cached. With a distributed
+        ``cluster`` each process trains its share one shadow after another (no worker processes)."""
+        if cluster.distributed:
+            self.stop()
+            self.workers = 1
         try:
             shadows = load_or_train_shadows(self.project.root / "shadows", self.manifest, self.shadow_in,
-                                            lambda indices: self._train(indices, progress), group=None)
+                                            lambda indices: self._train(indices, progress),
+                                            group=1 if cluster.distributed else None, cluster=cluster)
         finally:
             self.stop()
         if self._started is not None and shadows.trained:  # trained in the background since start()

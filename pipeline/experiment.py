@@ -22,6 +22,7 @@ from .caption import CaptionConfig, caption
 from .captions.captioners import CaptionerConfig
 from .captions.prompts import DEFAULT_TEMPLATE
 from .classifiers.train import TrainConfig
+from .core.cluster import SINGLE, Cluster
 from .core.common import (
     Progress,
     ProgressFn,
@@ -113,8 +114,11 @@ class ExperimentResult:
 
 
 def run_experiment(config: ExperimentConfig, project: Project, progress: ProgressFn = no_progress,
-                   run_id: str | None = None, resume: bool = False) -> ExperimentResult:
+                   run_id: str | None = None, resume: bool = False, cluster: Cluster = SINGLE) -> ExperimentResult:
     """Run the whole loop; every stage is also recorded as its own run with lineage.
+
+    With a distributed ``cluster`` (``accelerate launch``; called in its main process) the synthetic
+    rounds and the audit's shadows are shared out over its processes; the other stages run here.
 
     ``run_id`` is a queued experiment run to execute (the studio queues runs in the background); with
     ``resume`` it is an interrupted experiment to continue: finished stages are reused, an
@@ -155,7 +159,7 @@ def run_experiment(config: ExperimentConfig, project: Project, progress: Progres
         # pipeline-mode shadows need only the data, captions and config: on a multi-core CPU they train
         # in worker processes while this process trains the experiment's own generator (one core)
         pipeline_shadows = None
-        if "pipeline" in config.audit.modes:
+        if "pipeline" in config.audit.modes and not cluster.distributed:  # a cluster shares them out later
             pipeline_shadows = PipelineShadows(config.audit, config, f"{captions.store}@{captions.version}",
                                                project).start()
         stack.callback(lambda: pipeline_shadows and pipeline_shadows.stop())
@@ -186,7 +190,8 @@ def run_experiment(config: ExperimentConfig, project: Project, progress: Progres
             made = synthesize(GenerateConfig(
                 generator=str(trained.generator_dir), prompts=f"store:{captions.store}@{captions.version}",
                 template=config.template, dataset=config.dataset, cardinality=config.cardinality, round=k,
-                seed=config.seed, batch_size=config.generation_batch, out_dir=str(out_dir)), project, progress)
+                seed=config.seed, batch_size=config.generation_batch, out_dir=str(out_dir)), project, progress,
+                cluster=cluster)
             registry.relink(run.id, Link(f"synthetic round {k}", "run", made.run_id))
             rounds.append(made.synthetic)
             round_runs.append(made.run_id)
@@ -236,7 +241,7 @@ def run_experiment(config: ExperimentConfig, project: Project, progress: Progres
 
         # 8. the audit stage: the teacher with its own recipe, the student in transfer and pipeline mode
         t0 = time.monotonic()
-        audited = audit(replace(config.audit, experiment=run.id), project, progress, pipeline_shadows)
+        audited = audit(replace(config.audit, experiment=run.id), project, progress, pipeline_shadows, cluster)
         timed("audit", t0)
 
         # 9. metrics

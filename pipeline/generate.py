@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from .captions.prompts import PromptPool
+from .core.cluster import SINGLE, Cluster
 from .core.common import (
     Progress,
     ProgressFn,
@@ -121,16 +122,46 @@ def generate_set(
     generator_ref: str = "",
     progress: ProgressFn = no_progress,
     generator_id: dict[str, Any] | None = None,
+    cluster: Cluster = SINGLE,
 ) -> SyntheticSet:
     """Generate (or finish generating) a synthetic set into ``out_dir``.
 
     ``generator_id`` (see :func:`generator_identity`) is recorded in ``plan.json``; finishing a set
     with another generator is refused, so one folder never mixes two generators' images.
+
+    With a distributed ``cluster`` every process calls this with the same arguments: the batches left
+    to make are shared out whole (each batch as a single process would form it, so every image is the
+    same), each process lists its images in its own ``manifest.rank-N.jsonl``, and the main process
+    merges those into ``manifest.jsonl`` at the end (or when a rerun finds them after a crash).
     """
     out_dir = Path(out_dir)
     generator_id = json.loads(json.dumps(generator_id)) if generator_id else None  # as plan.json reads back
-    # 1. fix the plan; a rerun must ask for the same plan and the same generator
     items = plan_items(pool, plan)
+    if cluster.is_main:
+        _prepare_folder(out_dir, pool, plan, items, generator_ref, generator_id)
+    cluster.wait()
+    manifest = out_dir / "manifest.jsonl"
+    done = _read_manifest(manifest)
+    todo = [item for item in items if item.index not in done]
+    batches = [todo[start:start + plan.batch_size] for start in range(0, len(todo), plan.batch_size)]
+    mine = cluster.share(batches)
+    if cluster.is_main:
+        logger.info("generating %d images (%d already done) into %s%s", len(todo), len(done), out_dir,
+                    f" with {cluster.size} processes" if cluster.distributed else "")
+    shard = manifest if not cluster.distributed else out_dir / f"manifest.rank-{cluster.rank}.jsonl"
+    _generate_batches(generator, pool, plan, out_dir, mine, shard, generator_ref, len(done), len(items),
+                      progress if cluster.is_main else no_progress, cluster.size)
+    cluster.wait()
+    if cluster.distributed and cluster.is_main:
+        _merge_manifests(out_dir)
+    cluster.wait()
+    return SyntheticSet.load(out_dir)
+
+
+def _prepare_folder(out_dir: Path, pool: PromptPool, plan: GenerationPlan, items: list[SyntheticItem],
+                    generator_ref: str, generator_id: dict[str, Any] | None) -> None:
+    """Fix the plan (a rerun must ask for the same plan and generator), keep what a previous run
+    finished (file present and listed, in any process's manifest) and remove half-written files."""
     plan_record = {"plan": plan.__dict__, "class_names": list(pool.class_names),
                    "prompt_source": pool.source, "generator": generator_ref,
                    "generator_id": generator_id, "items": [i.__dict__ for i in items]}
@@ -147,21 +178,32 @@ def generate_set(
     else:
         write_json(plan_path, plan_record)
 
-    # 2. keep what a previous run finished (file present and listed), compact the manifest
-    manifest = out_dir / "manifest.jsonl"
-    done = {i: d for i, d in _read_manifest(manifest).items() if (out_dir / d["file"]).exists()}
-    atomic_write_bytes(manifest, "".join(json.dumps(d) + "\n" for _, d in sorted(done.items())).encode())
+    _merge_manifests(out_dir)
     for partial in out_dir.glob("images/*/.*.tmp"):  # files a kill left half-written
         partial.unlink()
-    todo = [item for item in items if item.index not in done]
-    logger.info("generating %d images (%d already done) into %s", len(todo), len(done), out_dir)
 
-    # 3. generate batch by batch: files first, then their manifest lines
-    started, made = time.monotonic(), 0
-    progress(Progress("generate", len(done), len(items), {}))
+
+def _merge_manifests(out_dir: Path) -> None:
+    """One ``manifest.jsonl`` (sorted by index) of the finished images in it and in the processes'
+    shards (whose files exist); the shards are removed once merged."""
+    manifest, shards = out_dir / "manifest.jsonl", sorted(out_dir.glob("manifest.rank-*.jsonl"))
+    done: dict[int, dict[str, Any]] = {}
+    for path in [manifest, *shards]:
+        done.update({i: d for i, d in _read_manifest(path).items() if (out_dir / d["file"]).exists()})
+    atomic_write_bytes(manifest, "".join(json.dumps(d) + "\n" for _, d in sorted(done.items())).encode())
+    for shard in shards:
+        shard.unlink()
+
+
+def _generate_batches(generator: Generator, pool: PromptPool, plan: GenerationPlan, out_dir: Path,
+                      batches: list[list[SyntheticItem]], manifest: Path, generator_ref: str, n_done: int,
+                      n_items: int, progress: ProgressFn, processes: int) -> None:
+    """Batch by batch: image files first, then their manifest lines (flushed to disk). The progress
+    counts this process's images times the number of processes (the shares are equal)."""
+    started, made, todo = time.monotonic(), 0, sum(len(b) for b in batches)
+    progress(Progress("generate", n_done, n_items, {}))
     with open(manifest, "a", encoding="utf-8") as log:
-        for start in range(0, len(todo), plan.batch_size):
-            batch = todo[start:start + plan.batch_size]
+        for batch in batches:
             images = generator.generate([i.prompt for i in batch], [i.label for i in batch],
                                         [i.seed for i in batch])
             for item, image in zip(batch, images):
@@ -173,10 +215,9 @@ def generate_set(
             os.fsync(log.fileno())
             made += len(batch)
             rate = made / max(time.monotonic() - started, 1e-9)
-            progress(Progress("generate", len(done) + made, len(items),
-                              {"images_per_s": round(rate, 2),
-                               "eta_s": round((len(todo) - made) / max(rate, 1e-9), 1)}))
-    return SyntheticSet.load(out_dir)
+            progress(Progress("generate", min(n_items, n_done + made * processes), n_items,
+                              {"images_per_s": round(rate * processes, 2),
+                               "eta_s": round((todo - made) / max(rate, 1e-9), 1)}))
 
 
 def regenerate(synthetic: SyntheticSet, indices: list[int], generator: Generator, attempt: int) -> SyntheticSet:
@@ -312,15 +353,57 @@ class GenerateResult:
 
 
 def synthesize(config: GenerateConfig, project: Any, progress: ProgressFn = no_progress,
-               generator: Generator | None = None) -> GenerateResult:
-    """Generate a synthetic set as a registered run (resumable through ``out_dir``)."""
+               generator: Generator | None = None, cluster: Cluster = SINGLE) -> GenerateResult:
+    """Generate a synthetic set as a registered run (resumable through ``out_dir``). With a
+    distributed ``cluster`` (called in its main process) the other processes make their shares."""
+    from .core.runs import Link
+
+    # 1. check inputs: data, prompts, size; the generator
+    pool, total, links = _prompt_pool(config, project)
+    generator = generator or _generator(config)
+    source = Path(config.generator)
+    backend_file = source / "backend.json"
+    if backend_file.exists():
+        links.append(Link("generator", "run", read_json(backend_file)["run"]))
+
+    # 2. register and generate
+    registry = project.registry()
+    run = registry.create("generate", config, links=links)
+    out_dir = Path(config.out_dir) if config.out_dir else run.run_dir
+    with registry.track(run.id):
+        started = time.monotonic()
+        cluster.assign("generate", config=config, out_dir=str(out_dir), project_root=str(project.root))
+        synthetic = _generate(config, generator, pool, total, out_dir, progress, cluster)
+        rate = len(synthetic) / max(time.monotonic() - started, 1e-9)
+        registry.report(run.id, images=len(synthetic), images_per_s=round(rate, 2), out_dir=str(out_dir),
+                        processes=cluster.size)
+    return GenerateResult(run.id, synthetic, rate)
+
+
+def generation_share(config: GenerateConfig, out_dir: str, project_root: str, cluster: Cluster) -> None:
+    """A serving process's part of :func:`synthesize` (same prompts, generator and plan)."""
+    from .core.project import Project
+
+    pool, total, _ = _prompt_pool(config, Project.open(project_root))
+    _generate(config, _generator(config), pool, total, Path(out_dir), no_progress, cluster)
+
+
+def _generate(config: GenerateConfig, generator: Generator, pool: PromptPool, total: int, out_dir: Path,
+              progress: ProgressFn, cluster: Cluster) -> SyntheticSet:
+    plan = GenerationPlan(total=total, seed=config.seed, round=config.round, batch_size=config.batch_size)
+    identity = generator_identity(config.generator, dict(config.options))
+    if config.backend is not None:
+        identity["backend"] = config.backend
+    return generate_set(generator, pool, plan, out_dir, generator_ref=str(Path(config.generator)), progress=progress,
+                        generator_id=identity, cluster=cluster)
+
+
+def _prompt_pool(config: GenerateConfig, project: Any) -> tuple[PromptPool, int, list[Any]]:
+    """The prompts (only members' captions), the number of images, and the run's links."""
     from .captions.prompts import pool_from_class_names, pool_from_file, pool_from_store
     from .core.runs import Link
     from .data.datasets import load_dataset
-    from .finetune import load_generator
-    from .generators import create_generator
 
-    # 1. check inputs: data, prompts, size
     dataset = load_dataset(config.dataset)
     members = dataset.membership().members
     links = [Link("data", "dataset", dataset.fingerprint)]
@@ -337,30 +420,13 @@ def synthesize(config: GenerateConfig, project: Any, progress: ProgressFn = no_p
         pool = pool_from_file(Path(config.prompts), dataset.class_names, config.template, dataset=dataset,
                               ids=set(members), allow_nonmembers=config.allow_nonmember_prompts)
     total = config.num_images or balanced_total(len(members), config.cardinality, len(dataset.class_names))
+    return pool, total, links
 
-    # 2. the generator
-    source = Path(config.generator)
-    if generator is None:
-        if config.backend is None:
-            generator = load_generator(source, **dict(config.options))
-        else:
-            generator = create_generator(config.backend, base=config.generator, **dict(config.options))
-    backend_file = source / "backend.json"
-    if backend_file.exists():
-        links.append(Link("generator", "run", read_json(backend_file)["run"]))
 
-    # 3. register and generate
-    registry = project.registry()
-    run = registry.create("generate", config, links=links)
-    out_dir = Path(config.out_dir) if config.out_dir else run.run_dir
-    plan = GenerationPlan(total=total, seed=config.seed, round=config.round, batch_size=config.batch_size)
-    with registry.track(run.id):
-        started = time.monotonic()
-        identity = generator_identity(config.generator, dict(config.options))
-        if config.backend is not None:
-            identity["backend"] = config.backend
-        synthetic = generate_set(generator, pool, plan, out_dir, generator_ref=str(source), progress=progress,
-                                 generator_id=identity)
-        rate = len(synthetic) / max(time.monotonic() - started, 1e-9)
-        registry.report(run.id, images=len(synthetic), images_per_s=round(rate, 2), out_dir=str(out_dir))
-    return GenerateResult(run.id, synthetic, rate)
+def _generator(config: GenerateConfig) -> Generator:
+    from .finetune import load_generator
+    from .generators import create_generator
+
+    if config.backend is None:
+        return load_generator(Path(config.generator), **dict(config.options))
+    return create_generator(config.backend, base=config.generator, **dict(config.options))

@@ -353,16 +353,36 @@ def run_log() -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ..core import cluster as processes
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    if processes.launched():  # `accelerate launch -m pipeline ...`: the main process leads, the others serve
+        cluster = processes.current()
+        if not cluster.is_main:
+            return _serve(cluster)
     if args.run_log:
         with run_log():
             code = _dispatch(args)
             logger.info("exit status %d%s", code, " (cancelled)" if code == 130 else "")
-            return code
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    return _dispatch(args)
+    else:
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                            format="%(levelname)s %(name)s: %(message)s")
+        code = _dispatch(args)
+    if code == 0:  # on a failure the main process exits and the launcher stops the serving ones
+        processes.current().release()
+    return code
+
+
+def _serve(cluster: Any) -> int:
+    """A process other than the main one under ``accelerate launch``: make its share of each generation
+    and shadow set the main process's command reaches, quietly, until the command ends."""
+    from ..audit import audit_share
+    from ..generate import generation_share
+
+    logging.basicConfig(level=logging.WARNING, format=f"%(levelname)s [process {cluster.rank}] %(name)s: %(message)s")
+    cluster.serve({"generate": generation_share, "audit-shadows": audit_share})
+    return 0
 
 
 def _dispatch(args: argparse.Namespace) -> int:

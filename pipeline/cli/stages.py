@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..core.cluster import current as current_cluster
 from .common import (
     ProgressBars,
     StageLog,
@@ -113,7 +114,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                             dataset=dataset_config(args), cardinality=args.cardinality, num_images=args.num,
                             round=args.round, seed=args.gen_seed, batch_size=args.batch_size, out_dir=args.out)
     with ProgressBars(not args.quiet) as bars:
-        result = synthesize(config, project_of(args), progress=bars)
+        result = synthesize(config, project_of(args), progress=bars, cluster=current_cluster())
     print(f"{len(result.synthetic)} images in {result.synthetic.root} ({result.images_per_s:.1f} images/s) "
           f"[run {result.run_id}]")
     return 0
@@ -155,7 +156,8 @@ def _run_experiment(args: argparse.Namespace, config: Any, run_id: str | None = 
     with ProgressBars(not args.quiet) as bars:
         stages = StageLog(forward=bars)  # INFO lines for a run's log (--run-log, as the studio starts runs)
         try:
-            result = run_experiment(config, project_of(args), progress=stages, run_id=run_id, resume=resume)
+            result = run_experiment(config, project_of(args), progress=stages, run_id=run_id, resume=resume,
+                                    cluster=current_cluster())
         except (KeyboardInterrupt, RunCancelled):
             if args.run_log:  # a terminal shows the stage on its progress bar
                 logger.warning("cancelled %s", stages.where())
@@ -195,7 +197,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             changes["n_shadows" if key == "shadows" else key] = value
     config = replace(base, **changes)
     with ProgressBars(not args.quiet) as bars:
-        result = audit(config, project, progress=bars)
+        result = audit(config, project, progress=bars, cluster=current_cluster())
     experiment = read_json(record.run_dir / "metrics.json") if (record.run_dir / "metrics.json").exists() else {}
     metrics = {name: {**result.metrics[name],
                       "per_class_accuracy": experiment.get(name, {}).get("per_class_accuracy")}

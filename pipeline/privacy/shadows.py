@@ -30,6 +30,7 @@ from torch import nn
 from ..classifiers.models import ClassifierSpec, create_classifier, vmap_compatible
 from ..classifiers.stacked import TrainRecipe, predict_stacked, train_stacked
 from ..classifiers.train import TensorData, TrainConfig, fit_classifier, predict_logits
+from ..core.cluster import SINGLE, Cluster
 from ..core.common import (
     ProgressFn,
     config_hash,
@@ -160,7 +161,8 @@ ShadowTrainer = Callable[[list[int]], dict[int, tuple[np.ndarray, np.ndarray]]]
 
 
 def load_or_train_shadows(cache_root: Path, manifest: dict[str, Any], shadow_in: np.ndarray, train: ShadowTrainer,
-                          cache_dir: Path | None = None, group: int | None = 16) -> ShadowLogits:
+                          cache_dir: Path | None = None, group: int | None = 16,
+                          cluster: Cluster = SINGLE) -> ShadowLogits:
     """The logits of shadows ``0 .. m-1`` (m = ``len(shadow_in)``): cached ones are read, missing
     ones trained by ``train(indices) -> {i: (logits (a, n, k), z_logits (a, nz, k))}`` and saved one
     file per shadow (a crash loses at most the shadows in training).
@@ -169,19 +171,15 @@ def load_or_train_shadows(cache_root: Path, manifest: dict[str, Any], shadow_in:
     for another manifest is a :class:`ShadowMismatchError` naming the differing fields. Missing
     shadows are trained ``group`` at a time (None: all at once): stacked training is fastest per
     model at around 16 on a CPU, and each finished group is saved before the next starts.
+
+    With a distributed ``cluster`` every process calls this with the same arguments: the groups are
+    formed as in one process and shared out whole (a shadow's logits do not depend on how many
+    processes ran), each process saves its shadows' files, and every process then reads them all.
     """
     directory = Path(cache_dir) if cache_dir else Path(cache_root) / config_hash(manifest, 16)
-    manifest_file = directory / "manifest.json"
-    if manifest_file.exists():
-        cached = read_json(manifest_file)
-        diff = recipe_differences(cached, manifest, free=frozenset())
-        if diff:
-            raise ShadowMismatchError(f"shadow cache {directory} was made for different {', '.join(diff)}; "
-                                      "delete it or use another cache folder")
-    elif cache_dir and directory.exists() and any(directory.iterdir()):
-        raise ShadowMismatchError(f"{directory} is not a shadow cache (no manifest.json)")
-    else:
-        write_json(manifest_file, manifest)
+    if cluster.is_main:
+        _check_or_start_cache(directory, manifest, cache_dir is not None)
+    cluster.wait()
 
     m = shadow_in.shape[0]
     found = {i: np.load(directory / f"shadow-{i:04d}.npz") for i in range(m)
@@ -192,18 +190,36 @@ def load_or_train_shadows(cache_root: Path, manifest: dict[str, Any], shadow_in:
     missing = [i for i in range(m) if i not in found]
     started = time.monotonic()
     if missing:
-        logger.info("training %d shadow(s) (%d cached) into %s", len(missing), len(found), directory)
+        if cluster.is_main:
+            logger.info("training %d shadow(s) (%d cached) into %s%s", len(missing), len(found), directory,
+                        f" with {cluster.size} processes" if cluster.distributed else "")
         step = group or len(missing)
-        for start in range(0, len(missing), step):
-            for i, (logits, z_logits) in train(missing[start:start + step]).items():
+        groups = [missing[start:start + step] for start in range(0, len(missing), step)]
+        for indices in cluster.share(groups):
+            for i, (logits, z_logits) in train(indices).items():
                 _save_npz(directory / f"shadow-{i:04d}.npz", logits=logits.astype(np.float32),
                           z_logits=z_logits.astype(np.float32), shadow_in=shadow_in[i])
-                found[i] = np.load(directory / f"shadow-{i:04d}.npz")
-    else:
+        cluster.wait()
+    elif cluster.is_main:
         logger.info("reusing %d cached shadows from %s", m, directory)
+    found.update({i: np.load(directory / f"shadow-{i:04d}.npz") for i in missing})
     return ShadowLogits(np.stack([found[i]["logits"] for i in range(m)]),
                         np.stack([found[i]["z_logits"] for i in range(m)]), shadow_in.copy(), directory,
                         len(missing), time.monotonic() - started)
+
+
+def _check_or_start_cache(directory: Path, manifest: dict[str, Any], pinned: bool) -> None:
+    manifest_file = directory / "manifest.json"
+    if manifest_file.exists():
+        cached = read_json(manifest_file)
+        diff = recipe_differences(cached, manifest, free=frozenset())
+        if diff:
+            raise ShadowMismatchError(f"shadow cache {directory} was made for different {', '.join(diff)}; "
+                                      "delete it or use another cache folder")
+    elif pinned and directory.exists() and any(directory.iterdir()):
+        raise ShadowMismatchError(f"{directory} is not a shadow cache (no manifest.json)")
+    else:
+        write_json(manifest_file, manifest)
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
