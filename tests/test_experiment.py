@@ -25,6 +25,7 @@ def tiny_config() -> ExperimentConfig:
         dataset=DatasetConfig(limit=240),
         rounds=2,
         cardinality=1.0,
+        generation_batch=16,  # several manifest batches per round (the kill test stops one mid-round)
         generator_options=(("train_steps", 6), ("block_out_channels", [16, 32]), ("checkpoint_every", 3)),
         teacher=replace(base.teacher, epochs=2),
         distill=replace(base.distill, student=replace(base.distill.student, epochs=2), regen_every=1),
@@ -176,16 +177,21 @@ def test_audit_cli_reaudits_a_finished_run_from_cached_shadows(project, capsys):
     assert main(["-q", "audit", "--project", root, "--run", caption_run]) == 2
 
 
-def test_pipeline_shadows_in_worker_processes_match_one_process(tmp_path: Path):
-    """Two worker processes (started right after captioning) give the shadows one process gives."""
+def test_pipeline_shadows_in_worker_processes_match_one_process(tmp_path: Path, tmp_path_factory):
+    """Two worker processes (started right after captioning) give the shadows one process gives (the
+    session's shared tiny run: the same config with one worker)."""
+    from audited_run import audited_run
+
     from pipeline.core.project import Project
 
     logits = {}
-    for workers in (1, 2):
-        project = Project.open(tmp_path / f"w{workers}")
-        config = tiny_config()
-        result = run_experiment(replace(config, audit=replace(config.audit, workers=workers)), project)
-        folder = Path(result.metrics["audit"]["shadows"]["pipeline"]["directory"])
+    shared, run_id = audited_run(tmp_path_factory)
+    config = tiny_config()
+    assert config.audit.workers == 1
+    runs = {1: json.loads((shared.runs_dir / run_id / "metrics.json").read_text()),
+            2: run_experiment(replace(config, audit=replace(config.audit, workers=2)), Project.open(tmp_path)).metrics}
+    for workers, metrics in runs.items():
+        folder = Path(metrics["audit"]["shadows"]["pipeline"]["directory"])
         logits[workers] = np.stack([np.load(f)["logits"] for f in sorted(folder.glob("shadow-*.npz"))])
     assert logits[1].shape == logits[2].shape == (2, 2, 219, 10)
     np.testing.assert_allclose(logits[1], logits[2], rtol=1e-3, atol=1e-3)  # thread counts may differ

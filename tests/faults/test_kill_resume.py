@@ -11,14 +11,14 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from audited_run import audited_run
 from test_experiment import tiny_config
 
 from pipeline.core.project import Project
-from pipeline.experiment import config_json, run_experiment
+from pipeline.experiment import config_json
 
 ROOT = Path(__file__).resolve().parents[2]
 CEILING_S = 600  # waits end on the event; the ceiling only keeps a wedge from hanging CI
@@ -26,7 +26,7 @@ FIGURES = ("teacher_accuracy", "student_accuracy", "teacher_auc", "student_auc",
 
 
 def _config():
-    return replace(tiny_config(), generation_batch=16)  # several manifest batches per round
+    return tiny_config()  # its generation makes several manifest batches per round
 
 
 def _probes(root: Path) -> dict[str, object]:
@@ -60,9 +60,9 @@ def _kill_when(process: subprocess.Popen, probe) -> bool:
 
 
 @pytest.mark.slow
-def test_kill_9_in_every_stage_then_resume_matches_an_uninterrupted_run(tmp_path: Path):
-    baseline = run_experiment(_config(), Project.open(tmp_path / "baseline"))
-    expected = Project.open(tmp_path / "baseline").registry().get(baseline.run_id).metrics
+def test_kill_9_in_every_stage_then_resume_matches_an_uninterrupted_run(tmp_path: Path, tmp_path_factory):
+    baseline, baseline_id = audited_run(tmp_path_factory)  # the same config, run once for the session
+    expected = baseline.registry().get(baseline_id).metrics
 
     root = tmp_path / "killed"
     config_file = tmp_path / "config.json"
