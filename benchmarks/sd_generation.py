@@ -6,7 +6,7 @@ diffusers' ``load_lora_weights``, as a trained one would be. Speed does not depe
 
 Every row samples the same prompts and seeds at the same size, steps, guidance and scheduler; rows are
 cumulative changes to the reference, and ``max|Δ|`` says how far a row's images are from the reference's
-(fp16 rounding only: none of the changes alters the maths).
+(fp16 / bf16 rounding only: none of the changes alters the maths).
 
     python benchmarks/sd_generation.py                 # on a GPU: SD2 size, 224 px, 20 steps, guidance 2
     python benchmarks/sd_generation.py --compile       # add a torch.compile row
@@ -64,12 +64,10 @@ def offline_clip_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
-def build_pipeline(tiny: bool, device: str, dtype: torch.dtype, lora_rank: int):
-    """A random-weight SD 2 (or tiny) pipeline in ``dtype`` on ``device``, with a random LoRA loaded."""
+def base_pipeline(tiny: bool, device: str, dtype: torch.dtype):
+    """A random-weight SD 2 (or tiny) pipeline in ``dtype`` on ``device``, no LoRA; the same weights on
+    every call with the same ``device`` (seeded)."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = offline_clip_tokenizer()
@@ -88,7 +86,18 @@ def build_pipeline(tiny: bool, device: str, dtype: torch.dtype, lora_rank: int):
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False).to(device, dtype)
     pipe.set_progress_bar_config(disable=True)
+    return pipe
 
+
+def build_pipeline(tiny: bool, device: str, dtype: torch.dtype, lora_rank: int):
+    """A random-weight SD 2 (or tiny) pipeline in ``dtype`` on ``device``, with a random LoRA loaded."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    pipe = base_pipeline(tiny, device, dtype)
+    unet = pipe.unet
     # a LoRA as the sd-lora backend trains it (attention projections), random, written and loaded back
     unet.add_adapter(LoraConfig(r=lora_rank, lora_alpha=lora_rank, init_lora_weights="gaussian",
                                 target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
@@ -185,6 +194,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--warmup", type=int, default=1, help="untimed batches before each row")
     parser.add_argument("--compare", type=int, default=4, help="images compared against the reference")
     parser.add_argument("--lora-rank", type=int, default=16)
+    parser.add_argument("--fast-dtype", choices=["bf16", "fp16"], default="bf16",
+                        help="dtype of the fast recipe on a GPU (the reference is fp16, as TCKR's)")
     parser.add_argument("--compile", action="store_true", help="add a row with torch.compile'd UNet and VAE decoder")
     args = parser.parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -211,6 +222,11 @@ def main(argv: list[str] | None = None) -> list[Row]:
     rows.append(row)
 
     # (b) the fast recipe, one change at a time
+    if device.startswith("cuda") and args.fast_dtype == "bf16":
+        # bf16: fp32's exponent range (no overflow in the VAE decoder), the same tensor-core speed as fp16
+        pipe.to(device, torch.bfloat16)
+        row, _ = measure(pipe, "(b0) bf16 instead of fp16", args, args.reference_batch, "pil", reference, device)
+        rows.append(row)
     # fold the LoRA into the base weights and drop the peft wrappers: plain nn.Linear again, no extra
     # matmuls per projection, and a graph torch.compile can trace without breaks
     pipe.fuse_lora(lora_scale=1.0)
