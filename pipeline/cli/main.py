@@ -360,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if processes.launched():  # `accelerate launch -m pipeline ...`: the main process leads, the others serve
         cluster = processes.current()
         if not cluster.is_main:
-            return _serve(cluster)
+            processes.exit_process(_serve(cluster))
     if args.run_log:
         with run_log():
             code = _dispatch(args)
@@ -371,6 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = _dispatch(args)
     if code == 0:  # on a failure the main process exits and the launcher stops the serving ones
         processes.current().release()
+    if processes.launched():
+        processes.exit_process(code)
     return code
 
 

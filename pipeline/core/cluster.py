@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 T = TypeVar("T")
 
@@ -85,13 +85,33 @@ class Cluster:
             self._leave()
 
     def _leave(self) -> None:
-        # leave the process group before the interpreter exits: a gloo group torn down by the exit itself
-        # can abort the process (SIGABRT), which the launcher reports as a failure
+        # the last barrier: past it every process has finished its share and written its files; the
+        # process then ends with exit_process, not through the process group's teardown
         self.wait()
-        self.state.destroy_process_group()
 
 
 SINGLE = Cluster()
+
+
+def exit_process(code: int) -> NoReturn:
+    """End a process of a launched command now, its output flushed, without tearing down the process group.
+
+    A gloo (or NCCL) group torn down while the other processes exit too can abort a process
+    ("terminate called without an active exception", SIGABRT) after all its work is done: it happened
+    once in CI, after the final barrier, with ``destroy_process_group`` called first. The launcher then
+    reports a failed command although every file is written. ``os._exit`` skips that teardown; the
+    operating system closes the connections.
+    """
+    import logging
+    import sys
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can be said on it
+            pass
+    os._exit(code)
 
 
 def launched() -> bool:
