@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The three GPU benchmarks of README "Many processes and GPUs", one after the other, each table also
 # written to ${OUT:-gpu-results}/<name>.txt. Run from the repository root on a machine with a CUDA GPU:
-#   bash benchmarks/gpu.sh            # about 10-15 minutes on one H100
+#   bash benchmarks/gpu.sh            # not timed yet; the torch.compile row warms up for minutes
 #   bash benchmarks/gpu.sh --tiny     # CPU smoke test of all three
 set -uo pipefail
 cd "$(dirname "$0")/.."
