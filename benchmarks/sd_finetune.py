@@ -25,18 +25,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks.sd_generation import CLASSES, base_pipeline
+from benchmarks.sd_generation import CLASSES, base_pipeline, sync
 from pipeline.generators.sd_lora import LORA_FILE, SDLoraConfig, SDLoraGenerator
 
 
 def random_images(n: int, side: int, seed: int = 0) -> list[Image.Image]:
     rng = np.random.default_rng(seed)
     return [Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)) for _ in range(n)]
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def fine_tune(args, device: str, precision: str, checkpointing: bool, out_dir: Path):
@@ -127,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 del generator
                 gc.collect()
-                torch.cuda.empty_cache() if device.startswith("cuda") else None
+                if device.startswith("cuda"):
+                    torch.cuda.empty_cache()
         generator, out = kept
         diff, without = reload_in_plain_diffusers(args, device, generator, out)
         print(f"\nthe {generator.config.mixed_precision.replace('no', 'fp32')} LoRA "

@@ -63,7 +63,6 @@ class Cluster:
         broadcast_object_list(box, from_process=0)
         return box[0]
 
-
     # -- the main process leads, the others serve (see ``pipeline.cli.main``) -----------------------------
     def assign(self, task: str, **kwargs: Any) -> None:
         """From the main process: have every other process join ``task`` (a name the servers know)
@@ -76,18 +75,13 @@ class Cluster:
         while (task := self.broadcast(None)) is not None:
             name, kwargs = task
             handlers[name](cluster=self, **kwargs)
-        self._leave()
+        self.wait()  # the last barrier: past it every process has finished its share and written its files
 
     def release(self) -> None:
         """From the main process, when its command ends: the serving processes return."""
         if self.distributed and self.is_main:
             self.broadcast(None)
-            self._leave()
-
-    def _leave(self) -> None:
-        # the last barrier: past it every process has finished its share and written its files; the
-        # process then ends with exit_process, not through the process group's teardown
-        self.wait()
+            self.wait()  # the serving processes' last barrier; every process then ends with exit_process
 
 
 SINGLE = Cluster()
