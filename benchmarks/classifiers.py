@@ -14,9 +14,11 @@ import time
 
 import torch
 
-from pipeline.classifiers.train import TrainConfig, evaluate, fit_classifier
-from pipeline.data.datasets import load_dataset, parse_dataset_spec
-from pipeline.distill import build_model, real_tensors
+from pipeline.classifiers.models import build_classifier
+from pipeline.classifiers.objectives import HardLabels
+from pipeline.classifiers.train import TrainConfig, evaluate, fit
+from pipeline.data.context import DataContext
+from pipeline.data.datasets import parse_dataset_spec
 
 
 def main() -> None:
@@ -31,20 +33,18 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    dataset = load_dataset(parse_dataset_spec(args.dataset, limit=args.limit))
-    split = dataset.membership()
-    train = real_tensors(dataset, split.members, None)
-    test = real_tensors(dataset, [r.id for r in dataset.split("test")], None)
-    n_classes = len(dataset.class_names)
-    print(f"{dataset.name}: {len(train)} member images {tuple(train.x.shape[1:])}, {len(test)} test, "
+    data = DataContext.open(parse_dataset_spec(args.dataset, limit=args.limit))
+    train, test = data.tensors("members"), data.tensors("test")
+    n_classes = data.num_classes
+    print(f"{data.dataset.name}: {len(train)} member images {tuple(train.x.shape[1:])}, {len(test)} test, "
           f"{n_classes} classes; {args.epochs} epochs, augment {args.augment}, {torch.get_num_threads()} threads\n")
     print("| classifier | parameters | test accuracy | s / epoch |")
     print("|---|---|---|---|")
     for name in args.models:
         recipe = TrainConfig(model=name, epochs=args.epochs, augment=tuple(args.augment), device="cpu")
-        model = build_model(recipe, n_classes)
+        model = build_classifier(recipe, n_classes)
         started = time.monotonic()
-        fit_classifier(model, lambda _: train, recipe)
+        fit(model, train, HardLabels(mixup="mixup" in recipe.augment), recipe)
         seconds = (time.monotonic() - started) / args.epochs
         accuracy = evaluate(model, test, n_classes, device="cpu")["accuracy"]
         params = sum(p.numel() for p in model.parameters())

@@ -19,6 +19,7 @@ about 25 GPU-hours for it with MobileNetV3 shadows) and to the pipeline's defaul
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import time
 from dataclasses import dataclass
@@ -28,7 +29,8 @@ import torch
 import torch.multiprocessing as mp
 
 from pipeline.classifiers.models import ClassifierSpec, create_classifier
-from pipeline.classifiers.stacked import TrainRecipe, predict_stacked, train_single, train_stacked
+from pipeline.classifiers.stacked import predict_stacked, train_single, train_stacked
+from pipeline.classifiers.train import TrainConfig
 
 TCKR_SHADOWS, TCKR_EPOCHS, TCKR_TRAIN = 256, 50, 25_000  # TCKR's LiRA audit (MobileNetV3, CIFAR-10 halves)
 TCKR_GPU_HOURS = 25.0  # their figure for it
@@ -79,7 +81,7 @@ def half_masks(n_models: int, pool: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(np.argsort(rng.random((n_models, pool)), axis=1) < pool // 2)
 
 
-def one_at_a_time(factory, x, y, masks, recipe: TrainRecipe) -> None:
+def one_at_a_time(factory, x, y, masks, recipe: TrainConfig) -> None:
     for i in range(masks.shape[0]):
         model = train_single(factory, x, y, recipe, mask=masks[i], model_index=i)
         with torch.no_grad():
@@ -87,19 +89,19 @@ def one_at_a_time(factory, x, y, masks, recipe: TrainRecipe) -> None:
                 model(x[start:start + 1024])  # the attacks need logits on the whole pool
 
 
-def stacked(factory, x, y, masks, recipe: TrainRecipe) -> None:
+def stacked(factory, x, y, masks, recipe: TrainConfig) -> None:
     state = train_stacked(factory, x, y, masks, recipe)
     predict_stacked(factory, state, x)
 
 
-def _process(rank: int, k: int, factory, x, y, masks, recipe: TrainRecipe, device: str, threads: int) -> None:
+def _process(rank: int, k: int, factory, x, y, masks, recipe: TrainConfig, device: str, threads: int) -> None:
     torch.set_num_threads(threads)
     x, y = x.to(device), y.to(device)
-    one_at_a_time(factory, x, y, masks[rank::k], TrainRecipe(**{**recipe.__dict__, "seed": recipe.seed + rank}))
+    one_at_a_time(factory, x, y, masks[rank::k], dataclasses.replace(recipe, seed=recipe.seed + rank, device=device))
     sync(torch.device(device))
 
 
-def in_processes(k: int, factory, x, y, masks, recipe: TrainRecipe, device: torch.device) -> None:
+def in_processes(k: int, factory, x, y, masks, recipe: TrainConfig, device: torch.device) -> None:
     """``k`` spawned processes, each training its share of the shadows one at a time on the same device
     (start-up included: a real audit pays it too)."""
     threads = max(1, torch.get_num_threads() // k)
@@ -148,7 +150,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
     x_cpu = torch.rand(pool, 3, 32, 32, generator=gen)
     y_cpu = torch.randint(0, 10, (pool,), generator=gen)
     x, y = x_cpu.to(device), y_cpu.to(device)
-    recipe = TrainRecipe(epochs=args.epochs, batch_size=args.batch_size, lr=2e-3, augment_flip=True, crop_padding=4)
+    recipe = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=2e-3, augment=("crop", "flip"),
+                         crop_padding=4, device=str(device))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"{name}, torch {torch.__version__}, {'TF32' if args.tf32 else 'fp32'}; 32x32x3, {train_size} images "
           f"per shadow (pool {pool}), {args.epochs} timed epoch(s) of batch {args.batch_size}, flip + crop")
@@ -159,8 +162,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
         params = sum(p.numel() for p in factory().parameters())
         # warm-up: cuDNN autotuning, allocator, vmap tracing (not timed)
         warm = half_masks(2, min(pool, 512), 99)
-        stacked(factory, x[:512], y[:512], warm, TrainRecipe(epochs=1, batch_size=args.batch_size))
-        one_at_a_time(factory, x[:512], y[:512], warm[:1], TrainRecipe(epochs=1, batch_size=args.batch_size))
+        stacked(factory, x[:512], y[:512], warm, dataclasses.replace(recipe, epochs=1))
+        one_at_a_time(factory, x[:512], y[:512], warm[:1], dataclasses.replace(recipe, epochs=1))
         print(f"\n{model}: {params / 1e6:.2f}M parameters")
 
         masks = half_masks(single, pool, 0)

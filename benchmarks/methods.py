@@ -21,10 +21,12 @@ from pathlib import Path
 import torch
 
 from pipeline.cli.stages import _methods
-from pipeline.data.datasets import load_dataset, parse_dataset_spec
-from pipeline.distill import evaluate_on_test, real_tensors, train_teacher
-from pipeline.methods import MethodContext, RealData, create_method
+from pipeline.data.context import DataContext
+from pipeline.data.datasets import parse_dataset_spec
+from pipeline.distill import evaluate_on_test, train_teacher
+from pipeline.methods import create_method
 from pipeline.presets import DataProfile, preset_config
+from pipeline.replay import method_context
 
 
 def main() -> None:
@@ -36,38 +38,32 @@ def main() -> None:
 
     # 1. data, preset recipes, the teacher on the members
     spec = parse_dataset_spec(args.dataset)
-    dataset = load_dataset(spec)
-    split = dataset.membership()
-    config, _ = preset_config(spec, DataProfile.of(dataset), "standard")
+    data = DataContext.open(spec)
+    split = data.split
+    config, _ = preset_config(spec, DataProfile.of(data.dataset), "standard")
     out = Path(args.out or tempfile.mkdtemp(prefix="methods-"))
-    n_classes, recipe = len(dataset.class_names), config.distill.student
+    n_classes, recipe = data.num_classes, config.distill.student
     started = time.monotonic()
-    teacher = train_teacher(dataset, split, config.teacher, out, lambda _: None)
+    val = data.tensors("validation", config.teacher.image_size) if split.validation else None
+    teacher = train_teacher(data.tensors("members", config.teacher.image_size), val, config.teacher, n_classes, out)
     teacher_s = time.monotonic() - started
-    test_ids = [r.id for r in dataset.split("test")]
-    test = real_tensors(dataset, test_ids, config.teacher.image_size)
+    test = data.tensors("test", config.teacher.image_size)
     teacher_acc = evaluate_on_test(teacher.model, test, n_classes)["accuracy"]
     rows = [("teacher", "yes", teacher_acc, teacher_s, None)]
 
-    # 2. every method on the same teacher
-    members = real_tensors(dataset, split.members, recipe.image_size)
-    val = real_tensors(dataset, split.validation, recipe.image_size) if split.validation else None
-    shape = tuple(real_tensors(dataset, split.members[:8], config.teacher.image_size).x.shape[1:])
-    student_test = test if recipe.image_size == config.teacher.image_size else \
-        real_tensors(dataset, test_ids, recipe.image_size)
+    # 2. every method on the same teacher, with the context the experiment gives it (no synthetic rounds here)
     for name, options in _methods(args.methods):
         method = create_method(name, options)
-        real = RealData(members, val) if method.reads_real() else None
-        context = MethodContext(teacher.model.eval(), config.teacher, recipe, config.distill.temperature,
-                                config.distill.alpha, n_classes, shape, (), config.distill.regen_every, real, 0)
+        context = method_context(teacher.model.eval(), config.teacher, config.distill, data, (), split.members,
+                                 split.validation, method.reads_real())
         started = time.monotonic()
         result = method.train(context, out / method.label().replace(" ", "_"), lambda _: None)
-        accuracy = evaluate_on_test(result.model, student_test, n_classes)["accuracy"]
+        accuracy = evaluate_on_test(result.model, data.tensors("test", recipe.image_size), n_classes)["accuracy"]
         rows.append((method.label(), "yes" if method.reads_real() else "no", accuracy, time.monotonic() - started,
                      result.metrics.get("epsilon")))
 
     # 3. the table
-    print(f"\n{dataset.name}: {len(split.members)} members, {len(test_ids)} test images, teacher "
+    print(f"\n{data.dataset.name}: {len(split.members)} members, {len(test)} test images, teacher "
           f"{config.teacher.model}, student {recipe.model} ({platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads)\n")
     print("| model | reads real training images | test accuracy | / teacher | ε | seconds |")

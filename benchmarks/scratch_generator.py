@@ -79,15 +79,16 @@ def cnn_teacher(dataset, images: list, labels: list[int]):
     """The preset's teacher recipe trained on the member images (the fidelity judge)."""
     import torch
 
-    from pipeline.classifiers.train import TensorData, fit_classifier, images_to_tensor
-    from pipeline.distill import build_model
+    from pipeline.classifiers.models import build_classifier
+    from pipeline.classifiers.objectives import HardLabels
+    from pipeline.classifiers.train import TensorData, fit, images_to_tensor
     from pipeline.presets import DataProfile, preset_config
 
     config, _ = preset_config(dataset.config, DataProfile.of(dataset, device="cpu"))
     recipe = dataclasses.replace(config.teacher, device="cpu")
-    model = build_model(recipe, len(dataset.class_names))
+    model = build_classifier(recipe, len(dataset.class_names))
     data = TensorData(images_to_tensor(images, recipe.image_size), torch.as_tensor(labels))
-    fit_classifier(model, lambda _: data, recipe)
+    fit(model, data, HardLabels(recipe.label_smoothing, mixup="mixup" in recipe.augment), recipe)
     return model.eval(), recipe.image_size
 
 

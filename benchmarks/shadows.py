@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.classifiers.models import TinyCNN
-from pipeline.classifiers.stacked import TrainRecipe, predict_stacked, train_single, train_stacked
+from pipeline.classifiers.stacked import predict_stacked, train_single, train_stacked
+from pipeline.classifiers.train import TrainConfig
 
 
 def small_cnn() -> nn.Module:
@@ -55,7 +56,8 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     pool_x, pool_y, test_x, test_y = load_pool(args.image_size, args.seed)
-    recipe = TrainRecipe(epochs=args.epochs, batch_size=args.batch_size, lr=3e-3, seed=args.seed)
+    recipe = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=3e-3, seed=args.seed, augment=(),
+                         device="cpu")
     rng = np.random.default_rng(args.seed)
     n_pool = len(pool_y)
 
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # warm-up (first-call allocations, thread pools), not timed
     train_stacked(small_cnn, pool_x[:64], pool_y[:64], torch.ones(2, 64, dtype=torch.bool),
-                  TrainRecipe(epochs=1, batch_size=args.batch_size))
+                  TrainConfig(epochs=1, batch_size=args.batch_size, augment=(), device="cpu"))
 
     rows = []
     # one at a time

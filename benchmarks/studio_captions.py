@@ -35,6 +35,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipeline.captions.store import caption_store, caption_stores
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "cifar10"
@@ -52,10 +54,10 @@ def setup(project_dir: Path, data: Path) -> None:
     from pipeline.data.datasets import DatasetConfig, load_dataset
 
     project = Project.open(project_dir)
-    if STORE in project.caption_stores():
+    if STORE in caption_stores(project):
         return
     config = DatasetConfig(source="parquet", path=str(data))
-    store = project.caption_store(STORE, create=True)
+    store = caption_store(project, STORE, create=True)
     import_captions(store, data / CAPTIONS, "tckr-json", load_dataset(config), assign_in_order=True)
     # every training image has a caption, so this only records the dataset for the studio
     caption(CaptionConfig(dataset=config, store=STORE), project)

@@ -10,11 +10,12 @@ from typing import Any
 
 from .captions.captioners import Captioner, CaptionerConfig, create_captioner
 from .captions.prompts import DEFAULT_TEMPLATE, TEMPLATES, build_prompt  # noqa: F401  (re-exported)
-from .captions.store import CaptionRecord, CaptionStore
+from .captions.store import CaptionRecord, CaptionStore, caption_store
 from .core.common import Progress, ProgressFn, config_hash, no_progress, write_json
 from .core.project import Project
-from .core.runs import Link, throttle
-from .data.datasets import DatasetConfig, ImageDataset, ImageRecord, load_dataset
+from .core.runs import Link, RecordedProgress
+from .data.context import DataContext
+from .data.datasets import DatasetConfig, ImageDataset, ImageRecord
 
 logger = logging.getLogger(__name__)
 
@@ -65,17 +66,18 @@ def caption(
     project: Project,
     progress: ProgressFn = no_progress,
     captioner: Captioner | None = None,
+    data: DataContext | None = None,
 ) -> CaptionResult:
     """Caption the chosen images into a caption store, resumably.
 
     Captions are appended to the store's pending file after every batch; a rerun after a crash or
     cancel picks them up and only captions what is missing. The finished captions become one new
-    store version.
+    store version. ``data``: the experiment's loaded data (a stage run on its own loads it).
     """
     started = time.monotonic()
     # 1. load the data and the store
-    dataset = load_dataset(config.dataset)
-    store = project.caption_store(config.store or default_store_name(dataset), create=True)
+    dataset = (data or DataContext.open(config.dataset)).dataset
+    store = caption_store(project, config.store or default_store_name(dataset), create=True)
     store.bind(dataset.name, dataset.fingerprint, dataset.class_names)
     captioner = captioner or create_captioner(config.captioner)
     source = captioner.source()
@@ -95,21 +97,10 @@ def caption(
     registry = project.registry()
     run = registry.create("caption", config, links=[Link("data", "dataset", dataset.fingerprint)])
     write_json(run.run_dir / "membership.json", dataset.membership().to_dict())
-    report_now = throttle(1.0)
+    report = RecordedProgress.for_run(registry, run.id, forward=progress)
     with registry.track(run.id):
         # 4. caption batch by batch, appending to the pending file
-        batch: list[tuple[ImageRecord, Any]] = []
-        finished = 0
-        for record, image in dataset.iter_images(todo):
-            batch.append((record, image))
-            if len(batch) == config.captioner.batch_size:
-                finished += _caption_batch(captioner, dataset, store, pending_key, source, batch)
-                batch = []
-                _report(progress, registry, run.id, finished, len(todo), started, report_now)
-        if batch:
-            finished += _caption_batch(captioner, dataset, store, pending_key, source, batch)
-        _report(progress, registry, run.id, finished, len(todo), started, report_now, force=True)
-
+        _caption_all(captioner, dataset, store, pending_key, source, todo, config.captioner.batch_size, report)
         # 5. commit everything pending as one store version
         new = store.read_pending(pending_key)
         version = store.head()
@@ -127,6 +118,21 @@ def caption(
                          time.monotonic() - started)
 
 
+def _caption_all(captioner: Captioner, dataset: ImageDataset, store: CaptionStore, key: str, source: dict[str, Any],
+                 todo: list[ImageRecord], batch_size: int, progress: ProgressFn) -> None:
+    """Caption ``todo`` in batches (unreadable images skipped), each batch appended to the pending file."""
+    started, batch, finished = time.monotonic(), [], 0
+    for record, image in dataset.iter_images(todo):
+        batch.append((record, image))
+        if len(batch) == batch_size:
+            finished += _caption_batch(captioner, dataset, store, key, source, batch)
+            batch = []
+            _report(progress, finished, len(todo), started)
+    if batch:
+        finished += _caption_batch(captioner, dataset, store, key, source, batch)
+    _report(progress, finished, len(todo), started)
+
+
 def _caption_batch(captioner: Captioner, dataset: ImageDataset, store: CaptionStore, key: str,
                    source: dict[str, Any], batch: list[tuple[ImageRecord, Any]]) -> int:
     labels = [dataset.class_name(r.label) for r, _ in batch]
@@ -137,11 +143,6 @@ def _caption_batch(captioner: Captioner, dataset: ImageDataset, store: CaptionSt
     return len(batch)
 
 
-def _report(progress: ProgressFn, registry: Any, run_id: str, done: int, total: int, started: float,
-            ready: Any, force: bool = False) -> None:
+def _report(progress: ProgressFn, done: int, total: int, started: float) -> None:
     rate = done / max(time.monotonic() - started, 1e-9)
-    event = Progress("caption", done, total, {"images_per_s": round(rate, 2)})
-    progress(event)
-    if ready(force):  # also where a cancel request is noticed (registry raises RunCancelled)
-        registry.report(run_id, progress={"stage": event.stage, "done": done, "total": total,
-                                          **event.info})
+    progress(Progress("caption", done, total, {"images_per_s": round(rate, 2)}))

@@ -2,8 +2,9 @@
 
 The teacher trains on the real *member* images. The student trains on synthetic images only, with
 the teacher's soft labels, and every ``regen_every`` epochs it moves on to a fresh generation round
-(Knowledge Recycling). :func:`train_student` takes no dataset argument at all: the only images it
-can read are the synthetic sets it is given.
+(Knowledge Recycling). :func:`train_student` takes no real data at all: the only images it can read
+are the synthetic sets it is given. Both train through the one classifier loop
+(:func:`pipeline.classifiers.train.fit`).
 """
 
 from __future__ import annotations
@@ -17,18 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .classifiers.models import ClassifierSpec, create_classifier
-from .classifiers.train import (
-    TensorData,
-    TrainConfig,
-    TrainResult,
-    evaluate,
-    fit_classifier,
-    images_to_tensor,
-    predict_logits,
-)
-from .core.common import ProgressFn, no_progress, seed_everything, write_json
-from .data.datasets import ImageDataset, MembershipSplit
+from .classifiers.models import build_classifier
+from .classifiers.objectives import HardLabels, SoftLabels
+from .classifiers.train import TrainConfig, TrainResult, evaluate, fit, predict_logits
+from .core import checkpoints
+from .core.common import ProgressFn, no_progress, write_json
+from .data.tensors import TensorData
 from .generate import SyntheticSet
 
 logger = logging.getLogger(__name__)
@@ -65,46 +60,15 @@ class ModelResult:
     metrics: dict[str, Any]
 
 
-def real_tensors(dataset: ImageDataset, ids: Sequence[str], image_size: int | None) -> TensorData:
-    """Decode real images by id into tensors; unreadable ones are skipped (``ids`` lists the kept)."""
-    records = [dataset.record(i) for i in ids]
-    pairs = list(dataset.iter_images(records))
-    x = images_to_tensor([img for _, img in pairs], image_size)
-    return TensorData(x, torch.tensor([r.label for r, _ in pairs], dtype=torch.long),
-                      ids=[r.id for r, _ in pairs])
-
-
-def synthetic_tensors(synthetic: SyntheticSet, image_size: int | None) -> TensorData:
-    images = [synthetic.image(item) for item in synthetic.items]
-    return TensorData(images_to_tensor(images, image_size), torch.from_numpy(synthetic.labels()))
-
-
-def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
-    seed_everything(config.seed)  # the initial weights come from the recipe's seed
-    return create_classifier(ClassifierSpec(config.model, num_classes, 3, config.pretrained))
-
-
-def train_teacher(dataset: ImageDataset, split: MembershipSplit, config: TrainConfig, out_dir: Path,
-                  progress: ProgressFn = no_progress) -> ModelResult:
-    """Train the teacher on the member images; validate on the validation carve-out."""
-    # 1. real member and validation images
-    train = real_tensors(dataset, split.members, config.image_size)
-    val = real_tensors(dataset, split.validation, config.image_size) if split.validation else None
-    # 2. train (resumes from out_dir/teacher.ckpt)
-    model = build_model(config, len(dataset.class_names))
-    result = fit_classifier(model, lambda _: train, config, val, Path(out_dir) / "teacher.ckpt",
-                            progress, stage="teacher")
-    # 3. save the weights
-    path = Path(out_dir) / "teacher.pt"
-    torch.save(result.model.state_dict(), path)
-    metrics = {"train_images": len(train), "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
-               "train_seconds": round(result.seconds, 2), "history": result.history}
-    return ModelResult(result.model, path, result, metrics)
-
-
-def soft_labels(teacher: nn.Module, data: TensorData, device: str = "auto") -> TensorData:
-    """The same images with the teacher's logits attached (computed once per round)."""
-    return TensorData(data.x, data.y, predict_logits(teacher, data.x, device=device))
+def train_teacher(members: TensorData, validation: TensorData | None, config: TrainConfig, num_classes: int,
+                  out_dir: Path, progress: ProgressFn = no_progress) -> ModelResult:
+    """Train the teacher on the member images (at ``config.image_size``); early-stop on ``validation``.
+    Resumes from ``out_dir/teacher.ckpt``; the weights go to ``out_dir/teacher.pt``."""
+    model = build_classifier(config, num_classes)
+    objective = HardLabels(config.label_smoothing, mixup="mixup" in config.augment)
+    result = fit(model, members, objective, config, val=validation, checkpoint=Path(out_dir) / "teacher.ckpt",
+                 progress=progress, stage="teacher")
+    return _saved(result, Path(out_dir) / "teacher.pt", {"train_images": len(members)})
 
 
 def train_student(teacher: nn.Module, rounds: Sequence[SyntheticSet], config: DistillConfig, num_classes: int,
@@ -113,41 +77,63 @@ def train_student(teacher: nn.Module, rounds: Sequence[SyntheticSet], config: Di
     """Train a student on synthetic rounds with the teacher's soft labels (GKD with recycling).
 
     Epoch e uses round ``(e // regen_every) % len(rounds)``. ``teacher_recipe`` gives the teacher's
-    input size (default: the student's). Early stopping (if the recipe asks for
-    it) watches a synthetic validation split labelled by the teacher, never real images.
+    input size (default: the student's). Early stopping (if the recipe asks for it) watches a
+    synthetic validation split labelled by the teacher, never real images.
     """
     if not rounds:
         raise ValueError("the student needs at least one synthetic round")
     recipe = config.student
-    # 1. tensors + soft labels per round; a slice of every round is held out for validation
-    labelled, val_parts = [], []
-    gen = torch.Generator().manual_seed(recipe.seed)
+    # 1. every round with the teacher's soft labels; a slice of each held out for validation
     teacher_size = teacher_recipe.image_size if teacher_recipe is not None else recipe.image_size
+    labelled, val = label_rounds(teacher, rounds, config, teacher_size)
+
+    def data_for_epoch(epoch: int) -> TensorData:
+        return labelled[(epoch // config.regen_every) % len(labelled)]
+
+    # 2. train the student
+    model = build_classifier(recipe, num_classes)
+    objective = SoftLabels(config.temperature, config.alpha, recipe.label_smoothing)
+    result = fit(model, data_for_epoch, objective, recipe, val=val, checkpoint=Path(out_dir) / "student.ckpt",
+                 progress=progress, stage="student")
+    return _saved(result, Path(out_dir) / "student.pt",
+                  {"synthetic_images": sum(len(r) for r in rounds), "rounds": len(rounds)})
+
+
+def label_rounds(teacher: nn.Module, rounds: Sequence[SyntheticSet], config: DistillConfig,
+                 teacher_size: int | None) -> tuple[list[TensorData], TensorData | None]:
+    """Each round at the student's input size with the teacher's logits (the teacher sees each image
+    at its own input size), less a seeded ``val_fraction`` slice per round; the slices, labelled with
+    the teacher's class, are the validation set."""
+    recipe = config.student
+    gen = torch.Generator().manual_seed(recipe.seed)
+    labelled, val_parts = [], []
     for synthetic in rounds:
-        data = synthetic_tensors(synthetic, recipe.image_size)
-        # the teacher labels each image at its own input size, the student learns at its own
-        seen = data if teacher_size == recipe.image_size else synthetic_tensors(synthetic, teacher_size)
-        data = TensorData(data.x, data.y, predict_logits(teacher, seen.x, device=recipe.device))
+        data = synthetic.tensors(recipe.image_size)
+        logits = predict_logits(teacher, synthetic.tensors(teacher_size).x, device=recipe.device)
         order = torch.randperm(len(data), generator=gen)
         n_val = int(round(config.val_fraction * len(data)))
         val_idx, train_idx = order[:n_val], order[n_val:]
-        labelled.append(TensorData(data.x[train_idx], data.y[train_idx], data.teacher_logits[train_idx]))
-        val_parts.append(TensorData(data.x[val_idx], data.teacher_logits[val_idx].argmax(1)))
+        labelled.append(TensorData(data.x[train_idx], data.y[train_idx], logits[train_idx]))
+        val_parts.append(TensorData(data.x[val_idx], logits[val_idx].argmax(1)))
     val = TensorData(torch.cat([v.x for v in val_parts]), torch.cat([v.y for v in val_parts])) \
         if config.val_fraction > 0 else None
+    return labelled, val
 
-    def data_for_epoch(epoch: int) -> TensorData:
-        period = max(config.regen_every, 1)
-        return labelled[(epoch // period) % len(labelled)]
 
-    # 2. train the student
-    model = build_model(recipe, num_classes)
-    result = fit_classifier(model, data_for_epoch, recipe, val, Path(out_dir) / "student.ckpt", progress,
-                            stage="student", kd_temperature=config.temperature, kd_alpha=config.alpha)
-    path = Path(out_dir) / "student.pt"
-    torch.save(result.model.state_dict(), path)
-    metrics = {"synthetic_images": sum(len(r) for r in rounds), "rounds": len(rounds),
-               "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+def train_on_labels(data: TensorData, recipe: TrainConfig, num_classes: int, progress: ProgressFn = no_progress,
+                    stage: str = "cas") -> nn.Module:
+    """A classifier trained with ``recipe`` on ``data``'s own labels (no teacher, no early stopping):
+    CAS trains one on a synthetic round to ask how much of the task the images alone carry."""
+    model = build_classifier(recipe, num_classes)
+    fit(model, data, HardLabels(recipe.label_smoothing, mixup="mixup" in recipe.augment), recipe,
+        progress=progress, stage=stage)
+    return model.eval()
+
+
+def _saved(result: TrainResult, path: Path, figures: dict[str, Any]) -> ModelResult:
+    """Save the trained weights to ``path`` and collect the training figures."""
+    checkpoints.save(path, result.model.state_dict())
+    metrics = {**figures, "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
                "train_seconds": round(result.seconds, 2), "history": result.history}
     return ModelResult(result.model, path, result, metrics)
 

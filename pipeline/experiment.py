@@ -1,6 +1,12 @@
 """The whole TCKR loop as one run: caption → generator → synthetic rounds → teacher → GKD student →
-membership-inference audit of both (the student in transfer and pipeline mode). ``python -m pipeline quickstart`` runs it on the built-in dataset;
-``python -m pipeline run CONFIG.json`` on any dataset, backbone and generator.
+membership-inference audit of both (the student in transfer and pipeline mode).
+``python -m pipeline quickstart`` runs it on the built-in dataset; ``python -m pipeline run CONFIG.json``
+on any dataset, backbone and generator.
+
+The data is loaded, fingerprinted and split once (:class:`~pipeline.data.context.DataContext`) and
+every stage reads it from there; each model's test accuracy is measured once and handed to the audit
+with everything else it audits (:class:`~pipeline.audit.AuditSubject`). Every stage is also recorded
+as its own run with lineage, so an interrupted experiment resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -14,41 +20,28 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from .audit import AuditConfig, PipelineShadows, audit
+from .audit import AuditConfig, AuditedModel, AuditResult, AuditSubject, audit, audit_shadows
 from .caption import CaptionConfig, caption
 from .captions.captioners import CaptionerConfig
-from .captions.prompts import DEFAULT_TEMPLATE
+from .captions.store import caption_store
+from .captions.templates import DEFAULT_TEMPLATE
+from .classifiers.models import load_classifier
 from .classifiers.train import TrainConfig
 from .core.cluster import SINGLE, Cluster
-from .core.common import (
-    Progress,
-    ProgressFn,
-    from_dict,
-    no_progress,
-    read_json,
-    safe_filename,
-    to_jsonable,
-    write_json,
-)
+from .core.common import ProgressFn, from_dict, no_progress, read_json, safe_filename, to_jsonable, write_json
 from .core.project import Project
-from .core.runs import Link, config_differences, throttle
-from .data.datasets import DatasetConfig, load_dataset, skipped_images
-from .distill import (
-    DistillConfig,
-    evaluate_on_test,
-    real_tensors,
-    synthetic_tensors,
-    train_student,
-    train_teacher,
-)
-from .finetune import FinetuneConfig, finetune, finished_generator
+from .core.runs import Link, RecordedProgress, config_differences
+from .data.context import DataContext
+from .data.datasets import DatasetConfig, skipped_images
+from .distill import DistillConfig, ModelResult, evaluate_on_test, train_student, train_teacher
+from .fidelity import cas_recipe, copy_gate, round_fidelity, round_memorisation
+from .finetune import FinetuneConfig, FinetuneResult, finetune, finished_generator, load_generator
 from .generate import GenerateConfig, SyntheticSet, synthesize
-from .generators.fidelity import penultimate_features, synthetic_fidelity
 from .methods import create_method
-from .privacy.memorisation import MemorisationConfig, memorisation_audit
+from .privacy.memorisation import MemorisationConfig
+from .privacy.pipeline_shadows import PipelineShadows
+from .privacy.population import Population
+from .replay import PipelineRecipe, method_context, pipeline_shadows
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +98,12 @@ class ExperimentConfig:
             raise ValueError(f"{path} is not valid JSON: {err}") from None
         return from_dict(cls, data)
 
+    def pipeline_recipe(self, captions: str | None) -> PipelineRecipe:
+        """What a pipeline-mode shadow replays (trained on the captions ``<store>@<version>``)."""
+        return PipelineRecipe(self.dataset, captions, self.template, self.generator, self.generator_options,
+                              self.cardinality, self.rounds, self.generation_batch, self.seed, self.teacher,
+                              self.distill)
+
 
 @dataclass(frozen=True)
 class ExperimentResult:
@@ -126,418 +125,406 @@ def run_experiment(config: ExperimentConfig, project: Project, progress: Progres
     """
     started = time.monotonic()
     config.validate()  # a bad option fails now, not after the generator trained
-    # 1. data and the member / non-member split
-    dataset = load_dataset(config.dataset)
-    split = dataset.membership()
-    n_classes = len(dataset.class_names)
+    # 1. the data, loaded, fingerprinted and split once for every stage; the run
+    data = DataContext.open(config.dataset)
     registry = project.registry()
-    if run_id is None:
-        run = registry.create("experiment", config, links=[Link("data", "dataset", dataset.fingerprint)])
-    else:
-        run = registry.get(run_id)
-    timings: dict[str, float] = {}
-    progress = _RunReporter(registry, run.id, run.run_dir / "events.jsonl", progress)
-
-    def timed(name: str, t0: float) -> None:
-        timings[name] = round(timings.get(name, 0.0) + time.monotonic() - t0, 2)
-        registry.report(run.id, progress={"stage": name, "done": 1, "total": 1}, timings=timings)
-
+    run = registry.create("experiment", config, links=[Link("data", "dataset", data.fingerprint)]) \
+        if run_id is None else registry.get(run_id)
+    steps = _Steps(config, project, data, run, progress, cluster)
     with ExitStack() as stack:
-        # a second process executing this run stops here, before it writes anything
-        stack.enter_context(registry.claim(run.id))
-        earlier = _earlier_stages(registry.get(run.id), config, dataset.fingerprint, resume)
-        timings.update(registry.get(run.id).metrics.get("timings", {}) if resume else {})
-        stack.enter_context(registry.track(run.id))
-        registry.link(run.id, Link("data", "dataset", dataset.fingerprint))
-        write_json(run.run_dir / "membership.json", split.to_dict())
+        steps.begin(stack, resume)  # a second process executing this run stops here, before it writes
         # 2. captions: a pinned curated version as is, else caption what is missing
-        t0 = time.monotonic()
-        captions = _Pinned(*_store_version(earlier["captions"])) if "captions" in earlier else \
-            _captions(config, project, progress)
-        registry.link(run.id, Link("captions", "captions", f"{captions.store}@{captions.version}"))
-        timed("caption", t0)
-        # pipeline-mode shadows need only the data, captions and config: on a multi-core CPU they train
-        # in worker processes while this process trains the experiment's own generator (one core)
-        pipeline_shadows = None
-        if "pipeline" in config.audit.modes and not cluster.distributed:  # a cluster shares them out later
-            pipeline_shadows = PipelineShadows(config.audit, config, f"{captions.store}@{captions.version}",
-                                               project).start()
-        stack.callback(lambda: pipeline_shadows and pipeline_shadows.stop())
-
-        # 3. generator on the member images and their captions (a finished one is reused)
-        t0 = time.monotonic()
-        generator_config = FinetuneConfig(dataset=config.dataset, generator=config.generator,
-                                          options=config.generator_options, store=captions.store,
-                                          store_version=captions.version, template=config.template)
-        previous = earlier.get("generator")
-        if previous and registry.get(previous).status == "done":
-            trained = finished_generator(registry, previous)
-        else:
-            trained = finetune(generator_config, project, progress, resume=previous,
-                               registered=lambda rid: registry.relink(run.id, Link("generator", "run", rid)))
-        timed("generator", t0)
-
-        # 4. synthetic rounds from the members' captions (a finished round is reused, a partial one resumed)
-        t0 = time.monotonic()
-        rounds, round_runs = [], []
-        for k in range(config.rounds):
-            out_dir = run.run_dir / "synthetic" / f"round-{k}"
-            previous = earlier.get(f"synthetic round {k}")
-            if previous and registry.get(previous).status == "done":
-                rounds.append(SyntheticSet.load(out_dir))
-                round_runs.append(previous)
-                continue
-            made = synthesize(GenerateConfig(
-                generator=str(trained.generator_dir), prompts=f"store:{captions.store}@{captions.version}",
-                template=config.template, dataset=config.dataset, cardinality=config.cardinality, round=k,
-                seed=config.seed, batch_size=config.generation_batch, out_dir=str(out_dir)), project, progress,
-                cluster=cluster)
-            registry.relink(run.id, Link(f"synthetic round {k}", "run", made.run_id))
-            rounds.append(made.synthetic)
-            round_runs.append(made.run_id)
-        timed("generate", t0)
-
-        # 5. teacher on real members, student on synthetic rounds only (each recorded as its own run)
-        t0 = time.monotonic()
-        with _stage_run(registry, run.id, "teacher", config.teacher, [Link("data", "dataset", dataset.fingerprint)],
-                        earlier.get("teacher")) as teacher_run:
-            teacher = train_teacher(dataset, split, config.teacher, run.run_dir, progress)
-        timed("teacher", t0)
-        gate = read_json(run.run_dir / "copy_gate.json") if (run.run_dir / "copy_gate.json").exists() else None
-        if config.copy_gate and gate is None:  # near-copies of a member are redrawn before the student sees them
-            t0 = time.monotonic()
-            rounds, gate = _copy_gate(teacher.model, dataset, split, rounds, trained.generator_dir, config)
-            write_json(run.run_dir / "copy_gate.json", gate)  # once: a resumed run keeps the gated rounds
-            timed("copy gate", t0)
-        t0 = time.monotonic()
-        rounds_links = [Link("teacher", "run", teacher_run)] + \
-            [Link(f"synthetic round {k}", "run", rid) for k, rid in enumerate(round_runs)]
-        with _stage_run(registry, run.id, "student", config.distill, rounds_links, earlier.get("student")) as student_run:
-            student = train_student(teacher.model, rounds, config.distill, n_classes, run.run_dir, progress,
-                                    teacher_recipe=config.teacher)
-        timed("student", t0)
-
-        # 5b. the other transfer methods on the same teacher (and rounds), each its own run
-        t0 = time.monotonic()
-        methods = _train_methods(config, registry, run, teacher, rounds, dataset, split, n_classes, earlier,
-                                 [Link("teacher", "run", teacher_run)], progress)
-        if methods:
-            timed("methods", t0)
-
-        # 6. fidelity of every synthetic round, with the teacher as the feature extractor
-        t0 = time.monotonic()
-        fidelity = _round_fidelity(teacher.model, dataset, split, rounds, config, n_classes, progress)
-        memorisation = _round_memorisation(teacher.model, dataset, split, rounds, config)
-        timed("fidelity", t0)
-
-        # 7. test accuracy on the real test split
-        test = real_tensors(dataset, [r.id for r in dataset.split("test")], config.teacher.image_size)
-        test_at = _sized(dataset, test, config.teacher.image_size)  # decoded once per input size
-        teacher_test = evaluate_on_test(teacher.model, test, n_classes)
-        student_test = evaluate_on_test(student.model, test_at(config.distill.student.image_size), n_classes)
-        registry.link(run.id, Link("teacher", "run", teacher_run), Link("student", "run", student_run))
-        registry.report(teacher_run, accuracy=teacher_test["accuracy"], weights=str(teacher.checkpoint))
-        registry.report(student_run, accuracy=student_test["accuracy"], weights=str(student.checkpoint))
-
-        # 8. the audit stage: the teacher with its own recipe, the student in transfer and pipeline mode
-        t0 = time.monotonic()
-        audited = audit(replace(config.audit, experiment=run.id), project, progress, pipeline_shadows, cluster)
-        timed("audit", t0)
-
-        # 9. metrics
-        metrics = {
-            "teacher": _model_metrics(teacher_test, audited.metrics["teacher"], teacher.metrics),
-            "student": _model_metrics(student_test, audited.metrics["student"], student.metrics),
-            "audit": {"run": audited.run_id, "headline_attack": config.audit.headline,
-                      "shadows": audited.metrics["shadows"], "vulnerable": audited.metrics["vulnerable"]},
-            **_run_summary(config, dataset, split, len(test), rounds, trained.metrics),
-            "fidelity": fidelity,
-            "memorisation": memorisation,
-            "copy_gate": gate,
-            "methods": {key: {**_model_metrics(evaluate_on_test(m.model, test_at(m.size), n_classes),
-                                               audited.metrics[key], m.metrics),
-                              "method": m.name, "label": key, "reads_real_training_images": m.reads_real,
-                              "epsilon": m.metrics.get("epsilon")} for key, m in methods.items()},
-            "timings": timings,
-            "seconds": round(time.monotonic() - started, 2),
-            "resumed": resume,
-        }
-        unreadable = skipped_images(dataset)
-        metrics["dataset"]["unreadable"] = len(unreadable)
-        if unreadable:  # every stage skipped them; listed once here
-            write_json(run.run_dir / "unreadable_images.json", unreadable)
-            logger.warning("%d unreadable images were skipped in every stage; listed in %s", len(unreadable),
-                           run.run_dir / "unreadable_images.json")
-        write_json(run.run_dir / "metrics.json", metrics)
-        registry.report(run.id, **{"teacher_accuracy": metrics["teacher"]["accuracy"],
-                                   "student_accuracy": metrics["student"]["accuracy"],
-                                   "teacher_auc": metrics["teacher"]["mia"]["auc"],
-                                   "student_auc": metrics["student"]["mia"]["auc"],
-                                   "student_mia_mode": metrics["student"]["mia"]["mia_mode"],
-                                   "class_fidelity": fidelity["class_fidelity"],
-                                   "frechet_distance": fidelity["frechet_distance"],
-                                   "precision": fidelity["precision"], "recall": fidelity["recall"],
-                                   "cas": fidelity["cas"], "copies": memorisation["copies"],
-                                   "copy_rate": memorisation["copy_rate"], "ct": memorisation["ct"]})
+        captions = steps.captions()
+        # 3. pipeline shadows need only the data, captions and config: on a multi-core CPU they train in
+        # worker processes from now on, while this process trains the experiment's own models
+        steps.start_pipeline_shadows(captions, stack)
+        # 4. the generator on the member images and their captions (a finished one is reused)
+        trained = steps.generator(captions)
+        # 5. synthetic rounds from the members' captions (a finished round reused, a partial one resumed)
+        rounds = steps.rounds(trained, captions)
+        # 6. teacher on the real members; near-copies of a member redrawn; student on the rounds only
+        teacher = steps.teacher()
+        rounds = steps.copy_gate(teacher, rounds, trained)
+        student = steps.student(teacher, rounds)
+        # 7. the other transfer methods on the same teacher (and rounds), each its own run
+        methods = steps.methods(teacher, rounds)
+        # 8. fidelity and memorisation of every round, the teacher as the feature extractor
+        fidelity, memorisation = steps.checks(teacher, rounds)
+        # 9. test accuracy of every model, measured once; 10. the audit of every model
+        tested = steps.test(teacher, student, methods)
+        audited = steps.audit(tested, captions)
+        # 11. metrics
+        metrics = steps.finish(tested, audited, rounds, trained, fidelity, memorisation, resume, started)
     return ExperimentResult(run.id, metrics, time.monotonic() - started)
 
 
-def _captions(config: ExperimentConfig, project: Project, progress: ProgressFn) -> Any:
-    """A pinned curated caption version as is, else caption what is missing (``.store``, ``.version``)."""
-    if config.store_version is None:
-        return caption(CaptionConfig(dataset=config.dataset, captioner=config.captioner, store=config.store),
-                       project, progress)
-    if not config.store:
-        raise ValueError("store_version needs the store it belongs to (set `store`)")
-    pinned = project.caption_store(config.store)
-    pinned.records(config.store_version)  # fails early with the valid range
-    return _Pinned(pinned.name, config.store_version)
+@dataclass(frozen=True)
+class _Captions:
+    store: str
+    version: int
+
+    @property
+    def ref(self) -> str:
+        return f"{self.store}@{self.version}"
 
 
-def _round_fidelity(teacher: Any, dataset: Any, split: Any, rounds: list[Any], config: ExperimentConfig,
-                    n_classes: int, progress: ProgressFn = no_progress) -> dict[str, Any]:
-    """Fidelity of each synthetic round against the real members (also ``fidelity.json`` in each
-    round's folder), and the mean over rounds."""
-    members = real_tensors(dataset, split.members, config.teacher.image_size)
-    per_round = []
-    for k, synthetic in enumerate(rounds):
-        data = synthetic_tensors(synthetic, config.teacher.image_size)
-        figures = synthetic_fidelity(teacher, data.x, data.y, members.x, n_classes, seed=config.seed + k)
-        write_json(synthetic.root / "fidelity.json", figures)
-        per_round.append(figures)
-    mean = {key: float(np.mean([r[key] for r in per_round]))
-            for key in ("class_fidelity", "frechet_distance", "precision", "recall", "density", "coverage")}
-    cas = _classification_accuracy_score(dataset, rounds[0], config, n_classes, progress) \
-        if config.cas_epochs else None
-    return {**mean, "cas": cas, "rounds": per_round, "feature_extractor": "teacher (penultimate layer)",
-            "cas_recipe": f"student recipe, hard labels, round 0, {config.cas_epochs} epochs" if cas else None}
+@dataclass
+class _Tested:
+    """A trained model of the experiment with its recipe, run and test figures."""
+
+    name: str
+    model: Any
+    recipe: TrainConfig
+    run: str
+    test: dict[str, Any]
+    train: dict[str, Any]
+    method: tuple[str, dict[str, Any]] | None = None  # (name, options) of a transfer method
+    reads_real: bool = False
 
 
-def _round_memorisation(teacher: Any, dataset: Any, split: Any, rounds: list[Any],
-                        config: ExperimentConfig) -> dict[str, Any]:
-    """Memorisation audit of every synthetic round (``memorisation.json`` and per-image nearest real
-    images in ``neighbours.jsonl`` in each round's folder) in the teacher's feature space, and in pixel
-    space for small images; the copies summed and the other figures averaged over rounds."""
-    size, audit_config = config.teacher.image_size, config.memorisation
-    real = {name: real_tensors(dataset, ids, size) for name, ids in
-            (("members", split.members), ("nonmembers", split.nonmembers))}
-    spaces = _audit_spaces(teacher, real["members"].x, audit_config)
-    per_round = []
-    for synthetic in rounds:
-        data = synthetic_tensors(synthetic, size)
-        found = {space: memorisation_audit(embed(data.x), embed(real["members"].x), embed(real["nonmembers"].x),
-                                           real["members"].ids, real["nonmembers"].ids, audit_config)
-                 for space, embed in spaces.items()}
-        with open(synthetic.root / "neighbours.jsonl", "w", encoding="utf-8") as f:
-            for j, item in enumerate(synthetic.items):
-                row = {"index": item.index, "file": item.file, "label": item.label,
-                       **{space: images[j] for space, (images, _) in found.items()}}
-                f.write(json.dumps(row) + "\n")
-        summary = {space: figures for space, (_, figures) in found.items()}
-        write_json(synthetic.root / "memorisation.json", summary)
-        per_round.append(summary)
-    features = [r["features"] for r in per_round]
-    return {"copies": int(sum(r["copies"] for r in features)),
-            "copy_rate": float(np.mean([r["copy_rate"] for r in features])),
-            "nonmember_flag_rate": float(np.mean([r["nonmember_flag_rate"] for r in features])),
-            "ct": float(np.mean(cts)) if (cts := [r["ct"] for r in features if r["ct"] is not None]) else None,
-            "pixel_copies": int(sum(r["pixels"]["copies"] for r in per_round)) if "pixels" in spaces else None,
-            "rounds": per_round, "space": "teacher penultimate features" + (" and pixels" if "pixels" in spaces else "")}
+class _Steps:
+    """The experiment's stages over one run: each step records its stage run(s), lineage and time."""
+
+    def __init__(self, config: ExperimentConfig, project: Project, data: DataContext, run: Any,
+                 progress: ProgressFn, cluster: Cluster) -> None:
+        self.config, self.project, self.data, self.run, self.cluster = config, project, data, run, cluster
+        self.registry = project.registry()
+        self.progress = RecordedProgress.for_run(self.registry, run.id, forward=progress,
+                                                 events=run.run_dir / "events.jsonl")
+        self.earlier: dict[str, str] = {}
+        self.timings: dict[str, float] = {}
+        self.shadows: dict[str, PipelineShadows] = {}
+        self.round_runs: list[str] = []
+        self.gate: dict[str, Any] | None = None  # the copy gate's report
+        self._population: Population | None = None
+
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        t0 = time.monotonic()
+        yield
+        self.timings[name] = round(self.timings.get(name, 0.0) + time.monotonic() - t0, 2)
+        self.registry.report(self.run.id, progress={"stage": name, "done": 1, "total": 1}, timings=self.timings)
+
+    @property
+    def population(self) -> Population:
+        if self._population is None:
+            audit = self.config.audit
+            self._population = Population.build(self.data, self.config.teacher.image_size, audit.views,
+                                                audit.reference_size, audit.seed)
+        return self._population
+
+    def begin(self, stack: ExitStack, resume: bool) -> None:
+        stack.enter_context(self.registry.claim(self.run.id))
+        record = self.registry.get(self.run.id)
+        self.earlier = earlier_stages(record, self.config, self.data.fingerprint, resume)
+        self.timings.update(record.metrics.get("timings", {}) if resume else {})
+        stack.enter_context(self.registry.track(self.run.id))
+        self.registry.link(self.run.id, Link("data", "dataset", self.data.fingerprint))
+        write_json(self.run.run_dir / "membership.json", self.data.split.to_dict())
+
+    def captions(self) -> _Captions:
+        with self.timed("caption"):
+            if "captions" in self.earlier:
+                store, _, version = self.earlier["captions"].rpartition("@")
+                captions = _Captions(store, int(version))
+            elif self.config.store_version is not None:
+                if not self.config.store:
+                    raise ValueError("store_version needs the store it belongs to (set `store`)")
+                caption_store(self.project, self.config.store).records(self.config.store_version)  # the valid range
+                captions = _Captions(self.config.store, self.config.store_version)
+            else:
+                made = caption(CaptionConfig(dataset=self.config.dataset, captioner=self.config.captioner,
+                                             store=self.config.store), self.project, self.progress, data=self.data)
+                captions = _Captions(made.store, made.version)
+            self.registry.link(self.run.id, Link("captions", "captions", captions.ref))
+        return captions
+
+    def start_pipeline_shadows(self, captions: _Captions, stack: ExitStack) -> None:
+        """The GKD student's pipeline shadows, started in worker processes (a cluster shares them out
+        in the audit instead)."""
+        if "pipeline" not in self.config.audit.modes:
+            return
+        recipe = self.config.pipeline_recipe(captions.ref)
+        self.shadows["student"] = pipeline_shadows(recipe, self.population, self.project, self.config.audit)
+        stack.callback(self.shadows["student"].stop)
+        if not self.cluster.distributed:
+            self.shadows["student"].start()
+
+    def generator(self, captions: _Captions) -> FinetuneResult:
+        config = self.config
+        with self.timed("generator"):
+            previous = self.earlier.get("generator")
+            if previous and self.registry.get(previous).status == "done":
+                return finished_generator(self.registry, previous)
+            finetune_config = FinetuneConfig(dataset=config.dataset, generator=config.generator,
+                                             options=config.generator_options, store=captions.store,
+                                             store_version=captions.version, template=config.template)
+            return finetune(finetune_config, self.project, self.progress, resume=previous, data=self.data,
+                            registered=lambda rid: self.registry.relink(self.run.id, Link("generator", "run", rid)))
+
+    def rounds(self, trained: FinetuneResult, captions: _Captions) -> list[SyntheticSet]:
+        config, rounds = self.config, []
+        with self.timed("generate"):
+            for k in range(config.rounds):
+                out_dir = self.run.run_dir / "synthetic" / f"round-{k}"
+                previous = self.earlier.get(f"synthetic round {k}")
+                if previous and self.registry.get(previous).status == "done":
+                    rounds.append(SyntheticSet.load(out_dir))
+                    self.round_runs.append(previous)
+                    continue
+                made = synthesize(GenerateConfig(
+                    generator=str(trained.generator_dir), prompts=f"store:{captions.ref}", template=config.template,
+                    dataset=config.dataset, cardinality=config.cardinality, round=k, seed=config.seed,
+                    batch_size=config.generation_batch, out_dir=str(out_dir)), self.project, self.progress,
+                    cluster=self.cluster, data=self.data)
+                self.registry.relink(self.run.id, Link(f"synthetic round {k}", "run", made.run_id))
+                rounds.append(made.synthetic)
+                self.round_runs.append(made.run_id)
+        return rounds
+
+    def teacher(self) -> _Tested:
+        recipe, data = self.config.teacher, self.data
+        with self.timed("teacher"), stage_run(self.registry, self.run.id, "teacher", recipe,
+                                              [Link("data", "dataset", data.fingerprint)],
+                                              self.earlier.get("teacher")) as teacher_run:
+            val = data.tensors("validation", recipe.image_size) if data.split.validation else None
+            trained = train_teacher(data.tensors("members", recipe.image_size), val, recipe, data.num_classes,
+                                    self.run.run_dir, self.progress)
+        return _Tested("teacher", trained.model, recipe, teacher_run, {}, trained.metrics)
+
+    def copy_gate(self, teacher: _Tested, rounds: list[SyntheticSet], trained: FinetuneResult) -> list[SyntheticSet]:
+        """Near-copies of a member are redrawn before the student sees them (once: a resumed run keeps
+        the gated rounds, reloaded from their manifests)."""
+        path = self.run.run_dir / "copy_gate.json"
+        if path.exists():
+            self.gate = read_json(path)
+            return [SyntheticSet.load(r.root) for r in rounds]
+        if not self.config.copy_gate:
+            return rounds
+        with self.timed("copy gate"):
+            rounds, self.gate = copy_gate(teacher.model, self.data, rounds, load_generator(trained.generator_dir),
+                                          self.config.teacher.image_size, self.config.memorisation,
+                                          self.config.copy_gate)
+            write_json(path, self.gate)
+        return rounds
+
+    def student(self, teacher: _Tested, rounds: list[SyntheticSet]) -> _Tested:
+        config = self.config
+        links = [Link("teacher", "run", teacher.run)] + \
+            [Link(f"synthetic round {k}", "run", rid) for k, rid in enumerate(self.round_runs)]
+        with self.timed("student"), stage_run(self.registry, self.run.id, "student", config.distill, links,
+                                              self.earlier.get("student")) as student_run:
+            trained: ModelResult = train_student(teacher.model, rounds, config.distill, self.data.num_classes,
+                                                 self.run.run_dir, self.progress, teacher_recipe=config.teacher)
+        return _Tested("student", trained.model, config.distill.student, student_run, {}, trained.metrics)
+
+    def methods(self, teacher: _Tested, rounds: list[SyntheticSet]) -> list[_Tested]:
+        """Every configured transfer method trained on the teacher, each its own run, listed in
+        ``methods.json``. Only a method that reads real training images gets them."""
+        if not self.config.methods:
+            return []
+        with self.timed("methods"):
+            trained = [self._method(name, options, teacher, rounds) for name, options in self.config.methods]
+        return trained
+
+    def _method(self, name: str, options: dict[str, Any], teacher: _Tested, rounds: list[SyntheticSet]) -> _Tested:
+        config, method = self.config, create_method(name, options)
+        key = method.label()
+        folder = self.run.run_dir / "methods" / safe_filename(key.replace("+", "-plus-"))
+        recipe = config.distill.student
+        with stage_run(self.registry, self.run.id, "method", {"method": name, "options": options},
+                       [Link("teacher", "run", teacher.run)], self.earlier.get(f"method {key}"),
+                       role=f"method {key}") as method_run:
+            if (folder / "metrics.json").exists() and self.registry.get(method_run).status == "done":
+                model = load_classifier(folder / "model.pt", recipe, self.data.num_classes, method.private_model)
+                metrics = read_json(folder / "metrics.json")
+            else:
+                started = time.monotonic()
+                context = method_context(teacher.model, config.teacher, config.distill, self.data, rounds,
+                                         self.data.split.members, self.data.split.validation, method.reads_real())
+                result = method.train(context, folder, self.progress)
+                model = result.model
+                metrics = {**to_jsonable(result.metrics), "seconds": round(time.monotonic() - started, 2)}
+                write_json(folder / "metrics.json", metrics)
+        listing = read_json(self.run.run_dir / "methods.json") if (self.run.run_dir / "methods.json").exists() else {}
+        listing[key] = {"method": name, "options": options, "run": method_run, "recipe": to_jsonable(recipe),
+                        "checkpoint": str(folder / "model.pt"), "reads_real_training_images": method.reads_real(),
+                        "dp": method.private_model}
+        write_json(self.run.run_dir / "methods.json", listing)
+        return _Tested(key, model.eval(), recipe, method_run, {}, metrics, (name, options), method.reads_real())
+
+    def checks(self, teacher: _Tested, rounds: list[SyntheticSet]) -> tuple[dict[str, Any], dict[str, Any]]:
+        config = self.config
+        with self.timed("fidelity"):
+            fidelity = round_fidelity(teacher.model, self.data, rounds, config.teacher.image_size,
+                                      cas_recipe(config.distill.student, config.cas_epochs), config.seed, self.progress)
+            memorisation = round_memorisation(teacher.model, self.data, rounds, config.teacher.image_size,
+                                              config.memorisation)
+        return fidelity, memorisation
+
+    def test(self, teacher: _Tested, student: _Tested, methods: list[_Tested]) -> list[_Tested]:
+        """Each model's accuracy on the real test split, measured once (at its own input size)."""
+        tested = [teacher, student, *methods]
+        for model in tested:
+            model.test = evaluate_on_test(model.model, self.data.tensors("test", model.recipe.image_size),
+                                          self.data.num_classes)
+        self.registry.link(self.run.id, Link("teacher", "run", teacher.run), Link("student", "run", student.run))
+        for model in (teacher, student):
+            self.registry.report(model.run, accuracy=model.test["accuracy"],
+                                 weights=str(self.run.run_dir / f"{model.name}.pt"))
+        return tested
+
+    def audit(self, tested: list[_Tested], captions: _Captions) -> AuditResult:
+        config = replace(self.config.audit, experiment=self.run.id)
+        with self.timed("audit"):
+            subject = audit_subject(self.config, config, self.project, self.population, tested, captions.ref,
+                                    self.shadows)
+            self.cluster.assign("audit-shadows", config=config, project_root=str(self.project.root))
+            return audit(config, subject, self.project, self.progress, self.cluster)
+
+    def finish(self, tested: list[_Tested], audited: AuditResult, rounds: list[SyntheticSet],
+               trained: FinetuneResult, fidelity: dict[str, Any], memorisation: dict[str, Any], resume: bool,
+               started: float) -> dict[str, Any]:
+        """``metrics.json`` and the run's headline figures in the registry."""
+        by_name = {m.name: m for m in tested}
+        metrics = {
+            **{name: model_metrics(by_name[name].test, audited.metrics[name], by_name[name].train)
+               for name in ("teacher", "student")},
+            "audit": {"run": audited.run_id, "headline_attack": self.config.audit.headline,
+                      "shadows": audited.metrics["shadows"], "vulnerable": audited.metrics["vulnerable"]},
+            **run_summary(self.config, self.data, len(self.data.tensors("test", self.config.teacher.image_size)),
+                          rounds, trained.metrics),
+            "fidelity": fidelity, "memorisation": memorisation, "copy_gate": self.gate,
+            "methods": {m.name: {**model_metrics(m.test, audited.metrics[m.name], m.train), "method": m.method[0],
+                                 "label": m.name, "reads_real_training_images": m.reads_real,
+                                 "epsilon": m.train.get("epsilon")} for m in tested if m.method is not None},
+            "timings": self.timings, "seconds": round(time.monotonic() - started, 2), "resumed": resume,
+        }
+        unreadable = skipped_images(self.data.dataset)
+        metrics["dataset"]["unreadable"] = len(unreadable)
+        if unreadable:  # every stage skipped them; listed once here
+            write_json(self.run.run_dir / "unreadable_images.json", unreadable)
+            logger.warning("%d unreadable images were skipped in every stage; listed in %s", len(unreadable),
+                           self.run.run_dir / "unreadable_images.json")
+        write_json(self.run.run_dir / "metrics.json", metrics)
+        self.registry.report(self.run.id, **_headline(metrics, fidelity, memorisation))
+        return metrics
 
 
-def _sized(dataset: Any, test: Any, size: int | None) -> Any:
-    """``size -> the test split at that input size``: ``test`` (at ``size``) as is, others decoded once."""
-    cache = {size: test}
-
-    def at(wanted: int | None) -> Any:
-        if wanted not in cache:
-            cache[wanted] = real_tensors(dataset, test.ids, wanted)
-        return cache[wanted]
-
-    return at
-
-
-def _audit_spaces(teacher: Any, members_x: torch.Tensor, config: MemorisationConfig) -> dict[str, Any]:
-    """Where the memorisation audit measures distances: the teacher's penultimate features, and raw
-    pixels for images up to ``config.pixel_max_side`` (name -> images (N, C, H, W) -> (N, d) array)."""
-    spaces = {"features": lambda x: penultimate_features(teacher, x)[0]}
-    if max(members_x.shape[-2:]) <= config.pixel_max_side:
-        spaces["pixels"] = lambda x: x.flatten(1).numpy()
-    return spaces
+def model_metrics(test: dict[str, Any], audited: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
+    """One model's entry of ``metrics.json``: test accuracy, the audit's figures, its training's."""
+    return {
+        "accuracy": test["accuracy"],
+        "per_class_accuracy": test["per_class_accuracy"],
+        "aop": audited["aop"],
+        "mia": audited["mia"],  # the headline mode (pipeline for the student when it ran); mia.auc = headline attack
+        "mia_modes": audited["mia_modes"],  # every mode, each with every attack
+        "train": {k: v for k, v in train.items() if k != "history"},
+        "history": train.get("history", []),
+    }
 
 
-def _copy_gate(teacher: Any, dataset: Any, split: Any, rounds: list[Any], generator_dir: Path,
-               config: ExperimentConfig) -> tuple[list[Any], dict[str, Any]]:
-    """Redraw the synthetic images flagged as near-copies of a member (the memorisation audit's flag, in
-    the teacher's features and, for small images, in pixels) up to ``config.copy_gate`` times. Returns
-    the gated rounds and, per round, how many were flagged, redrawn and still flagged at the end."""
-    from .finetune import load_generator
-    from .generate import regenerate
-    from .privacy.memorisation import copy_flags
-
-    size, quantile = config.teacher.image_size, config.memorisation.copy_quantile
-    members = real_tensors(dataset, split.members, size)
-    spaces = list(_audit_spaces(teacher, members.x, config.memorisation).values())
-    references = [embed(members.x) for embed in spaces]
-
-    def flagged(synthetic: Any) -> list[int]:
-        x = synthetic_tensors(synthetic, size).x
-        hits = np.zeros(len(synthetic), dtype=bool)
-        for embed, reference in zip(spaces, references):
-            hits |= copy_flags(embed(x), reference, quantile)[0]
-        return [synthetic.items[j].index for j in np.flatnonzero(hits)]
-
-    generator, gated, report = load_generator(generator_dir), [], []
-    for synthetic in rounds:
-        hits = flagged(synthetic)
-        first, redrawn = len(hits), 0
-        for attempt in range(1, config.copy_gate + 1):
-            if not hits:
-                break
-            synthetic = regenerate(synthetic, hits, generator, attempt)
-            redrawn += len(hits)
-            hits = flagged(synthetic)
-        gated.append(synthetic)
-        report.append({"flagged": first, "redrawn": redrawn, "still_flagged": len(hits)})
-    logger.info("copy gate: %s", report)
-    return gated, {"attempts": config.copy_gate, "rounds": report,
-                   "flagged": sum(r["flagged"] for r in report), "still_flagged": sum(r["still_flagged"] for r in report)}
-
-
-def _classification_accuracy_score(dataset: Any, synthetic: Any, config: ExperimentConfig, n_classes: int,
-                                   progress: ProgressFn) -> float:
-    """CAS (Ravuri & Vinyals 2019): test accuracy of a classifier trained on one synthetic round with
-    the labels the images were generated for (no teacher): how much of the task the images alone carry."""
-    from .classifiers.train import fit_classifier
-    from .distill import build_model
-
-    recipe = replace(config.distill.student, epochs=min(config.cas_epochs, config.distill.student.epochs),
-                     patience=None)
-    data = synthetic_tensors(synthetic, recipe.image_size)
-    model = build_model(recipe, n_classes)
-    fit_classifier(model, lambda _: data, recipe, progress=progress, stage="cas")
-    test = real_tensors(dataset, [r.id for r in dataset.split("test")], recipe.image_size)
-    return float(evaluate_on_test(model, test, n_classes)["accuracy"])
-
-
-def _run_summary(config: ExperimentConfig, dataset: Any, split: Any, n_test: int, rounds: list[Any],
-                 generator_metrics: dict[str, Any]) -> dict[str, Any]:
+def run_summary(config: ExperimentConfig, data: DataContext, n_test: int, rounds: list[SyntheticSet],
+                generator_metrics: dict[str, Any]) -> dict[str, Any]:
     """The data, synthetic-set and generator figures of an experiment's ``metrics.json``."""
     return {
-        "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint, "members": len(split.members),
-                    "nonmembers": len(split.nonmembers), "test": n_test},
+        "dataset": {"name": data.dataset.name, "fingerprint": data.fingerprint, "members": len(data.split.members),
+                    "nonmembers": len(data.split.nonmembers), "test": n_test},
         "synthetic": {"rounds": len(rounds), "images_per_round": len(rounds[0]), "cardinality": config.cardinality},
         "generator": {"backend": config.generator,
                       **{k: v for k, v in generator_metrics.items() if isinstance(v, (int, float))}},
     }
 
 
-@dataclass(frozen=True)
-class _Pinned:
-    store: str
-    version: int
+def _headline(metrics: dict[str, Any], fidelity: dict[str, Any], memorisation: dict[str, Any]) -> dict[str, Any]:
+    """The figures the run registry (and ``runs list``) keeps for an experiment."""
+    return {"teacher_accuracy": metrics["teacher"]["accuracy"], "student_accuracy": metrics["student"]["accuracy"],
+            "teacher_auc": metrics["teacher"]["mia"]["auc"], "student_auc": metrics["student"]["mia"]["auc"],
+            "student_mia_mode": metrics["student"]["mia"]["mia_mode"],
+            "class_fidelity": fidelity["class_fidelity"], "frechet_distance": fidelity["frechet_distance"],
+            "precision": fidelity["precision"], "recall": fidelity["recall"], "cas": fidelity["cas"],
+            "copies": memorisation["copies"], "copy_rate": memorisation["copy_rate"], "ct": memorisation["ct"]}
 
 
-class _RunReporter:
-    """Forwards progress events and, at most once a second (and at every epoch end), stores the
-    latest in the registry and appends it to ``events.jsonl`` for live curves. The registry call is
-    also where a cancel request is noticed (it raises ``RunCancelled``)."""
-
-    def __init__(self, registry: Any, run_id: str, events: Path, forward: ProgressFn) -> None:
-        self.registry, self.run_id, self.events, self.forward = registry, run_id, events, forward
-        self.ready = throttle(1.0)
-
-    def __call__(self, event: Progress) -> None:
-        self.forward(event)
-        epoch_end = bool(event.info.get("epoch_end"))
-        if self.ready(force=epoch_end):
-            record = {"t": round(time.time(), 2), "stage": event.stage, "done": event.done,
-                      "total": event.total, **to_jsonable(event.info)}
-            with open(self.events, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-            self.registry.report(self.run_id, progress=record)
-
-
-@contextmanager
-def _stage_run(registry: Any, experiment: str, kind: str, config: Any, links: list[Link],
-               earlier: str | None = None, role: str | None = None) -> Iterator[str]:
-    """Record one training stage of the experiment as its own run (status, config, lineage), linked to
-    the experiment at once so that a resume finds it; ``earlier`` = the same stage's run of an
-    interrupted attempt (continued; a finished one is only read back from its checkpoint)."""
-    run = registry.get(earlier) if earlier else registry.create(kind, config, links=links)
-    registry.link(experiment, Link(role or kind, "run", run.id))
-    if run.status == "done":
-        yield run.id
-        return
-    with registry.track(run.id):
-        yield run.id
+# -- the audit of an experiment -----------------------------------------------------------------------------------
+def audit_subject(config: ExperimentConfig, audit_config: AuditConfig, project: Project, population: Population,
+                  tested: list[Any], captions: str | None, shadows: dict[str, PipelineShadows] | None = None
+                  ) -> AuditSubject:
+    """What the audit reads: the teacher (its own recipe's shadows), the student and every method's
+    student in their modes, with the pipeline shadows of each (those started ahead reused)."""
+    shadows = dict(shadows or {})
+    recipe = config.pipeline_recipe(captions)
+    models = []
+    for m in tested:
+        is_method = m.method is not None
+        modes = ("transfer",) if m.name == "teacher" else audit_config.modes_of(is_method)
+        if "pipeline" in modes and m.name != "teacher" and m.name not in shadows:
+            shadows[m.name] = pipeline_shadows(recipe, population, project, audit_config, method=m.method)
+        label = f"{m.name} pipeline" if is_method else "student pipeline"
+        models.append(AuditedModel(m.name, m.model, m.recipe.image_size, m.test["accuracy"], modes, label))
+    return AuditSubject(audit_config.experiment or "", population, config.teacher, models, shadows)
 
 
-@dataclass
-class _TrainedMethod:
-    name: str
-    model: Any
-    metrics: dict[str, Any]
-    reads_real: bool
-    size: int | None  # input size
+def audit_experiment(audit_config: AuditConfig, project: Project, progress: ProgressFn = no_progress,
+                     cluster: Cluster = SINGLE) -> AuditResult:
+    """Re-audit a finished experiment (``audit --run``): its models and recipes read back from its run
+    folder, cached shadows reused, more trained only when asked for."""
+    config, tested, captions, data = _finished(project, audit_config.experiment)
+    population = Population.build(data, config.teacher.image_size, audit_config.views, audit_config.reference_size,
+                                  audit_config.seed)
+    subject = audit_subject(config, audit_config, project, population, tested, captions)
+    cluster.assign("audit-shadows", config=audit_config, project_root=str(project.root))
+    return audit(audit_config, subject, project, progress, cluster)
 
 
-def _train_methods(config: ExperimentConfig, registry: Any, run: Any, teacher: Any, rounds: list[Any], dataset: Any,
-                   split: Any, n_classes: int, earlier: dict[str, str], links: list[Link],
-                   progress: ProgressFn) -> dict[str, _TrainedMethod]:
-    """Every configured transfer method (``config.methods``) trained on the teacher, each recorded as its
-    own run and listed in ``methods.json`` for the audit. Only a method that reads real training images
-    gets them (see :class:`pipeline.methods.MethodContext`)."""
-    from .methods import MethodContext, RealData
-
-    trained: dict[str, _TrainedMethod] = {}
-    if not config.methods:
-        return trained
-    recipe = config.distill.student
-    synthetic = tuple(synthetic_tensors(r, recipe.image_size) for r in rounds)
-    shape = tuple(real_tensors(dataset, split.members[:8], config.teacher.image_size).x.shape[1:])  # the teacher input
-    listing: dict[str, Any] = {}
-    for name, options in config.methods:
-        method = create_method(name, options)
-        key, folder = method.label(), run.run_dir / "methods" / safe_filename(method.label().replace("+", "-plus-"))
-        real = RealData(real_tensors(dataset, split.members, recipe.image_size),
-                        real_tensors(dataset, split.validation, recipe.image_size) if split.validation else None) \
-            if method.reads_real() else None
-        context = MethodContext(teacher.model, config.teacher, recipe, config.distill.temperature, config.distill.alpha,
-                                n_classes, shape, synthetic, config.distill.regen_every, real, config.seed)
-        with _stage_run(registry, run.id, "method", {"method": name, "options": options}, links,
-                        earlier.get(f"method {key}"), role=f"method {key}") as method_run:
-            if (folder / "metrics.json").exists() and registry.get(method_run).status == "done":
-                model = _method_model(recipe, n_classes, dp=name == "dp-sgd")
-                model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu"))
-                metrics = read_json(folder / "metrics.json")
-            else:
-                started = time.monotonic()
-                result = method.train(context, folder, progress)
-                model = result.model
-                metrics = {**to_jsonable(result.metrics), "seconds": round(time.monotonic() - started, 2)}
-                write_json(folder / "metrics.json", metrics)
-        trained[key] = _TrainedMethod(name, model.eval(), metrics, method.reads_real(), recipe.image_size)
-        listing[key] = {"method": name, "options": options, "run": method_run, "recipe": to_jsonable(recipe),
-                        "checkpoint": str(folder / "model.pt"), "reads_real_training_images": method.reads_real(),
-                        "dp": name == "dp-sgd"}
-        write_json(run.run_dir / "methods.json", listing)
-    return trained
+def audit_share(config: AuditConfig, project_root: str, cluster: Cluster) -> None:
+    """A serving process's part of an audit under ``accelerate launch``: its share of every shadow set."""
+    project = Project.open(project_root)
+    experiment, tested, captions, data = _finished(project, config.experiment)
+    population = Population.build(data, experiment.teacher.image_size, config.views, config.reference_size,
+                                  config.seed)
+    audit_shadows(config, audit_subject(experiment, config, project, population, tested, captions),
+                  project, no_progress, cluster)
 
 
-def _method_model(recipe: Any, n_classes: int, dp: bool = False) -> Any:
-    """An untrained model of a method's architecture (DP-SGD's with BatchNorm swapped as Opacus does)."""
-    from .distill import build_model
+def _finished(project: Project, run_id: str | None) -> tuple[ExperimentConfig, list[_Tested], str | None, DataContext]:
+    """A trained experiment read back from its run: config, models (with the test accuracy it measured),
+    caption version, data."""
+    if not run_id:
+        raise ValueError("the audit needs an experiment run id (AuditConfig.experiment, or `audit --run ID`)")
+    record = project.registry().get(run_id)
+    if record.kind != "experiment":
+        raise ValueError(f"run {run_id} is a {record.kind} run; audit an experiment run")
+    missing = [f for f in ("teacher.pt", "student.pt") if not (record.run_dir / f).exists()]
+    if missing:
+        raise ValueError(f"experiment {run_id} has no {', '.join(missing)} yet; finish (or resume) it first")
+    config = from_dict(ExperimentConfig, {k: v for k, v in record.config.items() if k != "audit"})
+    data = DataContext.open(config.dataset)
+    recorded = read_json(record.run_dir / "metrics.json") if (record.run_dir / "metrics.json").exists() else {}
+    tested = [_read_model(record.run_dir / f"{name}.pt", name, recipe, data, recorded.get(name))
+              for name, recipe in (("teacher", config.teacher), ("student", config.distill.student))]
+    listing = read_json(record.run_dir / "methods.json") if (record.run_dir / "methods.json").exists() else {}
+    for key, entry in listing.items():
+        recipe = from_dict(TrainConfig, entry["recipe"])
+        model = _read_model(Path(entry["checkpoint"]), key, recipe, data, recorded.get("methods", {}).get(key),
+                            entry.get("dp", False))
+        model.method, model.reads_real = (entry["method"], entry.get("options", {})), entry["reads_real_training_images"]
+        tested.append(model)
+    captions = next((link.ref for link in record.links if link.role == "captions"), None)
+    return config, tested, captions, data
 
-    model = build_model(replace(recipe, pretrained=False), n_classes)
-    if dp:
-        from opacus.validators import ModuleValidator
 
-        model = ModuleValidator.fix(model)
-    return model
+def _read_model(path: Path, name: str, recipe: TrainConfig, data: DataContext, recorded: dict[str, Any] | None,
+                private: bool = False) -> _Tested:
+    """A saved model; its test accuracy as the experiment measured it (measured now if it has none)."""
+    model = load_classifier(path, recipe, data.num_classes, private)
+    test = {"accuracy": recorded["accuracy"]} if recorded and "accuracy" in recorded else \
+        evaluate_on_test(model, data.tensors("test", recipe.image_size), data.num_classes)
+    return _Tested(name, model, recipe, "", test, {})
 
 
-def _earlier_stages(record: Any, config: ExperimentConfig, fingerprint: str, resume: bool) -> dict[str, str]:
+# -- runs and stages ----------------------------------------------------------------------------------------------
+def earlier_stages(record: Any, config: ExperimentConfig, fingerprint: str, resume: bool) -> dict[str, str]:
     """role -> run or caption ref of an experiment's earlier attempt (empty for a fresh run); refuses a run
     that is not in a state to (re)start."""
     if not resume:
@@ -559,50 +546,19 @@ def _earlier_stages(record: Any, config: ExperimentConfig, fingerprint: str, res
     return earlier
 
 
-def _store_version(ref: str) -> tuple[str, int]:
-    store, _, version = ref.rpartition("@")
-    return store, int(version)
-
-
-def _model_metrics(test: dict[str, Any], audited: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "accuracy": test["accuracy"],
-        "per_class_accuracy": test["per_class_accuracy"],
-        "aop": audited["aop"],
-        "mia": audited["mia"],  # the headline mode (pipeline for the student when it ran); mia.auc = headline attack
-        "mia_modes": audited["mia_modes"],  # every mode, each with every attack
-        "train": {k: v for k, v in train.items() if k != "history"},
-        "history": train.get("history", []),
-    }
-
-
-def summary_rows(metrics: dict[str, Any]) -> list[list[str]]:
-    """Rows of the printed results table: one per audited model and mode, headline attack first."""
-    def fmt(value: Any, digits: int = 4) -> str:
-        return "n/a" if value is None else f"{value:.{digits}f}"
-
-    rows = []
-    models = [("teacher", metrics["teacher"], True), ("student", metrics["student"], True)] + \
-        [(key + (" (reads real)" if m.get("reads_real_training_images") else ""), m, False)
-         for key, m in metrics.get("methods", {}).items()]  # other methods: the headline attack only
-    for name, m, every_attack in models:
-        for mode, entry in m.get("mia_modes", {m["mia"].get("mia_mode", "transfer"): m["mia"]}).items():
-            others = [a for a in ("lira", "rmia", "loss") if a != entry.get("attack") and a in entry]
-            for attack in [entry.get("attack", "lira")] + (others if every_attack else []):
-                res = entry.get(attack, entry)
-                if "auc" not in res:
-                    rows.append([name, fmt(m["accuracy"]), mode, attack, "skipped", "-", "-", "-", "-"])
-                    continue
-                ci = res.get("auc_ci95")
-                headline = attack == entry.get("attack")
-                rows.append([name, fmt(m["accuracy"]), mode, attack + (" *" if headline else ""), fmt(res["auc"]),
-                             f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-", fmt(res.get("tpr_at_1pct_fpr")),
-                             fmt(res.get("tpr_at_0.1pct_fpr")),
-                             fmt(entry["aop"]) if headline and "aop" in entry else "-"])
-    return rows
-
-
-SUMMARY_HEADER = ["model", "accuracy", "audit mode", "attack", "AUC", "95% CI", "TPR@1%FPR", "TPR@0.1%FPR", "AOP"]
+@contextmanager
+def stage_run(registry: Any, experiment: str, kind: str, config: Any, links: list[Link],
+              earlier: str | None = None, role: str | None = None) -> Iterator[str]:
+    """Record one training stage of the experiment as its own run (status, config, lineage), linked to
+    the experiment at once so that a resume finds it; ``earlier`` = the same stage's run of an
+    interrupted attempt (continued; a finished one is only read back from its checkpoint)."""
+    run = registry.get(earlier) if earlier else registry.create(kind, config, links=links)
+    registry.link(experiment, Link(role or kind, "run", run.id))
+    if run.status == "done":
+        yield run.id
+        return
+    with registry.track(run.id):
+        yield run.id
 
 
 def config_json(config: ExperimentConfig) -> str:

@@ -1,23 +1,29 @@
 """Generator training stage: LoRA-fine-tune Stable Diffusion or train the scratch model (TCKR step 2).
 
 The generator sees only the MIA *members* of the training split, so that the audit's non-members
-are truly unseen by everything downstream.
+are truly unseen by everything downstream. :func:`training_examples` and :func:`fit_generator` are
+the stage's steps; the experiment's pipeline-mode shadows call them too, on their own half.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .captions.prompts import DEFAULT_TEMPLATE, build_prompt
-from .core.common import Progress, ProgressFn, no_progress, read_json, to_jsonable, write_json
+from PIL import Image
+
+from .captions.store import caption_store
+from .captions.templates import DEFAULT_CLASS_TEMPLATE, DEFAULT_TEMPLATE, build_prompt
+from .core.common import ProgressFn, no_progress, read_json, to_jsonable, write_json
 from .core.project import Project
-from .core.runs import Link, config_differences, throttle
-from .data.datasets import DatasetConfig, load_dataset
+from .core.runs import Link, RecordedProgress, config_differences
+from .data.context import DataContext
+from .data.datasets import DatasetConfig
+from .data.tensors import tensor_to_images
 from .generators import Generator, generator_class, resolve_options
 
 logger = logging.getLogger(__name__)
@@ -33,7 +39,7 @@ class FinetuneConfig:
     store: str | None = None  # caption store; None = prompts from class names only
     store_version: int | None = None  # caption version (default: newest)
     template: str = DEFAULT_TEMPLATE  # prompt template: class | caption | class_caption | format string
-    class_template: str = "a photo of a {label}"  # caption used when there is no caption store
+    class_template: str = DEFAULT_CLASS_TEMPLATE  # caption used when there is no caption store
 
     def backend_config(self) -> Any:
         cls = generator_class(self.generator)
@@ -48,87 +54,95 @@ class FinetuneResult:
 
 
 def finetune(config: FinetuneConfig, project: Project, progress: ProgressFn = no_progress,
-             resume: str | None = None, registered: Callable[[str], None] | None = None) -> FinetuneResult:
+             resume: str | None = None, registered: Callable[[str], None] | None = None,
+             data: DataContext | None = None) -> FinetuneResult:
     """Train a generator on the member images; ``resume`` = id of an interrupted run to continue.
 
     A resumed run must be unfinished and ``config`` must equal its recorded config (on the same data
     and caption version); otherwise nothing is written and a ``ValueError`` says what differs.
     ``registered`` is called with the run id before training starts (the experiment records it then,
-    so that a resume after a crash finds the run's checkpoints).
+    so that a resume after a crash finds the run's checkpoints). ``data``: the experiment's loaded data
+    (a stage run on its own loads it).
     """
     # 1. check inputs: backend config first, so a typo fails before any data is loaded
-    backend_config = config.backend_config()
+    config.backend_config()
     registry = project.registry()
     previous = _resumable(registry, resume, config) if resume else None
-    dataset = load_dataset(config.dataset)
-    members = set(dataset.membership().members)
-    records = [r for r in dataset.split("train") if r.id in members]
-    if previous is not None:
-        recorded = {link.role: link.ref for link in previous.links}
-        if recorded.get("data") not in (None, dataset.fingerprint):
-            raise ValueError(f"run {resume} was trained on other data (dataset fingerprint "
-                             f"{recorded['data'][:12]}, now {dataset.fingerprint[:12]}); start a new run")
-
-    # 2. prompts for each member image (a resumed run keeps the caption version it started with)
-    captions: dict[str, Any] = {}
-    links = [Link("data", "dataset", dataset.fingerprint)]
-    if config.store:
-        store = project.caption_store(config.store)
-        version = store.head() if config.store_version is None else config.store_version
-        if previous is not None and "captions" in recorded:
-            version = int(recorded["captions"].rpartition("@")[2])
-        captions = store.records(version)
-        links.append(Link("captions", "captions", f"{store.name}@{version}"))
-        missing = [r.id for r in records if r.id not in captions]
-        if missing:
-            # an image nobody could caption because it cannot be read is skipped like in every stage
-            missing = [i for i in missing if dataset.readable(dataset.record(i))]
-        if missing:
-            raise ValueError(f"{len(missing)} member images have no caption in store {config.store!r} "
-                             f"(e.g. {missing[0]}); caption them first")
-
-    def prompt_of(record_id: str, label: str) -> str:
-        if record_id in captions:
-            return build_prompt(label, captions[record_id].caption, config.template)
-        return config.class_template.format(label=label)
-
+    data = data or DataContext.open(config.dataset)
+    recorded = {link.role: link.ref for link in previous.links} if previous is not None else {}
+    if recorded.get("data") not in (None, data.fingerprint):
+        raise ValueError(f"run {resume} was trained on other data (dataset fingerprint "
+                         f"{recorded['data'][:12]}, now {data.fingerprint[:12]}); start a new run")
+    # 2. captions of the members (a resumed run keeps the caption version it started with)
+    captions, links = _member_captions(config, project, data, recorded)
     # 3. register (or reopen) the run
     run = previous if previous is not None else registry.create("finetune", config, links=links)
     if registered is not None:
         registered(run.id)
-    ready = throttle(2.0)
-
-    def report(event: Progress) -> None:
-        progress(event)
-        if ready(event.total is not None and event.done >= event.total):
-            registry.report(run.id, progress={"stage": event.stage, "done": event.done,
-                                              "total": event.total, **event.info})
-
+    report = RecordedProgress.for_run(registry, run.id, forward=progress, every_s=2.0)
     with registry.track(run.id):
-        # 4. decode member images (unreadable ones are skipped and listed)
-        images, prompts, labels = [], [], []
-        for record, image in dataset.iter_images(records):
-            label = dataset.class_name(record.label)
-            images.append(image)
-            prompts.append(prompt_of(record.id, label))
-            labels.append(record.label)
-        write_json(run.run_dir / "membership.json", dataset.membership().to_dict())
-        write_json(run.run_dir / "training_prompts.json", {"class_names": dataset.class_names,
+        # 4. the member images (decoded once, unreadable ones skipped) and their prompts
+        images, prompts, labels = training_examples(data, data.split.members, captions, config.template,
+                                                    config.class_template)
+        write_json(run.run_dir / "membership.json", data.split.to_dict())
+        write_json(run.run_dir / "training_prompts.json", {"class_names": data.class_names,
                                                            "prompts": prompts, "labels": labels})
-
-        # 5. train, checkpointing into the run folder (resumes from the newest checkpoint)
-        started = time.monotonic()
-        generator = generator_class(config.generator)(backend_config)
-        metrics = generator.fit(images, prompts, labels, run.run_dir / "checkpoints", report)
-        metrics = {**to_jsonable(metrics), "train_images": len(images),
-                   "wall_seconds": round(time.monotonic() - started, 2)}
-
-        # 6. save the generator next to the run
-        generator.save(run.run_dir / "generator")
-        write_json(run.run_dir / "generator" / "backend.json", {"backend": config.generator, "run": run.id})
+        # 5. train (resuming from the newest checkpoint in the run folder) and save the generator
+        metrics = fit_generator(config.generator, config.options, images, prompts, labels,
+                                run.run_dir / "checkpoints", run.run_dir / "generator", run.id, report)
         write_json(run.run_dir / "metrics.json", metrics)
         registry.report(run.id, **metrics)
     return FinetuneResult(run.id, run.run_dir / "generator", metrics)
+
+
+def training_examples(data: DataContext, ids: Sequence[str], captions: Mapping[str, str], template: str,
+                      class_template: str = DEFAULT_CLASS_TEMPLATE) -> tuple[list[Image.Image], list[str], list[int]]:
+    """The generator's training triples for images ``ids``: image (from the data's decoded tensors),
+    prompt (its caption through ``template``; ``class_template`` for an image without one) and label."""
+    tensors = data.tensors(ids)
+    prompts, labels = [], []
+    for image_id, label in zip(tensors.ids, tensors.y.tolist()):
+        name = data.dataset.class_name(label)
+        prompts.append(build_prompt(name, captions[image_id], template) if image_id in captions
+                       else class_template.format(label=name))
+        labels.append(label)
+    return tensor_to_images(tensors.x), prompts, labels
+
+
+def fit_generator(backend: str, options: Sequence[tuple[str, Any]], images: Sequence[Image.Image],
+                  prompts: Sequence[str], labels: Sequence[int], checkpoints: Path, out_dir: Path, run_ref: str,
+                  progress: ProgressFn = no_progress) -> dict[str, Any]:
+    """Train backend ``backend`` with ``options`` on the triples (resuming from ``checkpoints``) and save it
+    to ``out_dir`` with its ``backend.json``; returns the training figures."""
+    cls = generator_class(backend)
+    started = time.monotonic()
+    generator = cls(cls.config_class(**resolve_options(cls, dict(options))))
+    metrics = generator.fit(images, prompts, labels, Path(checkpoints), progress)
+    generator.save(Path(out_dir))
+    write_json(Path(out_dir) / "backend.json", {"backend": backend, "run": run_ref})
+    return {**to_jsonable(metrics), "train_images": len(images), "wall_seconds": round(time.monotonic() - started, 2)}
+
+
+def _member_captions(config: FinetuneConfig, project: Project, data: DataContext, recorded: dict[str, str]
+                     ) -> tuple[dict[str, str], list[Link]]:
+    """id -> caption of every member (none without a store) and the run's links; a member without a
+    caption (that can be read) is an error."""
+    links = [Link("data", "dataset", data.fingerprint)]
+    if not config.store:
+        return {}, links
+    store = caption_store(project, config.store)
+    version = store.head() if config.store_version is None else config.store_version
+    if "captions" in recorded:
+        version = int(recorded["captions"].rpartition("@")[2])
+    records = store.records(version)
+    links.append(Link("captions", "captions", f"{store.name}@{version}"))
+    missing = [i for i in data.split.members if i not in records]
+    # an image nobody could caption because it cannot be read is skipped like in every stage
+    missing = [i for i in missing if data.dataset.readable(data.dataset.record(i))]
+    if missing:
+        raise ValueError(f"{len(missing)} member images have no caption in store {config.store!r} "
+                         f"(e.g. {missing[0]}); caption them first")
+    return {i: r.caption for i, r in records.items()}, links
 
 
 def _resumable(registry: Any, run_id: str, config: FinetuneConfig) -> Any:

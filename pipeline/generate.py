@@ -35,7 +35,9 @@ from .core.common import (
     safe_filename,
     write_json,
 )
+from .data.context import DataContext
 from .data.datasets import DatasetConfig
+from .data.tensors import TensorData, images_to_tensor
 from .generators import Generator
 
 logger = logging.getLogger(__name__)
@@ -68,6 +70,7 @@ class SyntheticSet:
     class_names: tuple[str, ...]
     items: tuple[SyntheticItem, ...] = field(repr=False)
     generator: str = ""  # run id or folder of the generator that made it
+    _tensors: dict[int | None, Any] = field(default_factory=dict, repr=False, compare=False)  # size -> TensorData
 
     @classmethod
     def load(cls, root: Path) -> SyntheticSet:
@@ -90,6 +93,16 @@ class SyntheticSet:
 
     def labels(self) -> np.ndarray:
         return np.array([i.label for i in self.items], dtype=np.int64)
+
+    def tensors(self, size: int | None = None) -> TensorData:
+        """The images (N, 3, H, W) in [0, 1] at ``size`` (None: as generated) with their intended labels,
+        decoded once per size."""
+        if size not in self._tensors:
+            import torch
+
+            images = [self.image(item) for item in self.items]
+            self._tensors[size] = TensorData(images_to_tensor(images, size), torch.from_numpy(self.labels()))
+        return self._tensors[size]
 
 
 def plan_items(pool: PromptPool, plan: GenerationPlan) -> list[SyntheticItem]:
@@ -353,13 +366,15 @@ class GenerateResult:
 
 
 def synthesize(config: GenerateConfig, project: Any, progress: ProgressFn = no_progress,
-               generator: Generator | None = None, cluster: Cluster = SINGLE) -> GenerateResult:
+               generator: Generator | None = None, cluster: Cluster = SINGLE,
+               data: DataContext | None = None) -> GenerateResult:
     """Generate a synthetic set as a registered run (resumable through ``out_dir``). With a
-    distributed ``cluster`` (called in its main process) the other processes make their shares."""
+    distributed ``cluster`` (called in its main process) the other processes make their shares.
+    ``data``: the experiment's loaded data (a stage run on its own loads it)."""
     from .core.runs import Link
 
     # 1. check inputs: data, prompts, size; the generator
-    pool, total, links = _prompt_pool(config, project)
+    pool, total, links = _prompt_pool(config, project, data)
     generator = generator or _generator(config)
     source = Path(config.generator)
     backend_file = source / "backend.json"
@@ -398,29 +413,35 @@ def _generate(config: GenerateConfig, generator: Generator, pool: PromptPool, to
                         generator_id=identity, cluster=cluster)
 
 
-def _prompt_pool(config: GenerateConfig, project: Any) -> tuple[PromptPool, int, list[Any]]:
+def _prompt_pool(config: GenerateConfig, project: Any, data: DataContext | None = None
+                 ) -> tuple[PromptPool, int, list[Any]]:
     """The prompts (only members' captions), the number of images, and the run's links."""
-    from .captions.prompts import pool_from_class_names, pool_from_file, pool_from_store
     from .core.runs import Link
-    from .data.datasets import load_dataset
 
-    dataset = load_dataset(config.dataset)
-    members = dataset.membership().members
-    links = [Link("data", "dataset", dataset.fingerprint)]
-    if config.prompts.startswith("store:"):
-        name, _, version = config.prompts[len("store:"):].partition("@")
-        pool = pool_from_store(project, name, dataset, set(members), int(version) if version else None,
-                               config.template)
+    data = data or DataContext.open(config.dataset)
+    members = data.split.members
+    pool = prompt_pool(project, config.prompts, data, set(members), config.template, config.allow_nonmember_prompts)
+    links = [Link("data", "dataset", data.fingerprint)]
+    if pool.source.startswith("store:"):
         links.append(Link("captions", "captions", pool.source[len("store:"):]))
-    elif config.prompts == "classnames":
-        pool = pool_from_class_names(dataset.class_names)
-    else:
-        # only members' captions may condition the generator: a per-image file is filtered to them, and
-        # a per-class file (no ids) is refused unless the risk is accepted
-        pool = pool_from_file(Path(config.prompts), dataset.class_names, config.template, dataset=dataset,
-                              ids=set(members), allow_nonmembers=config.allow_nonmember_prompts)
-    total = config.num_images or balanced_total(len(members), config.cardinality, len(dataset.class_names))
+    total = config.num_images or balanced_total(len(members), config.cardinality, data.num_classes)
     return pool, total, links
+
+
+def prompt_pool(project: Any, prompts: str, data: DataContext, members: set[str], template: str,
+                allow_nonmember_prompts: bool = False) -> PromptPool:
+    """The generation prompts of ``prompts`` (``store:NAME[@VERSION]``, ``classnames`` or a caption
+    file), limited to the captions of ``members``: only they may condition the generator (a per-class
+    file, which has no ids, is refused unless ``allow_nonmember_prompts``)."""
+    from .captions.prompts import pool_from_class_names, pool_from_file, pool_from_store
+
+    if prompts.startswith("store:"):
+        name, _, version = prompts[len("store:"):].partition("@")
+        return pool_from_store(project, name, data.dataset, members, int(version) if version else None, template)
+    if prompts == "classnames":
+        return pool_from_class_names(data.class_names)
+    return pool_from_file(Path(prompts), data.class_names, template, dataset=data.dataset, ids=members,
+                          allow_nonmembers=allow_nonmember_prompts)
 
 
 def _generator(config: GenerateConfig) -> Generator:

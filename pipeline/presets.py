@@ -65,65 +65,72 @@ def preset_config(dataset: DatasetConfig, profile: DataProfile, preset: str = "s
     - ``paper``: TCKR's published recipe (Stable Diffusion 2.1 + LoRA rank 4 at 224 px, 20 sampling
       steps, CFG 2, 20x cardinality, MobileNetV3 students, 256 shadows): needs a GPU and the Hub.
     """
-    from .generators import generator_class
-
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
     why = [f"data: {profile.members} member images of {profile.side} px, {profile.channels} channel(s), "
            f"{profile.classes} classes; device {profile.device}"]
-    gpu = profile.device == "cuda"
     if preset == "paper":
         return _paper_config(dataset), why + [
             "paper: TCKR's recipe (SD 2.1 + LoRA r4, 224 px, 20 steps, CFG 2, 20x cardinality, "
             "MobileNetV3 student, 256 shadows); needs a GPU and the Hugging Face Hub"]
     quick = preset == "quick"
+    # 1. the classifier recipe (teacher = student = shadows) and 2. the generator, by image size
+    recipe = _classifier_recipe(profile, quick, why)
+    options = _generator_options(profile, quick, why)
+    # 3. the synthetic rounds and 4. the audit
+    cardinality, rounds, regen = (2.0, 3, 5) if profile.side <= 16 else (4.0, 4, 5) if profile.device == "cuda" \
+        else (2.0, 2, 5)
+    why.append(f"synthetic: {rounds} rounds of {cardinality:g}x the members; student switches round every "
+               f"{regen} epochs")
+    audit_config = _audit_config(profile, quick, why)
+    config = ExperimentConfig(
+        dataset=dataset, generator_options=tuple(options.items()), cardinality=cardinality, rounds=rounds,
+        teacher=recipe,
+        distill=DistillConfig(student=replace(recipe, seed=1), temperature=4.0, alpha=1.0, regen_every=regen),
+        audit=audit_config, cas_epochs=0 if quick else 15,
+    )
+    return config, why
+
+
+def _classifier_recipe(profile: DataProfile, quick: bool, why: list[str]) -> TrainConfig:
     if profile.side <= 16:
         # Plain recipe (no augmentation, no weight decay, 60 epochs): the most accurate teacher we
         # measured on digits (0.995 test accuracy vs 0.959 with crop + weight decay for 30 epochs).
         recipe = TrainConfig(model="tiny-cnn", epochs=30 if quick else 60, batch_size=64, lr=3e-3,
                              weight_decay=0.0, augment=())
         why.append(f"classifier: tiny-cnn, {recipe.epochs} epochs, no augmentation (images of 16 px or less)")
-        cardinality, rounds, regen = 2.0, 3, 5
-    else:
-        size = None if profile.side <= 64 else 64
-        recipe = TrainConfig(model="small-resnet", image_size=size, epochs=20 if quick else 40,
-                             batch_size=64, lr=3e-3, weight_decay=5e-4, augment=("crop",),
-                             crop_padding=max(1, min(profile.side, 64) // 8))
-        why.append(f"classifier: small-resnet{f' at {size} px' if size else ''}, {recipe.epochs} epochs, "
-                   "random-crop augmentation (flip is left off: wrong for text, digits, some scans)")
-        cardinality, rounds, regen = (4.0, 4, 5) if gpu else (2.0, 2, 5)
+        return recipe
+    size = None if profile.side <= 64 else 64
+    recipe = TrainConfig(model="small-resnet", image_size=size, epochs=20 if quick else 40, batch_size=64, lr=3e-3,
+                         weight_decay=5e-4, augment=("crop",), crop_padding=max(1, min(profile.side, 64) // 8))
+    why.append(f"classifier: small-resnet{f' at {size} px' if size else ''}, {recipe.epochs} epochs, "
+               "random-crop augmentation (flip is left off: wrong for text, digits, some scans)")
+    return recipe
+
+
+def _generator_options(profile: DataProfile, quick: bool, why: list[str]) -> dict[str, Any]:
+    from .generators import generator_class
+
     options = generator_class("scratch").suggest_options(profile.side, profile.channels, profile.members,
                                                          profile.device)
     if quick:
-        steps = options.get("train_steps", 800)
-        options = {**options, "train_steps": steps // 2}
+        options = {**options, "train_steps": options.get("train_steps", 800) // 2}
     why.append("generator: scratch " + (", ".join(f"{k}={v}" for k, v in options.items()) or "defaults")
                + " (chosen by resolution)")
-    why.append(f"synthetic: {rounds} rounds of {cardinality:g}x the members; student switches round every "
-               f"{regen} epochs")
+    return options
+
+
+def _audit_config(profile: DataProfile, quick: bool, why: list[str]) -> AuditConfig:
     if quick:
-        audit_config = AuditConfig(n_shadows=4, modes=("transfer",), views=("orig", "shift"), headline="rmia")
         why.append("audit: 4 shadows of the teacher's recipe; the student is audited with them (transfer "
                    "mode only, no pipeline shadows); no CAS")
-    else:
-        # RMIA, built for few reference models, is the headline attack; `benchmarks/audit.py` shows
-        # what more shadows change. Each pipeline shadow reruns the whole loop on half the population.
-        n_shadows, n_pipeline = (16, 4) if gpu else (4, 2)
-        audit_config = AuditConfig(n_shadows=n_shadows, pipeline_shadows=n_pipeline, views=("orig", "shift"),
-                                   headline="rmia")
-        why.append(f"audit: {n_shadows} transfer shadows (teacher's recipe) and {n_pipeline} pipeline shadows "
-                   "(each reruns generator, rounds, teacher and student); RMIA headline")
-    config = ExperimentConfig(
-        dataset=dataset,
-        generator_options=tuple(options.items()),
-        cardinality=cardinality,
-        rounds=rounds,
-        teacher=recipe,
-        distill=DistillConfig(student=replace(recipe, seed=1), temperature=4.0, alpha=1.0, regen_every=regen),
-        audit=audit_config,
-        cas_epochs=0 if quick else 15,
-    )
-    return config, why
+        return AuditConfig(n_shadows=4, modes=("transfer",), views=("orig", "shift"), headline="rmia")
+    # RMIA, built for few reference models, is the headline attack; `benchmarks/audit.py` shows
+    # what more shadows change. Each pipeline shadow reruns the whole loop on half the population.
+    n_shadows, n_pipeline = (16, 4) if profile.device == "cuda" else (4, 2)
+    why.append(f"audit: {n_shadows} transfer shadows (teacher's recipe) and {n_pipeline} pipeline shadows "
+               "(each reruns generator, rounds, teacher and student); RMIA headline")
+    return AuditConfig(n_shadows=n_shadows, pipeline_shadows=n_pipeline, views=("orig", "shift"), headline="rmia")
 
 
 def _paper_config(dataset: DatasetConfig) -> ExperimentConfig:
@@ -246,16 +253,17 @@ def estimated_wall(stages: list[StageEstimate], cores: int | None = None) -> flo
 
 
 def _classifier_image_seconds(recipe: TrainConfig, profile: DataProfile, batches: int = 3) -> float:
-    """Median seconds per training image of ``recipe``'s model (forward + backward), on noise."""
+    """Median seconds per training image of ``recipe``'s model (forward + backward + optimiser step, as
+    the training loop takes it), on noise."""
     import torch
 
+    from .classifiers.models import build_classifier
+    from .classifiers.train import optimizer_step
     from .core.common import resolve_device
-    from .distill import build_model
+    from .core.precision import autocast
 
     device = resolve_device(recipe.device)
-    if recipe.pretrained:  # only the architecture matters for speed: never download to estimate
-        recipe = replace(recipe, pretrained=False)
-    model = build_model(recipe, profile.classes).to(device)
+    model = build_classifier(replace(recipe, pretrained=False), profile.classes).to(device)  # never download
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr)
     side = recipe.image_size or profile.side
     times = []
@@ -263,10 +271,9 @@ def _classifier_image_seconds(recipe: TrainConfig, profile: DataProfile, batches
         start = time.perf_counter()
         x = torch.rand(recipe.batch_size, 3, side, side, device=device)
         y = torch.randint(0, profile.classes, (recipe.batch_size,), device=device)
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        with autocast(device, "auto" if recipe.amp else "no"):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        optimizer_step(optimizer, None, loss)
         times.append(time.perf_counter() - start)
     return float(np.median(times[1:])) / recipe.batch_size
 

@@ -19,7 +19,7 @@ import streamlit as st
 from PIL import Image
 
 from pipeline.captions.curation import ReviewProgress, curators, filter_records, review_progress
-from pipeline.captions.store import CaptionRecord, CaptionStore
+from pipeline.captions.store import CaptionRecord, CaptionStore, caption_store
 from pipeline.core.common import from_dict
 from pipeline.core.project import Project, default_project_dir
 from pipeline.data.datasets import DatasetConfig, ImageDataset, load_dataset
@@ -53,7 +53,7 @@ def project() -> Project:
 @st.cache_resource(show_spinner=False)
 def store(root: str, name: str) -> CaptionStore:
     """One store object per server: it keeps the newest state in memory and only reads new versions."""
-    return Project(Path(root)).caption_store(name)
+    return caption_store(Project(Path(root)), name)
 
 
 @st.cache_resource(show_spinner="Loading captions...", max_entries=8)

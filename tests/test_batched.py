@@ -5,17 +5,24 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torch.func import stack_module_state
 
+from pipeline.classifiers.objectives import Batch, HardLabels
 from pipeline.classifiers.stacked import (
-    TrainRecipe,
-    _per_model_losses,
+    StackedModels,
     predict_stacked,
     train_single,
     train_stacked,
     unstack_models,
 )
+from pipeline.classifiers.train import TrainConfig
 from pipeline.core.common import Progress
+from pipeline.data.tensors import TensorData
+
+
+def recipe(augment: tuple[str, ...] = (), crop_padding: int = 0, **fields) -> TrainConfig:
+    """A training recipe; no augmentation unless asked for."""
+    return TrainConfig(**{"batch_size": 128, "lr": 2e-3, "epochs": 10, **fields}, augment=augment,
+                       crop_padding=crop_padding)
 
 
 def tiny_cnn() -> nn.Module:
@@ -44,9 +51,9 @@ def test_stacked_equals_separate_trainings_equal_subsets():
     masks = torch.zeros(2, 24, dtype=torch.bool)
     masks[0, :12] = True
     masks[1, 6:18] = True
-    recipe = TrainRecipe(epochs=1, batch_size=4, lr=1e-2, weight_decay=0.1, seed=3)
-    stacked = train_stacked(tiny_cnn, x, y, masks, recipe)
-    singles = [train_single(tiny_cnn, x, y, recipe, mask=masks[i], model_index=i) for i in range(2)]
+    recipe_ = recipe(epochs=1, batch_size=4, lr=1e-2, weight_decay=0.1, seed=3)
+    stacked = train_stacked(tiny_cnn, x, y, masks, recipe_)
+    singles = [train_single(tiny_cnn, x, y, recipe_, mask=masks[i], model_index=i) for i in range(2)]
     for i, model in enumerate(singles):
         assert_same_weights(stacked, i, model)
     # the two models really differ (own seeds, own data), so the comparison above can fail
@@ -65,11 +72,11 @@ def test_stacked_equals_separate_unequal_subsets_flip_smoothing():
     masks[0, :7] = True
     masks[1, 10:19] = True
     masks[2, ::5] = True
-    recipe = TrainRecipe(epochs=2, batch_size=4, lr=5e-3, label_smoothing=0.1, augment_flip=True,
-                         crop_padding=1, seed=11)
-    stacked = train_stacked(tiny_cnn, x, y, masks, recipe)
+    recipe_ = recipe(epochs=2, batch_size=4, lr=5e-3, label_smoothing=0.1, augment=("crop", "flip"), crop_padding=1,
+                     seed=11)
+    stacked = train_stacked(tiny_cnn, x, y, masks, recipe_)
     for i in range(3):
-        single = train_single(tiny_cnn, x, y, recipe, mask=masks[i], model_index=i, examples_per_epoch=9)
+        single = train_single(tiny_cnn, x, y, recipe_, mask=masks[i], model_index=i, examples_per_epoch=9)
         assert_same_weights(stacked, i, single)
         torch.testing.assert_close(predict_stacked(tiny_cnn, stacked, x, batch_size=5)[i],
                                    single(x).detach(), rtol=1e-4, atol=1e-5)
@@ -78,7 +85,7 @@ def test_stacked_equals_separate_unequal_subsets_flip_smoothing():
 def test_predict_stacked_matches_unstacked_models_and_shape():
     x, y = toy_data(n=10)
     masks = torch.ones(4, 10, dtype=torch.bool)
-    stacked = train_stacked(tiny_cnn, x, y, masks, TrainRecipe(epochs=1, batch_size=5))
+    stacked = train_stacked(tiny_cnn, x, y, masks, recipe(epochs=1, batch_size=5))
     logits = predict_stacked(tiny_cnn, stacked, x, batch_size=3)
     assert logits.shape == (4, 10, 3)
     for i, model in enumerate(unstack_models(tiny_cnn, stacked)):
@@ -94,7 +101,7 @@ def test_stacked_models_learn_an_easy_task():
     x[y == 1, :, :, 3:] += 1.0
     masks = torch.rand(3, 64, generator=g) < 0.6
     events: list[Progress] = []
-    stacked = train_stacked(tiny_cnn, x, y, masks, TrainRecipe(epochs=15, batch_size=16, lr=2e-2),
+    stacked = train_stacked(tiny_cnn, x, y, masks, recipe(epochs=15, batch_size=16, lr=2e-2),
                             progress=events.append)
     accuracy = (predict_stacked(tiny_cnn, stacked, x).argmax(-1) == y).float().mean(1)
     assert (accuracy > 0.9).all(), accuracy
@@ -106,13 +113,13 @@ def test_rejects_batchnorm_and_empty_masks():
     with pytest.raises(ValueError, match="BatchNorm"):
         train_stacked(lambda: nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(),
                                             nn.Linear(32, 3)),
-                      x, y, torch.ones(2, 8, dtype=torch.bool), TrainRecipe(epochs=1))
+                      x, y, torch.ones(2, 8, dtype=torch.bool), recipe(epochs=1))
     masks = torch.ones(2, 8, dtype=torch.bool)
     masks[1] = False
     with pytest.raises(ValueError, match=r"model\(s\) \[1\] have no training examples"):
-        train_stacked(tiny_cnn, x, y, masks, TrainRecipe(epochs=1))
-    with pytest.raises(ValueError, match="examples_per_epoch"):
-        train_single(tiny_cnn, x, y, TrainRecipe(epochs=1), examples_per_epoch=3)
+        train_stacked(tiny_cnn, x, y, masks, recipe(epochs=1))
+    with pytest.raises(ValueError, match="epoch_size"):
+        train_single(tiny_cnn, x, y, recipe(epochs=1), examples_per_epoch=3)
 
 
 def test_stacked_gradient_is_each_models_own_mean_loss_gradient():
@@ -123,26 +130,27 @@ def test_stacked_gradient_is_each_models_own_mean_loss_gradient():
     for seed in (0, 1, 2):
         torch.manual_seed(seed)
         models.append(tiny_cnn())
-    params, buffers = stack_module_state(models)
-    with torch.device("meta"):
-        base = tiny_cnn()
+    stack = StackedModels(tiny_cnn, [0, 1, 2])
     xb = torch.stack([x[:4], x[3:7], x[6:10]])  # (3, 4, 1, 6, 6): a different batch per model
     yb = torch.stack([y[:4], y[3:7], y[6:10]])
-    _per_model_losses(base, params, buffers, xb, yb, 0.1).sum().backward()
+    rows = torch.zeros_like(yb)
+    HardLabels(0.1)(stack, Batch(xb, yb, rows, TensorData(x, y), torch.Generator()))["loss"].backward()
+    params = dict(stack.named_parameters())
     for i, model in enumerate(models):
         loss = nn.functional.cross_entropy(model(xb[i]), yb[i], label_smoothing=0.1)
         grads = torch.autograd.grad(loss, list(model.parameters()))
         for (name, _), grad in zip(model.named_parameters(), grads):
-            torch.testing.assert_close(params[name].grad[i], grad, rtol=1e-4, atol=1e-6, msg=name)
+            torch.testing.assert_close(params["stacked." + name.replace(".", "__")].grad[i], grad, rtol=1e-4,
+                                       atol=1e-6, msg=name)
 
 
-def test_crop_shift_matches_the_training_loop_augmentation():
-    from pipeline.classifiers.stacked import _gather
+def test_crop_shift_moves_each_image_by_its_own_offset():
+    from pipeline.classifiers.augment import shift
 
     x = torch.zeros(3, 1, 5, 5)
     x[:, :, 2, 2] = 1.0
-    shift = torch.tensor([[0, 0], [1, 1], [2, 1]])  # offsets into the 1-pixel zero-padded image
-    out = _gather(x, torch.arange(3), None, shift, crop_padding=1)
+    offsets = torch.tensor([[0, 0], [1, 1], [2, 1]])  # (row, column) offsets into the 1-pixel zero-padded image
+    out = shift(x, offsets[:, 0], offsets[:, 1], padding=1)
     # offset (r, c) moves the centre pixel from (2, 2) to (2 + 1 - r, 2 + 1 - c)
     assert [tuple(torch.nonzero(img[0])[0].tolist()) for img in out] == [(3, 3), (2, 2), (1, 2)]
 
@@ -160,6 +168,6 @@ def test_small_resnet_is_stackable_and_shapes_fit():
     masks = torch.zeros(2, 16, dtype=torch.bool)
     masks[0, :8], masks[1, 8:] = True, True
     state = train_stacked(lambda: create_classifier(ClassifierSpec("small-resnet", num_classes=7)), x, y, masks,
-                          TrainRecipe(epochs=1, batch_size=8))
+                          recipe(epochs=1, batch_size=8))
     assert predict_stacked(lambda: create_classifier(ClassifierSpec("small-resnet", num_classes=7)), state, x).shape \
         == (2, 16, 7)

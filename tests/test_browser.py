@@ -20,6 +20,7 @@ import pytest
 
 from pipeline.caption import CaptionConfig, caption
 from pipeline.captions.captioners import CaptionerConfig
+from pipeline.captions.store import caption_store
 from pipeline.core.launch import child_env, studio_command
 from pipeline.data.datasets import DatasetConfig
 
@@ -150,7 +151,7 @@ def test_edit_a_caption_in_the_grid(studio, page):
     editor.press("Enter")
     page.get_by_role("button", name="Save 1 edit(s)").click()
     page.get_by_text("Saved 1 caption(s) as version 2.").wait_for()
-    store = project.caption_store("digits")
+    store = caption_store(project, "digits")
     assert store.head() == 2
     assert [r.caption for r in store.records().values() if r.edited_by_hand] == ["typed in a real browser"]
     assert store.history()[-1].author == "dr. grid"
@@ -158,7 +159,7 @@ def test_edit_a_caption_in_the_grid(studio, page):
 
 def test_curator_walks_20_captions_with_the_keyboard_and_approves_a_class(studio, page):
     url, project = studio
-    store = project.caption_store("digits")
+    store = caption_store(project, "digits")
     start = store.head()
     open_page(page, url, "Captions")
     curator = page.get_by_label("Curator", exact=True)

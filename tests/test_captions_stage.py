@@ -12,6 +12,7 @@ from conftest import SHARED
 from pipeline.caption import CaptionConfig, build_prompt, caption
 from pipeline.captions.captioners import Captioner, CaptionerConfig
 from pipeline.captions.formats import export_captions, import_captions
+from pipeline.captions.store import caption_store
 from pipeline.data.datasets import DatasetConfig, load_dataset
 
 
@@ -44,7 +45,7 @@ def test_classname_captioning_of_the_builtin_dataset(project):
     config = CaptionConfig(dataset=DatasetConfig(limit=40),
                            captioner=CaptionerConfig(class_template="a handwritten digit {label}"))
     result = caption(config, project)
-    store = project.caption_store(result.store)
+    store = caption_store(project, result.store)
     records = store.records()
     assert result.captioned == len(records) == 40 and result.version == 1
     record = next(r for r in records.values() if r.label == "0")
@@ -65,7 +66,7 @@ def test_crashed_run_resumes_without_redoing_work(project, image_folder):
         caption(config, project, captioner=CrashingCaptioner(crash_after=1))
     failed = project.registry().list(kind="caption")[0]
     assert failed.status == "failed"
-    store = project.caption_store("pets")
+    store = caption_store(project, "pets")
     assert store.head() == 0 and len(store.read_pending(_only_pending_key(store))) == 4
 
     second = CrashingCaptioner(crash_after=None)
@@ -84,13 +85,13 @@ def test_corrupt_image_is_skipped_and_reported(project, image_folder):
     (image_folder / "dog" / "002.png").write_bytes(b"\x89PNG broken")
     result = caption(_config(image_folder), project)
     assert list(result.corrupt) == ["dog/002.png"]
-    assert "dog/002.png" not in project.caption_store(result.store).records()
+    assert "dog/002.png" not in caption_store(project, result.store).records()
     assert result.captioned == 11
 
 
 def test_overwrite_keeps_hand_edits(project, image_folder):
     result = caption(_config(image_folder), project)
-    store = project.caption_store(result.store)
+    store = caption_store(project, result.store)
     store.edit({"cat/000.png": "a grumpy cat"}, base_version=store.head())
     caption(_config(image_folder, overwrite=True), project,
             captioner=CrashingCaptioner(crash_after=None))
@@ -119,7 +120,7 @@ def test_unknown_template_is_an_error():
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 def test_export_import_roundtrip(project, image_folder, tmp_path, fmt):
     result = caption(_config(image_folder), project)
-    store = project.caption_store(result.store)
+    store = caption_store(project, result.store)
     out = tmp_path / f"captions.{fmt}"
     assert export_captions(store, out, fmt) == 12
     if fmt == "jsonl":
@@ -144,11 +145,11 @@ def test_import_refuses_a_changed_label(project, image_folder, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"id": "cat/000.png", "caption": "x", "label": "dog"}) + "\n")
     with pytest.raises(ValueError, match="labels are never changed"):
-        import_captions(project.caption_store("s", create=True), bad, "jsonl", dataset)
+        import_captions(caption_store(project, "s", create=True), bad, "jsonl", dataset)
     unknown = tmp_path / "unknown.jsonl"
     unknown.write_text(json.dumps({"id": "cat/999.png", "caption": "x"}) + "\n")
     with pytest.raises(ValueError, match="not in dataset"):
-        import_captions(project.caption_store("s", create=True), unknown, "jsonl", dataset)
+        import_captions(caption_store(project, "s", create=True), unknown, "jsonl", dataset)
 
 
 def test_tckr_prompt_file_import_and_export(project, image_folder, tmp_path):
@@ -157,7 +158,7 @@ def test_tckr_prompt_file_import_and_export(project, image_folder, tmp_path):
     pool = {"cat": [f"cat caption {k}" for k in range(20)], "dog": [f"dog caption {k}" for k in range(20)]}
     path = tmp_path / "prompts.json"
     path.write_text(json.dumps(pool))
-    store = project.caption_store("tckr", create=True)
+    store = caption_store(project, "tckr", create=True)
     with pytest.raises(ValueError, match="per-class prompt pool"):  # captions not tied to images: ask first
         import_captions(store, path, "tckr-json", dataset)
     report = import_captions(store, path, "tckr-json", dataset, assign_in_order=True)

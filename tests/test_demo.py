@@ -13,10 +13,10 @@ from PIL import Image
 from test_studio_report import fake_metrics
 
 from pipeline.captions.prompts import pool_from_class_names
+from pipeline.classifiers.models import build_classifier
 from pipeline.classifiers.train import images_to_tensor
 from pipeline.core.common import write_json
 from pipeline.data.datasets import DatasetConfig
-from pipeline.distill import build_model
 from pipeline.generate import GenerationPlan, generate_set
 from pipeline.generators import Generator
 from pipeline.presets import quickstart_config
@@ -53,7 +53,7 @@ def finished_run(project):
     registry = project.registry()
     run = registry.create("experiment", config)
     for role, recipe in (("teacher", config.teacher), ("student", config.distill.student)):
-        torch.save(build_model(recipe, len(CLASSES)).state_dict(), run.run_dir / f"{role}.pt")
+        torch.save(build_classifier(recipe, len(CLASSES)).state_dict(), run.run_dir / f"{role}.pt")
     for k in range(2):
         generate_set(ColourGenerator({}), pool_from_class_names(CLASSES), GenerationPlan(total=6, round=k),
                      run.run_dir / "synthetic" / f"round-{k}")

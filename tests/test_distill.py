@@ -11,8 +11,10 @@ import torch
 from PIL import Image
 
 from pipeline.captions.prompts import pool_from_class_names
+from pipeline.classifiers.augment import Augment
 from pipeline.classifiers.losses import classification_loss, kd_loss
-from pipeline.classifiers.train import TrainConfig, augment_batch
+from pipeline.classifiers.train import TrainConfig
+from pipeline.data.context import DataContext
 from pipeline.data.datasets import DatasetConfig, ImageDataset, load_dataset
 from pipeline.distill import DistillConfig, train_student, train_teacher
 from pipeline.generate import GenerationPlan, generate_set
@@ -54,7 +56,7 @@ def test_mixup_loss_is_the_lambda_mix():
 def test_crop_augmentation_shifts_by_at_most_the_padding():
     x = torch.zeros(64, 1, 5, 5)
     x[:, :, 2, 2] = 1.0
-    out = augment_batch(x, TrainConfig(augment=("crop",), crop_padding=1), torch.Generator().manual_seed(0))
+    out = Augment.of(("crop",), crop_padding=1)(x, [torch.Generator().manual_seed(0)])
     positions = {tuple(torch.nonzero(img[0])[0].tolist()) for img in out}
     assert positions <= {(r, c) for r in (1, 2, 3) for c in (1, 2, 3)} and len(positions) > 3
     assert torch.all(out.sum((1, 2, 3)) == 1)
@@ -75,11 +77,11 @@ class _ClassColourGenerator:
 
 
 def test_student_never_reads_a_real_image(tmp_path: Path, monkeypatch):
-    dataset = load_dataset(DatasetConfig(limit=300))
-    split = dataset.membership()
+    data = DataContext.open(DatasetConfig(limit=300))
     recipe = TrainConfig(epochs=2, batch_size=32)
-    teacher = train_teacher(dataset, split, recipe, tmp_path)
-    assert teacher.checkpoint.exists() and teacher.metrics["train_images"] == len(split.members)
+    teacher = train_teacher(data.tensors("members"), data.tensors("validation"), recipe, 10, tmp_path)
+    assert teacher.checkpoint.exists() and teacher.metrics["train_images"] == len(data.split.members)
+    dataset = data.dataset
 
     pool = pool_from_class_names(dataset.class_names)
     rounds = [generate_set(_ClassColourGenerator(), pool, GenerationPlan(total=60, round=k), tmp_path / f"r{k}")
@@ -95,13 +97,13 @@ def test_student_never_reads_a_real_image(tmp_path: Path, monkeypatch):
     seen_rounds = []
     import pipeline.distill as distill
 
-    original = distill.fit_classifier
+    original = distill.fit
 
     def spy(model, data_for_epoch, *args, **kwargs):
         seen_rounds.extend(id(data_for_epoch(e)) for e in range(4))
         return original(model, data_for_epoch, *args, **kwargs)
 
-    monkeypatch.setattr(distill, "fit_classifier", spy)
+    monkeypatch.setattr(distill, "fit", spy)
     student = train_student(teacher.model, rounds, DistillConfig(student=TrainConfig(epochs=4, batch_size=32),
                                                                  regen_every=2), 10, tmp_path)
     assert student.metrics["synthetic_images"] == 120 and student.checkpoint.exists()
@@ -117,11 +119,11 @@ def test_train_student_signature_takes_no_real_data():
 
 
 def test_teacher_training_resumes_from_its_checkpoint(tmp_path: Path):
-    dataset = load_dataset(DatasetConfig(limit=200))
-    split = dataset.membership()
-    first = train_teacher(dataset, split, TrainConfig(epochs=2, batch_size=32), tmp_path)
+    data = DataContext.open(DatasetConfig(limit=200))
+    members, val = data.tensors("members"), data.tensors("validation")
+    first = train_teacher(members, val, TrainConfig(epochs=2, batch_size=32), 10, tmp_path)
     assert first.train.epochs_run == 2
-    again = train_teacher(dataset, split, TrainConfig(epochs=3, batch_size=32), tmp_path)
+    again = train_teacher(members, val, TrainConfig(epochs=3, batch_size=32), 10, tmp_path)
     assert again.train.epochs_run == 3 and len(again.train.history) == 3
     assert again.train.history[:2] == first.train.history
 

@@ -124,16 +124,22 @@ def test_the_example_config_in_assets_is_the_quickstart():
 
 
 def test_pipeline_shadows_rerun_the_pipeline_and_their_students_read_no_real_image(project, monkeypatch):
-    import pipeline.audit as audit_stage
+    import pipeline.replay as replay
+    from pipeline.data.context import DataContext
     from pipeline.data.datasets import ImageDataset
 
-    original_student, original_iter = audit_stage.train_student, ImageDataset.iter_images
+    original_student, original_iter = replay.train_student, ImageDataset.iter_images
+    original_tensors = DataContext.tensors
     calls = {"student": 0}
     in_student = [False]
 
     def guarded_iter(self, *args, **kwargs):
         assert not in_student[0], "a shadow student touched a real image"
         return original_iter(self, *args, **kwargs)
+
+    def guarded_tensors(self, *args, **kwargs):
+        assert not in_student[0], "a shadow student read real images"
+        return original_tensors(self, *args, **kwargs)
 
     def spy_student(*args, **kwargs):
         calls["student"] += 1
@@ -144,7 +150,8 @@ def test_pipeline_shadows_rerun_the_pipeline_and_their_students_read_no_real_ima
             in_student[0] = False
 
     monkeypatch.setattr(ImageDataset, "iter_images", guarded_iter)
-    monkeypatch.setattr(audit_stage, "train_student", spy_student)
+    monkeypatch.setattr(DataContext, "tensors", guarded_tensors)
+    monkeypatch.setattr(replay, "train_student", spy_student)
     result = run_experiment(tiny_config(), project)
     assert calls["student"] == 2  # one shadow student per pipeline shadow
     shadows = result.metrics["audit"]["shadows"]["pipeline"]

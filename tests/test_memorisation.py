@@ -64,10 +64,12 @@ def test_the_copy_gate_redraws_flagged_images_and_keeps_the_set_whole(project):
     import json
     from dataclasses import replace
 
-    from pipeline.data.datasets import DatasetConfig, load_dataset
-    from pipeline.distill import build_model
-    from pipeline.experiment import ExperimentConfig, _copy_gate
-    from pipeline.finetune import FinetuneConfig, finetune
+    from pipeline.classifiers.models import build_classifier
+    from pipeline.data.context import DataContext
+    from pipeline.data.datasets import DatasetConfig
+    from pipeline.experiment import ExperimentConfig
+    from pipeline.fidelity import copy_gate
+    from pipeline.finetune import FinetuneConfig, finetune, load_generator
     from pipeline.generate import GenerateConfig, synthesize
 
     data = DatasetConfig(limit=40)
@@ -76,12 +78,13 @@ def test_the_copy_gate_redraws_flagged_images_and_keeps_the_set_whole(project):
     generator = finetune(FinetuneConfig(dataset=data, options=tiny), project).generator_dir
     made = synthesize(GenerateConfig(generator=str(generator), dataset=data, num_images=20,
                                      out_dir=str(project.root / "round-0")), project)
-    dataset = load_dataset(data)
+    context = DataContext.open(data)
     config = ExperimentConfig(dataset=data, copy_gate=2,
                               memorisation=replace(ExperimentConfig().memorisation, copy_quantile=0.9))
-    teacher = build_model(config.teacher, len(dataset.class_names))
+    teacher = build_classifier(config.teacher, context.num_classes)
     before = {i.index: i for i in made.synthetic.items}
-    (gated,), report = _copy_gate(teacher, dataset, dataset.membership(), [made.synthetic], generator, config)
+    (gated,), report = copy_gate(teacher, context, [made.synthetic], load_generator(generator),
+                                 config.teacher.image_size, config.memorisation, config.copy_gate)
     first = report["rounds"][0]
     assert first["flagged"] > 0 and first["redrawn"] >= first["flagged"]  # a generous threshold flags many
     assert first["still_flagged"] <= first["flagged"] and report["attempts"] == 2

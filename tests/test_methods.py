@@ -74,7 +74,8 @@ def test_activation_maximisation_raises_the_target_logit_within_its_priors():
 def test_an_online_teacher_labels_every_batch_as_the_student_sees_it():
     """With a teacher, the KD targets are the teacher's on the (augmented, mixed) batch: stored logits
     that contradict it are ignored, and the student ends up agreeing with the teacher on fresh images."""
-    from pipeline.classifiers.train import fit_classifier
+    from pipeline.classifiers.objectives import OnlineTeacher, SoftLabels
+    from pipeline.classifiers.train import fit
 
     teacher, data = linear_teacher(), toy_data(n=256)
     gen = torch.Generator().manual_seed(3)
@@ -82,14 +83,14 @@ def test_an_online_teacher_labels_every_batch_as_the_student_sees_it():
     fresh = torch.rand((512, *SHAPE), generator=gen)
     recipe = TrainConfig(epochs=30, batch_size=32, lr=1e-2, device="cpu", augment=("crop",))
 
-    def agreement(**online) -> float:
+    def agreement(objective) -> float:
         torch.manual_seed(0)
         student = nn.Sequential(nn.Flatten(), nn.Linear(3 * 6 * 6, 4))
-        fit_classifier(student, lambda _: wrong, recipe, **online)
+        fit(student, wrong, objective, recipe)
         with torch.no_grad():
             return float((student(fresh).argmax(1) == teacher(fresh).argmax(1)).float().mean())
 
-    online, stored = agreement(teacher=teacher, teacher_mixup=True), agreement()
+    online, stored = agreement(OnlineTeacher(teacher, mixup=True)), agreement(SoftLabels())
     assert online > 0.85 > 0.5 > stored, (online, stored)
 
 
@@ -152,31 +153,30 @@ class _Spy(TransferMethod):
 
     def train(self, context: MethodContext, out_dir: Path, progress) -> MethodResult:
         _Spy.seen.append((self.reads, context.real))
-        from pipeline.distill import build_model
+        from pipeline.classifiers.models import build_classifier
+        from pipeline.core import checkpoints
 
-        model = build_model(context.student_recipe, context.num_classes)
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), Path(out_dir) / "model.pt")
+        model = build_classifier(context.student_recipe, context.num_classes)
+        checkpoints.save(Path(out_dir) / "model.pt", model.state_dict())
         return MethodResult(model, Path(out_dir) / "model.pt", {})
 
 
 def test_the_experiment_gives_real_images_only_to_methods_that_declare_them(project, monkeypatch):
-    from types import SimpleNamespace
-
     from test_experiment import tiny_config
 
     from pipeline import experiment
-    from pipeline.data.datasets import DatasetConfig, load_dataset
-    from pipeline.distill import build_model
+    from pipeline.classifiers.models import build_classifier
+    from pipeline.core.cluster import SINGLE
+    from pipeline.data.context import DataContext
+    from pipeline.data.datasets import DatasetConfig
 
     config = replace(tiny_config(), dataset=DatasetConfig(limit=60), methods=(("am", {}), ("bss", {})))
     monkeypatch.setattr(experiment, "create_method", lambda name, options: _Spy(reads=name == "bss"))
-    dataset = load_dataset(config.dataset)
-    registry = project.registry()
-    run = registry.create("experiment", config)
-    teacher = SimpleNamespace(model=build_model(config.teacher, 10))
-    trained = experiment._train_methods(config, registry, run, teacher, [], dataset, dataset.membership(), 10, {},
-                                        [], lambda _: None)
-    assert set(trained) == {"spy-False", "spy-True"}
+    data = DataContext.open(config.dataset)
+    run = project.registry().create("experiment", config)
+    steps = experiment._Steps(config, project, data, run, lambda _: None, SINGLE)
+    teacher = experiment._Tested("teacher", build_classifier(config.teacher, 10), config.teacher, "", {}, {})
+    trained = steps.methods(teacher, [])
+    assert {m.name for m in trained} == {"spy-False", "spy-True"}
     seen = dict(_Spy.seen)
-    assert seen[False] is None and len(seen[True].members) == len(dataset.membership().members)
+    assert seen[False] is None and len(seen[True].members) == len(data.split.members)

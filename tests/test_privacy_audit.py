@@ -131,13 +131,16 @@ def test_shadows_train_with_the_targets_recipe_size_and_early_stopping(monkeypat
     """Pretrained weights, early stopping on a carve-out of the shadow's own out-data, the member-set size."""
     seen = []
 
-    def fake_fit(model, data_for_epoch, config, val=None, *args, **kwargs):
-        seen.append((config, len(data_for_epoch(0)), None if val is None else len(val)))
+    def fake_fit(model, data, objective, config, *, val=None, **kwargs):
+        seen.append((config, len(data), None if val is None else len(val)))
+
+    import pipeline.classifiers.models as models
 
     built = []
-    monkeypatch.setattr(sh, "fit_classifier", fake_fit)
-    real_create = sh.create_classifier
-    monkeypatch.setattr(sh, "create_classifier", lambda spec: built.append(spec) or real_create(replace(spec, pretrained=False)))
+    monkeypatch.setattr(sh, "fit", fake_fit)
+    real_create = models.create_classifier
+    monkeypatch.setattr(models, "create_classifier",
+                        lambda spec: built.append(spec) or real_create(replace(spec, pretrained=False)))
     target = replace(RECIPE, pretrained=True, patience=2, image_size=None)
     data, z = _toy(), _toy(10)
     shadow_in = assign_shadows(64, 2, size=40, seed=0)

@@ -14,6 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 from pipeline.caption import CaptionConfig, caption
 from pipeline.captions.captioners import CaptionerConfig
+from pipeline.captions.store import caption_store
 from pipeline.data.datasets import DatasetConfig
 from studio.shared import CURATOR
 
@@ -70,7 +71,7 @@ def test_edit_and_save_lands_in_the_store(captioned):
     first_id = at.data_editor[0].value["id"].iloc[0]
     at.button(key="cap_save").click().run()
     assert "Saved 1 caption(s) as version 2." in texts(at.success)
-    store = captioned.caption_store("digits")
+    store = caption_store(captioned, "digits")
     assert store.head() == 2
     assert store.get(first_id).caption == "a crooked seven"
     assert store.get(first_id).edited_by_hand
@@ -83,7 +84,7 @@ def test_stale_save_of_the_same_caption_shows_the_conflict(captioned):
     edit(tab_b, {0: {"caption": "saved second"}}).button(key="cap_save").click().run()
     assert any("your edit is based on version 1, but version 2 already changed" in e for e in texts(tab_b.error))
     assert any("Version 2 was saved after version 1" in w for w in texts(tab_b.warning))
-    store = captioned.caption_store("digits")
+    store = caption_store(captioned, "digits")
     assert store.head() == 2  # nothing overwritten
     first_id = tab_a.data_editor[0].value["id"].iloc[0]
     assert store.get(first_id).caption == "saved first"
@@ -94,7 +95,7 @@ def test_stale_save_of_another_caption_is_merged(captioned):
     edit(tab_a, {0: {"caption": "edited in tab A"}}).button(key="cap_save").click().run()
     edit(tab_b, {1: {"caption": "edited in tab B"}}).button(key="cap_save").click().run()
     assert not tab_b.error
-    store = captioned.caption_store("digits")
+    store = caption_store(captioned, "digits")
     ids = tab_a.data_editor[0].value["id"]
     assert store.get(ids.iloc[0]).caption == "edited in tab A"
     assert store.get(ids.iloc[1]).caption == "edited in tab B"
@@ -108,9 +109,9 @@ def test_find_replace_preview_then_apply(captioned):
     at.button(key="fr_preview").click().run()
     preview = tables(at)[0]
     assert len(preview) == 40 and preview["after"].iloc[0].startswith("a hand-drawn digit")
-    assert captioned.caption_store("digits").head() == 1  # a preview writes nothing
+    assert caption_store(captioned, "digits").head() == 1  # a preview writes nothing
     at.button(key="fr_apply").click().run()
-    store = captioned.caption_store("digits")
+    store = caption_store(captioned, "digits")
     assert store.head() == 2
     assert all(r.caption.startswith("a hand-drawn digit") for r in store.records().values())
     assert "find 'handwritten'" in store.history()[-1].message
@@ -133,7 +134,7 @@ def test_recaption_selected_rows(captioned):
     at.text_input(key="rc_template_digits").input("a scan of the digit {label}").run()
     at.button(key="rc_run").click().run()
     assert not at.error, texts(at.error)
-    store = captioned.caption_store("digits")
+    store = caption_store(captioned, "digits")
     assert store.head() == 2
     assert [store.get(i).caption.startswith("a scan of the digit") for i in ids] == [True, True]
     assert sum(r.caption.startswith("a scan") for r in store.records().values()) == 2
@@ -154,7 +155,7 @@ def test_statistics_and_history_with_rollback(captioned):
     at.selectbox(key="hist_target").set_value(1).run()
     at.checkbox(key="hist_sure").check().run()
     at.button(key="hist_rollback").click().run()
-    store = captioned.caption_store("digits")
+    store = caption_store(captioned, "digits")
     assert store.head() == 3 and store.records(3) == store.records(1)
     assert "Version 3 restores the captions of version 1." in texts(at.success)
 
@@ -212,7 +213,7 @@ def png_size(uri_or_bytes: str | bytes) -> tuple[int, int]:
 
 def test_viewer_steps_through_the_filtered_captions_and_pages_follow(captioned):
     at = viewer(studio())
-    ids = sorted(captioned.caption_store("digits").records())
+    ids = sorted(caption_store(captioned, "digits").records())
     assert shown(at) == ids[0] and caption_box(at).value.startswith("a handwritten digit")
     assert at.button(key="view_prev").disabled
     (image,) = at.get("image")
@@ -244,7 +245,7 @@ def test_viewer_save_records_the_curator_as_author(captioned):
     caption_box(at).input("a seven with a bar").run()
     at.button(key="view_save").click().run()
     assert f"Saved the caption of {image_id} as version 2." in texts(at.success)
-    store = captioned.caption_store("digits")
+    store = caption_store(captioned, "digits")
     record = store.get(image_id)
     assert (record.caption, record.status, record.curator) == ("a seven with a bar", "edited", "dr. ng")
     assert store.history()[-1].author == "dr. ng"
@@ -258,14 +259,14 @@ def test_viewer_save_is_conflict_checked(captioned):
     caption_box(tab_b).input("saved second").run()
     tab_b.button(key="view_save").click().run()
     assert any("already changed" in e for e in texts(tab_b.error))
-    assert captioned.caption_store("digits").get(shown(tab_a)).caption == "saved first"
+    assert caption_store(captioned, "digits").get(shown(tab_a)).caption == "saved first"
 
 
 def test_mark_reviewed_keeps_the_text_and_moves_on(captioned):
     at = viewer(studio(curator="bob"))
     first = shown(at)
     at.button(key="view_review").click().run()
-    store = captioned.caption_store("digits")
+    store = caption_store(captioned, "digits")
     record = store.get(first)
     assert (record.status, record.curator, record.caption) == ("reviewed", "bob", "a handwritten digit "
                                                                                    f"{record.label}")
@@ -285,7 +286,7 @@ def test_moving_on_with_an_unsaved_change_is_refused(captioned):
     caption_box(at).input("not saved yet").run()
     at.button(key="view_next").click().run()
     assert shown(at) == first and any("Unsaved change" in w for w in texts(at.warning))
-    assert captioned.caption_store("digits").head() == 1
+    assert caption_store(captioned, "digits").head() == 1
 
 
 def test_saving_asks_for_the_curator_first(captioned):
@@ -293,7 +294,7 @@ def test_saving_asks_for_the_curator_first(captioned):
     assert any("Type your name under **Curator**" in i for i in texts(at.info))
     at.button(key="cap_save").click().run()
     assert any("Type your name under **Curator**" in e for e in texts(at.error))
-    store = captioned.caption_store("digits")
+    store = caption_store(captioned, "digits")
     assert store.head() == 1  # nothing saved without a name
     at.text_input(key="cap_curator").input("ann").run()
     edit(at, {0: {"caption": "who wrote this"}}).button(key="cap_save").click().run()
@@ -339,7 +340,7 @@ def test_approve_class_and_review_progress(captioned):
     assert at.button(key="rv_approve").label == f"Approve {n} caption(s) of class 3"
     at.button(key="rv_approve").click().run()
     assert f"Approved {n} caption(s) of class 3 as reviewed by ann: version 2." in texts(at.success)
-    store = captioned.caption_store("digits")
+    store = caption_store(captioned, "digits")
     assert store.head() == 2 and store.history()[-1].changed == n
     assert {r.label for r in store.records().values() if r.reviewed} == {"3"}
     progress = tables(at)[0].set_index("class")
@@ -367,7 +368,7 @@ def test_viewer_images_fit_the_panel_or_keep_every_pixel(captioned):
     from studio import shared
 
     key = shared.dataset_key(DatasetConfig(limit=40))
-    image_id = sorted(captioned.caption_store("digits").records())[0]
+    image_id = sorted(caption_store(captioned, "digits").records())[0]
     fitted, full = shared.viewer_image(key, image_id, False), shared.viewer_image(key, image_id, True)
     assert (fitted.size, fitted.width, png_size(fitted.png)) == ((8, 8), 768, (768, 768))  # 96x, crisp
     assert (full.width, png_size(full.png)) == (8, (8, 8))

@@ -142,9 +142,10 @@ def test_nearest_real_images_tab_shows_each_synthetic_image_with_its_neighbours(
     """Issue 11.4: the memorisation audit's per-image neighbours, synthetic | member | non-member."""
     import json
 
-    from pipeline.data.datasets import load_dataset
-    from pipeline.distill import build_model
-    from pipeline.experiment import ExperimentConfig, _round_memorisation
+    from pipeline.classifiers.models import build_classifier
+    from pipeline.data.context import DataContext
+    from pipeline.experiment import ExperimentConfig
+    from pipeline.fidelity import round_memorisation
     from pipeline.generate import GenerateConfig, synthesize
 
     project, _, generator_dir = trained
@@ -152,9 +153,11 @@ def test_nearest_real_images_tab_shows_each_synthetic_image_with_its_neighbours(
     record = project.registry().create("experiment", config)
     made = synthesize(GenerateConfig(generator=str(generator_dir), dataset=DIGITS, num_images=10,
                                      out_dir=str(record.run_dir / "synthetic" / "round-0")), project)
-    dataset = load_dataset(DIGITS)
-    teacher = build_model(config.teacher, len(dataset.class_names))  # untrained: any feature space will do
-    memorisation = _round_memorisation(teacher, dataset, dataset.membership(), [made.synthetic], config)
+    data = DataContext.open(DIGITS)
+    dataset = data.dataset
+    teacher = build_classifier(config.teacher, data.num_classes)  # untrained: any feature space will do
+    memorisation = round_memorisation(teacher, data, [made.synthetic], config.teacher.image_size,
+                                      config.memorisation)
     with project.registry().track(record.id):
         pass
     assert memorisation["rounds"][0]["pixels"]["images"] == 10

@@ -113,7 +113,7 @@ def test_form_builds_the_config_and_starts_the_run(env, monkeypatch):
     at.number_input(key="run_shadows").set_value(4)
     at.number_input(key="run_rounds").set_value(1)
     at.number_input(key="run_gen_steps_scratch").set_value(10)
-    at.selectbox(key="run_preset").set_value("tiny (smoke test)")
+    at.selectbox(key="run_size_scratch").set_value("tiny (smoke test)")
     at.multiselect(key="run_methods").set_value(["am", "dp-sgd ε=1"])
     at.number_input(key="run_gate").set_value(2)
     at.run()
@@ -347,7 +347,7 @@ def test_clone_fills_the_form_and_starts_the_same_config(env, started):
     at.button(key="run_clone").click().run()
     assert not at.exception and any("Cloned run" in s.value for s in at.success)
     assert at.number_input(key="run_teacher_epochs").value == 3 and at.selectbox(key="run_student").value == "small-cnn"
-    assert at.selectbox(key="run_preset").value == "tiny (smoke test)"
+    assert at.selectbox(key="run_size_scratch").value == "tiny (smoke test)"
     assert json.loads(at.text_input(key="run_extra_scratch").value) == {"checkpoint_every": 5, "guidance_scale": 3.0}
     assert any(f"a clone of run {run.id}" in i.value for i in at.info)
     at.number_input(key="run_rounds").set_value(2).run()  # what the user changes before starting

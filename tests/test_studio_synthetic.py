@@ -15,10 +15,10 @@ from audited_run import audited_run
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from pipeline.classifiers.models import build_classifier
 from pipeline.classifiers.train import TrainConfig, images_to_tensor
 from pipeline.core.common import from_dict
 from pipeline.data.datasets import load_dataset
-from pipeline.distill import build_model
 from pipeline.views import synthetic_set
 from pipeline.views.synthetic_set import Neighbour, SyntheticFilter, SyntheticImage
 
@@ -85,7 +85,7 @@ def test_teacher_labels_are_the_teachers_argmax(run):
     project, run_id, view = run
     run_dir = project.runs_dir / run_id
     recipe = from_dict(TrainConfig, project.registry().get(run_id).config["teacher"])
-    teacher = build_model(recipe, 10)
+    teacher = build_classifier(recipe, 10)
     teacher.load_state_dict(torch.load(run_dir / "teacher.pt", map_location="cpu"))
     x = images_to_tensor([Image.open(im.path) for im in view.images], recipe.image_size)
     with torch.no_grad():

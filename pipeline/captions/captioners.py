@@ -25,6 +25,7 @@ from PIL import Image
 
 from ..core.common import resolve_device, resolve_dtype
 from ..core.registry import Registry
+from .templates import DEFAULT_CLASS_TEMPLATE
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +38,11 @@ class CaptionerConfig:
     model: str | None = None  # hub id or local dir (blip/blip2); None = the captioner's default id
     batch_size: int = 16  # images per forward pass
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
-    dtype: str = "auto"  # "auto" (fp16 on CUDA, fp32 on CPU) | float32 | float16 | bfloat16
+    dtype: str = "auto"  # "auto" (the precision policy: bf16 on CUDA, fp32 on CPU) | float32 | float16 | bfloat16
     max_new_tokens: int = 30  # caption length cap
     num_beams: int = 1  # beam search width
     prompt: str | None = None  # conditional prefix: BLIP "a picture of", BLIP-2 "Question: ... Answer:"
-    class_template: str = "a photo of a {label}"  # classname captioner: caption made from the class name
+    class_template: str = DEFAULT_CLASS_TEMPLATE  # classname captioner: caption made from the class name
 
     def __post_init__(self) -> None:
         for field_name in ("batch_size", "max_new_tokens", "num_beams"):

@@ -10,28 +10,10 @@ from pathlib import Path
 from ..core.project import Project
 from ..data.datasets import ImageDataset
 from .formats import READERS, read_prompt_pool, read_text_file, split_labelled_line
+from .store import caption_store
+from .templates import DEFAULT_CLASS_TEMPLATE, DEFAULT_TEMPLATE, TEMPLATES, build_prompt  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
-
-# TCKR's prompt variants (Sec. 4.3): class name only, caption only, and "class: caption" (default)
-TEMPLATES = {"class": "{label}", "caption": "{caption}", "class_caption": "{label}: {caption}"}
-DEFAULT_TEMPLATE = "class_caption"
-
-
-def build_prompt(label: str, caption: str, template: str = DEFAULT_TEMPLATE) -> str:
-    """A generation prompt from a class name and a caption.
-
-    ``template`` is a name from :data:`TEMPLATES` or a format string using ``{label}`` and/or
-    ``{caption}``.
-    """
-    fmt = TEMPLATES.get(template, template)
-    if "{label}" not in fmt and "{caption}" not in fmt:
-        raise ValueError(
-            f"unknown prompt template {template!r}; use one of {', '.join(TEMPLATES)} "
-            "or a format string with {label} and/or {caption}"
-        )
-    return fmt.format(label=label, caption=caption)
-
 
 @dataclass(frozen=True)
 class PromptPool:
@@ -50,7 +32,7 @@ class PromptPool:
 def pool_from_store(project: Project, store_name: str, dataset: ImageDataset, ids: set[str] | None = None,
                     version: int | None = None, template: str = DEFAULT_TEMPLATE) -> PromptPool:
     """Prompts from a caption store, restricted to ``ids`` (e.g. the MIA members)."""
-    store = project.caption_store(store_name)
+    store = caption_store(project, store_name)
     version = store.head() if version is None else version
     records = store.records(version)
     prompts: list[list[str]] = [[] for _ in dataset.class_names]
@@ -146,7 +128,7 @@ def _read_labelled_lines(path: Path, class_names: list[str]) -> dict[str, list[s
     return pools
 
 
-def pool_from_class_names(class_names: list[str], template: str = "a photo of a {label}") -> PromptPool:
+def pool_from_class_names(class_names: list[str], template: str = DEFAULT_CLASS_TEMPLATE) -> PromptPool:
     """One prompt per class made from its name (TCKR's class-name-only ablation)."""
     return PromptPool(tuple(class_names), tuple((template.format(label=c),) for c in class_names),
                       "classnames")

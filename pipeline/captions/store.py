@@ -27,6 +27,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.common import atomic_write_text
+from ..core.project import Project
 
 logger = logging.getLogger(__name__)
 
@@ -395,3 +397,15 @@ def list_stores(captions_dir: Path) -> list[str]:
     if not Path(captions_dir).is_dir():
         return []
     return sorted(p.name for p in Path(captions_dir).iterdir() if (p / "HEAD").exists())
+
+
+def caption_store(project: Project, name: str, create: bool = False) -> CaptionStore:
+    """The project's caption store ``name`` (``<project>/captions/<name>``); ``create`` makes a new one."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise ValueError(f"invalid caption store name {name!r}: use letters, digits, '.', '_' or '-'")
+    return CaptionStore.open(project.captions_dir / name, create=create)
+
+
+def caption_stores(project: Project) -> list[str]:
+    """Names of the project's caption stores."""
+    return list_stores(project.captions_dir)

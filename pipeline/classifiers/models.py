@@ -5,11 +5,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from ..core import checkpoints
+from ..core.common import seed_everything
 from ..core.registry import Registry, UnknownNameError
+
+if TYPE_CHECKING:
+    from .train import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +32,7 @@ class ClassifierSpec:
 
 
 CLASSIFIERS: Registry[Callable[[ClassifierSpec], nn.Module]] = Registry("classifier")
+ModelFactory = Callable[[], nn.Module]
 
 
 class TinyCNN(nn.Module):
@@ -148,3 +156,37 @@ def vmap_compatible(model: nn.Module) -> bool:
                 continue
             return False
     return True
+
+
+def classifier_names() -> list[str]:
+    """The registered classifiers (any timm model name is accepted besides them)."""
+    return CLASSIFIERS.names()
+
+
+def build_classifier(recipe: TrainConfig, num_classes: int, in_chans: int = 3) -> nn.Module:
+    """A fresh classifier of ``recipe.model`` whose initial weights come from ``recipe.seed`` (python,
+    numpy and torch seeded from it, as every training of the product starts)."""
+    seed_everything(recipe.seed)
+    return create_classifier(ClassifierSpec(recipe.model, num_classes, in_chans, recipe.pretrained))
+
+
+def seeded_model(factory: ModelFactory, seed: int) -> nn.Module:
+    """``factory()`` with its initial weights drawn from ``seed``, torch's global stream left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = factory()
+    return model.train()
+
+
+def load_classifier(path: Path, recipe: TrainConfig, num_classes: int, private: bool = False) -> nn.Module:
+    """A trained classifier saved by the product (``*.pt``: its state dict), in eval mode on the CPU.
+    ``private``: the architecture as DP-SGD trained it (BatchNorm swapped by Opacus' validator)."""
+    from dataclasses import replace
+
+    model = build_classifier(replace(recipe, pretrained=False), num_classes)  # the weights come from the file
+    if private:
+        from opacus.validators import ModuleValidator
+
+        model = ModuleValidator.fix(model)
+    model.load_state_dict(checkpoints.load(path))
+    return model.eval()

@@ -1,40 +1,47 @@
-"""Classifier training shared by the teacher, the student and sequential shadow models.
+"""The one classifier training loop: teacher, students of every method, shadows (one at a time or
+vmap-stacked), CAS and DP-SGD all train through :func:`fit`.
 
-AdamW with a per-step cosine schedule, label smoothing, TCKR's augmentations (random crop, flip,
-AugMix; MixUp for hard labels), AMP on CUDA, early stopping on a validation set, a checkpoint after
-every epoch and resume from it.
+The loop owns batching (:class:`~.batches.Sampler`), augmentation (:class:`~.augment.Augment`), the
+AdamW optimiser with a per-step cosine schedule, the precision policy (:mod:`pipeline.core.precision`),
+divergence checks, validation with early stopping, a checkpoint after every epoch (resumed from when
+it exists) and progress events. What differs between trainings is a plug-in:
+
+- the *objective* (:mod:`.objectives`): hard labels, stored soft labels, an online teacher, or a
+  method's own loss (boundary samples);
+- the *model*: one ``nn.Module`` or a :class:`~.stacked.StackedModels` with a stacked sampler;
+- a *privacy wrapper* (``methods/dp.py``): Opacus' DP-SGD wraps the model, optimiser and sampler.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
+from ..core import checkpoints
 from ..core.common import Progress, ProgressFn, check_loss, no_progress, resolve_device
-from .losses import classification_loss, kd_loss
+from ..core.precision import autocast
+from ..data.tensors import TensorData, images_to_tensor  # noqa: F401  (images_to_tensor: re-exported)
+from .augment import AUGMENTATIONS, Augment
+from .batches import Sampler
+from .objectives import Batch, Objective
 
 logger = logging.getLogger(__name__)
-
-AUGMENTATIONS = ("crop", "flip", "augmix", "mixup")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """One classifier training recipe (teacher, student and shadows share it)."""
 
-    model: str = "tiny-cnn"  # classifier name: tiny-cnn | small-cnn | any timm model
+    model: str = "tiny-cnn"  # classifier name: tiny-cnn | small-cnn | small-resnet | any timm model
     pretrained: bool = False  # timm pretrained weights (needs the Hub or a local cache)
     image_size: int | None = None  # resize inputs to this side (None: keep the dataset's size)
     epochs: int = 30  # passes over the training data
@@ -45,7 +52,7 @@ class TrainConfig:
     augment: tuple[str, ...] = ("crop",)  # of crop, flip, augmix, mixup (flip is wrong for digits)
     crop_padding: int = 1  # random crop: pad this many pixels, crop back (random shift)
     patience: int | None = None  # early stopping: epochs without validation gain (None: off)
-    amp: bool = True  # bfloat16 autocast on CUDA
+    amp: bool = True  # mixed precision by the product's policy (bfloat16 autocast on CUDA)
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 0  # weights, data order and augmentation
 
@@ -68,19 +75,6 @@ class TrainConfig:
 
 
 @dataclass
-class TensorData:
-    """Images as float tensors in [0, 1] (N, C, H, W), hard labels (N,), optional teacher logits (N, K)."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-    teacher_logits: torch.Tensor | None = None
-    ids: list[str] | None = None  # image ids of the rows, for real images
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-
-@dataclass
 class TrainResult:
     model: nn.Module
     history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
@@ -89,43 +83,21 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def images_to_tensor(images: list[Image.Image], size: int | None = None) -> torch.Tensor:
-    """PIL images -> float tensor (N, 3, H, W) in [0, 1]; resized to ``size`` if given."""
-    arrays = []
-    for image in images:
-        image = image.convert("RGB")
-        if size is not None and image.size != (size, size):
-            image = image.resize((size, size), Image.BICUBIC)
-        arrays.append(np.asarray(image, dtype=np.uint8))
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
+class PrivacyWrapper(Protocol):
+    """Replaces the model, optimiser and sampler for private training (see ``methods/dp.py``)."""
+
+    def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer, n_rows: int, config: TrainConfig
+             ) -> tuple[nn.Module, torch.optim.Optimizer, Sampler]: ...
+
+    def epoch_info(self) -> dict[str, float]: ...
 
 
-def augment_batch(x: torch.Tensor, config: TrainConfig, gen: torch.Generator) -> torch.Tensor:
-    """Random shift (pad + crop), horizontal flip and AugMix on a batch, per image."""
-    if "augmix" in config.augment:
-        from torchvision.transforms import v2
-
-        augmix = v2.AugMix()
-        x = torch.stack([augmix((img * 255).to(torch.uint8)).float() / 255 for img in x])
-    if "crop" in config.augment and config.crop_padding > 0:
-        p = config.crop_padding
-        n, _, h, w = x.shape
-        padded = F.pad(x, (p, p, p, p))
-        dx = torch.randint(0, 2 * p + 1, (n,), generator=gen)
-        dy = torch.randint(0, 2 * p + 1, (n,), generator=gen)
-        rows = (dy[:, None] + torch.arange(h)[None, :])  # (n, h)
-        cols = (dx[:, None] + torch.arange(w)[None, :])  # (n, w)
-        x = padded[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None],
-                   rows[:, None, :, None], cols[:, None, None, :]]
-    if "flip" in config.augment:
-        flip = torch.rand(len(x), generator=gen) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    return x
+DataFn = Callable[[int], TensorData]
 
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512, device: str = "auto") -> torch.Tensor:
-    """Logits (N, K) on the CPU for images (N, C, H, W)."""
+    """Logits (N, K) on the CPU for images (N, C, H, W), in large no-grad batches."""
     device = resolve_device(device)
     model = model.to(device).eval()
     out = [model(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
@@ -150,143 +122,159 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch
         optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
 
 
-def fit_classifier(
-    model: nn.Module,
-    data_for_epoch: Callable[[int], TensorData],
-    config: TrainConfig,
-    val: TensorData | None = None,
-    checkpoint: Path | None = None,
-    progress: ProgressFn = no_progress,
-    stage: str = "train",
-    kd_temperature: float = 4.0,
-    kd_alpha: float = 1.0,
-    teacher: nn.Module | None = None,
-    teacher_mixup: bool = False,
-) -> TrainResult:
-    """Train ``model``; epoch e uses ``data_for_epoch(e)`` (lets the student switch synthetic rounds).
+def optimizer_step(optimizer: torch.optim.Optimizer, scheduler: Any, loss: torch.Tensor) -> None:
+    """Back-propagate ``loss`` and take one optimiser and schedule step: the only place in the product
+    where a classifier's weights change."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
 
-    Data with ``teacher_logits`` is trained with :func:`~pipeline.classifiers.losses.kd_loss`, otherwise with
-    cross-entropy (plus MixUp if asked). With a ``teacher`` (eval mode) the KD targets come from it on
-    each batch as the student sees it (augmented, and with ``teacher_mixup`` mixed pairwise with a
-    uniform weight): the teacher labels every image the student trains on, not only the stored ones.
-    ``checkpoint`` is a file rewritten after every epoch; if it exists, training resumes from it.
-    """
-    # 1. set up model, optimiser and schedule
-    device = resolve_device(config.device)
-    gen = torch.Generator().manual_seed(config.seed)
-    model = model.to(device)
-    if teacher is not None:
-        teacher = teacher.to(device).eval()
-    first = data_for_epoch(0)
-    steps_per_epoch = max(1, math.ceil(len(first) / config.batch_size))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    total = config.epochs * steps_per_epoch
-    scheduler = cosine_schedule(optimizer, total)
-    result = TrainResult(model)
-    best_score, best_state, start_epoch, stale, resumed_seconds = -1.0, None, 0, 0, 0.0
 
-    # 2. resume from the checkpoint if there is one
-    if checkpoint is not None and Path(checkpoint).exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
-        start_epoch, result.history = state["epoch"] + 1, state["history"]
-        best_score, best_state, stale = state["best_score"], state["best_state"], state["stale"]
-        result.best_epoch = state["best_epoch"]
-        if "torch_rng" in state:  # dropout draws from the global stream: resume it where it was
-            torch.set_rng_state(state["torch_rng"])
-        resumed_seconds = state.get("seconds", 0.0)
-        if config.patience is not None and stale > config.patience:
-            start_epoch = config.epochs  # it had stopped early: nothing left to train
-        logger.info("resumed %s from epoch %d", stage, start_epoch)
+@dataclass
+class _State:
+    """What the loop carries between epochs (and through a checkpoint)."""
 
-    # 3. epochs
-    started = time.monotonic()
-    use_amp = config.amp and device.startswith("cuda")
+    epoch: int = 0  # the next epoch to train
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_score: float = -1.0
+    best_state: dict[str, torch.Tensor] | None = None
+    best_epoch: int = 0
+    stale: int = 0
+    seconds: float = 0.0
     first_loss: float | None = None
-    for epoch in range(start_epoch, config.epochs):
-        data = data_for_epoch(epoch)
-        model.train()
-        order = torch.randperm(len(data), generator=gen)
-        sums: dict[str, float] = {}
-        for step, start in enumerate(range(0, len(data), config.batch_size)):
-            idx = order[start:start + config.batch_size]
-            x = augment_batch(data.x[idx], config, gen).to(device)
-            y = data.y[idx].to(device)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                if teacher is not None:
-                    if teacher_mixup:
-                        lam = torch.rand((len(x), 1, 1, 1), generator=gen).to(device)
-                        x = lam * x + (1 - lam) * x[torch.randperm(len(x), generator=gen).to(device)]
-                    with torch.no_grad():
-                        target = teacher(x).float()
-                    parts = kd_loss(model(x).float(), target, target.argmax(1), kd_temperature, kd_alpha,
-                                    config.label_smoothing)
-                elif data.teacher_logits is not None:
-                    parts = kd_loss(model(x).float(), data.teacher_logits[idx].to(device), y,
-                                    kd_temperature, kd_alpha, config.label_smoothing)
-                elif "mixup" in config.augment:
-                    lam = float(np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=gen)))
-                                .beta(0.2, 0.2))
-                    perm = torch.randperm(len(x), generator=gen).to(device)
-                    parts = classification_loss(model(lam * x + (1 - lam) * x[perm]).float(), y,
-                                                config.label_smoothing, y[perm], lam)
-                else:
-                    parts = classification_loss(model(x).float(), y, config.label_smoothing)
-            value = float(parts["loss"].detach())
-            check_loss(value, first_loss, stage, f"epoch {epoch + 1}, step {step + 1}", config.lr)
-            first_loss = value if first_loss is None else first_loss
-            optimizer.zero_grad(set_to_none=True)
-            parts["loss"].backward()
-            optimizer.step()
-            scheduler.step()
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            progress(Progress(stage, epoch * steps_per_epoch + step + 1, total,
-                              {"epoch": epoch + 1, "loss": float(parts["loss"].detach())}))
-        row = {"epoch": epoch + 1, **{k: v / (step + 1) for k, v in sums.items()}}
-        # 4. validate, keep the best weights, stop early
-        if val is not None and len(val):
-            metrics = evaluate(model, val, int(val.y.max()) + 1, device=device)
-            row["val_accuracy"], row["val_loss"] = metrics["accuracy"], metrics["loss"]
-            score = metrics["accuracy"] - 1e-6 * metrics["loss"]
-            if score > best_score:
-                best_score, stale, result.best_epoch = score, 0, epoch + 1
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                stale += 1
-        result.history.append(row)
-        progress(Progress(stage, (epoch + 1) * steps_per_epoch, total,
+
+
+@dataclass
+class _Run:
+    """One training's fixed parts, built by :func:`fit`'s first step."""
+
+    model: nn.Module
+    objective: Objective
+    config: TrainConfig
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    sampler: Sampler
+    augment: Augment
+    device: str
+    stage: str
+    total: int
+    progress: ProgressFn
+
+
+def fit(model: nn.Module, data: TensorData | DataFn, objective: Objective, config: TrainConfig, *,
+        val: TensorData | None = None, checkpoint: Path | None = None, progress: ProgressFn = no_progress,
+        stage: str = "train", sampler: Sampler | None = None, private: PrivacyWrapper | None = None) -> TrainResult:
+    """Train ``model`` on ``data`` (or ``data(epoch)``: a student moving through synthetic rounds) with
+    ``objective`` and the ``config`` recipe.
+
+    ``val`` early-stops when ``config.patience`` is set (the best epoch's weights are kept);
+    ``checkpoint`` is rewritten after every epoch and resumed from when it exists; ``sampler``
+    defaults to one model seeded with ``config.seed``; ``private`` wraps the training for DP-SGD.
+    """
+    # 1. device, data, sampler, optimiser and schedule (a privacy wrapper replaces what it needs)
+    if private is not None and checkpoint is not None:
+        raise ValueError("private training is not resumable: pass no checkpoint")
+    device = resolve_device(config.device)
+    data_for_epoch = data if callable(data) else (lambda _epoch: data)
+    trained, model = model, model.to(device)
+    sampler = sampler or Sampler([config.seed], config.batch_size)
+    optimizer: torch.optim.Optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
+                                                         weight_decay=config.weight_decay)
+    n_rows = len(data_for_epoch(0))
+    if private is not None:
+        model, optimizer, sampler = private.wrap(model, optimizer, n_rows, config)
+    total = config.epochs * sampler.steps(n_rows)
+    run = _Run(model, objective, config, optimizer, cosine_schedule(optimizer, total), sampler,
+               Augment.of(config.augment, config.crop_padding), device, stage, total, progress)
+    # 2. resume from the checkpoint if there is one
+    state = _resume(run, checkpoint) if checkpoint is not None and Path(checkpoint).exists() else _State()
+    # 3. epochs: train, validate (keeping the best weights), checkpoint, stop early
+    started = time.monotonic()
+    for epoch in range(state.epoch, config.epochs):
+        row = _train_epoch(run, data_for_epoch(epoch), epoch, state)
+        row.update(private.epoch_info() if private is not None else {})
+        _validate(run, val, row, state)
+        state.history.append(row)
+        state.epoch = epoch + 1
+        progress(Progress(stage, (epoch + 1) * sampler.steps(n_rows), total,
                           {"epoch_end": 1, **{k: round(v, 4) for k, v in row.items()}}))
         if checkpoint is not None:
-            _save_checkpoint(checkpoint, model, optimizer, scheduler, gen, epoch, result, best_score,
-                             best_state, stale, resumed_seconds + time.monotonic() - started)
-        if config.patience is not None and stale > config.patience:
-            logger.info("%s: early stop at epoch %d (best %d)", stage, epoch + 1, result.best_epoch)
+            _save(run, checkpoint, state, state.seconds + time.monotonic() - started)
+        if config.patience is not None and state.stale > config.patience:
+            logger.info("%s: early stop at epoch %d (best %d)", stage, epoch + 1, state.best_epoch)
             break
-    # 5. best weights back
-    if best_state is not None and config.patience is not None:
-        model.load_state_dict(best_state)
+    # 4. the best weights back when stopping early
+    if state.best_state is not None and config.patience is not None:
+        model.load_state_dict(state.best_state)
     else:
-        result.best_epoch = len(result.history)
-    result.epochs_run = len(result.history)
-    result.seconds = resumed_seconds + time.monotonic() - started
-    return result
+        state.best_epoch = len(state.history)
+    return TrainResult(trained, state.history, state.best_epoch, len(state.history),
+                       state.seconds + time.monotonic() - started)
 
 
-def _save_checkpoint(path: Path, model: nn.Module, optimizer: Any, scheduler: Any, gen: torch.Generator,
-                     epoch: int, result: TrainResult, best_score: float, best_state: Any, stale: int,
-                     seconds: float) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "generator": gen.get_state(), "epoch": epoch,
-                "history": result.history, "best_score": best_score, "best_state": best_state,
-                "stale": stale, "best_epoch": result.best_epoch, "torch_rng": torch.get_rng_state(),
-                "seconds": seconds}, tmp)
-    with open(tmp, "rb") as f:  # on disk before the rename: a crash leaves the old or the new checkpoint
-        os.fsync(f.fileno())
-    tmp.replace(path)
+def _train_epoch(run: _Run, data: TensorData, epoch: int, state: _State) -> dict[str, float]:
+    """One pass: batches from the sampler, augmented, through the objective, one optimiser step each."""
+    run.model.train()
+    run.objective.start_epoch(epoch, run.config.epochs)
+    steps_per_epoch = run.sampler.steps(len(data))
+    sums: dict[str, float] = {}
+    steps = 0
+    for rows in run.sampler.epoch(len(data)):
+        if rows.numel() == 0:  # Poisson sampling (DP-SGD) can draw an empty batch
+            continue
+        x = run.augment(data.x[rows], run.sampler.gens).to(run.device)
+        batch = Batch(x, data.y[rows].to(run.device), rows, data, run.sampler.gens[0])
+        with autocast(run.device, "auto" if run.config.amp else "no"):
+            parts = run.objective(run.model, batch)
+        value = float(parts["loss"].detach()) / run.sampler.n_models
+        check_loss(value, state.first_loss, run.stage, f"epoch {epoch + 1}, step {steps + 1}", run.config.lr)
+        state.first_loss = value if state.first_loss is None else state.first_loss
+        optimizer_step(run.optimizer, run.scheduler, parts["loss"])
+        steps += 1
+        for key, part in parts.items():
+            sums[key] = sums.get(key, 0.0) + float(part.detach()) / run.sampler.n_models
+        info = {"epoch": epoch + 1, "loss": value}
+        run.progress(Progress(run.stage, epoch * steps_per_epoch + steps, run.total,
+                              info if run.sampler.n_models == 1 else {**info, "models": run.sampler.n_models}))
+    return {"epoch": epoch + 1, **{k: v / max(steps, 1) for k, v in sums.items()}}
+
+
+def _validate(run: _Run, val: TensorData | None, row: dict[str, float], state: _State) -> None:
+    """Validation accuracy and loss into ``row``; the best weights so far kept (early stopping)."""
+    if val is None or not len(val):
+        return
+    metrics = evaluate(run.model, val, int(val.y.max()) + 1, device=run.device)
+    row["val_accuracy"], row["val_loss"] = metrics["accuracy"], metrics["loss"]
+    score = metrics["accuracy"] - 1e-6 * metrics["loss"]
+    if score > state.best_score:
+        state.best_score, state.stale, state.best_epoch = score, 0, int(row["epoch"])
+        if run.config.patience is not None:
+            state.best_state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+    else:
+        state.stale += 1
+
+
+def _save(run: _Run, path: Path, state: _State, seconds: float) -> None:
+    checkpoints.save(path, {
+        "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(), "generators": run.sampler.state(), "epoch": state.epoch - 1,
+        "history": state.history, "best_score": state.best_score, "best_state": state.best_state,
+        "stale": state.stale, "best_epoch": state.best_epoch, "torch_rng": torch.get_rng_state(),
+        "seconds": seconds, "first_loss": state.first_loss})
+
+
+def _resume(run: _Run, path: Path) -> _State:
+    saved = checkpoints.load(path, run.device)
+    run.model.load_state_dict(saved["model"])
+    run.optimizer.load_state_dict(saved["optimizer"])
+    run.scheduler.load_state_dict(saved["scheduler"])
+    run.sampler.load_state(saved.get("generators") or [saved["generator"]])
+    torch.set_rng_state(saved["torch_rng"])  # dropout and AugMix draw from the global stream
+    state = _State(saved["epoch"] + 1, saved["history"], saved["best_score"], saved["best_state"],
+                   saved["best_epoch"], saved["stale"], saved.get("seconds", 0.0), saved.get("first_loss"))
+    if run.config.patience is not None and state.stale > run.config.patience:
+        state.epoch = run.config.epochs  # it had stopped early: nothing left to train
+    logger.info("resumed %s from epoch %d", run.stage, state.epoch)
+    return state

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..captions.store import caption_store, caption_stores
+from ..captions.templates import DEFAULT_CLASS_TEMPLATE
 from ..core.common import Progress
 from ..core.registry import UnknownNameError
 from ..core.runs import RunCancelled
@@ -26,7 +28,6 @@ from .common import (
 from .stages import add_stage_commands
 
 logger = logging.getLogger(__name__)
-Handler = Callable[[argparse.Namespace], int]
 
 
 # -- datasets ------------------------------------------------------------------------------------------
@@ -83,15 +84,15 @@ def cmd_caption(args: argparse.Namespace) -> int:
 def cmd_captions_list(args: argparse.Namespace) -> int:
     project = project_of(args)
     rows = []
-    for name in project.caption_stores():
-        store = project.caption_store(name)
+    for name in caption_stores(project):
+        store = caption_store(project, name)
         rows.append([name, store.head(), len(store.records()), store.meta().get("dataset", "")])
     print_table(rows, ["store", "version", "captions", "dataset"])
     return 0
 
 
 def cmd_captions_show(args: argparse.Namespace) -> int:
-    store = project_of(args).caption_store(args.store)
+    store = caption_store(project_of(args), args.store)
     records = store.records(args.version)
     rows = [[r.id, r.label, r.source.get("captioner", ""), r.caption] for _, r in sorted(records.items())]
     print_table(rows[: args.limit], ["id", "label", "source", "caption"])
@@ -103,7 +104,7 @@ def cmd_captions_show(args: argparse.Namespace) -> int:
 def cmd_captions_export(args: argparse.Namespace) -> int:
     from ..captions.formats import export_captions
 
-    store = project_of(args).caption_store(args.store)
+    store = caption_store(project_of(args), args.store)
     n = export_captions(store, Path(args.out), args.format, args.version)
     print(f"wrote {n} captions of {store.name} version {args.version or store.head()} to {args.out}")
     return 0
@@ -114,7 +115,7 @@ def cmd_captions_import(args: argparse.Namespace) -> int:
     from ..data.datasets import load_dataset
 
     dataset = load_dataset(dataset_config(args))
-    store = project_of(args).caption_store(args.store, create=True)
+    store = caption_store(project_of(args), args.store, create=True)
     report = import_captions(store, Path(args.file), args.format, dataset, assign_in_order=args.assign_in_order)
     print(f"imported {report.imported} captions into {store.name} version {report.version}"
           + (f" ({report.unused} unused captions in the file)" if report.unused else ""))
@@ -128,14 +129,14 @@ def cmd_captions_import(args: argparse.Namespace) -> int:
 
 
 def cmd_captions_history(args: argparse.Namespace) -> int:
-    store = project_of(args).caption_store(args.store)
+    store = caption_store(project_of(args), args.store)
     rows = [[v.version, v.created_at, v.author, v.changed, v.message] for v in store.history()]
     print_table(rows, ["version", "created", "author", "changed", "message"])
     return 0
 
 
 def cmd_captions_diff(args: argparse.Namespace) -> int:
-    store = project_of(args).caption_store(args.store)
+    store = caption_store(project_of(args), args.store)
     changes = store.diff(args.a, args.b if args.b is not None else store.head())
     for change in changes:
         print(f"{change.id}\n  - {change.before}\n  + {change.after}")
@@ -144,7 +145,7 @@ def cmd_captions_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_captions_rollback(args: argparse.Namespace) -> int:
-    store = project_of(args).caption_store(args.store)
+    store = caption_store(project_of(args), args.store)
     version = store.rollback(args.version)
     print(f"{store.name}: version {version} restores the captions of version {args.version}")
     return 0
@@ -223,7 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="log for a run's log file: timestamped stage messages, warnings and the full "
                              "traceback of a failure (the studio starts background runs with it)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_datasets(sub)
+    _add_caption(sub)
+    _add_captions(sub)
+    _add_runs(sub)
+    add_stage_commands(sub)
+    return parser
 
+
+def _add_datasets(sub: Any) -> None:
     ds = sub.add_parser("datasets", help="list dataset sources or inspect a dataset")
     ds_sub = ds.add_subparsers(dest="action", metavar="ACTION", required=True)
     ds_sub.add_parser("list", help="list dataset sources").set_defaults(func=cmd_datasets_list)
@@ -232,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="decode every image and report unreadable ones")
     p.set_defaults(func=cmd_datasets_inspect)
 
+
+def _add_caption(sub: Any) -> None:
     p = sub.add_parser("caption", help="caption training images into a caption store (resumable)")
     add_project_arg(p)
     add_dataset_args(p)
@@ -246,12 +257,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=30)
     p.add_argument("--num-beams", type=int, default=1)
     p.add_argument("--prompt", default=None, help="conditional text prompt for BLIP / BLIP-2")
-    p.add_argument("--class-template", default="a photo of a {label}",
+    p.add_argument("--class-template", default=DEFAULT_CLASS_TEMPLATE,
                    help="classname captioner: caption made from the class name")
     p.add_argument("--overwrite", action="store_true",
                    help="re-caption images that already have machine captions (hand edits are kept)")
     p.set_defaults(func=cmd_caption)
 
+
+def _add_captions(sub: Any) -> None:
     cap = sub.add_parser("captions", help="list, show, export, import, diff and roll back caption stores")
     cap_sub = cap.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = cap_sub.add_parser("list", help="caption stores of the project")
@@ -299,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("version", type=int)
     p.set_defaults(func=cmd_captions_rollback)
 
+
+def _add_runs(sub: Any) -> None:
     runs = sub.add_parser("runs", help="list, show, cancel, archive or delete runs")
     runs_sub = runs.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = runs_sub.add_parser("list", help="runs, newest first")
@@ -327,9 +342,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id")
     p.add_argument("--yes", action="store_true", help="confirm: the files are gone for good")
     p.set_defaults(func=cmd_runs_delete)
-
-    add_stage_commands(sub)
-    return parser
 
 
 @contextmanager
@@ -379,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(cluster: Any) -> int:
     """A process other than the main one under ``accelerate launch``: make its share of each generation
     and shadow set the main process's command reaches, quietly, until the command ends."""
-    from ..audit import audit_share
+    from ..experiment import audit_share
     from ..generate import generation_share
 
     logging.basicConfig(level=logging.WARNING, format=f"%(levelname)s [process {cluster.rank}] %(name)s: %(message)s")

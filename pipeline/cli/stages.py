@@ -93,7 +93,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             options.append((key, value))
     if args.size:
         if not args.base:
-            raise ValueError("--size applies to Stable Diffusion (--base); the scratch model generates at "
+            raise ValueError("--size applies to a base model (--base); a saved generator generates at "
                              "the size it was trained at")
         if args.size[0] != args.size[1]:
             raise ValueError(f"--size {args.size[0]} {args.size[1]}: only square images are supported")
@@ -108,7 +108,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if Path(prompts).suffix.lower() in PROMPT_FILE_SUFFIXES or "/" in prompts:
             raise FileNotFoundError(f"--prompts {prompts}: no such file")
         prompts = f"store:{prompts}"  # a bare name means a caption store
-    config = GenerateConfig(generator=args.generator or args.base, backend="sd-lora" if args.base else None,
+    config = GenerateConfig(generator=args.generator or args.base, backend=_base_backend(args) if args.base else None,
                             options=tuple(options), prompts=prompts or "classnames", template=args.template,
                             allow_nonmember_prompts=args.allow_nonmember_prompts,
                             dataset=dataset_config(args), cardinality=args.cardinality, num_images=args.num,
@@ -120,8 +120,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _base_backend(args: argparse.Namespace) -> str:
+    """The backend that samples from ``--base``: as named, or the one registered backend with a base model."""
+    from ..generators import base_model_backends
+
+    if args.backend:
+        return args.backend
+    backends = base_model_backends()
+    if len(backends) != 1:
+        raise ValueError(f"name the backend of --base with --backend ({', '.join(backends) or 'none takes a base'})")
+    return backends[0]
+
+
 def _print_audit_table(metrics: dict[str, Any]) -> None:
-    from ..experiment import SUMMARY_HEADER, summary_rows
+    from ..views.results import SUMMARY_HEADER, summary_rows
 
     print()
     print_table(summary_rows(metrics), SUMMARY_HEADER)
@@ -173,16 +185,32 @@ def _run_experiment(args: argparse.Namespace, config: Any, run_id: str | None = 
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from ..audit import AuditConfig, audit
+    from ..audit import AuditConfig
     from ..core.common import from_dict, read_json
+    from ..experiment import audit_experiment
 
     project = project_of(args)
     record = project.registry().get(args.run)
     if record.kind != "experiment":
         raise ValueError(f"run {args.run} is a {record.kind} run; `audit --run` takes an experiment run id")
-    saved = read_json(record.run_dir / "config.json")["config"].get("audit", {})
+    saved = record.config.get("audit", {})
     base = from_dict(AuditConfig, {k: v for k, v in saved.items() if k in AuditConfig.__dataclass_fields__})
-    changes: dict[str, Any] = {"experiment": record.id}
+    config = replace(base, **_audit_changes(args, base, record.id))
+    with ProgressBars(not args.quiet) as bars:
+        result = audit_experiment(config, project, progress=bars, cluster=current_cluster())
+    experiment = read_json(record.run_dir / "metrics.json") if (record.run_dir / "metrics.json").exists() else {}
+    metrics = {name: {**result.metrics[name],
+                      "per_class_accuracy": experiment.get(name, {}).get("per_class_accuracy")}
+               for name in ("teacher", "student")}
+    _print_audit_table(metrics)
+    print(f"audit {result.run_id} of {record.id} finished in {result.seconds:.0f} s; metrics in "
+          f"{project.runs_dir / result.run_id / 'metrics.json'}")
+    return 0
+
+
+def _audit_changes(args: argparse.Namespace, base: Any, run_id: str) -> dict[str, Any]:
+    """The audit settings ``audit --run`` changes from the run's own."""
+    changes: dict[str, Any] = {"experiment": run_id}
     if args.attack:
         changes["attacks"] = tuple(a.strip() for a in args.attack.split(",") if a.strip())
         if base.headline not in changes["attacks"]:
@@ -195,17 +223,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         value = getattr(args, key)
         if value is not None:
             changes["n_shadows" if key == "shadows" else key] = value
-    config = replace(base, **changes)
-    with ProgressBars(not args.quiet) as bars:
-        result = audit(config, project, progress=bars, cluster=current_cluster())
-    experiment = read_json(record.run_dir / "metrics.json") if (record.run_dir / "metrics.json").exists() else {}
-    metrics = {name: {**result.metrics[name],
-                      "per_class_accuracy": experiment.get(name, {}).get("per_class_accuracy")}
-               for name in ("teacher", "student")}
-    _print_audit_table(metrics)
-    print(f"audit {result.run_id} of {record.id} finished in {result.seconds:.0f} s; metrics in "
-          f"{project.runs_dir / result.run_id / 'metrics.json'}")
-    return 0
+    return changes
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
@@ -380,11 +398,24 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def add_stage_commands(sub: Any) -> None:
-    p = sub.add_parser("finetune", help="train a generator (scratch) or LoRA-fine-tune Stable Diffusion")
+    _add_finetune(sub)
+    _add_generate(sub)
+    _add_quickstart(sub)
+    _add_run(sub)
+    _add_compare_methods(sub)
+    _add_audit(sub)
+    _add_studio(sub)
+    _add_demo(sub)
+    _add_report(sub)
+    _add_config(sub)
+
+
+def _add_finetune(sub: Any) -> None:
+    p = sub.add_parser("finetune", help="train a generator from scratch or fine-tune a pretrained one (LoRA)")
     add_project_arg(p)
     add_dataset_args(p)
-    p.add_argument("--generator", default="scratch", help="scratch | sd-lora (default scratch)")
-    p.add_argument("--base", default=None, help="sd-lora: hub id or local pipeline folder")
+    p.add_argument("--generator", default="scratch", help="a registered generator backend (default scratch; an unknown name lists them)")
+    p.add_argument("--base", default=None, help="backends that fine-tune a base model: its hub id or local folder")
     p.add_argument("--store", default=None, help="caption store (default: class names only)")
     p.add_argument("--store-version", type=int, default=None)
     p.add_argument("--template", default="class_caption", help="class | caption | class_caption | format")
@@ -392,7 +423,7 @@ def add_stage_commands(sub: Any) -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--resolution", type=int, default=None)
-    p.add_argument("--rank", type=int, default=None, help="sd-lora: LoRA rank")
+    p.add_argument("--rank", type=int, default=None, help="LoRA rank (backends with a LoRA)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="any other backend config field (repeatable), e.g. --option snr_gamma=5")
     p.add_argument("--resume", default=None, metavar="RUN_ID",
@@ -400,11 +431,15 @@ def add_stage_commands(sub: Any) -> None:
                         "config (other arguments must match it)")
     p.set_defaults(func=cmd_finetune, parser=p)
 
+
+def _add_generate(sub: Any) -> None:
     p = sub.add_parser("generate", help="generate a class-balanced synthetic set (resumable)")
     add_project_arg(p)
     add_dataset_args(p)
     p.add_argument("--generator", default=None, help="a saved generator folder (runs/<id>/generator)")
-    p.add_argument("--base", default=None, help="or an SD pipeline: hub id or local folder (sd-lora)")
+    p.add_argument("--base", default=None, help="or a base model to sample from: hub id or local folder")
+    p.add_argument("--backend", default=None, help="the backend of --base (default: the one backend that takes a "
+                                                   "base model)")
     p.add_argument("--lora", default=None, help="LoRA .safetensors file or folder to load onto --base")
     p.add_argument("--fuse", action="store_true", help="fuse the LoRA into the weights before generating")
     p.add_argument("--prompts", default=None,
@@ -423,13 +458,15 @@ def add_stage_commands(sub: Any) -> None:
     p.add_argument("--cardinality", type=float, default=1.0, help="images per member image (default 1)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
-    p.add_argument("--size", type=int, nargs=2, default=None, metavar=("W", "H"), help="sd-lora: image size")
+    p.add_argument("--size", type=int, nargs=2, default=None, metavar=("W", "H"), help="with --base: image size")
     p.add_argument("--round", type=int, default=0, help="regeneration round (fresh seeds per round)")
     p.add_argument("--gen-seed", type=int, default=0, help="base seed of the images")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="other backend options")
     p.set_defaults(func=cmd_generate)
 
+
+def _add_quickstart(sub: Any) -> None:
     p = sub.add_parser("quickstart", help="the whole loop on the built-in dataset (offline, CPU, about 7 min)")
     add_project_arg(p)
     p.add_argument("--studio", action="store_true", help="then open the studio on the results")
@@ -437,6 +474,8 @@ def add_stage_commands(sub: Any) -> None:
     p.add_argument("--port", type=int, default=8501)
     p.set_defaults(func=cmd_quickstart)
 
+
+def _add_run(sub: Any) -> None:
     p = sub.add_parser("run", help="the whole loop: on a dataset with a preset chosen from the data, or from a "
                                    "JSON config",
                        description="Run the whole loop. With --dataset, a preset is chosen from the data (image "
@@ -460,6 +499,8 @@ def add_stage_commands(sub: Any) -> None:
     _add_methods_arg(p, None)
     p.set_defaults(func=cmd_run)
 
+
+def _add_compare_methods(sub: Any) -> None:
     p = sub.add_parser("compare-methods", help="every way to a private student on one plane: GKD, activation "
                                                "maximisation, BSS, GKD+BSS, DP-SGD, with the same teacher and audit",
                        description="`run --dataset SPEC --methods ...` with every method by default: one teacher, "
@@ -474,6 +515,8 @@ def add_stage_commands(sub: Any) -> None:
     _add_methods_arg(p, "gkd,am,bss,gkd+bss,dp-sgd")
     p.set_defaults(func=cmd_run)
 
+
+def _add_audit(sub: Any) -> None:
     p = sub.add_parser("audit", help="membership-inference audit of a finished experiment (reuses cached shadows)")
     add_project_arg(p)
     p.add_argument("--run", required=True, metavar="EXPERIMENT_ID", help="a finished experiment run id")
@@ -488,12 +531,16 @@ def add_stage_commands(sub: Any) -> None:
                    help="reuse this transfer-shadow cache (refused if made for another recipe)")
     p.set_defaults(func=cmd_audit)
 
+
+def _add_studio(sub: Any) -> None:
     p = sub.add_parser("studio", help="open the studio (Streamlit) on a project")
     add_project_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default localhost only)")
     p.add_argument("--port", type=int, default=8501)
     p.set_defaults(func=cmd_studio)
 
+
+def _add_demo(sub: Any) -> None:
     p = sub.add_parser("demo", help="stakeholder demo (Gradio): a run's teacher and student on your images")
     add_project_arg(p)
     p.add_argument("--run", required=True, help="a finished experiment run id")
@@ -501,6 +548,8 @@ def add_stage_commands(sub: Any) -> None:
     p.add_argument("--port", type=int, default=7860)
     p.set_defaults(func=cmd_demo)
 
+
+def _add_report(sub: Any) -> None:
     p = sub.add_parser("report", help="stakeholder report of finished experiments: HTML (opens offline) and PDF")
     add_project_arg(p)
     p.add_argument("--run", required=True, action="append", metavar="EXPERIMENT_ID",
@@ -510,5 +559,7 @@ def add_stage_commands(sub: Any) -> None:
                    help="leave the plot out of the PDF (it needs kaleido with Chrome / Chromium)")
     p.set_defaults(func=cmd_report)
 
+
+def _add_config(sub: Any) -> None:
     p = sub.add_parser("config", help="print the quickstart's config as JSON (a template for `run`)")
     p.set_defaults(func=cmd_config)

@@ -141,13 +141,16 @@ def resolve_device(device: str = "auto") -> str:
 
 
 def resolve_dtype(dtype: str, device: str):
-    """'auto' -> float16 on CUDA, float32 elsewhere; or a torch dtype by name."""
+    """'auto' -> the precision policy's weight dtype (bfloat16 on CUDA, float32 elsewhere: see
+    :mod:`pipeline.core.precision`); or a torch dtype by name."""
     import torch
+
+    from .precision import weight_dtype
 
     names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
              "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
     if dtype == "auto":
-        return torch.float16 if device.startswith("cuda") else torch.float32
+        return weight_dtype(device)
     if dtype not in names:
         raise ValueError(f"unknown dtype {dtype!r}; valid: auto, {', '.join(names)}")
     return names[dtype]

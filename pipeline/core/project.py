@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..captions.store import CaptionStore, list_stores
 from .runs import RunRegistry
 
 DEFAULT_PROJECT_ENV = "TCKR_PROJECT"
@@ -45,14 +43,6 @@ class Project:
 
     def registry(self) -> RunRegistry:
         return RunRegistry(self.root)
-
-    def caption_store(self, name: str, create: bool = False) -> CaptionStore:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-            raise ValueError(f"invalid caption store name {name!r}: use letters, digits, '.', '_' or '-'")
-        return CaptionStore.open(self.captions_dir / name, create=create)
-
-    def caption_stores(self) -> list[str]:
-        return list_stores(self.captions_dir)
 
     def confine(self, path: str | Path) -> Path:
         """Resolve ``path`` relative to the project and refuse anything outside it."""

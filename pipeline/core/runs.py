@@ -25,7 +25,7 @@ import secrets
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -477,15 +477,40 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def throttle(seconds: float):
-    """A predicate that is true at most once per ``seconds`` (to rate-limit progress writes)."""
-    last = [0.0]
+class RecordedProgress:
+    """The one progress throttle: forwards every event to ``forward`` and, at most once per ``every_s``
+    seconds (and always at the end of a stage or an epoch), hands the latest as a JSON-able record to
+    each of ``sinks`` (the run registry, where a cancel request is noticed; a run's ``events.jsonl``;
+    a worker process's stdout)."""
 
-    def ready(force: bool = False) -> bool:
+    def __init__(self, *sinks: Callable[[dict[str, Any]], None], forward: Callable[[Any], None] | None = None,
+                 every_s: float = 1.0) -> None:
+        self.sinks, self.forward, self.every_s = sinks, forward, every_s
+        self.last = float("-inf")
+
+    def __call__(self, event: Any) -> None:
+        if self.forward is not None:
+            self.forward(event)
+        ended = bool(event.info.get("epoch_end")) or (event.total is not None and event.done >= event.total)
         now = time.monotonic()
-        if force or now - last[0] >= seconds:
-            last[0] = now
-            return True
-        return False
+        if not ended and now - self.last < self.every_s:
+            return
+        self.last = now
+        record = {"t": round(time.time(), 2), "stage": event.stage, "done": event.done, "total": event.total,
+                  **to_jsonable(event.info)}
+        for sink in self.sinks:
+            sink(record)
 
-    return ready
+    @classmethod
+    def for_run(cls, registry: RunRegistry, run_id: str, forward: Callable[[Any], None] | None = None,
+                events: Path | None = None, every_s: float = 1.0) -> RecordedProgress:
+        """Progress of a registered run: the registry (and ``events`` lines, for live curves)."""
+        sinks: list[Callable[[dict[str, Any]], None]] = [lambda r: registry.report(run_id, progress=r)]
+        if events is not None:
+            sinks.insert(0, lambda r: _append_line(events, r))
+        return cls(*sinks, forward=forward, every_s=every_s)
+
+
+def _append_line(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")

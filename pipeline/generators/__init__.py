@@ -1,20 +1,41 @@
 """Generator backends behind one interface, picked by name from :data:`GENERATORS`.
 
 A backend fine-tunes (or trains) on image + prompt pairs, generates images for prompts with
-per-image seeds, and saves / loads itself from a folder. Backends register themselves on import.
+per-image seeds, and saves / loads itself from a folder. It also describes itself, so that nothing
+else names it: its sampling controls, the file its config is saved in, where its training
+checkpoints are kept and which versions of a trained generator can be compared, the base model
+field it takes (if any), and what the studio's run form offers. Backends register themselves on
+import; adding one is a file in this folder with a registered :class:`Generator` subclass, plus its
+module name in ``_BUILT_IN``.
 """
 
 from __future__ import annotations
 
 import abc
+import importlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from PIL import Image
 
-from ..core.common import ProgressFn, no_progress
+from ..core.common import ProgressFn, no_progress, read_json
 from ..core.registry import Registry
+
+_BUILT_IN = ("scratch", "sd_lora")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One version of a trained generator, to compare with the others."""
+
+    name: str  # "base", "fine-tuned", "step 200", "final"
+    backend: str
+    generator_dir: Path  # the run's saved generator (runs/<id>/generator)
+    checkpoint: Path | None = None  # a training checkpoint folder to load instead of the final weights
+    base_only: bool = False  # the pretrained base model alone, without what training added
+    step: int | None = None  # training step of a checkpoint
 
 
 class Generator(abc.ABC):
@@ -22,8 +43,14 @@ class Generator(abc.ABC):
 
     name: ClassVar[str]
     config_class: ClassVar[type]  # the backend's frozen config dataclass
-    # common option names (CLI flags, studio fields) -> this backend's config field names
+    # common option names (CLI flags, studio fields) -> this backend's config field names; "steps" is
+    # the number of training steps
     option_aliases: ClassVar[dict[str, str]] = {}
+    sampling_fields: ClassVar[dict[str, str]] = {}  # "steps" / "guidance" (sampling controls) -> config field
+    config_file: ClassVar[str] = ""  # what save() writes the config to, in the generator's folder
+    base_field: ClassVar[str | None] = None  # a config field naming a pretrained base model (hub id or folder)
+    path_fields: ClassVar[frozenset[str]] = frozenset()  # config fields that name a model or a file
+    form_sizes: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}  # model sizes the studio's form offers
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -75,6 +102,40 @@ class Generator(abc.ABC):
         return None
 
 
+    # -- self-description (what the studio, the CLI and the comparisons ask) ------------------------------
+    @classmethod
+    def field_of(cls, option: str) -> str:
+        """This backend's config field for a common option name (e.g. "steps")."""
+        return cls.option_aliases.get(option, option)
+
+    @classmethod
+    def saved_config(cls, directory: Path) -> dict[str, Any]:
+        """The config fields a generator saved in ``directory`` was saved with."""
+        return read_json(Path(directory) / cls.config_file)
+
+    @classmethod
+    def checkpoints(cls, generator_dir: Path) -> list[tuple[int, Path]]:
+        """Kept training checkpoints (step, folder) of the run that saved ``generator_dir``, oldest first."""
+        return []
+
+    @classmethod
+    def variants(cls, generator_dir: Path) -> list[Variant]:
+        """Every version of a saved generator that can be compared: its kept checkpoints, then the final one."""
+        return [*(Variant(f"step {step}", cls.name, Path(generator_dir), path, step=step)
+                  for step, path in cls.checkpoints(generator_dir)),
+                Variant("final", cls.name, Path(generator_dir))]
+
+    @classmethod
+    def load_variant(cls, variant: Variant, **overrides: Any) -> Generator:
+        """Load one version; ``overrides`` are config fields (or their aliases)."""
+        return cls.load(variant.generator_dir, **resolve_options(cls, overrides))
+
+    @classmethod
+    def comparison_options(cls, train_steps: int) -> dict[str, Any]:
+        """Options that keep a few checkpoints along a training of ``train_steps`` (for comparisons)."""
+        return {}
+
+
 GENERATORS: Registry[type[Generator]] = Registry("generator")
 
 
@@ -82,6 +143,16 @@ def generator_class(name: str) -> type[Generator]:
     """The backend class registered under ``name`` (importing the built-in backends first)."""
     _import_backends()
     return GENERATORS.get(name)
+
+
+def generator_names() -> list[str]:
+    _import_backends()
+    return GENERATORS.names()
+
+
+def base_model_backends() -> list[str]:
+    """Backends that sample from (and fine-tune) a pretrained base model named by a hub id or folder."""
+    return [n for n in generator_names() if generator_class(n).base_field]
 
 
 def resolve_options(cls: type[Generator], options: dict[str, Any]) -> dict[str, Any]:
@@ -92,7 +163,7 @@ def resolve_options(cls: type[Generator], options: dict[str, Any]) -> dict[str, 
     fields = {f.name for f in dataclasses.fields(cls.config_class)}
     resolved = {}
     for key, value in options.items():
-        field = cls.option_aliases.get(key, key)
+        field = cls.field_of(key)
         if field not in fields:
             valid = sorted(fields | set(cls.option_aliases))
             raise ValueError(f"generator {cls.name!r} has no option {key!r}; valid: {', '.join(valid)}")
@@ -108,4 +179,5 @@ def create_generator(name: str, **options: Any) -> Generator:
 
 def _import_backends() -> None:
     # imported lazily: the SD backend pulls in diffusers/transformers, which is slow at start-up
-    from . import scratch, sd_lora  # noqa: F401
+    for module in _BUILT_IN:
+        importlib.import_module(f".{module}", __name__)

@@ -50,6 +50,7 @@ from ..core.common import (
     to_jsonable,
     write_json,
 )
+from ..core.precision import autocast
 from . import GENERATORS, Generator
 
 if TYPE_CHECKING:  # torch and diffusers load lazily: importing this module stays cheap
@@ -64,7 +65,7 @@ _CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
 # Fields that may change between a run and its resumption; any other change means another model.
 _RESUMABLE_FIELDS = frozenset({
     "train_steps", "checkpoint_every", "keep_checkpoints", "guidance_scale", "sampler",
-    "sampling_steps", "generate_batch_size", "device", "threads",
+    "sampling_steps", "generate_batch_size", "device", "threads", "precision",
 })
 
 
@@ -100,6 +101,7 @@ class ScratchConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0  # seeds weights, batches, noise and label dropout
     threads: int = 1  # torch CPU threads in fit / generate (0: torch's default); 1 resists a busy CPU
+    precision: str = "auto"  # the product's precision policy: auto (bf16 autocast on CUDA) | no | bf16 | fp16
 
     def __post_init__(self) -> None:
         # JSON and CLI options give lists; keep the frozen config hashable and comparable
@@ -140,6 +142,9 @@ class ScratchGenerator(Generator):
     name = "scratch"
     config_class = ScratchConfig
     option_aliases = {"steps": "train_steps", "lr": "learning_rate", "num_inference_steps": "sampling_steps"}
+    sampling_fields = {"steps": "sampling_steps", "guidance": "guidance_scale"}
+    config_file = CONFIG_FILE
+    form_sizes = {"default": {}, "tiny (smoke test)": {"block_out_channels": [8, 16], "norm_groups": 4, "batch_size": 16}}
 
     def __init__(self, config: ScratchConfig | None = None) -> None:
         super().__init__(config or ScratchConfig())
@@ -161,7 +166,6 @@ class ScratchGenerator(Generator):
         is measured over the steps run by this call (the stored figure when none were left).
         """
         import torch
-        from diffusers.training_utils import EMAModel
 
         cfg = self.config
         out_dir = Path(out_dir)
@@ -172,81 +176,24 @@ class ScratchGenerator(Generator):
             )
         pixels, state = _prepare_images(images, labels, cfg)
         state["data_sha256"] = _data_digest(pixels, labels)
-        device = resolve_device(cfg.device)
-
         with _torch_threads(cfg.threads):
-            # 2. build model, EMA, optimiser, noise schedule and the seeded random stream
-            seed_everything(cfg.seed)
-            unet = _build_unet(cfg, state).to(device)
-            optimizer = torch.optim.AdamW(
-                unet.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
-            )
-            ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True)
-            noise_schedule = _build_noise_schedule(cfg)
-            rng = torch.Generator().manual_seed(cfg.seed)
-            recent_losses: list[float] = []
-            resumed_from, stored_sps = 0, None
-
-            # 3. resume from the newest checkpoint, if any
-            latest = latest_checkpoint(out_dir)
-            if latest is not None:
-                resumed_from, recent_losses, stored_sps = _load_checkpoint(
-                    latest, cfg, state, unet, optimizer, ema, rng
-                )
-                logger.info("resuming scratch generator from %s (step %d)", latest, resumed_from)
-            if resumed_from > cfg.train_steps:
-                raise ValueError(f"{out_dir} holds a checkpoint at step {resumed_from}, past train_steps="
-                                 f"{cfg.train_steps}; raise train_steps or use a new out_dir")
-
-            # 4. train: noise a batch at random timesteps, predict the noise (DDPM, eq. 14)
-            x_all = torch.from_numpy(pixels)
-            y_all = torch.as_tensor(np.asarray(labels, dtype=np.int64))
-            null_class = state["num_classes"]
-            ema.to(device)
-            unet.train()
-            started = time.perf_counter()
-            for step in range(resumed_from + 1, cfg.train_steps + 1):
-                idx = torch.randint(0, len(x_all), (cfg.batch_size,), generator=rng)
-                x0, y = x_all[idx], y_all[idx].clone()
-                noise = torch.randn(x0.shape, generator=rng)
-                t = torch.randint(0, cfg.num_train_timesteps, (cfg.batch_size,), generator=rng)
-                y[torch.rand(cfg.batch_size, generator=rng) < cfg.cfg_dropout] = null_class
-                x0, y, noise, t = x0.to(device), y.to(device), noise.to(device), t.to(device)
-                for group in optimizer.param_groups:
-                    group["lr"] = cfg.learning_rate * min(1.0, step / max(1, cfg.warmup_steps))
-                noisy = noise_schedule.add_noise(x0, noise, t)
-                loss = _diffusion_loss(unet(noisy, t, class_labels=y).sample, x0, noise, t, noise_schedule, cfg)
-                check_loss(loss.item(), recent_losses[0] if recent_losses else None, "generator",
-                           f"step {step}", cfg.learning_rate)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
-                optimizer.step()
-                ema.step(unet.parameters())
-                recent_losses = (recent_losses + [loss.item()])[-50:]
-                done = step - resumed_from
-                sps = (time.perf_counter() - started) / done
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.train_steps:
-                    _save_checkpoint(out_dir, step, cfg, state, unet, optimizer, ema, rng, recent_losses, sps)
-                progress(Progress("finetune", step, cfg.train_steps,
-                                  {"loss": float(np.mean(recent_losses)), "s/step": sps}))
-            ran = cfg.train_steps - resumed_from
-            sps = (time.perf_counter() - started) / ran if ran > 0 else stored_sps
-            if ran > 0:
-                _save_checkpoint(out_dir, cfg.train_steps, cfg, state, unet, optimizer, ema, rng,
-                                 recent_losses, sps)
-
-            # 5. keep the EMA weights for sampling
-            ema.copy_to(unet.parameters())
-            unet.eval()
-        self.unet = unet
+            # 2. model, EMA, optimiser, noise schedule and the seeded random stream, resumed from the
+            # newest checkpoint if there is one
+            run = _Training.start(cfg, state, out_dir)
+            # 3. train: noise a batch at random timesteps, predict the noise / v (DDPM, eq. 14)
+            data = (torch.from_numpy(pixels), torch.as_tensor(np.asarray(labels, dtype=np.int64)))
+            sps = run.train(data, state, out_dir, progress)
+            # 4. keep the EMA weights for sampling
+            run.ema.copy_to(run.unet.parameters())
+            run.unet.eval()
+        self.unet = run.unet
         self.state = {**state, "steps": cfg.train_steps}
         return {
-            "final_loss": float(np.mean(recent_losses)) if recent_losses else None,
+            "final_loss": float(np.mean(run.recent_losses)) if run.recent_losses else None,
             "seconds_per_step": sps,
             "steps": self.state["steps"],
-            "resumed_from": resumed_from,
-            "params": sum(p.numel() for p in unet.parameters()),
+            "resumed_from": run.resumed_from,
+            "params": sum(p.numel() for p in run.unet.parameters()),
         }
 
     # -- presets and estimates -------------------------------------------------------------------
@@ -378,12 +325,34 @@ class ScratchGenerator(Generator):
         labels = torch.cat([y, torch.full_like(y, self.state["num_classes"])]) if guided else y
         for t in scheduler.timesteps:
             model_in = torch.cat([x, x]) if guided else x
-            eps = self.unet(model_in, t, class_labels=labels).sample
+            with autocast(str(x.device), cfg.precision):
+                eps = self.unet(model_in, t, class_labels=labels).sample.float()
             if guided:
                 eps_c, eps_u = eps.chunk(2)
                 eps = eps_u + cfg.guidance_scale * (eps_c - eps_u)
             x = scheduler.step(eps, t, x).prev_sample
         return x
+
+    # -- self-description ----------------------------------------------------------------------
+    @classmethod
+    def checkpoints(cls, generator_dir: Path) -> list[tuple[int, Path]]:
+        """``step-N`` folders that :meth:`fit` kept in the run's ``checkpoints/`` beside the generator."""
+        root = Path(generator_dir).parent / "checkpoints"
+        if not root.is_dir():
+            return []
+        return sorted((int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _CHECKPOINT_RE.match(p.name)))
+
+    @classmethod
+    def load_variant(cls, variant: Any, **overrides: Any) -> ScratchGenerator:
+        from . import resolve_options
+
+        if variant.checkpoint is None:
+            return cls.load(variant.generator_dir, **resolve_options(cls, overrides))
+        return cls.load_checkpoint(variant.checkpoint, **resolve_options(cls, overrides))
+
+    @classmethod
+    def comparison_options(cls, train_steps: int) -> dict[str, Any]:
+        return {"checkpoint_every": max(1, train_steps // 4), "keep_checkpoints": 4}
 
     # -- persistence -----------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
@@ -431,6 +400,96 @@ class ScratchGenerator(Generator):
             ema.copy_to(generator.unet.parameters())
         generator.state = {**generator.state, "steps": int(path.name.split("-")[1])}
         return generator
+
+
+@dataclass
+class _Training:
+    """The scratch generator's training state: UNet, optimiser, EMA, noise schedule, random stream."""
+
+    cfg: ScratchConfig
+    unet: Any
+    optimizer: Any
+    ema: Any
+    noise_schedule: Any
+    rng: Any
+    device: str
+    recent_losses: list[float]
+    resumed_from: int = 0
+    stored_sps: float | None = None
+
+    @classmethod
+    def start(cls, cfg: ScratchConfig, state: dict[str, Any], out_dir: Path) -> _Training:
+        """Everything built from the config's seed, then resumed from the newest checkpoint in ``out_dir``."""
+        import torch
+        from diffusers.training_utils import EMAModel
+
+        device = resolve_device(cfg.device)
+        seed_everything(cfg.seed)
+        unet = _build_unet(cfg, state).to(device)
+        optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True)
+        run = cls(cfg, unet, optimizer, ema, _build_noise_schedule(cfg), torch.Generator().manual_seed(cfg.seed),
+                  device, [])
+        latest = latest_checkpoint(out_dir)
+        if latest is not None:
+            run.resumed_from, run.recent_losses, run.stored_sps = _load_checkpoint(
+                latest, cfg, state, unet, optimizer, ema, run.rng)
+            logger.info("resuming scratch generator from %s (step %d)", latest, run.resumed_from)
+        if run.resumed_from > cfg.train_steps:
+            raise ValueError(f"{out_dir} holds a checkpoint at step {run.resumed_from}, past train_steps="
+                             f"{cfg.train_steps}; raise train_steps or use a new out_dir")
+        return run
+
+    def train(self, data: tuple[torch.Tensor, torch.Tensor], state: dict[str, Any], out_dir: Path,
+              progress: ProgressFn) -> float | None:
+        """The remaining steps, a checkpoint every ``checkpoint_every`` and at the end; returns s/step."""
+        cfg = self.cfg
+        self.ema.to(self.device)
+        self.unet.train()
+        started, sps = time.perf_counter(), self.stored_sps
+        for step in range(self.resumed_from + 1, cfg.train_steps + 1):
+            self.step(data, state["num_classes"], step)
+            sps = (time.perf_counter() - started) / (step - self.resumed_from)
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.train_steps:
+                self.save(out_dir, step, state, sps)
+            progress(Progress("finetune", step, cfg.train_steps,
+                              {"loss": float(np.mean(self.recent_losses)), "s/step": sps}))
+        if cfg.train_steps > self.resumed_from:
+            self.save(out_dir, cfg.train_steps, state, sps)
+        return sps
+
+    def step(self, data: tuple[torch.Tensor, torch.Tensor], null_class: int, step: int) -> float:
+        """One optimiser step on a batch drawn from the seeded stream (classifier-free guidance: a
+        ``cfg_dropout`` share of the labels replaced by the null class)."""
+        import torch
+
+        cfg, (x_all, y_all) = self.cfg, data
+        idx = torch.randint(0, len(x_all), (cfg.batch_size,), generator=self.rng)
+        x0, y = x_all[idx], y_all[idx].clone()
+        noise = torch.randn(x0.shape, generator=self.rng)
+        t = torch.randint(0, cfg.num_train_timesteps, (cfg.batch_size,), generator=self.rng)
+        y[torch.rand(cfg.batch_size, generator=self.rng) < cfg.cfg_dropout] = null_class
+        x0, y, noise, t = x0.to(self.device), y.to(self.device), noise.to(self.device), t.to(self.device)
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.learning_rate * min(1.0, step / max(1, cfg.warmup_steps))
+        noisy = self.noise_schedule.add_noise(x0, noise, t)
+        with autocast(self.device, cfg.precision):
+            pred = self.unet(noisy, t, class_labels=y).sample
+        loss = _diffusion_loss(pred.float(), x0, noise, t, self.noise_schedule, cfg)
+        value = loss.item()
+        check_loss(value, self.recent_losses[0] if self.recent_losses else None, "generator", f"step {step}",
+                   cfg.learning_rate)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.unet.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.ema.step(self.unet.parameters())
+        self.recent_losses = (self.recent_losses + [value])[-50:]
+        return value
+
+    def save(self, out_dir: Path, step: int, state: dict[str, Any], sps: float | None) -> None:
+        _save_checkpoint(out_dir, step, self.cfg, state, self.unet, self.optimizer, self.ema, self.rng,
+                         self.recent_losses, sps)
 
 
 # -- building blocks ----------------------------------------------------------------------------

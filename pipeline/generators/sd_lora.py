@@ -19,7 +19,6 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +36,8 @@ from ..core.common import (
     resolve_dtype,
     write_json,
 )
-from . import GENERATORS, Generator
+from ..core.precision import PRECISIONS, autocast, compute_dtype
+from . import GENERATORS, Generator, Variant
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
@@ -62,7 +62,6 @@ SCHEDULERS = {
     "dpm++": "DPMSolverMultistepScheduler",
     "unipc": "UniPCMultistepScheduler",
 }
-MIXED_PRECISION = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -76,7 +75,7 @@ class SDLoraConfig:
     steps: int = 1000  # optimizer steps in all (a resumed run counts the steps already done)
     batch_size: int = 8  # images per training step
     resolution: int = 224  # side in pixels of the training crops and of the generated images
-    mixed_precision: str = "no"  # "no", "fp16" or "bf16": frozen weights + autocast, only on CUDA
+    mixed_precision: str = "auto"  # the precision policy: auto (bf16 on CUDA) | no | fp16 | bf16; only on CUDA
     snr_gamma: float | None = None  # Min-SNR-gamma loss weighting (5.0 in the paper); None = plain MSE
     gradient_checkpointing: bool = False  # trade UNet activation memory for recompute
     checkpoint_every: int = 500  # save LoRA + optimizer every N steps to out_dir/checkpoints; 0 = never
@@ -84,7 +83,7 @@ class SDLoraConfig:
     random_flip: bool = True  # horizontal flip of half the training crops
     seed: int = 0  # seeds the LoRA init and every step's batch, flips, noise and timesteps
     device: str = "auto"  # "auto" (cuda when visible), "cuda", "cuda:1", "cpu", ...
-    dtype: str = "auto"  # inference dtype: "auto" (fp16 on CUDA, fp32 elsewhere), "fp32", "fp16", "bf16"
+    dtype: str = "auto"  # inference dtype: "auto" (the precision policy: bf16 on CUDA, fp32 elsewhere), "fp32", "fp16", "bf16"
     num_inference_steps: int = 20  # denoising steps per image
     guidance_scale: float = 2.0  # classifier-free guidance weight
     scheduler: str | None = None  # sampling scheduler (a key of SCHEDULERS); None = the pipeline's own
@@ -96,8 +95,8 @@ class SDLoraConfig:
     compile: bool = False  # torch.compile the UNet and the VAE decoder (fuses the LoRA first; minutes to warm up)
 
     def __post_init__(self) -> None:
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
+        if self.mixed_precision not in PRECISIONS:
+            raise ValueError(f"mixed_precision must be one of {', '.join(PRECISIONS)}, "
                              f"not {self.mixed_precision!r}")
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {self.scheduler!r}; valid names: {', '.join(SCHEDULERS)}")
@@ -246,6 +245,10 @@ class SDLoraGenerator(Generator):
 
     name = "sd-lora"
     config_class = SDLoraConfig
+    sampling_fields = {"steps": "num_inference_steps", "guidance": "guidance_scale"}
+    config_file = CONFIG_FILE
+    base_field = "base"
+    path_fields = frozenset({"base", "lora_path"})
 
     def __init__(self, config: SDLoraConfig) -> None:
         super().__init__(config)
@@ -306,10 +309,6 @@ class SDLoraGenerator(Generator):
 
         Checkpoints go to ``out_dir/checkpoints/step-XXXXXX`` and the final LoRA + config to ``out_dir``.
         """
-        from diffusers import DDPMScheduler
-        from diffusers.training_utils import cast_training_params
-        from peft import LoraConfig
-
         cfg = self.config
         # 1. check inputs
         if len(images) != len(prompts):
@@ -320,85 +319,24 @@ class SDLoraGenerator(Generator):
             raise ValueError("this generator already carries a LoRA (lora_path or an earlier fit); "
                              "fine-tune from a fresh generator on the base model")
         out_dir = Path(out_dir)
-        device = self.device
-        on_cuda = device.startswith("cuda")
-        weight_dtype = MIXED_PRECISION[cfg.mixed_precision] if on_cuda else None
-        if cfg.mixed_precision != "no" and not on_cuda:
-            logger.info("mixed_precision=%s ignored on %s; training in float32", cfg.mixed_precision, device)
-
-        # 2. frozen base in the training dtype, a fresh seeded LoRA kept in float32
-        pipe, unet = self.pipe, self.pipe.unet
-        self._inference_ready = False
-        for model in (unet, pipe.vae, pipe.text_encoder):
-            model.requires_grad_(False)
-        pipe.vae.eval()
-        pipe.text_encoder.eval()
-        pipe.to(device, weight_dtype or torch.float32)
-        lora_config = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
-                                 target_modules=list(LORA_TARGETS))
-        with torch.random.fork_rng():  # seed the LoRA init without touching the caller's RNG
-            torch.manual_seed(cfg.seed)
-            unet.add_adapter(lora_config, adapter_name=ADAPTER)
-        cast_training_params(unet, dtype=torch.float32)
-        params = [p for p in unet.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr)
-        scaler = torch.amp.GradScaler("cuda", enabled=weight_dtype is torch.float16)
-        noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-        prediction_type = noise_scheduler.config.prediction_type
-        if cfg.gradient_checkpointing:
-            unet.enable_gradient_checkpointing()
-        unet.train()
-
+        # 2. frozen base in the policy's weight dtype, a fresh seeded LoRA kept in float32, its optimiser
+        training = self._start_training()
         # 3. resume from the latest checkpoint in out_dir, if any
-        start = self._resume(out_dir / "checkpoints", optimizer, scaler)
-
+        start = self._resume(out_dir / "checkpoints", training.optimizer, training.scaler)
         # 4. the training loop
         losses: list[float] = []
         started = time.perf_counter()
         for step in range(start, cfg.steps):
-            rng = step_generator(cfg.seed, step)
-            index = batch_indices(len(images), cfg.batch_size, step, cfg.seed)
-            flips = (torch.rand(len(index), generator=rng) < 0.5).tolist()
-            pixels = torch.stack([image_to_tensor(images[i], cfg.resolution, cfg.random_flip and f)
-                                  for i, f in zip(index, flips, strict=True)])
-            with torch.no_grad():
-                latents = pipe.vae.encode(pixels.to(device, pipe.vae.dtype)).latent_dist.sample(rng)
-                latents = latents * pipe.vae.config.scaling_factor
-                noise = torch.randn(latents.shape, generator=rng).to(device, latents.dtype)
-                timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(index),),
-                                          generator=rng).to(device)
-                noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-                cond = pipe.encode_prompt([prompts[i] for i in index], device, 1, False)[0]
-                if prediction_type == "epsilon":
-                    target = noise
-                elif prediction_type == "v_prediction":
-                    target = noise_scheduler.get_velocity(latents, noise, timesteps)
-                else:
-                    raise ValueError(f"cannot train a {prediction_type!r} model; need epsilon or v_prediction")
-                weights = None
-                if cfg.snr_gamma is not None:
-                    snr_t = snr(noise_scheduler.alphas_cumprod, timesteps)
-                    weights = min_snr_weights(snr_t, cfg.snr_gamma, prediction_type)
-            autocast = torch.autocast("cuda", dtype=weight_dtype) if weight_dtype else nullcontext()
-            with autocast:
-                pred = unet(noisy, timesteps, cond, return_dict=False)[0]
-            parts = diffusion_loss(pred, target, weights)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(parts["loss"]).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
+            parts = training.step(images, prompts, step)
             losses.append(float(parts["loss"].detach()))
             done = step + 1
             if cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-                self._save_checkpoint(out_dir / "checkpoints", done, optimizer, scaler)
+                self._save_checkpoint(out_dir / "checkpoints", done, training.optimizer, training.scaler)
             progress(Progress("finetune", done, cfg.steps, {"loss": losses[-1], "mse": float(parts["mse"])}))
-
         # 5. back to inference; the final LoRA and config go to out_dir
         if cfg.gradient_checkpointing:
-            unet.disable_gradient_checkpointing()
-        unet.eval()
+            self.pipe.unet.disable_gradient_checkpointing()
+        self.pipe.unet.eval()
         seconds = time.perf_counter() - started
         lora_file = self.save(out_dir)
         return {
@@ -410,6 +348,40 @@ class SDLoraGenerator(Generator):
             "seconds_per_step": seconds / len(losses) if losses else None,
             "lora_path": str(lora_file),
         }
+
+    def _start_training(self) -> _LoraTraining:
+        from diffusers import DDPMScheduler
+        from diffusers.training_utils import cast_training_params
+        from peft import LoraConfig
+
+        cfg, device = self.config, self.device
+        precision = cfg.mixed_precision if device.startswith("cuda") else "no"
+        if precision != cfg.mixed_precision and cfg.mixed_precision != "auto":
+            logger.info("mixed_precision=%s ignored on %s; training in float32", cfg.mixed_precision, device)
+        dtype = compute_dtype(device, precision)
+        pipe, unet = self.pipe, self.pipe.unet
+        self._inference_ready = False
+        for model in (unet, pipe.vae, pipe.text_encoder):
+            model.requires_grad_(False)
+        pipe.vae.eval()
+        pipe.text_encoder.eval()
+        pipe.to(device, dtype or torch.float32)
+        lora_config = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
+                                 target_modules=list(LORA_TARGETS))
+        with torch.random.fork_rng():  # seed the LoRA init without touching the caller's RNG
+            torch.manual_seed(cfg.seed)
+            unet.add_adapter(lora_config, adapter_name=ADAPTER)
+        cast_training_params(unet, dtype=torch.float32)
+        params = [p for p in unet.parameters() if p.requires_grad]
+        if cfg.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        unet.train()
+        noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        if noise_scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"cannot train a {noise_scheduler.config.prediction_type!r} model; need epsilon or "
+                             "v_prediction")
+        return _LoraTraining(cfg, pipe, params, torch.optim.AdamW(params, lr=cfg.lr),
+                             torch.amp.GradScaler("cuda", enabled=dtype is torch.float16), noise_scheduler, precision)
 
     def _save_checkpoint(self, root: Path, step: int, optimizer: torch.optim.Optimizer,
                          scaler: torch.amp.GradScaler) -> None:
@@ -570,6 +542,36 @@ class SDLoraGenerator(Generator):
             raise ValueError(f"got {len(prompts)} prompts but {len(labels)} labels")
         return self.sample(prompts, seeds, output_type="pil", progress=progress)
 
+    # -- self-description ---------------------------------------------------------------------------
+
+    @classmethod
+    def saved_config(cls, directory: Path) -> dict[str, Any]:
+        return read_json(Path(directory) / CONFIG_FILE)["config"]
+
+    @classmethod
+    def checkpoints(cls, generator_dir: Path) -> list[tuple[int, Path]]:
+        """``step-N`` folders :meth:`fit` kept under the run's ``checkpoints/checkpoints``."""
+        return [(int(p.name.split("-")[1]), p) for p in _checkpoints(Path(generator_dir).parent / "checkpoints" / "checkpoints")]
+
+    @classmethod
+    def variants(cls, generator_dir: Path) -> list[Variant]:
+        """The base model alone, the LoRA of each kept checkpoint, and the fine-tuned model."""
+        return [Variant("base", cls.name, Path(generator_dir), base_only=True),
+                *(Variant(f"step {step}", cls.name, Path(generator_dir), path, step=step)
+                  for step, path in cls.checkpoints(generator_dir)),
+                Variant("fine-tuned", cls.name, Path(generator_dir))]
+
+    @classmethod
+    def load_variant(cls, variant: Variant, **overrides: Any) -> SDLoraGenerator:
+        from . import resolve_options
+
+        overrides = resolve_options(cls, overrides)
+        if variant.base_only:
+            overrides["lora_path"] = None
+        elif variant.checkpoint is not None:
+            overrides["lora_path"] = str(variant.checkpoint / LORA_FILE)
+        return cls.load(variant.generator_dir, **overrides)
+
     # -- files ------------------------------------------------------------------------------------
 
     def save(self, directory: Path) -> Path | None:
@@ -594,6 +596,59 @@ class SDLoraGenerator(Generator):
         if (directory / LORA_FILE).exists():
             fields["lora_path"] = str(directory / LORA_FILE)
         return cls(SDLoraConfig(**{**fields, **overrides}))
+
+
+@dataclass
+class _LoraTraining:
+    """One LoRA fine-tuning: the pipeline, the trained parameters, optimiser, loss scaler and noise."""
+
+    cfg: SDLoraConfig
+    pipe: Any
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    noise_scheduler: Any
+    precision: str  # the precision policy's name for the UNet's forward pass ("no": float32)
+
+    def step(self, images: Sequence[Image.Image], prompts: Sequence[str], step: int) -> dict[str, torch.Tensor]:
+        """Training step ``step``: its batch, flips, noise and timesteps all drawn from ``(seed, step)``."""
+        cfg, pipe, device = self.cfg, self.pipe, self.pipe.unet.device
+        rng = step_generator(cfg.seed, step)
+        index = batch_indices(len(images), cfg.batch_size, step, cfg.seed)
+        flips = (torch.rand(len(index), generator=rng) < 0.5).tolist()
+        pixels = torch.stack([image_to_tensor(images[i], cfg.resolution, cfg.random_flip and f)
+                              for i, f in zip(index, flips, strict=True)])
+        with torch.no_grad():
+            latents = pipe.vae.encode(pixels.to(device, pipe.vae.dtype)).latent_dist.sample(rng)
+            latents = latents * pipe.vae.config.scaling_factor
+            noise = torch.randn(latents.shape, generator=rng).to(device, latents.dtype)
+            timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(index),),
+                                      generator=rng).to(device)
+            noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+            cond = pipe.encode_prompt([prompts[i] for i in index], device, 1, False)[0]
+            target, weights = self.target(latents, noise, timesteps)
+        with autocast(str(device), self.precision):
+            pred = pipe.unet(noisy, timesteps, cond, return_dict=False)[0]
+        parts = diffusion_loss(pred, target, weights)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(parts["loss"]).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return parts
+
+    def target(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What the UNet learns to predict (the noise, or v: the base model's own prediction type) and the
+        Min-SNR weights (None: plain MSE)."""
+        prediction_type = self.noise_scheduler.config.prediction_type
+        target = noise if prediction_type == "epsilon" else \
+            self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        if self.cfg.snr_gamma is None:
+            return target, None
+        snr_t = snr(self.noise_scheduler.alphas_cumprod, timesteps)
+        return target, min_snr_weights(snr_t, self.cfg.snr_gamma, prediction_type)
 
 
 def _checkpoints(root: Path) -> list[Path]:

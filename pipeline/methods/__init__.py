@@ -22,9 +22,11 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from ..classifiers.train import TensorData, TrainConfig
+from ..classifiers.train import TrainConfig, TrainResult
+from ..core import checkpoints
 from ..core.common import ProgressFn
 from ..core.registry import Registry
+from ..data.tensors import TensorData
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,15 @@ class MethodResult:
     checkpoint: Path
     metrics: dict[str, Any]  # training figures; ``epsilon`` / ``delta`` for a DP method
 
+    @classmethod
+    def saved(cls, result: TrainResult, out_dir: Path, **figures: Any) -> MethodResult:
+        """Save the trained student's weights as ``out_dir/model.pt``; the figures with its training's."""
+        path = Path(out_dir) / "model.pt"
+        checkpoints.save(path, result.model.state_dict())
+        return cls(result.model.eval(), path, {**figures, "epochs_run": result.epochs_run,
+                                               "best_epoch": result.best_epoch,
+                                               "train_seconds": round(result.seconds, 2), "history": result.history})
+
 
 class TransferMethod:
     """A registered way to get a private (or reference) student; subclasses set the class fields."""
@@ -67,6 +78,7 @@ class TransferMethod:
     name: ClassVar[str]
     config_class: ClassVar[type]
     reads_real_training_images: ClassVar[bool] = False
+    private_model: ClassVar[bool] = False  # its student's architecture is Opacus' DP-compatible one
 
     def __init__(self, config: Any) -> None:
         self.config = config

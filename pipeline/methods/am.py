@@ -18,15 +18,18 @@ import logging
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..classifiers.train import AUGMENTATIONS, TensorData, fit_classifier, predict_logits
+from ..classifiers.augment import AUGMENTATIONS
+from ..classifiers.models import build_classifier
+from ..classifiers.objectives import OnlineTeacher, SoftLabels
+from ..classifiers.train import fit, predict_logits
+from ..core import checkpoints
 from ..core.common import Progress, ProgressFn, check_loss, no_progress, resolve_device
-from ..distill import build_model
+from ..data.tensors import TensorData
 from . import MethodContext, MethodResult, TransferMethod, register
 
 logger = logging.getLogger(__name__)
@@ -166,13 +169,11 @@ class ActivationMaximisation(TransferMethod):
 
     def train(self, context: MethodContext, out_dir: Path, progress: ProgressFn) -> MethodResult:
         cfg, recipe = self.config, context.student_recipe
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
         # 1. class-balanced targets and images at the teacher's input size (the size it scores)
         side = context.input_shape[-1]
         labels = torch.arange(context.num_classes).repeat_interleave(cfg.images_per_class)
         images = synthesise(context.teacher, labels, context.input_shape, cfg, progress, recipe.device)
-        torch.save({"images": images, "labels": labels}, out_dir / "am_images.pt")
+        checkpoints.save(Path(out_dir) / "am_images.pt", {"images": images, "labels": labels})
         # 2. the teacher's soft labels; a slice held out (labelled by the teacher) for early stopping
         logits = predict_logits(context.teacher, images, device=recipe.device)
         if recipe.image_size is not None and recipe.image_size != side:
@@ -184,18 +185,13 @@ class ActivationMaximisation(TransferMethod):
         # 3. the student, with the experiment's student recipe and KD settings; with an online teacher, each
         # batch is augmented (and mixed) and labelled by the teacher as the student sees it: the student
         # learns the teacher's function around the synthesised images, not only at them
-        teacher = None
+        objective = SoftLabels(context.temperature, context.alpha, recipe.label_smoothing)
         if cfg.online_teacher:
             teacher = context.teacher if recipe.image_size in (None, side) else _Resized(context.teacher, side)
+            objective = OnlineTeacher(teacher, context.temperature, context.alpha, recipe.label_smoothing, cfg.mixup)
             recipe = replace(recipe, augment=tuple(dict.fromkeys((*recipe.augment, *cfg.augment))))
-        model = build_model(recipe, context.num_classes)
-        result = fit_classifier(model, lambda _: train, recipe, val, out_dir / "student.ckpt", progress,
-                                stage="am student", kd_temperature=context.temperature, kd_alpha=context.alpha,
-                                teacher=teacher, teacher_mixup=cfg.online_teacher and cfg.mixup)
-        path = out_dir / "model.pt"
-        torch.save(result.model.state_dict(), path)
-        metrics: dict[str, Any] = {
-            "synthetic_images": len(images), "class_fidelity": float((logits.argmax(1) == labels).float().mean()),
-            "uses_member_statistics": cfg.bn_weight > 0, "epochs_run": result.epochs_run,
-            "train_seconds": round(result.seconds, 2)}
-        return MethodResult(result.model, path, metrics)
+        result = fit(build_classifier(recipe, context.num_classes), train, objective, recipe, val=val,
+                     checkpoint=Path(out_dir) / "student.ckpt", progress=progress, stage="am student")
+        return MethodResult.saved(result, out_dir, synthetic_images=len(images),
+                                  class_fidelity=float((logits.argmax(1) == labels).float().mean()),
+                                  uses_member_statistics=cfg.bn_weight > 0)

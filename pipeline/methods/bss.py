@@ -8,8 +8,8 @@ it ends just at the boundary. The student learns CE on the base samples + ``rati
 ``ratio_attack`` · KD on the boundary samples, with the paper's schedules
 ``ratio = max(3 (1 − e/E), 0) + 1`` and ``ratio_attack = max(2 (1 − 4e/(3E)), 0)`` and its
 KD term −Σ softmax(t/T) log softmax(s/T). Adapted from the authors' reference code
-(github.com/bhheo/BSS_distillation, ``attack_BSS.py`` and ``train_BSS_distillation.py``); the
-optimiser is this product's AdamW + cosine schedule, shared by every student.
+(github.com/bhheo/BSS_distillation, ``attack_BSS.py`` and ``train_BSS_distillation.py``); the loss is an
+objective of the product's one training loop (AdamW + cosine schedule, shared by every student).
 
 Method ``gkd+bss`` takes the experiment's synthetic rounds as base samples: data-free, it composes
 with GKD. Method ``bss`` is the paper's setting on the real members, not private: a reference point.
@@ -17,19 +17,18 @@ with GKD. Method ``bss`` is the paper's setting on the real members, not private
 
 from __future__ import annotations
 
-import math
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..classifiers.train import augment_batch, cosine_schedule, evaluate
-from ..core.common import Progress, ProgressFn, check_loss, resolve_device
-from ..distill import build_model
+from ..classifiers.models import build_classifier
+from ..classifiers.objectives import Batch
+from ..classifiers.train import fit
+from ..core.common import ProgressFn
+from ..data.tensors import TensorData
 from . import MethodContext, MethodResult, TransferMethod, register
 
 
@@ -86,76 +85,41 @@ def _kd(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> tor
     return -(F.softmax(teacher / temperature, 1) * F.log_softmax(student / temperature, 1)).sum(1).mean()
 
 
-class _BoundarySupportingSamples(TransferMethod):
-    """KD with boundary-supporting adversarial samples (Heo et al. 2019) on ``base`` images."""
+@dataclass
+class BoundarySupportingLoss:
+    """The paper's objective: CE on the base samples + ``ratio`` · KD on them + ``ratio_attack`` · KD on
+    boundary samples made from them, with the paper's per-epoch schedules of both ratios."""
 
-    config_class = BSSConfig
-    base: str = "synthetic"  # synthetic (data-free) | members (real images: the paper's setting)
+    teacher: nn.Module
+    config: BSSConfig
+    ratio: float = 1.0
+    ratio_attack: float = 0.0
+    boundary: int = field(default=0)  # boundary samples made so far
 
-    def train(self, context: MethodContext, out_dir: Path, progress: ProgressFn) -> MethodResult:
-        cfg, recipe = self.config, context.student_recipe
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        device = resolve_device(recipe.device)
-        teacher = context.teacher.to(device).eval()
-        # 1. base samples: the synthetic rounds (labels = the intended class) or the real members
-        if self.base == "members":
-            if context.real is None:
-                raise ValueError("bss on members needs the real member images")
-            bases, val = (context.real.members,), context.real.validation
-        else:  # GKD's recycling: `regen_every` epochs on one round, then the next
-            bases, val = context.synthetic, None
-        base = bases[0]
-        # 2. the student, trained with the paper's loss and schedules
-        gen = torch.Generator().manual_seed(recipe.seed)
-        model = build_model(recipe, context.num_classes).to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-        steps_per_epoch = math.ceil(len(base) / recipe.batch_size)
-        total = recipe.epochs * steps_per_epoch
-        scheduler = cosine_schedule(optimizer, total)
-        started, first, history = time.monotonic(), None, []
-        boundary = 0
-        for epoch in range(1, recipe.epochs + 1):
-            ratio = max(3 * (1 - epoch / recipe.epochs), 0) + 1
-            ratio_attack = max(2 * (1 - 4 / 3 * epoch / recipe.epochs), 0)
-            model.train()
-            base = bases[((epoch - 1) // max(context.regen_every, 1)) % len(bases)]
-            order = torch.randperm(len(base), generator=gen)
-            for step, start in enumerate(range(0, len(base), recipe.batch_size)):
-                idx = order[start:start + recipe.batch_size]
-                x, y = augment_batch(base.x[idx], recipe, gen).to(device), base.y[idx].to(device)
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        e = epoch + 1
+        self.ratio = max(3 * (1 - e / epochs), 0) + 1
+        self.ratio_attack = max(2 * (1 - 4 / 3 * e / epochs), 0)
+
+    def __call__(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        x, y = batch.x, batch.y
+        teacher = self.teacher.to(x.device).eval()
+        with torch.no_grad():
+            t_logits = teacher(x)
+        s_logits = model(x)
+        kd = _kd(s_logits, t_logits, self.config.temperature)
+        loss = F.cross_entropy(s_logits, y) + self.ratio * kd
+        if self.ratio_attack > 0:
+            adv = self._boundary_batch(x, y, t_logits, s_logits, batch.gen)
+            if adv is not None:
                 with torch.no_grad():
-                    t_logits = teacher(x)
-                s_logits = model(x)
-                loss = F.cross_entropy(s_logits, y) + ratio * _kd(s_logits, t_logits, cfg.temperature)
-                if ratio_attack > 0:
-                    adv = self._boundary_batch(teacher, model, x, y, t_logits, s_logits, gen)
-                    if adv is not None:
-                        with torch.no_grad():
-                            adv_t = teacher(adv)
-                        loss = loss + ratio_attack * _kd(model(adv), adv_t, cfg.temperature)
-                        boundary += len(adv)
-                value = float(loss.detach())
-                check_loss(value, first, "bss student", f"epoch {epoch}, step {step + 1}", recipe.lr)
-                first = value if first is None else first
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                progress(Progress("bss student", (epoch - 1) * steps_per_epoch + step + 1, total,
-                                  {"epoch": epoch, "loss": value}))
-            row: dict[str, Any] = {"epoch": epoch, "loss": value}
-            if val is not None and len(val):
-                row["val_accuracy"] = evaluate(model, val, context.num_classes, device=device)["accuracy"]
-            history.append(row)
-        path = out_dir / "model.pt"
-        torch.save(model.state_dict(), path)
-        return MethodResult(model.eval(), path, {
-            "base": self.base, "base_images": sum(len(b) for b in bases), "boundary_samples": boundary, "epochs_run": recipe.epochs,
-            "train_seconds": round(time.monotonic() - started, 2), "history": history})
+                    adv_t = teacher(adv)
+                loss = loss + self.ratio_attack * _kd(model(adv), adv_t, self.config.temperature)
+                self.boundary += len(adv)
+        return {"loss": loss, "kd": kd.detach()}
 
-    def _boundary_batch(self, teacher: nn.Module, student: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                        t_logits: torch.Tensor, s_logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor | None:
+    def _boundary_batch(self, x: torch.Tensor, y: torch.Tensor, t_logits: torch.Tensor, s_logits: torch.Tensor,
+                        gen: torch.Generator) -> torch.Tensor | None:
         """Boundary samples for one batch: correctly classified bases where teacher and student disagree
         most (outside the true class), moved towards a sampled target class."""
         correct = (t_logits.argmax(1) == y).nonzero().squeeze(1)
@@ -165,8 +129,37 @@ class _BoundarySupportingSamples(TransferMethod):
             diff = (F.softmax(t_logits[correct], 1) - F.softmax(s_logits[correct].detach(), 1)) ** 2
             score = diff.sum(1) - diff.gather(1, y[correct][:, None]).squeeze(1)
             correct = correct[score.argsort(descending=True)[:self.config.attack_size]]
-        targets = sample_targets(t_logits[correct].cpu(), gen).to(x.device)
-        return boundary_samples(teacher, x[correct].detach(), targets, self.config.attack_steps, self.config.step_alpha)
+        targets = sample_targets(t_logits[correct].detach().cpu(), gen).to(x.device)
+        return boundary_samples(self.teacher, x[correct].detach(), targets, self.config.attack_steps,
+                                self.config.step_alpha)
+
+
+class _BoundarySupportingSamples(TransferMethod):
+    """KD with boundary-supporting adversarial samples (Heo et al. 2019) on ``base`` images."""
+
+    config_class = BSSConfig
+    base: str = "synthetic"  # synthetic (data-free) | members (real images: the paper's setting)
+
+    def train(self, context: MethodContext, out_dir: Path, progress: ProgressFn) -> MethodResult:
+        recipe = context.student_recipe
+        # 1. base samples: the synthetic rounds (labels = the intended class; GKD's recycling period)
+        # or the real members (validated on the real carve-out)
+        if self.base == "members":
+            if context.real is None:
+                raise ValueError("bss on members needs the real member images")
+            bases, val = (context.real.members,), context.real.validation
+        else:
+            bases, val = context.synthetic, None
+
+        def data_for_epoch(epoch: int) -> TensorData:
+            return bases[(epoch // max(context.regen_every, 1)) % len(bases)]
+
+        # 2. the student, trained with the paper's loss and schedules through the one loop
+        objective = BoundarySupportingLoss(context.teacher, self.config)
+        result = fit(build_classifier(recipe, context.num_classes), data_for_epoch, objective, recipe, val=val,
+                     checkpoint=Path(out_dir) / "student.ckpt", progress=progress, stage="bss student")
+        return MethodResult.saved(result, out_dir, base=self.base, base_images=sum(len(b) for b in bases),
+                                  boundary_samples=objective.boundary)
 
 
 @register

@@ -5,23 +5,26 @@ It answers the stakeholder's first question ("why not just use DP?") on the same
 
 BatchNorm mixes examples and is not allowed under DP: Opacus's ``ModuleValidator.fix`` swaps it for
 GroupNorm (the built-in classifiers already use GroupNorm). Augmentation is off: each step's noise is
-calibrated to one use of each example.
+calibrated to one use of each example. The training is the product's one loop with a privacy wrapper:
+Opacus replaces the model (per-example gradients), the optimiser (clipping and noise) and the sampler
+(Poisson sampling of the rows).
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
-from ..classifiers.train import evaluate
-from ..core.common import Progress, ProgressFn, check_loss, resolve_device, seed_everything
-from ..distill import build_model
+from ..classifiers.models import build_classifier
+from ..classifiers.objectives import HardLabels
+from ..classifiers.train import TrainConfig, fit
+from ..core.common import ProgressFn
 from . import MethodContext, MethodResult, TransferMethod, register
 
 logger = logging.getLogger(__name__)
@@ -46,6 +49,46 @@ class DPConfig:
             raise ValueError(f"delta must be in (0, 1), got {self.delta}")
 
 
+class _PoissonRows:
+    """The loop's sampler under DP-SGD: Opacus' Poisson-sampled loader over the row indices."""
+
+    def __init__(self, loader: Any, seed: int) -> None:
+        self.loader, self.gens, self.n_models = loader, [torch.Generator().manual_seed(seed)], 1
+
+    def steps(self, n_rows: int) -> int:
+        return len(self.loader)
+
+    def epoch(self, n_rows: int) -> Iterator[torch.Tensor]:
+        for (rows,) in self.loader:
+            yield rows.long()
+
+
+class OpacusPrivacy:
+    """The one loop's privacy wrapper: Opacus' ``make_private_with_epsilon`` calibrates the noise to
+    (ε, δ) over the planned epochs; ε spent is read back from its accountant after every epoch."""
+
+    def __init__(self, config: DPConfig, delta: float, seed: int) -> None:
+        self.config, self.delta, self.seed = config, delta, seed
+        self.engine: Any = None
+        self.optimizer: Any = None
+
+    def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer, n_rows: int, config: TrainConfig
+             ) -> tuple[nn.Module, torch.optim.Optimizer, _PoissonRows]:
+        from opacus import PrivacyEngine
+
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(n_rows)),
+                                             batch_size=config.batch_size,
+                                             generator=torch.Generator().manual_seed(self.seed))
+        self.engine = PrivacyEngine(accountant=self.config.accountant)
+        model, self.optimizer, loader = self.engine.make_private_with_epsilon(
+            module=model, optimizer=optimizer, data_loader=loader, target_epsilon=self.config.epsilon,
+            target_delta=self.delta, epochs=config.epochs, max_grad_norm=self.config.max_grad_norm)
+        return model, self.optimizer, _PoissonRows(loader, self.seed)
+
+    def epoch_info(self) -> dict[str, float]:
+        return {"epsilon": float(self.engine.get_epsilon(self.delta))}
+
+
 @register
 class DPSGD(TransferMethod):
     """The classifier trained on the real members with DP-SGD (Opacus), at a target ε"""
@@ -53,63 +96,33 @@ class DPSGD(TransferMethod):
     name = "dp-sgd"
     config_class = DPConfig
     reads_real_training_images = True
+    private_model = True
 
     def label(self) -> str:
         return f"dp-sgd ε={self.config.epsilon:g}"
 
     def train(self, context: MethodContext, out_dir: Path, progress: ProgressFn) -> MethodResult:
-        from opacus import PrivacyEngine
         from opacus.validators import ModuleValidator
 
-        cfg, recipe = self.config, context.student_recipe
+        cfg = self.config
         if context.real is None:
             raise ValueError("dp-sgd trains on the real members; the context has none")
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        device = resolve_device(recipe.device)
         members = context.real.members
         delta = cfg.delta if cfg.delta is not None else 1.0 / (2 * len(members))
-        epochs = cfg.epochs or recipe.epochs
-        batch = min(cfg.batch_size or 4 * recipe.batch_size, len(members))
-        # 1. a DP-compatible model, optimiser and Poisson-sampled loader, noise calibrated to (ε, δ)
-        model = ModuleValidator.fix(build_model(recipe, context.num_classes)).to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr or recipe.lr, weight_decay=0.0)
-        seed_everything(recipe.seed)
-        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(members.x, members.y), batch_size=batch,
-                                             generator=torch.Generator().manual_seed(recipe.seed))
-        engine = PrivacyEngine(accountant=cfg.accountant)
-        model, optimizer, loader = engine.make_private_with_epsilon(
-            module=model, optimizer=optimizer, data_loader=loader, target_epsilon=cfg.epsilon, target_delta=delta,
-            epochs=epochs, max_grad_norm=cfg.max_grad_norm)
-        # 2. train
-        started, first, history, total = time.monotonic(), None, [], epochs * len(loader)
-        for epoch in range(1, epochs + 1):
-            model.train()
-            for step, (x, y) in enumerate(loader):
-                if len(x) == 0:  # Poisson sampling can draw an empty batch
-                    continue
-                loss = F.cross_entropy(model(x.to(device)), y.to(device))
-                value = float(loss.detach())
-                check_loss(value, first, "dp-sgd", f"epoch {epoch}, step {step + 1}", optimizer.param_groups[0]["lr"])
-                first = value if first is None else first
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                progress(Progress("dp-sgd", (epoch - 1) * len(loader) + step + 1, total, {"epoch": epoch, "loss": value}))
-            row: dict[str, Any] = {"epoch": epoch, "loss": value, "epsilon": engine.get_epsilon(delta)}
-            if context.real.validation is not None and len(context.real.validation):
-                row["val_accuracy"] = evaluate(model, context.real.validation, context.num_classes,
-                                               device=device)["accuracy"]
-            history.append(row)
-        # 3. the plain module's weights (without Opacus's wrapper) and the privacy spent
-        plain = model._module if hasattr(model, "_module") else model
-        path = out_dir / "model.pt"
-        torch.save(plain.state_dict(), path)
-        spent = float(engine.get_epsilon(delta))
-        logger.info("dp-sgd: ε = %.3f at δ = %.2g (target %.3g), noise multiplier %.3f", spent, delta, cfg.epsilon,
-                    optimizer.noise_multiplier)
-        return MethodResult(plain.eval(), path, {
-            "epsilon": spent, "target_epsilon": cfg.epsilon, "delta": delta, "accountant": cfg.accountant,
-            "noise_multiplier": float(optimizer.noise_multiplier), "max_grad_norm": cfg.max_grad_norm,
-            "batch_size": batch, "epochs_run": epochs, "train_seconds": round(time.monotonic() - started, 2),
-            "history": history})
+        # 1. the recipe under DP: larger batches, no augmentation, no weight decay, float32 (per-example
+        # gradients), a DP-compatible model (BatchNorm swapped)
+        recipe = replace(context.student_recipe, epochs=cfg.epochs or context.student_recipe.epochs,
+                         batch_size=min(cfg.batch_size or 4 * context.student_recipe.batch_size, len(members)),
+                         lr=cfg.lr or context.student_recipe.lr, weight_decay=0.0, augment=(), patience=None,
+                         amp=False)
+        model = ModuleValidator.fix(build_classifier(recipe, context.num_classes))
+        # 2. train through the one loop, Opacus wrapping model, optimiser and sampler
+        privacy = OpacusPrivacy(cfg, delta, recipe.seed)
+        result = fit(model, members, HardLabels(), recipe, val=context.real.validation, progress=progress,
+                     stage="dp-sgd", private=privacy)
+        spent = privacy.epoch_info()["epsilon"]
+        noise = float(privacy.optimizer.noise_multiplier)
+        logger.info("dp-sgd: ε = %.3f at δ = %.2g (target %.3g), noise multiplier %.3f", spent, delta, cfg.epsilon, noise)
+        return MethodResult.saved(result, out_dir, epsilon=spent, target_epsilon=cfg.epsilon, delta=delta,
+                                  accountant=cfg.accountant, noise_multiplier=noise, max_grad_norm=cfg.max_grad_norm,
+                                  batch_size=recipe.batch_size)

@@ -27,9 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..classifiers.models import ClassifierSpec, create_classifier, vmap_compatible
-from ..classifiers.stacked import TrainRecipe, predict_stacked, train_stacked
-from ..classifiers.train import TensorData, TrainConfig, fit_classifier, predict_logits
+from ..classifiers.models import ClassifierSpec, build_classifier, create_classifier, vmap_compatible
+from ..classifiers.objectives import HardLabels
+from ..classifiers.stacked import predict_stacked, train_stacked
+from ..classifiers.train import TrainConfig, fit, predict_logits
 from ..core.cluster import SINGLE, Cluster
 from ..core.common import (
     ProgressFn,
@@ -37,10 +38,10 @@ from ..core.common import (
     no_progress,
     read_json,
     resolve_device,
-    seed_everything,
     to_jsonable,
     write_json,
 )
+from ..data.tensors import TensorData
 
 logger = logging.getLogger(__name__)
 
@@ -243,16 +244,12 @@ def train_classifier_shadows(indices: list[int], population: TensorData, z: Tens
         return _train_stacked_shadows(indices, population, z, shadow_in, recipe, views, factory, audit_seed, progress)
     out = {}
     for i in indices:
-        idx = torch.from_numpy(np.flatnonzero(shadow_in[i]))
-        subset = TensorData(population.x[idx], population.y[idx])
-        val = None
-        if val_in is not None and val_in[i].any():
-            vidx = torch.from_numpy(np.flatnonzero(val_in[i]))
-            val = TensorData(population.x[vidx], population.y[vidx])
+        subset = population.rows(np.flatnonzero(shadow_in[i]))
+        val = population.rows(np.flatnonzero(val_in[i])) if val_in is not None and val_in[i].any() else None
         shadow_recipe = replace(recipe, seed=shadow_seed(recipe, audit_seed, i))
-        seed_everything(shadow_recipe.seed)  # the shadow's initial weights
-        model = factory()
-        fit_classifier(model, lambda _, s=subset: s, shadow_recipe, val, progress=progress, stage=f"shadow {i + 1}")
+        model = build_classifier(shadow_recipe, num_classes)
+        fit(model, subset, HardLabels(recipe.label_smoothing, mixup="mixup" in recipe.augment), shadow_recipe,
+            val=val, progress=progress, stage=f"shadow {i + 1}")
         out[i] = (view_logits(model, population.x, views, recipe.device), view_logits(model, z.x, views, recipe.device))
     return out
 
@@ -269,13 +266,9 @@ def _train_stacked_shadows(indices: list[int], population: TensorData, z: Tensor
                            recipe: TrainConfig, views: tuple[str, ...], factory: Callable[[], nn.Module],
                            audit_seed: int, progress: ProgressFn) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     device = torch.device(resolve_device(recipe.device))
-    stacked = TrainRecipe(epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
-                          weight_decay=recipe.weight_decay, label_smoothing=recipe.label_smoothing,
-                          augment_flip="flip" in recipe.augment,
-                          crop_padding=recipe.crop_padding if "crop" in recipe.augment else 0,
-                          seed=shadow_seed(recipe, audit_seed, indices[0]))  # model j gets seed + j
     masks = torch.from_numpy(shadow_in[indices])
-    state = train_stacked(factory, population.x.to(device), population.y.to(device), masks, stacked, progress)
+    first = replace(recipe, seed=shadow_seed(recipe, audit_seed, indices[0]))  # model j gets seed + j
+    state = train_stacked(factory, population.x.to(device), population.y.to(device), masks, first, progress)
     pop = np.stack([predict_stacked(factory, state, v.to(device)).cpu().numpy()
                     for v in query_views(population.x, views)], 1)  # (g, a, n, k)
     zs = np.stack([predict_stacked(factory, state, v.to(device)).cpu().numpy() for v in query_views(z.x, views)], 1)

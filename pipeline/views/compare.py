@@ -1,10 +1,9 @@
 """Side-by-side generations: the same prompts and seeds through several versions of one generator.
 
-For ``sd-lora`` the versions are the base model (the same pipeline without the LoRA) and the
-fine-tuned model (with it), plus the LoRA of each kept checkpoint. The ``scratch`` backend has no
-pretrained base, so its versions are the kept checkpoints of the training run (earliest ... latest)
-and the final generator. Every version draws an image from the same seed, so differences come from
-the weights alone.
+Which versions a trained generator has is the backend's to say (``Generator.variants``): for a
+backend with a pretrained base (``sd-lora``) the base model alone and the fine-tuned one, plus the
+LoRA of each kept checkpoint; for one trained from scratch its kept checkpoints and the final
+generator. Every version draws an image from the same seed, so differences come from the weights alone.
 
     variants = list_variants(generator_dir)
     result = compare_generations(generator_dir, prompts, labels, seeds, [v.name for v in variants])
@@ -14,7 +13,6 @@ the weights alone.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,29 +23,11 @@ from PIL import Image
 from ..core.common import Progress, ProgressFn, no_progress, read_json
 from ..core.project import Project
 from ..core.runs import RunRecord
-from ..finetune import load_generator
-from ..generators import Generator
+from ..generators import Generator, Variant, generator_class
 
 logger = logging.getLogger(__name__)
 
-_STEP_RE = re.compile(r"^step-(\d+)$")
-# generic sampling controls -> each backend's config field
-SAMPLING_FIELDS = {
-    "scratch": {"steps": "sampling_steps", "guidance": "guidance_scale"},
-    "sd-lora": {"steps": "num_inference_steps", "guidance": "guidance_scale"},
-}
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One version of a trained generator."""
-
-    name: str  # "base", "fine-tuned", "step 200", "final"
-    backend: str  # scratch | sd-lora
-    generator_dir: Path  # the run's saved generator (runs/<id>/generator)
-    checkpoint: Path | None = None  # a training checkpoint folder to load instead of the final weights
-    with_lora: bool = True  # sd-lora: False = the base model alone
-    step: int | None = None  # training step of a checkpoint
+__all__ = ["Variant", "Comparison", "compare_generations", "list_variants", "load_variant"]
 
 
 @dataclass
@@ -96,45 +76,29 @@ def backend_of(generator_dir: Path) -> str:
 
 def checkpoints(generator_dir: Path) -> list[tuple[int, Path]]:
     """Kept training checkpoints of the run that saved ``generator_dir``, oldest first."""
-    generator_dir = Path(generator_dir)
-    backend = backend_of(generator_dir)
-    # finetune trains into <run>/checkpoints; scratch keeps step-N there, sd-lora one level deeper
-    root = generator_dir.parent / "checkpoints"
-    if backend == "sd-lora":
-        root = root / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_RE.match(p.name))]
-    return sorted(found)
+    return generator_class(backend_of(generator_dir)).checkpoints(Path(generator_dir))
 
 
 def list_variants(generator_dir: Path) -> list[Variant]:
     """Every version of a saved generator that can be compared."""
-    generator_dir = Path(generator_dir)
-    backend = backend_of(generator_dir)
-    ckpts = [Variant(f"step {step}", backend, generator_dir, path, step=step)
-             for step, path in checkpoints(generator_dir)]
-    if backend == "sd-lora":
-        return [Variant("base", backend, generator_dir, with_lora=False), *ckpts,
-                Variant("fine-tuned", backend, generator_dir)]
-    return [*ckpts, Variant("final", backend, generator_dir)]
+    return generator_class(backend_of(generator_dir)).variants(Path(generator_dir))
 
 
 def default_variants(variants: Sequence[Variant]) -> list[str]:
-    """What to compare by default: base vs fine-tuned (sd-lora); earliest vs latest checkpoint vs
-    final (scratch)."""
-    names = [v.name for v in variants]
-    if "base" in names:
-        return ["base", "fine-tuned"]
+    """What to compare by default: the base model vs the fine-tuned one where there is a base; else
+    the earliest and latest checkpoints and the final generator."""
+    bases = [v.name for v in variants if v.base_only]
+    if bases:
+        return [bases[0], variants[-1].name]
     ckpts = [v.name for v in variants if v.checkpoint is not None]
-    return list(dict.fromkeys(ckpts[:1] + ckpts[-1:] + ["final"]))
+    return list(dict.fromkeys(ckpts[:1] + ckpts[-1:] + [variants[-1].name]))
 
 
 def sampling_overrides(backend: str, steps: int | None = None, guidance: float | None = None) -> dict[str, Any]:
     """Backend config overrides for the generic sampling controls (unset ones are left out)."""
-    fields = SAMPLING_FIELDS.get(backend)
-    if fields is None:
-        raise ValueError(f"no sampling controls for backend {backend!r}; known: {', '.join(SAMPLING_FIELDS)}")
+    fields = generator_class(backend).sampling_fields
+    if not fields:
+        raise ValueError(f"generator {backend!r} has no sampling controls")
     out: dict[str, Any] = {}
     if steps is not None:
         out[fields["steps"]] = int(steps)
@@ -145,35 +109,17 @@ def sampling_overrides(backend: str, steps: int | None = None, guidance: float |
 
 def sampling_defaults(generator_dir: Path) -> dict[str, Any]:
     """The saved generator's own sampling settings as {"steps", "guidance"} (read from its config file)."""
-    generator_dir = Path(generator_dir)
-    backend = backend_of(generator_dir)
-    files = {"scratch": ("scratch_config.json", None), "sd-lora": ("sd_lora.json", "config")}
-    if backend not in files:
-        raise ValueError(f"no sampling controls for backend {backend!r}; known: {', '.join(files)}")
-    name, section = files[backend]
-    config = read_json(generator_dir / name)
-    config = config[section] if section else config
-    return {key: config[field] for key, field in SAMPLING_FIELDS[backend].items()}
+    cls = generator_class(backend_of(generator_dir))
+    if not cls.sampling_fields:
+        raise ValueError(f"generator {cls.name!r} has no sampling controls")
+    config = cls.saved_config(Path(generator_dir))
+    return {key: config[field] for key, field in cls.sampling_fields.items()}
 
 
 # -- loading and comparing -------------------------------------------------------------------------------
 def load_variant(variant: Variant, **overrides: Any) -> Generator:
     """Load one version; ``overrides`` replace backend config fields (sampling steps, guidance...)."""
-    if variant.backend == "sd-lora":
-        if not variant.with_lora:
-            return load_generator(variant.generator_dir, lora_path=None, **overrides)
-        if variant.checkpoint is not None:
-            from ..generators.sd_lora import LORA_FILE
-
-            return load_generator(variant.generator_dir, lora_path=str(variant.checkpoint / LORA_FILE),
-                                  **overrides)
-        return load_generator(variant.generator_dir, **overrides)
-    if variant.checkpoint is None:
-        return load_generator(variant.generator_dir, **overrides)
-    from ..generators import resolve_options
-    from ..generators.scratch import ScratchGenerator
-
-    return ScratchGenerator.load_checkpoint(variant.checkpoint, **resolve_options(ScratchGenerator, overrides))
+    return generator_class(variant.backend).load_variant(variant, **overrides)
 
 
 Loader = Callable[..., Generator]

@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..classifiers.models import load_classifier
 from ..classifiers.train import TrainConfig, images_to_tensor, predict_logits
 from ..core.common import from_dict, read_json
 from ..core.project import Project
-from ..distill import build_model
 from ..generate import SyntheticSet
 
 logger = logging.getLogger(__name__)
@@ -80,9 +80,7 @@ def load_demo(project: Project, run_id: str) -> DemoModels:
     # 3. the classifiers, at the size they were trained at
     models = {}
     for role, recipe in recipes.items():
-        model = build_model(recipe, len(class_names))
-        model.load_state_dict(torch.load(run_dir / f"{role}.pt", map_location="cpu", weights_only=True))
-        models[role] = model.eval()
+        models[role] = load_classifier(run_dir / f"{role}.pt", recipe, len(class_names))
     with Image.open(samples[0].path) as first:
         native = first.size
     input_sizes = {role: (r.image_size, r.image_size) if r.image_size else native for role, r in recipes.items()}

@@ -24,7 +24,7 @@ from ..core.common import from_dict, read_json, safe_filename
 from ..core.project import Project
 from ..core.runs import RunRecord
 from ..data.datasets import DatasetConfig, ImageDataset, load_dataset
-from ..distill import real_tensors
+from ..data.tensors import images_to_tensor
 from .synthetic_set import SPACES, SyntheticImage, SyntheticSetView, load_synthetic_set, teacher_outputs
 
 logger = logging.getLogger(__name__)
@@ -264,7 +264,7 @@ def _closest(member_id: str, dataset: ImageDataset, synthetic: SyntheticSetView,
              config: LeakConfig) -> list[SyntheticMatch]:
     """The synthetic images closest to a member that no synthetic image names as its nearest member,
     in the space the memorisation audit used (the teacher's features, or pixels at its input size)."""
-    x = real_tensors(dataset, [member_id], synthetic.recipe.image_size).x
+    x = images_to_tensor([dataset.load_image(member_id)], synthetic.recipe.image_size)
     if config.space == "features":
         vector, reference = teacher_outputs(synthetic.teacher, x)[0][0], synthetic.features
     elif synthetic.pixels is not None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..captions.store import caption_store
 from ..core.common import from_dict
 from ..core.project import Project
 from ..core.runs import RunRecord
@@ -314,7 +315,7 @@ def dataset_config_for_store(project: Project, store: str) -> DatasetConfig | No
     whose dataset fingerprint is the store's records its ``DatasetConfig``. None when no run did
     (e.g. captions imported from a file)."""
     try:
-        fingerprint = project.caption_store(store).meta().get("fingerprint")
+        fingerprint = caption_store(project, store).meta().get("fingerprint")
     except FileNotFoundError:
         return None
     for run in project.registry().list(limit=10_000):  # newest first
@@ -351,7 +352,7 @@ def run_class_names(project: Project, record: RunRecord, n_classes: int) -> list
     for link in record.links:
         if link.ref_kind == "captions":
             try:
-                classes = project.caption_store(link.ref.split("@")[0]).meta().get("classes")
+                classes = caption_store(project, link.ref.split("@")[0]).meta().get("classes")
             except (FileNotFoundError, ValueError):
                 continue
             if classes and len(classes) == n_classes:

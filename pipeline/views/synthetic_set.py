@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..classifiers.models import load_classifier
 from ..classifiers.train import TrainConfig
 from ..core.common import from_dict, read_json
 from ..core.project import Project
 from ..core.runs import RunRecord
 from ..data.datasets import DatasetConfig, ImageDataset, load_dataset
-from ..distill import build_model, synthetic_tensors
 from ..generate import SyntheticSet
 from ..generators.fidelity import penultimate_features
 
@@ -145,11 +145,9 @@ def _neighbours(path: Path) -> dict[int, dict[str, Neighbour]]:
 
 
 def load_teacher(record: RunRecord, num_classes: int) -> tuple[nn.Module, TrainConfig]:
-    """The experiment's trained teacher (eval mode, CPU) and its recipe (``audit._load_model``'s way)."""
+    """The experiment's trained teacher (eval mode, CPU) and its recipe."""
     recipe = from_dict(TrainConfig, record.config["teacher"])
-    model = build_model(replace(recipe, pretrained=False), num_classes)  # the weights come from the file
-    model.load_state_dict(torch.load(record.run_dir / "teacher.pt", map_location="cpu", weights_only=True))
-    return model.eval(), recipe
+    return load_classifier(record.run_dir / "teacher.pt", recipe, num_classes), recipe
 
 
 def teacher_outputs(teacher: nn.Module, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -189,7 +187,7 @@ def load_synthetic_set(project: Project, run_id: str, dataset: ImageDataset | No
     teacher, recipe = load_teacher(record, len(class_names))
     features, probs, pixels = [], [], []
     for k in sorted({im.round for im in images}):
-        x = synthetic_tensors(SyntheticSet.load(record.run_dir / "synthetic" / f"round-{k}"), recipe.image_size).x
+        x = SyntheticSet.load(record.run_dir / "synthetic" / f"round-{k}").tensors(recipe.image_size).x
         f, p = teacher_outputs(teacher, x)
         features.append(f)
         probs.append(p)

@@ -17,7 +17,7 @@ import streamlit as st
 
 from pipeline.captions import curation
 from pipeline.captions.captioners import CAPTIONERS, CaptionerConfig
-from pipeline.captions.store import CaptionConflictError, CaptionRecord
+from pipeline.captions.store import CaptionConflictError, CaptionRecord, caption_stores
 from pipeline.data.datasets import SOURCES, DatasetConfig
 from pipeline.views.report import dataset_config_for_store
 from studio import shared
@@ -58,7 +58,7 @@ st.title("Captions")
 shared.show_flash()
 project = shared.project()
 root = str(project.root)
-names = project.caption_stores()
+names = caption_stores(project)
 if not names:
     st.info("No caption stores in this project yet. Caption a dataset with `python -m pipeline caption` "
             "or start a run on the **Runs** page.")

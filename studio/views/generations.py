@@ -8,6 +8,7 @@ import streamlit as st
 from PIL import Image
 
 from pipeline.captions.prompts import build_prompt
+from pipeline.captions.store import caption_stores
 from pipeline.core.common import from_dict, read_json
 from pipeline.data.datasets import DatasetConfig
 from pipeline.views import compare, report
@@ -65,7 +66,7 @@ side, grid, nearest = st.tabs(["Captions side by side", "Per-class grid", "Neare
 
 # 2. chosen captions: real image | version 1 | version 2 ... -----------------------------------------------------
 with side:
-    if not store_name or store_name not in project.caption_stores():
+    if not store_name or store_name not in caption_stores(project):
         st.info("This generator was trained from class names only (no caption store): use the per-class grid.")
     else:
         store = shared.store(root, store_name)

@@ -13,30 +13,26 @@ import pandas as pd
 import streamlit as st
 
 from pipeline.captions.captioners import CAPTIONERS
-from pipeline.captions.prompts import TEMPLATES
+from pipeline.captions.templates import TEMPLATES
+from pipeline.classifiers.models import classifier_names
 from pipeline.core import jobs
 from pipeline.core.common import from_dict, to_jsonable
 from pipeline.core.runs import RunRecord
 from pipeline.data.datasets import SOURCES, DatasetConfig
 from pipeline.experiment import ExperimentConfig
 from pipeline.finetune import FinetuneConfig
+from pipeline.generators import generator_class, generator_names
 from pipeline.presets import PRESETS, DataProfile, preset_config, quickstart_config
 from pipeline.privacy.shadows import VIEWS
 from pipeline.views import report
 from pipeline.views import runs as runs_view
-from pipeline.views.compare import SAMPLING_FIELDS
 from studio import figures, shared
 
 ACTIVE = ("queued", "running")
 REFRESH_S = 2.0
 LOG_TAIL_BYTES = 12_000  # of a run's log shown: the stage messages of the last while, or a traceback
-TRAIN_STEPS_FIELD = {"scratch": "train_steps", "sd-lora": "steps"}
-MODEL_SIZES = {  # generator sizes offered for quick looks; "default" is the backend's own config
-    "default": {},
-    "tiny (smoke test)": {"block_out_channels": [8, 16], "norm_groups": 4, "batch_size": 16},
-}
-CLASSIFIERS = ("tiny-cnn", "small-cnn", "resnet18")  # any timm name can be typed too
-PATH_OPTIONS = {"base", "lora_path"}  # generator options naming a model: a hub id or a local path
+BACKENDS = generator_names()  # every registered generator backend; each describes its own form fields
+CLASSIFIERS = classifier_names()  # the registered classifiers; any timm name can be typed too
 FORM_BASE = "run_form_base"  # session state: the config the form starts from (fields it does not show)
 FORM_ORIGIN = "run_form_origin"  # session state: (what that config is, the preset's reasons)
 
@@ -71,25 +67,23 @@ def method_label(method: tuple[str, dict[str, Any]]) -> str:
 
 
 def generator_state(backend: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Widget values of one backend's options: steps, sampling steps, size or base model, the rest as JSON."""
-    options = to_jsonable(options)
+    """Widget values of one backend's options: training and sampling steps, a model size or base model, the
+    rest as JSON (the backend says which fields these are)."""
+    cls, options = generator_class(backend), to_jsonable(options)
     defaults = to_jsonable(FinetuneConfig(generator=backend).backend_config())
-    steps = int(options.pop(TRAIN_STEPS_FIELD[backend], defaults[TRAIN_STEPS_FIELD[backend]]))
-    sampling = int(options.pop(SAMPLING_FIELDS[backend]["steps"], defaults[SAMPLING_FIELDS[backend]["steps"]]))
-    state: dict[str, Any] = {f"run_gen_steps_{backend}": steps, f"run_sampling_{backend}": sampling}
-    if backend == "scratch":
-        size = next((k for k, v in reversed(MODEL_SIZES.items()) if all(options.get(o) == x for o, x in v.items())))
-        state["run_preset"] = size
-        for key, value in [*MODEL_SIZES[size].items(), *checkpoint_options(steps).items()]:
-            if options.get(key) == value:  # the form adds these itself
-                options.pop(key)
-    else:
-        state["run_base"] = options.pop("base", defaults["base"])
+    steps_field, sampling_field = cls.field_of("steps"), cls.sampling_fields["steps"]
+    steps = int(options.pop(steps_field, defaults[steps_field]))
+    state: dict[str, Any] = {f"run_gen_steps_{backend}": steps,
+                             f"run_sampling_{backend}": int(options.pop(sampling_field, defaults[sampling_field]))}
+    sizes = cls.form_sizes
+    size = next((k for k, v in reversed(sizes.items()) if all(options.get(o) == x for o, x in v.items())))
+    state[f"run_size_{backend}"] = size
+    for key, value in [*sizes[size].items(), *cls.comparison_options(steps).items()]:
+        if options.get(key) == value:  # the form adds these itself
+            options.pop(key)
+    if cls.base_field:
+        state[f"run_base_{backend}"] = options.pop(cls.base_field, defaults[cls.base_field])
     return {**state, f"run_extra_{backend}": json.dumps(options) if options else "{}"}
-
-
-def checkpoint_options(steps: int) -> dict[str, int]:
-    return {"checkpoint_every": max(1, steps // 4), "keep_checkpoints": 4}  # a few to compare on Generations
 
 
 def form_state(config: ExperimentConfig, choices: dict[str, DatasetConfig]) -> dict[str, Any]:
@@ -106,15 +100,15 @@ def form_state(config: ExperimentConfig, choices: dict[str, DatasetConfig]) -> d
         "run_pipeline_shadows": config.audit.pipeline_shadows, "run_views": list(config.audit.views),
         "run_methods": [method_label(m) for m in config.methods], "run_gate": config.copy_gate,
     }
-    for backend in TRAIN_STEPS_FIELD:  # the other backend's widgets start at its defaults
+    for backend in BACKENDS:  # the other backends' widgets start at their defaults
         state.update(generator_state(backend, dict(config.generator_options) if backend == config.generator else {}))
     return state
 
 
 def fill_form(config: ExperimentConfig, origin: str, why: list[str]) -> None:
     """Make ``config`` the form's starting point and set every widget from it (a callback: before widgets)."""
-    if config.generator not in TRAIN_STEPS_FIELD:
-        raise ValueError(f"the form has no {config.generator!r} generator; valid: {', '.join(TRAIN_STEPS_FIELD)}")
+    if config.generator not in BACKENDS:
+        raise ValueError(f"the form has no {config.generator!r} generator; valid: {', '.join(BACKENDS)}")
     state = form_state(config, dataset_choices(config))
     st.session_state.update({FORM_BASE: config, FORM_ORIGIN: (origin, why), "run_form_open": True, **state})
 
@@ -180,24 +174,34 @@ def origin_note() -> None:
 
 
 def generator_options(backend: str) -> tuple[tuple[str, Any], ...] | None:
-    cols = st.columns(4)
+    """The chosen backend's widgets (its training and sampling steps, model sizes or base model, more
+    options as JSON) -> its options; None when one is invalid (said on the page)."""
+    cls, cols = generator_class(backend), st.columns(4)
     steps = cols[0].number_input("Generator training steps", min_value=1, key=f"run_gen_steps_{backend}",
                                  value=initial[f"run_gen_steps_{backend}"])
     sampling = cols[1].number_input("Sampling steps", min_value=1, key=f"run_sampling_{backend}",
                                     value=initial[f"run_sampling_{backend}"])
-    options: dict[str, Any] = {TRAIN_STEPS_FIELD[backend]: int(steps), SAMPLING_FIELDS[backend]["steps"]: int(sampling)}
-    if backend == "scratch":
-        options.update(MODEL_SIZES[cols[2].selectbox("Model size", list(MODEL_SIZES), key="run_preset",
-                                                      index=start_index(list(MODEL_SIZES), "run_preset"))])
-        options.update(checkpoint_options(int(steps)))
-    else:
-        base_model = shared.model_ref(project, cols[2].text_input("Base model (hub id or folder in the project)",
-                                                                   key="run_base", value=initial["run_base"]))
+    options: dict[str, Any] = {cls.field_of("steps"): int(steps), cls.sampling_fields["steps"]: int(sampling)}
+    if cls.base_field:
+        base_model = shared.model_ref(project, cols[2].text_input(
+            "Base model (hub id or folder in the project)", key=f"run_base_{backend}", value=initial[f"run_base_{backend}"]))
         if base_model is None:
             return None
-        options["base"] = base_model
-    extra = cols[3].text_input("More options (JSON)", key=f"run_extra_{backend}", value=initial[f"run_extra_{backend}"],
-                               help='backend config fields, e.g. {"guidance_scale": 3.0}')
+        options[cls.base_field] = base_model
+    elif len(cls.form_sizes) > 1:
+        sizes = list(cls.form_sizes)
+        options.update(cls.form_sizes[cols[2].selectbox("Model size", sizes, key=f"run_size_{backend}",
+                                                        index=start_index(sizes, f"run_size_{backend}"))])
+    options.update(cls.comparison_options(int(steps)))
+    more = more_options(cols[3], backend, cls.path_fields)
+    return None if more is None else tuple({**options, **more}.items())
+
+
+def more_options(col: Any, backend: str, path_fields: frozenset[str]) -> dict[str, Any] | None:
+    """The "More options (JSON)" box: a JSON object of backend fields; fields naming a model or a file must
+    lie inside the project. None (and an error on the page) when it is not valid."""
+    extra = col.text_input("More options (JSON)", key=f"run_extra_{backend}", value=initial[f"run_extra_{backend}"],
+                           help='backend config fields, e.g. {"guidance_scale": 3.0}')
     try:
         more = json.loads(extra or "{}")
     except ValueError as err:
@@ -206,15 +210,14 @@ def generator_options(backend: str) -> tuple[tuple[str, Any], ...] | None:
     if not isinstance(more, dict):
         st.error('More options: not a JSON object (write {"field": value, ...})')
         return None
-    for key in sorted(PATH_OPTIONS & more.keys()):  # model paths: inside the project, like every path field here
+    for key in sorted(path_fields & more.keys()):  # model paths: inside the project, like every path field here
         if not isinstance(more[key], str) or not more[key].strip():
             continue  # the backend's config check names a wrong type or an empty name
         ref = shared.model_ref(project, more[key])
         if ref is None:
             return None
         more[key] = ref
-    options.update(more)
-    return tuple(options.items())
+    return more
 
 
 # the other transfer methods offered (label -> (name, options)); pipeline.methods has them all
@@ -222,54 +225,66 @@ METHOD_CHOICES = {"am": ("am", {}), "gkd+bss": ("gkd+bss", {}), "bss": ("bss", {
                   "dp-sgd ε=1": ("dp-sgd", {"epsilon": 1.0}), "dp-sgd ε=8": ("dp-sgd", {"epsilon": 8.0})}
 
 
-def experiment_form() -> ExperimentConfig | None:
-    """Widgets → an ExperimentConfig: ``base`` with the fields the widgets show replaced."""
-    choices = dataset_choices(base)
-    origin_note()
-    dataset = dataset_widgets(choices)
-    preset_widgets(dataset)
+def caption_widgets() -> dict[str, Any]:
     st.markdown("**Captions**")
     cols = st.columns([1, 2, 2, 1, 1])
-    captioner = cols[0].selectbox("Captioner", CAPTIONERS.names(), key="run_captioner",
-                                 index=start_index(CAPTIONERS.names(), "run_captioner"))
-    class_template = cols[1].text_input("Class template (classname captioner)", key="run_class_template",
-                                       value=initial["run_class_template"])
-    store = cols[2].text_input("Caption store (blank: the dataset's name)", key="run_store", value=initial["run_store"])
     templates = list(dict.fromkeys([*TEMPLATES, base.template]))
-    template = cols[3].selectbox("Prompt template", templates, key="run_template",
-                                index=start_index(templates, "run_template"))
-    store_version = cols[4].number_input("Caption version", min_value=0, key="run_store_version",
-                                         value=initial["run_store_version"],
-                                         help="0: caption what is missing and use the newest version; "
-                                              "N: use the curated version N of the store as it is")
+    return {
+        "captioner": cols[0].selectbox("Captioner", CAPTIONERS.names(), key="run_captioner",
+                                       index=start_index(CAPTIONERS.names(), "run_captioner")),
+        "class_template": cols[1].text_input("Class template (classname captioner)", key="run_class_template",
+                                             value=initial["run_class_template"]),
+        "store": cols[2].text_input("Caption store (blank: the dataset's name)", key="run_store",
+                                    value=initial["run_store"]),
+        "template": cols[3].selectbox("Prompt template", templates, key="run_template",
+                                      index=start_index(templates, "run_template")),
+        "store_version": cols[4].number_input("Caption version", min_value=0, key="run_store_version",
+                                              value=initial["run_store_version"],
+                                              help="0: caption what is missing and use the newest version; "
+                                                   "N: use the curated version N of the store as it is"),
+    }
+
+
+def synthetic_widgets() -> dict[str, Any]:
     st.markdown("**Generator and synthetic set**")
     cols = st.columns(4)
-    backend = cols[0].selectbox("Generator", list(TRAIN_STEPS_FIELD), key="run_backend",
-                               index=start_index(list(TRAIN_STEPS_FIELD), "run_backend"))
-    cardinality = cols[1].number_input("Cardinality (× members per round)", min_value=0.1, step=0.5,
-                                       key="run_cardinality", value=initial["run_cardinality"])
-    rounds = cols[2].number_input("Rounds", min_value=1, key="run_rounds", value=initial["run_rounds"])
-    regen = cols[3].number_input("Regenerate every (student epochs)", min_value=1, key="run_regen",
-                                 value=initial["run_regen"])
-    options = generator_options(backend)
+    backend = cols[0].selectbox("Generator", BACKENDS, key="run_backend", index=start_index(BACKENDS, "run_backend"))
+    values = {
+        "backend": backend,
+        "cardinality": cols[1].number_input("Cardinality (× members per round)", min_value=0.1, step=0.5,
+                                            key="run_cardinality", value=initial["run_cardinality"]),
+        "rounds": cols[2].number_input("Rounds", min_value=1, key="run_rounds", value=initial["run_rounds"]),
+        "regen": cols[3].number_input("Regenerate every (student epochs)", min_value=1, key="run_regen",
+                                      value=initial["run_regen"]),
+    }
+    return {**values, "options": generator_options(backend)}
+
+
+def model_widgets() -> dict[str, Any]:
     st.markdown("**Teacher, student and audit**")
     cols = st.columns(7)
     models = list(dict.fromkeys([*CLASSIFIERS, base.teacher.model, base.distill.student.model]))
-    teacher_model = cols[0].selectbox("Teacher", models, key="run_teacher", accept_new_options=True,
-                                     index=start_index(models, "run_teacher"))
-    teacher_epochs = cols[1].number_input("Teacher epochs", min_value=1, key="run_teacher_epochs",
-                                          value=initial["run_teacher_epochs"])
-    student_model = cols[2].selectbox("Student", models, key="run_student", accept_new_options=True,
-                                     index=start_index(models, "run_student"))
-    student_epochs = cols[3].number_input("Student epochs", min_value=1, key="run_student_epochs",
-                                          value=initial["run_student_epochs"])
-    shadows = cols[4].number_input("Transfer shadows", min_value=1, step=2, key="run_shadows", value=initial["run_shadows"],
-                                   help="shadow models on real data with the teacher's recipe")
-    pipeline_shadows = cols[5].number_input(
-        "Pipeline shadows", min_value=1, key="run_pipeline_shadows", value=initial["run_pipeline_shadows"],
-        help="each reruns generator, rounds, teacher and student on half the population: the honest audit "
-             "of the student (RMIA needs only a few)")
-    views = cols[6].multiselect("Query views", VIEWS, key="run_views", default=initial["run_views"])
+    return {
+        "teacher": cols[0].selectbox("Teacher", models, key="run_teacher", accept_new_options=True,
+                                     index=start_index(models, "run_teacher")),
+        "teacher_epochs": cols[1].number_input("Teacher epochs", min_value=1, key="run_teacher_epochs",
+                                               value=initial["run_teacher_epochs"]),
+        "student": cols[2].selectbox("Student", models, key="run_student", accept_new_options=True,
+                                     index=start_index(models, "run_student")),
+        "student_epochs": cols[3].number_input("Student epochs", min_value=1, key="run_student_epochs",
+                                               value=initial["run_student_epochs"]),
+        "shadows": cols[4].number_input("Transfer shadows", min_value=1, step=2, key="run_shadows",
+                                        value=initial["run_shadows"],
+                                        help="shadow models on real data with the teacher's recipe"),
+        "pipeline_shadows": cols[5].number_input(
+            "Pipeline shadows", min_value=1, key="run_pipeline_shadows", value=initial["run_pipeline_shadows"],
+            help="each reruns generator, rounds, teacher and student on half the population: the honest audit "
+                 "of the student (RMIA needs only a few)"),
+        "views": cols[6].multiselect("Query views", VIEWS, key="run_views", default=initial["run_views"]),
+    }
+
+
+def method_widgets() -> dict[str, Any]:
     cols = st.columns([3, 1])
     method_choices = {**METHOD_CHOICES, **{method_label(m): m for m in base.methods}}
     methods = cols[0].multiselect(  # opt-in: each costs a training
@@ -279,24 +294,37 @@ def experiment_form() -> ExperimentConfig | None:
     copy_gate = cols[1].number_input("Copy gate (redraws)", min_value=0, key="run_gate", value=initial["run_gate"],
                                      help="redraw synthetic images flagged as near-copies of a member, up to N "
                                           "times, before the student sees them (0: off)")
-    if dataset is None or options is None:
+    return {"methods": tuple(method_choices[m] for m in methods), "copy_gate": int(copy_gate)}
+
+
+def experiment_form() -> ExperimentConfig | None:
+    """Widgets → an ExperimentConfig: ``base`` with the fields the widgets show replaced."""
+    # 1. the widgets, section by section
+    origin_note()
+    dataset = dataset_widgets(dataset_choices(base))
+    preset_widgets(dataset)
+    c, g, m, more = caption_widgets(), synthetic_widgets(), model_widgets(), method_widgets()
+    # 2. what cannot be a config
+    if dataset is None or g["options"] is None:
         return None
-    if store_version and not store.strip():
+    if c["store_version"] and not c["store"].strip():
         st.error("A caption version needs the caption store it belongs to.")
         return None
+    # 3. the config (unknown generator options and bad values fail here, said on the page)
     try:
-        FinetuneConfig(generator=backend, options=options).backend_config()  # unknown options fail here
+        FinetuneConfig(generator=g["backend"], options=g["options"]).backend_config()
         return replace(
-            base, dataset=dataset, store=store.strip() or None, template=template,
-            store_version=int(store_version) or None,
-            captioner=replace(base.captioner, name=captioner, class_template=class_template),
-            generator=backend, generator_options=options, cardinality=float(cardinality), rounds=int(rounds),
-            teacher=replace(base.teacher, model=teacher_model, epochs=int(teacher_epochs)),
-            distill=replace(base.distill, regen_every=int(regen),
-                            student=replace(base.distill.student, model=student_model, epochs=int(student_epochs))),
-            audit=replace(base.audit, n_shadows=int(shadows), pipeline_shadows=int(pipeline_shadows),
-                          views=tuple(views)),
-            methods=tuple(method_choices[m] for m in methods), copy_gate=int(copy_gate),
+            base, dataset=dataset, store=c["store"].strip() or None, template=c["template"],
+            store_version=int(c["store_version"]) or None,
+            captioner=replace(base.captioner, name=c["captioner"], class_template=c["class_template"]),
+            generator=g["backend"], generator_options=g["options"], cardinality=float(g["cardinality"]),
+            rounds=int(g["rounds"]),
+            teacher=replace(base.teacher, model=m["teacher"], epochs=int(m["teacher_epochs"])),
+            distill=replace(base.distill, regen_every=int(g["regen"]), student=replace(
+                base.distill.student, model=m["student"], epochs=int(m["student_epochs"]))),
+            audit=replace(base.audit, n_shadows=int(m["shadows"]), pipeline_shadows=int(m["pipeline_shadows"]),
+                          views=tuple(m["views"])),
+            **more,
         )
     except (ValueError, TypeError) as err:
         st.error(f"Invalid settings: {err}")

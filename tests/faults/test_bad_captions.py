@@ -16,6 +16,7 @@ from PIL import Image
 
 from pipeline.captions.formats import MAX_CAPTION_CHARS, export_captions, import_captions, read_prompt_pool
 from pipeline.captions.prompts import pool_from_file
+from pipeline.captions.store import caption_store
 from pipeline.cli.main import build_parser, main
 from pipeline.data.datasets import DatasetConfig, load_dataset
 from pipeline.generators import Generator
@@ -30,7 +31,7 @@ def dataset():
 
 @pytest.fixture
 def store(project):
-    return project.caption_store("s", create=True)
+    return caption_store(project, "s", create=True)
 
 
 def _train_ids(dataset) -> list[str]:
@@ -178,7 +179,7 @@ FORMULAS = ["=1+1", "+a plus", "-a minus", "@SUM(A1)", "'=already quoted", "''=t
 
 def test_csv_export_neutralises_formulas_and_round_trips(project, dataset, tmp_path):
     ids = _train_ids(dataset)[:len(FORMULAS)]
-    source = project.caption_store("src", create=True)
+    source = caption_store(project, "src", create=True)
     import_captions(source, _write_jsonl(tmp_path / "in.jsonl", [{"id": i, "caption": c} for i, c in zip(ids, FORMULAS)]),
                     "jsonl", dataset)
     out = tmp_path / "out.csv"
@@ -188,7 +189,7 @@ def test_csv_export_neutralises_formulas_and_round_trips(project, dataset, tmp_p
         dangerous = caption.lstrip("'")[:1] in ("=", "+", "-", "@")
         assert cells[image_id] == ("'" + caption if dangerous else caption), caption
         assert cells[image_id][:1] not in ("=", "+", "-", "@", "\t", "\r")
-    again = project.caption_store("again", create=True)
+    again = caption_store(project, "again", create=True)
     import_captions(again, out, "csv", dataset)
     assert {i: r.caption for i, r in again.records().items()} == dict(zip(ids, FORMULAS))
     # tab and CR lead a formula too (OWASP CSV injection)
@@ -232,7 +233,7 @@ def test_tckr_original_order_file_imports_per_image(project, store, dataset, tmp
     k = next(i for i in range(1, len(lines)) if lines[i].split(":")[0] != lines[0].split(":")[0])
     swapped[0], swapped[k] = swapped[k], swapped[0]
     path.write_text("\n".join(swapped) + "\n", encoding="utf-8")
-    fresh = project.caption_store("fresh", create=True)
+    fresh = caption_store(project, "fresh", create=True)
     with pytest.raises(ValueError, match=f"{path}:1: .*not in this dataset's image order"):
         import_captions(fresh, path, "tckr-txt", dataset)
     path.write_text("\n".join(lines[:-3]) + "\n", encoding="utf-8")
@@ -275,7 +276,7 @@ def test_per_image_prompt_files_are_filtered_to_members(project, dataset, tmp_pa
     ids = _train_ids(dataset)
     assert members and set(ids) - members  # both members and non-members have captions
     path = _write_jsonl(tmp_path / "all.jsonl", [{"id": i, "caption": f"caption of {i}"} for i in ids])
-    store = project.caption_store("all", create=True)
+    store = caption_store(project, "all", create=True)
     import_captions(store, path, "jsonl", dataset)
     export_captions(store, tmp_path / "all.csv", "csv")
     for file in (path, tmp_path / "all.csv"):

@@ -8,10 +8,11 @@ import re
 import pytest
 import torch
 
-from pipeline.classifiers.train import TensorData, TrainConfig, fit_classifier
+from pipeline.classifiers.models import build_classifier
+from pipeline.classifiers.objectives import HardLabels
+from pipeline.classifiers.train import TensorData, TrainConfig, fit
 from pipeline.cli.main import main
 from pipeline.core.common import TrainingDiverged, check_loss
-from pipeline.distill import build_model
 
 
 def data(n: int = 64) -> TensorData:
@@ -22,14 +23,14 @@ def data(n: int = 64) -> TensorData:
 @pytest.mark.parametrize("lr", [1e6, 1e30])
 def test_an_exploding_learning_rate_stops_the_classifier(lr):
     recipe = TrainConfig(model="tiny-cnn", epochs=3, batch_size=16, lr=lr, augment=(), device="cpu")
-    model = build_model(recipe, 4)
+    model = build_classifier(recipe, 4)
     with pytest.raises(TrainingDiverged, match=r"teacher diverged at epoch \d+, step \d+ .*learning rate"):
-        fit_classifier(model, lambda _: data(), recipe, stage="teacher")
+        fit(model, data(), HardLabels(), recipe, stage="teacher")
 
 
 def test_a_sane_learning_rate_trains_through():
     recipe = TrainConfig(model="tiny-cnn", epochs=2, batch_size=16, lr=3e-3, augment=(), device="cpu")
-    result = fit_classifier(build_model(recipe, 4), lambda _: data(), recipe)
+    result = fit(build_classifier(recipe, 4), data(), HardLabels(), recipe)
     assert result.epochs_run == 2
 
 

@@ -1,0 +1,147 @@
+"""Checks of every synthetic round against the real data, run by the experiment once the teacher is
+trained (it is their feature extractor, so nothing is downloaded):
+
+- **fidelity**: class fidelity, Fréchet distance and precision / recall / density / coverage
+  (``generators/fidelity.py``), and CAS (Ravuri & Vinyals 2019: a classifier trained on one round's
+  images with their intended labels, tested on the real test split);
+- **memorisation**: each synthetic image's nearest member and non-member, copies flagged, the
+  data-copying statistic C_T (``privacy/memorisation.py``);
+- the **copy gate**: images flagged as near-copies of a member are redrawn before the student sees them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .classifiers.train import TrainConfig
+from .core.common import ProgressFn, no_progress, write_json
+from .data.context import DataContext
+from .distill import evaluate_on_test, train_on_labels
+from .generate import SyntheticSet, regenerate
+from .generators.fidelity import penultimate_features, synthetic_fidelity
+from .privacy.memorisation import MemorisationConfig, copy_flags, memorisation_audit
+
+logger = logging.getLogger(__name__)
+
+Embedding = Callable[[torch.Tensor], np.ndarray]  # images (N, C, H, W) -> (N, d)
+
+
+def round_fidelity(teacher: nn.Module, data: DataContext, rounds: list[SyntheticSet], size: int | None,
+                   cas_recipe: TrainConfig | None, seed: int, progress: ProgressFn = no_progress) -> dict[str, Any]:
+    """Fidelity of each round against the real members at the teacher's input ``size`` (also
+    ``fidelity.json`` in each round's folder), the mean over rounds, and CAS on round 0 with
+    ``cas_recipe`` (None: no CAS)."""
+    members = data.tensors("members", size)
+    per_round = []
+    for k, synthetic in enumerate(rounds):
+        made = synthetic.tensors(size)
+        figures = synthetic_fidelity(teacher, made.x, made.y, members.x, data.num_classes, seed=seed + k)
+        write_json(synthetic.root / "fidelity.json", figures)
+        per_round.append(figures)
+    mean = {key: float(np.mean([r[key] for r in per_round]))
+            for key in ("class_fidelity", "frechet_distance", "precision", "recall", "density", "coverage")}
+    cas = classification_accuracy_score(data, rounds[0], cas_recipe, progress) if cas_recipe else None
+    return {**mean, "cas": cas, "rounds": per_round, "feature_extractor": "teacher (penultimate layer)",
+            "cas_recipe": f"student recipe, hard labels, round 0, {cas_recipe.epochs} epochs" if cas else None}
+
+
+def classification_accuracy_score(data: DataContext, synthetic: SyntheticSet, recipe: TrainConfig,
+                                  progress: ProgressFn = no_progress) -> float:
+    """CAS (Ravuri & Vinyals 2019): test accuracy of a classifier trained on one synthetic round with the
+    labels the images were generated for (no teacher): how much of the task the images alone carry."""
+    model = train_on_labels(synthetic.tensors(recipe.image_size), recipe, data.num_classes, progress, stage="cas")
+    return float(evaluate_on_test(model, data.tensors("test", recipe.image_size), data.num_classes)["accuracy"])
+
+
+def cas_recipe(student: TrainConfig, cas_epochs: int) -> TrainConfig | None:
+    """The student recipe for at most ``cas_epochs`` epochs without early stopping (None when 0: off)."""
+    return replace(student, epochs=min(cas_epochs, student.epochs), patience=None) if cas_epochs else None
+
+
+def round_memorisation(teacher: nn.Module, data: DataContext, rounds: list[SyntheticSet], size: int | None,
+                       config: MemorisationConfig) -> dict[str, Any]:
+    """Memorisation audit of every round (``memorisation.json`` and per-image nearest real images in
+    ``neighbours.jsonl`` in each round's folder) in the teacher's feature space, and in pixel space for
+    small images; the copies summed and the other figures averaged over rounds."""
+    members, nonmembers = data.tensors("members", size), data.tensors("nonmembers", size)
+    spaces = audit_spaces(teacher, members.x, config)
+    per_round = []
+    for synthetic in rounds:
+        made = synthetic.tensors(size)
+        found = {space: memorisation_audit(embed(made.x), embed(members.x), embed(nonmembers.x), members.ids,
+                                           nonmembers.ids, config) for space, embed in spaces.items()}
+        _write_neighbours(synthetic, found)
+        summary = {space: figures for space, (_, figures) in found.items()}
+        write_json(synthetic.root / "memorisation.json", summary)
+        per_round.append(summary)
+    features = [r["features"] for r in per_round]
+    cts = [r["ct"] for r in features if r["ct"] is not None]
+    return {"copies": int(sum(r["copies"] for r in features)),
+            "copy_rate": float(np.mean([r["copy_rate"] for r in features])),
+            "nonmember_flag_rate": float(np.mean([r["nonmember_flag_rate"] for r in features])),
+            "ct": float(np.mean(cts)) if cts else None,
+            "pixel_copies": int(sum(r["pixels"]["copies"] for r in per_round)) if "pixels" in spaces else None,
+            "rounds": per_round, "space": "teacher penultimate features" + (" and pixels" if "pixels" in spaces else "")}
+
+
+def _write_neighbours(synthetic: SyntheticSet, found: dict[str, tuple[list[Any], Any]]) -> None:
+    with open(synthetic.root / "neighbours.jsonl", "w", encoding="utf-8") as f:
+        for j, item in enumerate(synthetic.items):
+            row = {"index": item.index, "file": item.file, "label": item.label,
+                   **{space: images[j] for space, (images, _) in found.items()}}
+            f.write(json.dumps(row) + "\n")
+
+
+def audit_spaces(teacher: nn.Module, members_x: torch.Tensor, config: MemorisationConfig) -> dict[str, Embedding]:
+    """Where the memorisation audit measures distances: the teacher's penultimate features, and raw
+    pixels for images up to ``config.pixel_max_side``."""
+    spaces: dict[str, Embedding] = {"features": lambda x: penultimate_features(teacher, x)[0]}
+    if max(members_x.shape[-2:]) <= config.pixel_max_side:
+        spaces["pixels"] = lambda x: x.flatten(1).numpy()
+    return spaces
+
+
+def copy_gate(teacher: nn.Module, data: DataContext, rounds: list[SyntheticSet], generator: Any, size: int | None,
+              config: MemorisationConfig, attempts: int) -> tuple[list[SyntheticSet], dict[str, Any]]:
+    """Redraw the synthetic images flagged as near-copies of a member (the memorisation audit's flag, in
+    the teacher's features and, for small images, in pixels) up to ``attempts`` times. Returns the gated
+    rounds and, per round, how many were flagged, redrawn and still flagged at the end."""
+    members = data.tensors("members", size)
+    spaces = list(audit_spaces(teacher, members.x, config).values())
+    references = [embed(members.x) for embed in spaces]
+
+    def flagged(synthetic: SyntheticSet) -> list[int]:
+        x = synthetic.tensors(size).x
+        hits = np.zeros(len(synthetic), dtype=bool)
+        for embed, reference in zip(spaces, references):
+            hits |= copy_flags(embed(x), reference, config.copy_quantile)[0]
+        return [synthetic.items[j].index for j in np.flatnonzero(hits)]
+
+    gated, report = [], []
+    for synthetic in rounds:
+        hits = flagged(synthetic)
+        first, redrawn = len(hits), 0
+        for attempt in range(1, attempts + 1):
+            if not hits:
+                break
+            synthetic = regenerate(synthetic, hits, generator, attempt)
+            redrawn += len(hits)
+            hits = flagged(synthetic)
+        gated.append(synthetic)
+        report.append({"flagged": first, "redrawn": redrawn, "still_flagged": len(hits)})
+    logger.info("copy gate: %s", report)
+    return gated, {"attempts": attempts, "rounds": report, "flagged": sum(r["flagged"] for r in report),
+                   "still_flagged": sum(r["still_flagged"] for r in report)}
+
+
+def gate_file(run_dir: Path) -> Path:
+    return Path(run_dir) / "copy_gate.json"
