@@ -435,16 +435,8 @@ def _parquet(config: DatasetConfig) -> ImageDataset:
             image_id = f"{split}/{row:06d}"
             columns[image_id] = image
             raw.append((image_id, int(label), split))
-    records = _split_records(raw, config)
-    return ImageDataset(
-        name=config.name,
-        class_names=class_names,
-        records=_apply_limit(records, config.limit, config.seed),
-        read_bytes=lambda r: _image_cell_bytes(columns[r.id], r),
-        decode=_decode_encoded,
-        describe_location=lambda r: f"{files[r.id.split('/')[0]]} row {int(r.id.split('/')[1])}",
-        config=config,
-    )
+    return _cells_dataset(config, class_names, raw, columns,
+                          lambda r: f"{files[r.id.split('/')[0]]} row {int(r.id.split('/')[1])}")
 
 
 @SOURCES.register("hf", help="Hugging Face datasets: a hub id (online) or a save_to_disk folder")
@@ -481,19 +473,24 @@ def _hf(config: DatasetConfig) -> ImageDataset:
             raw.append((image_id, int(label), split if config.test_split in splits else None))
     if not class_names:
         class_names = [str(i) for i in range(max(label for _, label, _ in raw) + 1)]
-    records = _split_records(raw, config)
+    return _cells_dataset(config, class_names, raw, columns, lambda r: f"{path} {r.id}")
+
+
+# -- source helpers --------------------------------------------------------------------------------
+def _cells_dataset(config: DatasetConfig, class_names: list[str], raw: list[tuple[str, int, str | None]],
+                   cells: dict[str, Any], describe: Callable[[ImageRecord], str]) -> ImageDataset:
+    """A dataset of table rows: ``raw`` (id, label, split or None) with each id's image cell in ``cells``."""
     return ImageDataset(
         name=config.name,
         class_names=class_names,
-        records=_apply_limit(records, config.limit, config.seed),
-        read_bytes=lambda r: _image_cell_bytes(columns[r.id], r),
+        records=_apply_limit(_split_records(raw, config), config.limit, config.seed),
+        read_bytes=lambda r: _image_cell_bytes(cells[r.id], r),
         decode=_decode_encoded,
-        describe_location=lambda r: f"{path} {r.id}",
+        describe_location=describe,
         config=config,
     )
 
 
-# -- source helpers --------------------------------------------------------------------------------
 def _require_path(config: DatasetConfig) -> Path:
     if not config.path:
         raise ValueError(f"the {config.source!r} source needs a path")
