@@ -11,13 +11,16 @@ records the curator's name (asked once per browser session) as the author of the
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 import streamlit as st
 
 from pipeline.captions import curation
 from pipeline.captions.captioners import CAPTIONERS, CaptionerConfig
-from pipeline.captions.store import CaptionConflictError, CaptionRecord, caption_stores
+from pipeline.captions.store import CaptionConflictError, CaptionRecord, CaptionStore, caption_stores
+from pipeline.core.project import Project
 from pipeline.data.datasets import SOURCES, DatasetConfig
 from pipeline.views.report import dataset_config_for_store
 from studio import shared
@@ -54,15 +57,41 @@ if (!window.tckrCaptionKeys) {
 }
 </script>"""
 
-st.title("Captions")
-shared.show_flash()
-project = shared.project()
-root = str(project.root)
-names = caption_stores(project)
-if not names:
-    st.info("No caption stores in this project yet. Caption a dataset with `python -m pipeline caption` "
-            "or start a run on the **Runs** page.")
-    st.stop()
+
+@dataclass(frozen=True)
+class Opened:
+    """The caption store this tab works on, and which of its versions it shows and edits."""
+
+    project: Project
+    name: str
+    store: CaptionStore
+    head: int  # the newest version
+    base: int  # the version this tab loaded for editing: every save is checked against it
+    view: int  # the version shown; read-only unless it is ``base``
+    meta: dict[str, Any]
+
+    @property
+    def root(self) -> str:
+        return str(self.project.root)
+
+    @property
+    def editable(self) -> bool:
+        return self.view == self.base
+
+
+@dataclass(frozen=True)
+class Shown:
+    """The captions the filters let through, and the page of them on screen."""
+
+    classes: list[str]
+    everything: dict[str, CaptionRecord]  # every caption of the version shown, by id
+    ids: list[str]  # those matching the filters, in order
+    mode: str  # "Grid" or "Viewer"
+    thumb: int  # thumbnail side in pixels
+    page: int
+    page_size: int
+    page_ids: list[str]  # the ids on this page
+    signature: str  # of the filters: a new filter starts a new page number and a new grid
 
 
 def curator_now() -> str:
@@ -79,39 +108,47 @@ def author() -> str | None:
 
 
 # 1. which store and version, and who curates -------------------------------------------------------------
-top = st.columns([3, 2, 1, 2], vertical_alignment="bottom")
-name = top[0].selectbox("Caption store", names, key="cap_store")
-store = shared.store(root, name)
-head = store.head()
-if head == 0:
-    st.info(f"Caption store {name!r} is empty.")
-    st.stop()
-bases: dict[str, int] = st.session_state.setdefault("cap_base", {})
-base = min(bases.setdefault(name, head), head)  # the version this tab loaded for editing
-view = top[1].selectbox("Version", list(range(head, 0, -1)), index=head - base, key=f"cap_view_{name}_{base}",
-                        format_func=lambda v: f"{v} (newest)" if v == head else str(v))
-if top[2].button("Load newest", disabled=base == head, help="Reload the newest version (drops unsaved edits)"):
-    bases[name] = head
-    st.rerun()
-# its own key, copied to the session's: a widget's state is dropped while another page is shown
-top[3].text_input("Curator", value=shared.curator(), key="cap_curator", placeholder="your name",
-                  help="Recorded as the author of every version you save, once per browser session.")
-st.session_state[shared.CURATOR] = curator_now()
-if not curator_now():
-    st.info(NEED_NAME)
-editable = view == base
-if head > base:
-    st.warning(f"Version {head} was saved after version {base}, which this tab is editing (another tab or "
-               f"person). Saves are checked against version {base}: edits to other captions are merged, edits "
-               "to a caption changed since are refused. Press **Load newest** to see the newest captions.")
-if not editable:
-    st.info(f"Viewing version {view} (read-only). Roll back to it under **History**, or pick version {base} to edit.")
-meta = store.meta()
+def choose_store(project: Project) -> Opened:
+    """The store, version and curator widgets; stops the page when there is no caption to show."""
+    names = caption_stores(project)
+    if not names:
+        st.info("No caption stores in this project yet. Caption a dataset with `python -m pipeline caption` "
+                "or start a run on the **Runs** page.")
+        st.stop()
+    top = st.columns([3, 2, 1, 2], vertical_alignment="bottom")
+    name = top[0].selectbox("Caption store", names, key="cap_store")
+    store = shared.store(str(project.root), name)
+    head = store.head()
+    if head == 0:
+        st.info(f"Caption store {name!r} is empty.")
+        st.stop()
+    bases: dict[str, int] = st.session_state.setdefault("cap_base", {})
+    base = min(bases.setdefault(name, head), head)  # the version this tab loaded for editing
+    view = top[1].selectbox("Version", list(range(head, 0, -1)), index=head - base, key=f"cap_view_{name}_{base}",
+                            format_func=lambda v: f"{v} (newest)" if v == head else str(v))
+    if top[2].button("Load newest", disabled=base == head, help="Reload the newest version (drops unsaved edits)"):
+        bases[name] = head
+        st.rerun()
+    # its own key, copied to the session's: a widget's state is dropped while another page is shown
+    top[3].text_input("Curator", value=shared.curator(), key="cap_curator", placeholder="your name",
+                      help="Recorded as the author of every version you save, once per browser session.")
+    st.session_state[shared.CURATOR] = curator_now()
+    if not curator_now():
+        st.info(NEED_NAME)
+    if head > base:
+        st.warning(f"Version {head} was saved after version {base}, which this tab is editing (another tab or "
+                   f"person). Saves are checked against version {base}: edits to other captions are merged, edits "
+                   "to a caption changed since are refused. Press **Load newest** to see the newest captions.")
+    if view != base:
+        st.info(f"Viewing version {view} (read-only). Roll back to it under **History**, or pick version {base} "
+                "to edit.")
+    return Opened(project, name, store, head, base, view, store.meta())
 
 
 # 2. the dataset the captions describe (for thumbnails, the viewer and re-captioning) ----------------------
-def pick_dataset() -> tuple[DatasetConfig | None, bool]:
+def pick_dataset(opened: Opened) -> tuple[DatasetConfig | None, bool]:
     """The store's dataset and whether it was chosen by hand (then its fingerprint is checked)."""
+    name, project = opened.name, opened.project
     chosen = st.session_state.get(f"cap_dataset_{name}")
     by_hand = chosen is not None
     if chosen is None:  # a run that used this store on data with the store's fingerprint
@@ -137,7 +174,7 @@ def pick_dataset() -> tuple[DatasetConfig | None, bool]:
     return chosen, by_hand
 
 
-def load_dataset(config: DatasetConfig | None, by_hand: bool):
+def load_dataset(config: DatasetConfig | None, by_hand: bool, meta: dict[str, Any]):
     """The dataset for thumbnails (None when missing or not the store's, with a message)."""
     if config is None:
         return None
@@ -153,40 +190,55 @@ def load_dataset(config: DatasetConfig | None, by_hand: bool):
         return None
 
 
-config, by_hand = pick_dataset()
-
 # 3. filters and the page of captions ------------------------------------------------------------------------
-classes = meta.get("classes") or sorted({r.label for r in shared.records(root, name, view).values()})
-cols = st.columns([3, 3, 2, 2], vertical_alignment="bottom")
-chosen_classes = cols[0].multiselect("Classes", classes, key="cap_classes", placeholder="all classes")
-text = cols[1].text_input("Search captions or ids", key="cap_text")
-who = cols[2].selectbox("Curator (last edit or review)", [ANYONE, *shared.curator_names(root, name, view)],
-                        key="cap_who", format_func=lambda c: c or "anyone")
-mode = cols[3].segmented_control("Show", MODES, default="Grid", required=True, key="cap_mode",
-                                 help="Grid: a page of captions to edit inline. Viewer: one image at full size.")
-cols = st.columns([6, 1, 1], vertical_alignment="bottom")
-status = cols[0].radio("Status", curation.FILTERS, horizontal=True, key="cap_status", format_func=STATUS_LABELS.get)
-page_size = cols[1].selectbox("Per page", PAGE_SIZES, key="cap_page_size")
-thumb = cols[2].selectbox("Thumbnail size", shared.THUMB_SIZES, index=shared.THUMB_SIZES.index(shared.THUMB),
-                          key="cap_thumb", format_func=lambda s: f"{s} px")
-everything = shared.records(root, name, view)  # after the widgets: they paint while 50k captions load
-ids = shared.filtered_ids(root, name, view, tuple(chosen_classes), text, status, who)
-pages = max(1, -(-len(ids) // page_size))
-signature = hashlib.sha1(repr((chosen_classes, text, status, who, page_size)).encode()).hexdigest()[:8]
-page_key = f"cap_page_{signature}"
-if st.session_state.pop(FOLLOW, False) and st.session_state.get(PICK) in everything:
-    try:  # the viewer moved: show the page its image is on
-        st.session_state[page_key] = ids.index(st.session_state[PICK]) // page_size + 1
-    except ValueError:  # it left the filter (e.g. reviewed under "not reviewed")
-        pass
-if st.session_state.get(page_key, 1) > pages:  # the filter shrank under it
-    st.session_state[page_key] = pages
-cols = st.columns([1, 4], vertical_alignment="bottom")
-page = cols[0].number_input(f"Page (of {pages:,})", min_value=1, max_value=pages, key=page_key)
-page_ids = ids[(page - 1) * page_size: page * page_size]
-cols[1].caption(f"{len(ids):,} of {len(everything):,} captions match · version {view} of {head}")
+def filter_captions(opened: Opened) -> Shown:
+    """The filter and page widgets -> the captions on this page."""
+    root, name, view = opened.root, opened.name, opened.view
+    classes = opened.meta.get("classes") or sorted({r.label for r in shared.records(root, name, view).values()})
+    cols = st.columns([3, 3, 2, 2], vertical_alignment="bottom")
+    chosen_classes = cols[0].multiselect("Classes", classes, key="cap_classes", placeholder="all classes")
+    text = cols[1].text_input("Search captions or ids", key="cap_text")
+    who = cols[2].selectbox("Curator (last edit or review)", [ANYONE, *shared.curator_names(root, name, view)],
+                            key="cap_who", format_func=lambda c: c or "anyone")
+    mode = cols[3].segmented_control("Show", MODES, default="Grid", required=True, key="cap_mode",
+                                     help="Grid: a page of captions to edit inline. Viewer: one image at full size.")
+    cols = st.columns([6, 1, 1], vertical_alignment="bottom")
+    status = cols[0].radio("Status", curation.FILTERS, horizontal=True, key="cap_status",
+                           format_func=STATUS_LABELS.get)
+    page_size = cols[1].selectbox("Per page", PAGE_SIZES, key="cap_page_size")
+    thumb = cols[2].selectbox("Thumbnail size", shared.THUMB_SIZES, index=shared.THUMB_SIZES.index(shared.THUMB),
+                              key="cap_thumb", format_func=lambda s: f"{s} px")
+    everything = shared.records(root, name, view)  # after the widgets: they paint while 50k captions load
+    ids = shared.filtered_ids(root, name, view, tuple(chosen_classes), text, status, who)
+    pages = max(1, -(-len(ids) // page_size))
+    signature = hashlib.sha1(repr((chosen_classes, text, status, who, page_size)).encode()).hexdigest()[:8]
+    page_key = f"cap_page_{signature}"
+    if st.session_state.pop(FOLLOW, False) and st.session_state.get(PICK) in everything:
+        try:  # the viewer moved: show the page its image is on
+            st.session_state[page_key] = ids.index(st.session_state[PICK]) // page_size + 1
+        except ValueError:  # it left the filter (e.g. reviewed under "not reviewed")
+            pass
+    if st.session_state.get(page_key, 1) > pages:  # the filter shrank under it
+        st.session_state[page_key] = pages
+    cols = st.columns([1, 4], vertical_alignment="bottom")
+    page = cols[0].number_input(f"Page (of {pages:,})", min_value=1, max_value=pages, key=page_key)
+    page_ids = ids[(page - 1) * page_size: page * page_size]
+    cols[1].caption(f"{len(ids):,} of {len(everything):,} captions match · version {view} of {opened.head}")
+    return Shown(classes, everything, ids, mode, thumb, page, page_size, page_ids, signature)
 
-dataset = load_dataset(config, by_hand)  # loaded once per server, after the widgets have painted
+
+# 4. the page of captions: an editable grid, or the viewer ---------------------------------------------------
+def show_captions(opened: Opened, shown: Shown, config: DatasetConfig | None, dataset) -> list[str]:
+    """The grid or the viewer, and the page's key handler; returns the ids ticked in the grid."""
+    selected: list[str] = []
+    if not shown.page_ids:  # an empty table cannot take the editor's column types (StreamlitAPIException)
+        st.info("No captions match these filters. Clear the search or pick another status, class or curator.")
+    elif shown.mode == "Viewer":
+        show_viewer(opened, shown, config, dataset)
+    else:
+        selected = show_grid(opened, shown, config, dataset)
+    st.html(KEY_SCRIPT, unsafe_allow_javascript=True)
+    return selected
 
 
 def status_label(record: CaptionRecord) -> str:
@@ -195,7 +247,7 @@ def status_label(record: CaptionRecord) -> str:
     return RECORD_STATUS[record.status]
 
 
-def save_edits(store_name: str, base_version: int, changes: dict[str, str]) -> None:
+def save_edits(root: str, store_name: str, base_version: int, changes: dict[str, str]) -> None:
     if any(not t for t in changes.values()):
         shared.flash("error", "A caption cannot be empty; type a caption or undo the change.")
         return
@@ -211,9 +263,10 @@ def save_edits(store_name: str, base_version: int, changes: dict[str, str]) -> N
     shared.flash("success", f"Saved {len(changes)} caption(s) as version {version}.")
 
 
-def show_grid() -> list[str]:
+def show_grid(opened: Opened, shown: Shown, config: DatasetConfig | None, dataset) -> list[str]:
     """The page of captions in an editable grid, with a Save button for what was typed into it; returns
     the ids ticked in its select column."""
+    page_ids, everything, thumb = shown.page_ids, shown.everything, shown.thumb
     page_records = [everything[i] for i in page_ids]
     thumbs = shared.thumbnails(shared.dataset_key(config), tuple(page_ids), thumb) if dataset is not None \
         else [None] * len(page_ids)
@@ -227,11 +280,11 @@ def show_grid() -> list[str]:
         "select": [False] * len(page_ids),
     })
     row_height = thumb + 8
-    editor_key = f"cap_editor_{name}_{view}_{signature}_{page}"
+    editor_key = f"cap_editor_{opened.name}_{opened.view}_{shown.signature}_{shown.page}"
     st.data_editor(
         table, key=editor_key, hide_index=True, width="stretch", row_height=row_height,
         height=min(38 + row_height * len(table), 760),
-        disabled=["image", "id", "class", "status", "curator"] + ([] if editable else ["caption", "select"]),
+        disabled=["image", "id", "class", "status", "curator"] + ([] if opened.editable else ["caption", "select"]),
         column_config={
             "image": st.column_config.ImageColumn("image", width=thumb + 8),
             "id": st.column_config.TextColumn("id", width="small"),
@@ -246,12 +299,13 @@ def show_grid() -> list[str]:
     rows = edit_state.get("edited_rows", {})
     edited = {page_ids[int(row)]: change["caption"] for row, change in rows.items() if "caption" in change}
     pending = {i: (t or "").strip() for i, t in edited.items() if (t or "").strip() != everything[i].caption}
-    st.button(f"Save {len(pending)} edit(s)", type="primary", disabled=not pending or not editable,
-              on_click=save_edits, args=(name, base, pending), key="cap_save", shortcut=KEYS["save"])
+    st.button(f"Save {len(pending)} edit(s)", type="primary", disabled=not pending or not opened.editable,
+              on_click=save_edits, args=(opened.root, opened.name, opened.base, pending), key="cap_save",
+              shortcut=KEYS["save"])
     return [page_ids[int(row)] for row, change in rows.items() if change.get("select")]
 
 
-# 4. the viewer: one image beside its caption ---------------------------------------------------------------
+# the viewer: one image beside its caption
 def step(target: str, text_key: str, original: str) -> None:
     """Go to another image, unless the caption shown has an unsaved change (it would be lost)."""
     if (st.session_state.get(text_key) or original).strip() != original:
@@ -261,7 +315,7 @@ def step(target: str, text_key: str, original: str) -> None:
     st.session_state[FOLLOW] = True
 
 
-def save_one(store_name: str, base_version: int, image_id: str, text_key: str, original: str) -> None:
+def save_one(root: str, store_name: str, base_version: int, image_id: str, text_key: str, original: str) -> None:
     text = (st.session_state.get(text_key) or "").strip()
     if not text:
         shared.flash("error", "A caption cannot be empty; type a caption or undo the change.")
@@ -281,7 +335,7 @@ def save_one(store_name: str, base_version: int, image_id: str, text_key: str, o
     shared.flash("success", f"Saved the caption of {image_id} as version {version}.")
 
 
-def review_one(store_name: str, base_version: int, image_id: str, text_key: str, original: str,
+def review_one(root: str, store_name: str, base_version: int, image_id: str, text_key: str, original: str,
                next_id: str | None) -> None:
     """Approve the caption shown (with the curator's change, if any, saved first), then go to the next."""
     who = author()
@@ -307,33 +361,35 @@ def review_one(store_name: str, base_version: int, image_id: str, text_key: str,
         st.session_state[FOLLOW] = True
 
 
-def show_image(image_id: str) -> None:
+def show_image(image_id: str, config: DatasetConfig | None, dataset) -> None:
     if dataset is None:
         st.info("No image: this store's dataset was not found (choose it above).")
         return
     full = st.toggle("Full resolution", key="cap_full", help="Off: fitted to the panel (small images enlarged).")
-    shown = shared.viewer_image(shared.dataset_key(config), image_id, full)
-    if shown is None:
+    image = shared.viewer_image(shared.dataset_key(config), image_id, full)
+    if image is None:
         st.warning(f"Image {image_id} cannot be read.")
         return
-    w, h = shown.size
+    w, h = image.size
     # width = the PNG's own width and PNG out, so that Streamlit sends these very pixels (otherwise it
     # shrinks images wider than 1,460 px and turns them into JPEG); a narrower panel scales it in the
     # browser, and the image's fullscreen button shows it whole
-    st.image(shown.png, width=shown.width, output_format="PNG", caption=f"{image_id} · {w}×{h} px")
+    st.image(image.png, width=image.width, output_format="PNG", caption=f"{image_id} · {w}×{h} px")
 
 
-def show_viewer() -> None:
+def show_viewer(opened: Opened, shown: Shown, config: DatasetConfig | None, dataset) -> None:
+    page_ids, ids, everything = shown.page_ids, shown.ids, shown.everything
     if st.session_state.get(PICK) not in page_ids:
         st.session_state[PICK] = page_ids[0]
     image_id = st.session_state[PICK]
-    position = (page - 1) * page_size + page_ids.index(image_id)
+    position = (shown.page - 1) * shown.page_size + page_ids.index(image_id)
     previous_id = ids[position - 1] if position > 0 else None
     next_id = ids[position + 1] if position + 1 < len(ids) else None
     record = everything[image_id]
+    name, base, editable = opened.name, opened.base, opened.editable
     left, right = st.columns([3, 2])
     with left:
-        show_image(image_id)
+        show_image(image_id, config, dataset)
     with right:
         st.selectbox("Image", page_ids, key=PICK, format_func=lambda i: f"{i} · {everything[i].label}")
         curated = f" by {record.curator}" if record.curator else ""
@@ -351,28 +407,32 @@ def show_viewer() -> None:
                       width="stretch")
         act = st.columns(2)
         act[0].button("Save", key="view_save", type="primary", disabled=not editable, on_click=save_one,
-                      args=(name, base, image_id, text_key, record.caption), shortcut=KEYS["save"], width="stretch")
+                      args=(opened.root, name, base, image_id, text_key, record.caption), shortcut=KEYS["save"],
+                      width="stretch")
         act[1].button("Mark reviewed", key="view_review", disabled=not editable, on_click=review_one,
-                      args=(name, base, image_id, text_key, record.caption, next_id), shortcut=KEYS["review"],
-                      width="stretch", help="Approve this caption as it reads (saving your change first), then "
-                                            "go to the next image.")
+                      args=(opened.root, name, base, image_id, text_key, record.caption, next_id),
+                      shortcut=KEYS["review"], width="stretch",
+                      help="Approve this caption as it reads (saving your change first), then go to the next image.")
         st.caption("Keys: **N** next · **P** previous · **E** edit · **Ctrl+S** save · **A** mark reviewed")
 
 
-selected: list[str] = []  # ticked in the grid, for re-captioning
-if not page_ids:  # an empty table cannot take the editor's column types (StreamlitAPIException)
-    st.info("No captions match these filters. Clear the search or pick another status, class or curator.")
-elif mode == "Viewer":
-    show_viewer()
-else:
-    selected = show_grid()
-st.html(KEY_SCRIPT, unsafe_allow_javascript=True)
-
 # 5. tools ----------------------------------------------------------------------------------------------------
-tool = st.segmented_control("Tools", TOOLS, key="cap_tool")
+def show_tools(opened: Opened, shown: Shown, dataset, selected: list[str]) -> None:
+    """The tool picked (none at first): review, find & replace, re-caption, statistics or history."""
+    tool = st.segmented_control("Tools", TOOLS, key="cap_tool")
+    if tool == "Review":
+        review_tool(opened, shown)
+    elif tool == "Find & replace":
+        find_replace_tool(opened, shown)
+    elif tool == "Re-caption":
+        recaption_tool(opened, shown, dataset, selected)
+    elif tool == "Statistics":
+        statistics_tool(shown)
+    elif tool == "History":
+        history_tool(opened)
 
 
-def approve(store_name: str, base_version: int, label: str, count: int) -> None:
+def approve(root: str, store_name: str, base_version: int, label: str, count: int) -> None:
     who = author()
     if who is None:
         return
@@ -386,7 +446,28 @@ def approve(store_name: str, base_version: int, label: str, count: int) -> None:
     shared.flash("success", f"Approved {count:,} caption(s) of class {label} as reviewed by {who}: version {version}.")
 
 
-def apply_replace(store_name: str) -> None:
+def review_tool(opened: Opened, shown: Shown) -> None:
+    """Review progress per class, and approving a whole class at once."""
+    progress = shared.progress(opened.root, opened.name, opened.view, tuple(shown.classes))
+    reviewed, total = sum(p.reviewed for p in progress), sum(p.total for p in progress)
+    st.progress(reviewed / total if total else 1.0, text=f"{reviewed:,} of {total:,} captions reviewed")
+    st.dataframe(pd.DataFrame([{"class": p.label, "reviewed": p.fraction, "captions": p.total,
+                                "reviewed captions": p.reviewed, "edited, waiting": p.edited} for p in progress]),
+                 hide_index=True, width="stretch", column_config={
+                     "reviewed": st.column_config.ProgressColumn("reviewed", min_value=0.0, max_value=1.0,
+                                                                 format="percent")})
+    by_label = {p.label: p for p in progress}
+    cols = st.columns([2, 2, 3], vertical_alignment="bottom")
+    label = cols[0].selectbox("Class to approve", list(by_label), key="rv_class")
+    left = by_label[label].total - by_label[label].reviewed
+    sure = cols[1].checkbox("I checked this class", key="rv_sure",
+                            help="Marks every caption of the class reviewed by you, as they read now.")
+    cols[2].button(f"Approve {left:,} caption(s) of class {label}", key="rv_approve", type="primary",
+                   disabled=not (sure and left and opened.editable), on_click=approve,
+                   args=(opened.root, opened.name, opened.base, label, left))
+
+
+def apply_replace(root: str, store_name: str) -> None:
     preview = st.session_state.pop("cap_fr_preview", None)
     if not preview:
         return
@@ -404,33 +485,18 @@ def apply_replace(store_name: str) -> None:
     shared.flash("success", f"Replaced in {len(preview['changes'])} caption(s): version {version}.")
 
 
-if tool == "Review":
-    progress = shared.progress(root, name, view, tuple(classes))
-    reviewed, total = sum(p.reviewed for p in progress), sum(p.total for p in progress)
-    st.progress(reviewed / total if total else 1.0, text=f"{reviewed:,} of {total:,} captions reviewed")
-    st.dataframe(pd.DataFrame([{"class": p.label, "reviewed": p.fraction, "captions": p.total,
-                                "reviewed captions": p.reviewed, "edited, waiting": p.edited} for p in progress]),
-                 hide_index=True, width="stretch", column_config={
-                     "reviewed": st.column_config.ProgressColumn("reviewed", min_value=0.0, max_value=1.0,
-                                                                 format="percent")})
-    by_label = {p.label: p for p in progress}
-    cols = st.columns([2, 2, 3], vertical_alignment="bottom")
-    label = cols[0].selectbox("Class to approve", list(by_label), key="rv_class")
-    left = by_label[label].total - by_label[label].reviewed
-    sure = cols[1].checkbox("I checked this class", key="rv_sure",
-                            help="Marks every caption of the class reviewed by you, as they read now.")
-    cols[2].button(f"Approve {left:,} caption(s) of class {label}", key="rv_approve", type="primary",
-                   disabled=not (sure and left and editable), on_click=approve, args=(name, base, label, left))
-
-elif tool == "Find & replace":
+def find_replace_tool(opened: Opened, shown: Shown) -> None:
+    """Preview a find & replace over the filtered (or all) captions, then apply it as one version."""
+    name, base = opened.name, opened.base
     cols = st.columns([3, 3, 1, 1, 2], vertical_alignment="bottom")
     find = cols[0].text_input("Find", key="fr_find")
     replace = cols[1].text_input("Replace with", key="fr_replace")
     regex = cols[2].checkbox("Regex", key="fr_regex")
     case = cols[3].checkbox("Match case", key="fr_case")
     scope = cols[4].radio("In", ["filtered captions", "all captions"], key="fr_scope", horizontal=True)
-    if st.button("Preview", key="fr_preview", disabled=not editable):
-        pool = [everything[i] for i in ids] if scope == "filtered captions" else everything.values()
+    if st.button("Preview", key="fr_preview", disabled=not opened.editable):
+        everything = shown.everything
+        pool = [everything[i] for i in shown.ids] if scope == "filtered captions" else everything.values()
         try:
             changes = curation.find_replace(pool, find, replace, regex=regex, case_sensitive=case)
             st.session_state["cap_fr_preview"] = {"store": name, "base": base, "changes": changes,
@@ -445,9 +511,11 @@ elif tool == "Find & replace":
         st.dataframe(pd.DataFrame([{"id": c.id, "before": c.before, "after": c.after}
                                    for c in changes[:PREVIEW_ROWS]]), hide_index=True, width="stretch")
         st.button(f"Apply {len(changes):,} change(s)", type="primary", disabled=not changes,
-                  on_click=apply_replace, args=(name,), key="fr_apply")
+                  on_click=apply_replace, args=(opened.root, name), key="fr_apply")
 
-elif tool == "Re-caption":
+
+def recaption_tool(opened: Opened, shown: Shown, dataset, selected: list[str]) -> None:
+    """Re-caption the ticked rows or every filtered caption with a captioner, as one new version."""
     st.caption("Re-caption the rows ticked in the **select** column of the grid, or every caption matching the "
                "filters. The class template starts as the one this store's captions were made with.")
     cols = st.columns([2, 3, 3, 2], vertical_alignment="bottom")
@@ -455,22 +523,23 @@ elif tool == "Re-caption":
                                   index=CAPTIONERS.names().index("classname"))
     model = cols[1].text_input("Model (hub id, or a folder inside the project)", key="rc_model",
                                disabled=captioner == "classname")
-    own_template = curation.store_template(meta, everything) or CaptionerConfig().class_template
-    template = cols[2].text_input("Class template", own_template, key=f"rc_template_{name}",
+    own_template = curation.store_template(opened.meta, shown.everything) or CaptionerConfig().class_template
+    template = cols[2].text_input("Class template", own_template, key=f"rc_template_{opened.name}",
                                   disabled=captioner != "classname")
     which = cols[3].radio("Images", ["selected", "all filtered"], key="rc_which")
-    targets = selected if which == "selected" else ids
-    if st.button(f"Re-caption {len(targets):,} image(s)", disabled=not targets or dataset is None or not editable,
-                 key="rc_run", help=None if dataset is not None else "needs the store's dataset (see above)"):
-        model_ref = shared.model_ref(project, model) if captioner != "classname" else None
+    targets = selected if which == "selected" else shown.ids
+    if st.button(f"Re-caption {len(targets):,} image(s)",
+                 disabled=not targets or dataset is None or not opened.editable, key="rc_run",
+                 help=None if dataset is not None else "needs the store's dataset (see above)"):
+        model_ref = shared.model_ref(opened.project, model) if captioner != "classname" else None
         try:
             if not curator_now():
                 raise ValueError(NEED_NAME)
             with st.spinner(f"Captioning {len(targets):,} images with {captioner}..."):
-                version = curation.recaption(store, dataset, list(targets), CaptionerConfig(
-                    name=captioner, model=model_ref, class_template=template), base_version=base,
+                version = curation.recaption(opened.store, dataset, list(targets), CaptionerConfig(
+                    name=captioner, model=model_ref, class_template=template), base_version=opened.base,
                     author=curator_now())
-            bases[name] = version
+            st.session_state["cap_base"][opened.name] = version
             shared.flash("success", f"Re-captioned {len(targets):,} image(s): version {version}.")
             st.rerun()
         except CaptionConflictError as err:
@@ -478,12 +547,16 @@ elif tool == "Re-caption":
         except (OSError, ValueError, KeyError) as err:
             st.error(f"Re-captioning failed: {err}")
 
-elif tool == "Statistics":
-    stats = curation.stats_table(curation.class_stats(everything, classes))
+
+def statistics_tool(shown: Shown) -> None:
+    stats = curation.stats_table(curation.class_stats(shown.everything, shown.classes))
     st.dataframe(pd.DataFrame(stats), hide_index=True, width="stretch")
     st.bar_chart(pd.DataFrame(stats).set_index("class")[["captions", "missing class name"]], stack=False)
 
-elif tool == "History":
+
+def history_tool(opened: Opened) -> None:
+    """The store's versions, a diff between two, and rolling back to one (as a new version)."""
+    store = opened.store
     history = store.history()
     st.dataframe(pd.DataFrame([{"version": v.version, "created": v.created_at, "author": v.author,
                                 "changed": v.changed, "message": v.message} for v in reversed(history)]),
@@ -506,6 +579,17 @@ elif tool == "History":
             st.error(NEED_NAME)
         else:
             version = store.rollback(target, author=curator_now())
-            bases[name] = version
+            st.session_state["cap_base"][opened.name] = version
             shared.flash("success", f"Version {version} restores the captions of version {target}.")
             st.rerun()
+
+
+# the page, top to bottom (Streamlit reruns it on every interaction) ---------------------------------
+st.title("Captions")
+shared.show_flash()
+opened = choose_store(shared.project())
+dataset_config, by_hand = pick_dataset(opened)
+shown = filter_captions(opened)
+dataset = load_dataset(dataset_config, by_hand, opened.meta)  # once per server, after the widgets painted
+selected = show_captions(opened, shown, dataset_config, dataset)
+show_tools(opened, shown, dataset, selected)

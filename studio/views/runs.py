@@ -6,7 +6,7 @@ one."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pandas as pd
@@ -17,6 +17,7 @@ from pipeline.captions.templates import TEMPLATES
 from pipeline.classifiers.models import classifier_names
 from pipeline.core import jobs
 from pipeline.core.common import from_dict, to_jsonable
+from pipeline.core.project import Project
 from pipeline.core.runs import RunRecord
 from pipeline.data.datasets import SOURCES, DatasetConfig
 from pipeline.experiment import ExperimentConfig
@@ -35,17 +36,54 @@ BACKENDS = generator_names()  # every registered generator backend; each describ
 CLASSIFIERS = classifier_names()  # the registered classifiers; any timm name can be typed too
 FORM_BASE = "run_form_base"  # session state: the config the form starts from (fields it does not show)
 FORM_ORIGIN = "run_form_origin"  # session state: (what that config is, the preset's reasons)
+# the other transfer methods offered (label -> (name, options)); pipeline.methods has them all
+METHOD_CHOICES = {"am": ("am", {}), "gkd+bss": ("gkd+bss", {}), "bss": ("bss", {}),
+                  "dp-sgd ε=1": ("dp-sgd", {"epsilon": 1.0}), "dp-sgd ε=8": ("dp-sgd", {"epsilon": 8.0})}
 
-st.title("Runs")
-shared.show_flash()
-project = shared.project()
-registry = project.registry()
-experiments = runs_view.list_runs(project, kind="experiment")  # reconciled: dead runs are failed first
-base: ExperimentConfig = st.session_state.get(FORM_BASE) or replace(quickstart_config(), methods=())
+
+@dataclass(frozen=True)
+class Form:
+    """What the "Start a run" form starts from: the config it edits (``base``: the fields it does not
+    show keep their values) and each widget's starting value, by key."""
+
+    project: Project
+    base: ExperimentConfig
+    initial: dict[str, Any]
+
+    def start_index(self, options: list[str], key: str) -> int:
+        return options.index(self.initial[key]) if self.initial.get(key) in options else 0
 
 
 # 1. start a run: the form's widgets hold the fields of ``base`` that they show ---------------------------------
-def dataset_choices(config: ExperimentConfig) -> dict[str, DatasetConfig]:
+def start_run_form(project: Project) -> None:
+    """The "Start a run" expander (open at first while the project has no experiment) and its Start button."""
+    experiments = runs_view.list_runs(project, kind="experiment")  # reconciled: dead runs are failed first
+    form = open_form(project)
+    st.session_state.setdefault("run_form_open", not experiments)
+    with st.expander("Start a run", key="run_form_open", on_change="rerun", icon=":material/add:"):
+        config = experiment_form(form)
+        if st.button("Start run", type="primary", disabled=config is None, key="run_start"):
+            run_id = jobs.start_experiment(project, config)
+            st.session_state["runs_selected"] = run_id
+            shared.flash("success", f"Started run {run_id} in the background; it keeps running if you close the page.")
+            st.rerun()
+
+
+def open_form(project: Project) -> Form:
+    """The config the form starts from (the defaults, a preset or a clone) and its widgets' starting values."""
+    base: ExperimentConfig = st.session_state.get(FORM_BASE) or replace(quickstart_config(), methods=())
+    # Each widget's starting value comes from ``base`` through its value/index/default argument; callbacks that
+    # fill the form (clone, preset, reset) write the widget keys instead, which win. Seeding the keys in the script
+    # itself (setdefault) left the first paint empty at times: an interrupted first run sent the template box
+    # without its value (seen in the browser walk). Streamlit's log warning about a value set both ways is off in
+    # .streamlit/config.toml and the studio command for this reason.
+    initial = form_state(base, dataset_choices(project, base))
+    if FORM_ORIGIN not in st.session_state:
+        del initial["run_dataset"]  # not cloned: the newest dataset of the project comes first
+    return Form(project, base, initial)
+
+
+def dataset_choices(project: Project, config: ExperimentConfig) -> dict[str, DatasetConfig]:
     """Datasets of the project's runs by label, the built-in digits, and ``config``'s own dataset."""
     choices = {shared.describe(c): c for c in report.known_datasets(project)}
     choices.setdefault("digits (built-in)", DatasetConfig())
@@ -105,11 +143,11 @@ def form_state(config: ExperimentConfig, choices: dict[str, DatasetConfig]) -> d
     return state
 
 
-def fill_form(config: ExperimentConfig, origin: str, why: list[str]) -> None:
+def fill_form(project: Project, config: ExperimentConfig, origin: str, why: list[str]) -> None:
     """Make ``config`` the form's starting point and set every widget from it (a callback: before widgets)."""
     if config.generator not in BACKENDS:
         raise ValueError(f"the form has no {config.generator!r} generator; valid: {', '.join(BACKENDS)}")
-    state = form_state(config, dataset_choices(config))
+    state = form_state(config, dataset_choices(project, config))
     st.session_state.update({FORM_BASE: config, FORM_ORIGIN: (origin, why), "run_form_open": True, **state})
 
 
@@ -118,34 +156,37 @@ def reset_form() -> None:
         del st.session_state[key]
 
 
-def clone(run_id: str) -> None:
+def clone(project: Project, run_id: str) -> None:
     try:
-        fill_form(from_dict(ExperimentConfig, registry.get(run_id).config), f"a clone of run {run_id}", [])
+        fill_form(project, from_dict(ExperimentConfig, project.registry().get(run_id).config),
+                  f"a clone of run {run_id}", [])
     except (KeyError, TypeError, ValueError) as err:
         shared.flash("error", f"Cannot clone run {run_id}: {err}")
         return
     shared.flash("success", f"Cloned run {run_id} into the form: change what you like and start it.")
 
 
-def apply_preset(dataset: DatasetConfig, preset: str) -> None:
+def apply_preset(project: Project, dataset: DatasetConfig, preset: str) -> None:
     try:
         config, why = preset_config(dataset, DataProfile.of(shared.dataset(dataset)), preset)
-        fill_form(config, f"the {preset} preset for {shared.describe(dataset)}", why)
+        fill_form(project, config, f"the {preset} preset for {shared.describe(dataset)}", why)
     except Exception as err:  # the UI boundary: a dataset that fails to load or profile is said, not raised
         shared.flash("error", f"Preset {preset}: {type(err).__name__}: {err}")
 
 
-def dataset_widgets(choices: dict[str, DatasetConfig]) -> DatasetConfig | None:
+def dataset_widgets(form: Form, choices: dict[str, DatasetConfig]) -> DatasetConfig | None:
     other = "another dataset (path inside the project)..."
     cols = st.columns([3, 1, 1])
-    label = cols[0].selectbox("Dataset", [*choices, other], key="run_dataset", index=start_index([*choices], "run_dataset"))
-    limit = cols[1].number_input("Images per split (0: all)", min_value=0, step=50, key="run_limit", value=initial["run_limit"])
+    label = cols[0].selectbox("Dataset", [*choices, other], key="run_dataset",
+                              index=form.start_index([*choices], "run_dataset"))
+    limit = cols[1].number_input("Images per split (0: all)", min_value=0, step=50, key="run_limit",
+                                 value=form.initial["run_limit"])
     members = cols[2].number_input("Member fraction", min_value=0.05, max_value=1.0, step=0.05, key="run_members",
-                                   value=initial["run_members"])
+                                   value=form.initial["run_members"])
     if label == other:
         cols = st.columns([1, 3])
         source = cols[0].selectbox("Source", [s for s in SOURCES.names() if s != "digits"], key="run_source")
-        path = shared.confined_path(project, cols[1].text_input("Path (inside the project)", key="run_path"))
+        path = shared.confined_path(form.project, cols[1].text_input("Path (inside the project)", key="run_path"))
         if path is None:
             return None
         chosen = DatasetConfig(source=source, path=str(path))
@@ -154,12 +195,12 @@ def dataset_widgets(choices: dict[str, DatasetConfig]) -> DatasetConfig | None:
     return replace(chosen, limit=int(limit) or None, member_fraction=float(members))
 
 
-def preset_widgets(dataset: DatasetConfig | None) -> None:
+def preset_widgets(project: Project, dataset: DatasetConfig | None) -> None:
     cols = st.columns([1, 1, 3], vertical_alignment="bottom")
     preset = cols[0].selectbox("Preset from the data", PRESETS, index=PRESETS.index("standard"),
                                key="run_data_preset")
     cols[1].button("Fill the form from the preset", key="run_apply_preset", on_click=apply_preset,
-                   args=(dataset, preset), disabled=dataset is None, icon=":material/auto_fix_high:")
+                   args=(project, dataset, preset), disabled=dataset is None, icon=":material/auto_fix_high:")
     cols[2].caption("Models, training lengths and audit chosen from this dataset's image size, colour, size and "
                     "the device, as `python -m pipeline run --dataset ... --preset` does (paper: needs a GPU).")
 
@@ -173,17 +214,17 @@ def origin_note() -> None:
         cols[1].button("Reset the form", key="run_form_reset", on_click=reset_form, icon=":material/restart_alt:")
 
 
-def generator_options(backend: str) -> tuple[tuple[str, Any], ...] | None:
+def generator_options(form: Form, backend: str) -> tuple[tuple[str, Any], ...] | None:
     """The chosen backend's widgets (its training and sampling steps, model sizes or base model, more
     options as JSON) -> its options; None when one is invalid (said on the page)."""
-    cls, cols = generator_class(backend), st.columns(4)
+    cls, cols, initial = generator_class(backend), st.columns(4), form.initial
     steps = cols[0].number_input("Generator training steps", min_value=1, key=f"run_gen_steps_{backend}",
                                  value=initial[f"run_gen_steps_{backend}"])
     sampling = cols[1].number_input("Sampling steps", min_value=1, key=f"run_sampling_{backend}",
                                     value=initial[f"run_sampling_{backend}"])
     options: dict[str, Any] = {cls.field_of("steps"): int(steps), cls.sampling_fields["steps"]: int(sampling)}
     if cls.base_field:
-        base_model = shared.model_ref(project, cols[2].text_input(
+        base_model = shared.model_ref(form.project, cols[2].text_input(
             "Base model (hub id or folder in the project)", key=f"run_base_{backend}", value=initial[f"run_base_{backend}"]))
         if base_model is None:
             return None
@@ -191,16 +232,17 @@ def generator_options(backend: str) -> tuple[tuple[str, Any], ...] | None:
     elif len(cls.form_sizes) > 1:
         sizes = list(cls.form_sizes)
         options.update(cls.form_sizes[cols[2].selectbox("Model size", sizes, key=f"run_size_{backend}",
-                                                        index=start_index(sizes, f"run_size_{backend}"))])
+                                                        index=form.start_index(sizes, f"run_size_{backend}"))])
     options.update(cls.comparison_options(int(steps)))
-    more = more_options(cols[3], backend, cls.path_fields)
+    more = more_options(form, cols[3], backend, cls.path_fields)
     return None if more is None else tuple({**options, **more}.items())
 
 
-def more_options(col: Any, backend: str, path_fields: frozenset[str]) -> dict[str, Any] | None:
+def more_options(form: Form, col: Any, backend: str, path_fields: frozenset[str]) -> dict[str, Any] | None:
     """The "More options (JSON)" box: a JSON object of backend fields; fields naming a model or a file must
     lie inside the project. None (and an error on the page) when it is not valid."""
-    extra = col.text_input("More options (JSON)", key=f"run_extra_{backend}", value=initial[f"run_extra_{backend}"],
+    extra = col.text_input("More options (JSON)", key=f"run_extra_{backend}",
+                           value=form.initial[f"run_extra_{backend}"],
                            help='backend config fields, e.g. {"guidance_scale": 3.0}')
     try:
         more = json.loads(extra or "{}")
@@ -213,22 +255,18 @@ def more_options(col: Any, backend: str, path_fields: frozenset[str]) -> dict[st
     for key in sorted(path_fields & more.keys()):  # model paths: inside the project, like every path field here
         if not isinstance(more[key], str) or not more[key].strip():
             continue  # the backend's config check names a wrong type or an empty name
-        ref = shared.model_ref(project, more[key])
+        ref = shared.model_ref(form.project, more[key])
         if ref is None:
             return None
         more[key] = ref
     return more
 
 
-# the other transfer methods offered (label -> (name, options)); pipeline.methods has them all
-METHOD_CHOICES = {"am": ("am", {}), "gkd+bss": ("gkd+bss", {}), "bss": ("bss", {}),
-                  "dp-sgd ε=1": ("dp-sgd", {"epsilon": 1.0}), "dp-sgd ε=8": ("dp-sgd", {"epsilon": 8.0})}
-
-
-def caption_widgets() -> dict[str, Any]:
+def caption_widgets(form: Form) -> dict[str, Any]:
     st.markdown("**Captions**")
     cols = st.columns([1, 2, 2, 1, 1])
-    templates = list(dict.fromkeys([*TEMPLATES, base.template]))
+    templates = list(dict.fromkeys([*TEMPLATES, form.base.template]))
+    initial, start_index = form.initial, form.start_index
     return {
         "captioner": cols[0].selectbox("Captioner", CAPTIONERS.names(), key="run_captioner",
                                        index=start_index(CAPTIONERS.names(), "run_captioner")),
@@ -245,9 +283,10 @@ def caption_widgets() -> dict[str, Any]:
     }
 
 
-def synthetic_widgets() -> dict[str, Any]:
+def synthetic_widgets(form: Form) -> dict[str, Any]:
     st.markdown("**Generator and synthetic set**")
     cols = st.columns(4)
+    initial, start_index = form.initial, form.start_index
     backend = cols[0].selectbox("Generator", BACKENDS, key="run_backend", index=start_index(BACKENDS, "run_backend"))
     values = {
         "backend": backend,
@@ -257,13 +296,14 @@ def synthetic_widgets() -> dict[str, Any]:
         "regen": cols[3].number_input("Regenerate every (student epochs)", min_value=1, key="run_regen",
                                       value=initial["run_regen"]),
     }
-    return {**values, "options": generator_options(backend)}
+    return {**values, "options": generator_options(form, backend)}
 
 
-def model_widgets() -> dict[str, Any]:
+def model_widgets(form: Form) -> dict[str, Any]:
     st.markdown("**Teacher, student and audit**")
     cols = st.columns(7)
-    models = list(dict.fromkeys([*CLASSIFIERS, base.teacher.model, base.distill.student.model]))
+    models = list(dict.fromkeys([*CLASSIFIERS, form.base.teacher.model, form.base.distill.student.model]))
+    initial, start_index = form.initial, form.start_index
     return {
         "teacher": cols[0].selectbox("Teacher", models, key="run_teacher", accept_new_options=True,
                                      index=start_index(models, "run_teacher")),
@@ -284,9 +324,10 @@ def model_widgets() -> dict[str, Any]:
     }
 
 
-def method_widgets() -> dict[str, Any]:
+def method_widgets(form: Form) -> dict[str, Any]:
     cols = st.columns([3, 1])
-    method_choices = {**METHOD_CHOICES, **{method_label(m): m for m in base.methods}}
+    method_choices = {**METHOD_CHOICES, **{method_label(m): m for m in form.base.methods}}
+    initial = form.initial
     methods = cols[0].multiselect(  # opt-in: each costs a training
         "Other students on the same plane", list(method_choices), key="run_methods", default=initial["run_methods"],
         help="am and gkd+bss are data-free; bss (real members) and dp-sgd are references that read real "
@@ -297,13 +338,14 @@ def method_widgets() -> dict[str, Any]:
     return {"methods": tuple(method_choices[m] for m in methods), "copy_gate": int(copy_gate)}
 
 
-def experiment_form() -> ExperimentConfig | None:
+def experiment_form(form: Form) -> ExperimentConfig | None:
     """Widgets → an ExperimentConfig: ``base`` with the fields the widgets show replaced."""
+    base = form.base
     # 1. the widgets, section by section
     origin_note()
-    dataset = dataset_widgets(dataset_choices(base))
-    preset_widgets(dataset)
-    c, g, m, more = caption_widgets(), synthetic_widgets(), model_widgets(), method_widgets()
+    dataset = dataset_widgets(form, dataset_choices(form.project, base))
+    preset_widgets(form.project, dataset)
+    c, g, m, more = caption_widgets(form), synthetic_widgets(form), model_widgets(form), method_widgets(form)
     # 2. what cannot be a config
     if dataset is None or g["options"] is None:
         return None
@@ -331,32 +373,32 @@ def experiment_form() -> ExperimentConfig | None:
         return None
 
 
-# Each widget's starting value comes from ``base`` through its value/index/default argument; callbacks that fill
-# the form (clone, preset, reset) write the widget keys instead, which win. Seeding the keys in the script
-# itself (setdefault) left the first paint empty at times: an interrupted first run sent the template box
-# without its value (seen in the browser walk). Streamlit's log warning about a value set both ways is off in
-# .streamlit/config.toml and the studio command for this reason.
-initial = form_state(base, dataset_choices(base))
-if FORM_ORIGIN not in st.session_state:
-    del initial["run_dataset"]  # not cloned: the newest dataset of the project comes first
-
-
-def start_index(options: list[str], key: str) -> int:
-    return options.index(initial[key]) if initial.get(key) in options else 0
-
-
-st.session_state.setdefault("run_form_open", not experiments)
-with st.expander("Start a run", key="run_form_open", on_change="rerun", icon=":material/add:"):
-    config = experiment_form()
-    if st.button("Start run", type="primary", disabled=config is None, key="run_start"):
-        run_id = jobs.start_experiment(project, config)
-        st.session_state["runs_selected"] = run_id
-        shared.flash("success", f"Started run {run_id} in the background; it keeps running if you close the page.")
-        st.rerun()
-
-
 # 2. the runs of the project, refreshed while one is live -------------------------------------------------------
-def runs_table(kind: str | None, archived: bool, shown: list[tuple[str, str]]) -> None:
+def runs_list(project: Project) -> tuple[list[str], RunRecord]:
+    """The list of runs (kind, archived shown or not) and the run picked -> (the ids listed, that run);
+    stops the page when there is no run to list."""
+    st.subheader("Runs")
+    cols = st.columns([3, 1], vertical_alignment="bottom")
+    kind = cols[0].segmented_control("Kind", ["experiment", "all"], default="experiment", key="runs_kind")
+    show_archived = cols[1].toggle("Show archived", key="runs_archived",
+                                   help="archived runs are hidden from this list; they keep their files")
+    listed = runs_view.list_runs(project, kind="experiment" if kind == "experiment" else None,
+                                 archived=show_archived)
+    if not listed:
+        st.info("No runs yet." if not show_archived and not project.registry().list(limit=1) else
+                "No runs to show: archived runs are hidden unless 'Show archived' is on.")
+        st.stop()
+    live = any(r.status in ACTIVE for r in listed)
+    st.fragment(run_every=REFRESH_S if live else None)(runs_table)(
+        project, "experiment" if kind == "experiment" else None, show_archived, [(r.id, r.status) for r in listed])
+    ids = [r.id for r in listed]
+    if st.session_state.get("runs_selected") not in ids:
+        st.session_state["runs_selected"] = ids[0]
+    selected = st.selectbox("Run", ids, key="runs_selected")
+    return ids, next(r for r in listed if r.id == selected)
+
+
+def runs_table(project: Project, kind: str | None, archived: bool, shown: list[tuple[str, str]]) -> None:
     records = runs_view.list_runs(project, kind=kind, archived=archived)
     if [(r.id, r.status) for r in records] != shown:
         st.rerun()  # a run started, ended or appeared: the whole page follows (panel, buttons, refresh)
@@ -365,28 +407,8 @@ def runs_table(kind: str | None, archived: bool, shown: list[tuple[str, str]]) -
                  column_order=[c for c in rows.columns if archived or c != "archived"])
 
 
-st.subheader("Runs")
-cols = st.columns([3, 1], vertical_alignment="bottom")
-kind = cols[0].segmented_control("Kind", ["experiment", "all"], default="experiment", key="runs_kind")
-show_archived = cols[1].toggle("Show archived", key="runs_archived",
-                               help="archived runs are hidden from this list; they keep their files")
-listed = runs_view.list_runs(project, kind="experiment" if kind == "experiment" else None, archived=show_archived)
-if not listed:
-    st.info("No runs yet." if not show_archived and not registry.list(limit=1) else
-            "No runs to show: archived runs are hidden unless 'Show archived' is on.")
-    st.stop()
-live = any(r.status in ACTIVE for r in listed)
-st.fragment(run_every=REFRESH_S if live else None)(runs_table)(
-    "experiment" if kind == "experiment" else None, show_archived, [(r.id, r.status) for r in listed])
-ids = [r.id for r in listed]
-if st.session_state.get("runs_selected") not in ids:
-    st.session_state["runs_selected"] = ids[0]
-selected = st.selectbox("Run", ids, key="runs_selected")
-record = next(r for r in listed if r.id == selected)
-
-
 # 3. what can be done with the selected run ---------------------------------------------------------------------
-def set_archived(run_id: str, archived: bool) -> None:
+def set_archived(project: Project, run_id: str, archived: bool) -> None:
     try:
         ids = runs_view.archive_run(project, run_id, archived)
     except (KeyError, ValueError) as err:
@@ -397,7 +419,7 @@ def set_archived(run_id: str, archived: bool) -> None:
                  if archived else f"Run {run_id}{stages} is back in the list.")
 
 
-def delete(run_id: str) -> None:
+def delete(project: Project, run_id: str) -> None:
     try:
         ids = runs_view.delete_run(project, run_id)
     except (KeyError, ValueError, OSError) as err:
@@ -407,24 +429,24 @@ def delete(run_id: str) -> None:
     shared.flash("success", f"Deleted run {run_id}{stages} and {'their folders' if stages else 'its folder'}.")
 
 
-def run_actions(record: RunRecord) -> None:
+def run_actions(project: Project, record: RunRecord) -> None:
     cols = st.columns([1, 1, 3])
     if record.kind == "experiment":
-        cols[0].button("Clone into form", key="run_clone", on_click=clone, args=(record.id,),
+        cols[0].button("Clone into form", key="run_clone", on_click=clone, args=(project, record.id),
                        icon=":material/content_copy:", help="fill the form above with this run's config; change "
                                                             "what you like and start the new run")
     if record.archived:
-        cols[1].button("Unarchive", key="run_unarchive", on_click=set_archived, args=(record.id, False),
+        cols[1].button("Unarchive", key="run_unarchive", on_click=set_archived, args=(project, record.id, False),
                        icon=":material/unarchive:")
     else:
-        cols[1].button("Archive", key="run_archive", on_click=set_archived, args=(record.id, True),
+        cols[1].button("Archive", key="run_archive", on_click=set_archived, args=(project, record.id, True),
                        icon=":material/archive:", help="hide it (and the stage runs it made) from the list; its "
                                                        "files stay, and 'Show archived' shows it again")
     with cols[2].expander("Delete this run", icon=":material/delete:"):
-        delete_panel(record)
+        delete_panel(project, record)
 
 
-def delete_panel(record: RunRecord) -> None:
+def delete_panel(project: Project, record: RunRecord) -> None:
     plan = runs_view.delete_plan(project, record.id)
     if len(plan.runs) > 1:
         st.caption(f"Goes with it: the {len(plan.runs) - 1} stage runs it made ({', '.join(plan.runs[1:])}).")
@@ -436,20 +458,22 @@ def delete_panel(record: RunRecord) -> None:
                "weights or images they read. Delete those first, or archive this one.")
     sure = st.checkbox(f"Delete {record.id} and its files for good", key=f"run_delete_sure_{record.id}",
                        disabled=plan.refusal is not None)
-    st.button("Delete run", type="primary", key="run_delete", on_click=delete, args=(record.id,),
+    st.button("Delete run", type="primary", key="run_delete", on_click=delete, args=(project, record.id),
               disabled=plan.refusal is not None or not sure, icon=":material/delete_forever:")
 
 
-run_actions(record)
-
-
 # 4. one run, live while it is active ---------------------------------------------------------------------------------
-def cancel(run_id: str) -> None:
+def show_run(project: Project, record: RunRecord) -> None:
+    active = record.status in ACTIVE
+    st.fragment(run_every=REFRESH_S if active else None)(run_panel)(project, record.id, active)
+
+
+def cancel(project: Project, run_id: str) -> None:
     jobs.cancel(project, run_id)
     shared.flash("warning", f"Asked run {run_id} to stop.")
 
 
-def resume(run_id: str) -> None:
+def resume(project: Project, run_id: str) -> None:
     try:
         jobs.resume_experiment(project, run_id)
     except ValueError as err:
@@ -458,8 +482,8 @@ def resume(run_id: str) -> None:
     shared.flash("success", f"Resuming run {run_id}: finished stages are reused.")
 
 
-def run_panel(run_id: str, was_active: bool) -> None:
-    record = registry.get(run_id)
+def run_panel(project: Project, run_id: str, was_active: bool) -> None:
+    record = project.registry().get(run_id)
     if was_active and record.status not in ACTIVE:
         st.rerun()  # it just finished: refresh the whole page (and stop refreshing)
     progress = record.progress or {}
@@ -470,9 +494,10 @@ def run_panel(run_id: str, was_active: bool) -> None:
     rate = report.generation_rate(project, record, events)
     cols[2].metric("Generation", f"{rate:.1f} images/s" if rate else "-")
     if record.status in ACTIVE:
-        cols[3].button("Cancel run", on_click=cancel, args=(run_id,), key="run_cancel", icon=":material/stop:")
+        cols[3].button("Cancel run", on_click=cancel, args=(project, run_id), key="run_cancel", icon=":material/stop:")
     elif record.kind == "experiment" and record.status in ("failed", "cancelled"):
-        cols[3].button("Resume run", on_click=resume, args=(run_id,), key="run_resume", icon=":material/replay:",
+        cols[3].button("Resume run", on_click=resume, args=(project, run_id), key="run_resume",
+                       icon=":material/replay:",
                        help="continue from the last finished stage (the generator and the classifiers "
                             "continue from their checkpoints)")
     took = runs_view.format_duration(runs_view.elapsed(record))
@@ -515,12 +540,12 @@ def run_panel(run_id: str, was_active: bool) -> None:
         st.json(record.config, expanded=False)
 
 
-active = record.status in ACTIVE
-st.fragment(run_every=REFRESH_S if active else None)(run_panel)(selected, active)
-
-
 # 5. two runs side by side --------------------------------------------------------------------------------------------
-def compare_section(ids: list[str]) -> None:
+def compare_section(project: Project, ids: list[str]) -> None:
+    st.subheader("Compare two runs")
+    if len(ids) < 2:
+        st.caption("Start a second run to compare two.")
+        return
     cols = st.columns(2)
     a = cols[0].selectbox("Run A", ids, key="runs_compare_a")
     b = cols[1].selectbox("Run B", ids, index=min(1, len(ids) - 1), key="runs_compare_b")
@@ -541,8 +566,12 @@ def compare_section(ids: list[str]) -> None:
         st.caption("Neither run has audited models yet.")
 
 
-st.subheader("Compare two runs")
-if len(ids) < 2:
-    st.caption("Start a second run to compare two.")
-else:
-    compare_section(ids)
+# the page, top to bottom (Streamlit reruns it on every interaction) -------------------------------------------------
+st.title("Runs")
+shared.show_flash()
+project = shared.project()
+start_run_form(project)
+ids, record = runs_list(project)
+run_actions(project, record)
+show_run(project, record)
+compare_section(project, ids)
