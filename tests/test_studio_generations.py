@@ -73,7 +73,9 @@ def test_loader_gets_the_sampling_overrides(trained):
     compare.compare_generations(generator_dir, ["0"], [0], [0], ["final"], steps=3, guidance=1.0, loader=loader)
     assert calls == [("final", {"sampling_steps": 3, "guidance_scale": 1.0})]
     assert compare.sampling_overrides("sd-lora", 5, 7.5) == {"num_inference_steps": 5, "guidance_scale": 7.5}
-    with pytest.raises(ValueError, match="known: scratch, sd-lora"):
+    from pipeline.core.registry import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="valid names: scratch, sd-lora"):
         compare.sampling_overrides("gan")
 
 
