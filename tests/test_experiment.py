@@ -9,33 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.audit import AuditConfig
 from pipeline.cli.main import main
 from pipeline.core.common import to_jsonable
 from pipeline.core.runs import Link
-from pipeline.data.datasets import DatasetConfig
 from pipeline.experiment import ExperimentConfig, run_experiment
 from pipeline.presets import quickstart_config
 
 
-def tiny_config() -> ExperimentConfig:
-    base = quickstart_config()
-    return replace(
-        base,
-        dataset=DatasetConfig(limit=240),
-        rounds=2,
-        cardinality=1.0,
-        generation_batch=16,  # several manifest batches per round (the kill test stops one mid-round)
-        generator_options=(("train_steps", 6), ("block_out_channels", [16, 32]), ("checkpoint_every", 3)),
-        teacher=replace(base.teacher, epochs=2),
-        distill=replace(base.distill, student=replace(base.distill.student, epochs=2), regen_every=1),
-        audit=AuditConfig(n_shadows=4, pipeline_shadows=2, workers=1, bootstrap=20),
-        methods=(("am", {"images_per_class": 4, "steps": 5}),),
-    )
-
-
-def test_tiny_end_to_end_run(project):
-    run_id = run_experiment(tiny_config(), project).run_id  # its own project: it adds a second run below
+def test_tiny_end_to_end_run(project, tiny_config):
+    run_id = run_experiment(tiny_config, project).run_id  # its own project: it adds a second run below
     metrics = json.loads((project.runs_dir / run_id / "metrics.json").read_text())
     for role in ("teacher", "student"):
         m = metrics[role]
@@ -96,18 +78,18 @@ def test_tiny_end_to_end_run(project):
     events = (project.runs_dir / run_id / "events.jsonl").read_text().splitlines()
     assert any(json.loads(e).get("epoch_end") for e in events)
     # a second run on a pinned (curated) caption version reuses it as is, and the cached shadows
-    again = run_experiment(replace(tiny_config(), store="digits", store_version=1), project)
+    again = run_experiment(replace(tiny_config, store="digits", store_version=1), project)
     assert again.metrics["audit"]["shadows"]["transfer"]["trained"] == 0
     assert again.metrics["audit"]["shadows"]["pipeline"]["trained"] == 0
     assert len(registry.list(kind="caption")) == 1
     assert Link("captions", "captions", "digits@1") in registry.get(again.run_id).links
     with pytest.raises(ValueError, match="versions 0..1, not 7"):
-        run_experiment(replace(tiny_config(), store="digits", store_version=7), project)
+        run_experiment(replace(tiny_config, store="digits", store_version=7), project)
 
 
-def test_cli_run_from_a_config_file(tmp_path: Path, capsys):
+def test_cli_run_from_a_config_file(tmp_path: Path, capsys, tiny_config):
     config = tmp_path / "config.json"
-    config.write_text(json.dumps(to_jsonable(tiny_config())))
+    config.write_text(json.dumps(to_jsonable(tiny_config)))
     assert main(["-q", "run", "--project", str(tmp_path / "p"), str(config)]) == 0
     out = capsys.readouterr().out
     assert "teacher" in out and "student" in out and "MIA AUC" in out and "pipeline" in out and "rmia *" in out
@@ -123,7 +105,7 @@ def test_the_example_config_in_assets_is_the_quickstart():
     assert from_dict(ExperimentConfig, json.loads(path.read_text())) == quickstart_config()
 
 
-def test_pipeline_shadows_rerun_the_pipeline_and_their_students_read_no_real_image(project, monkeypatch):
+def test_pipeline_shadows_rerun_the_pipeline_and_their_students_read_no_real_image(project, monkeypatch, tiny_config):
     import pipeline.replay as replay
     from pipeline.data.context import DataContext
     from pipeline.data.datasets import ImageDataset
@@ -152,7 +134,7 @@ def test_pipeline_shadows_rerun_the_pipeline_and_their_students_read_no_real_ima
     monkeypatch.setattr(ImageDataset, "iter_images", guarded_iter)
     monkeypatch.setattr(DataContext, "tensors", guarded_tensors)
     monkeypatch.setattr(replay, "train_student", spy_student)
-    result = run_experiment(tiny_config(), project)
+    result = run_experiment(tiny_config, project)
     assert calls["student"] == 2  # one shadow student per pipeline shadow
     shadows = result.metrics["audit"]["shadows"]["pipeline"]
     files = sorted(Path(shadows["directory"]).glob("shadow-*.npz"))
@@ -166,8 +148,8 @@ def test_pipeline_shadows_rerun_the_pipeline_and_their_students_read_no_real_ima
     assert len(list(work.glob("*/shadow-*/synthetic/round-*/manifest.jsonl"))) == 4
 
 
-def test_audit_cli_reaudits_a_finished_run_from_cached_shadows(project, capsys):
-    result = run_experiment(tiny_config(), project)
+def test_audit_cli_reaudits_a_finished_run_from_cached_shadows(project, capsys, tiny_config):
+    result = run_experiment(tiny_config, project)
     root = str(project.root)
     assert main(["-q", "audit", "--project", root, "--run", result.run_id, "--attack", "rmia,loss",
                  "--mode", "transfer"]) == 0
@@ -184,16 +166,14 @@ def test_audit_cli_reaudits_a_finished_run_from_cached_shadows(project, capsys):
     assert main(["-q", "audit", "--project", root, "--run", caption_run]) == 2
 
 
-def test_pipeline_shadows_in_worker_processes_match_one_process(tmp_path: Path, tmp_path_factory):
+def test_pipeline_shadows_in_worker_processes_match_one_process(tmp_path: Path, audited_run, tiny_config):
     """Two worker processes (started right after captioning) give the shadows one process gives (the
     session's shared tiny run: the same config with one worker)."""
-    from audited_run import audited_run
-
     from pipeline.core.project import Project
 
     logits = {}
-    shared, run_id = audited_run(tmp_path_factory)
-    config = tiny_config()
+    shared, run_id = audited_run
+    config = tiny_config
     assert config.audit.workers == 1
     runs = {1: json.loads((shared.runs_dir / run_id / "metrics.json").read_text()),
             2: run_experiment(replace(config, audit=replace(config.audit, workers=2)), Project.open(tmp_path)).metrics}
