@@ -3,7 +3,7 @@
 Test modules never import each other: what several of them share lives here, as fixtures. Values are
 fixtures (``tiny_config``, ``audited_run``, ``prompt_pool``); functions and classes that tests call with
 arguments are factory fixtures that return them (``fake_metrics``, ``add_finished_run``, ``wait_until``,
-``open_page``, ``fake_generator``, ``tiny_sd_pipeline``).
+``open_page``, ``fake_generator``, ``memorised_attack_inputs``, ``tiny_sd_pipeline``).
 """
 
 from __future__ import annotations
@@ -220,6 +220,36 @@ def prompt_pool():
 
     return PromptPool(("cat", "dog", "eel"), (("cat: a", "cat: b"), ("dog: a",), ("eel: a", "eel: b", "eel: c")),
                       "test")
+
+
+# -- membership inference -----------------------------------------------------------------------------------
+def _memorised_attack_inputs(labels, shadow_in, is_member, z_labels, num_classes: int, views: int = 2,
+                             online: bool = True, seed: int = 0):
+    """AttackInputs of models that memorised what they trained on: the true class's logit is +12 on an
+    example a model trained on and +0.5 elsewhere (over standard-normal logits) -- the target on
+    ``is_member``, shadow i on ``shadow_in[i]``, nobody on the reference population."""
+    from pipeline.privacy.attacks import AttackInputs
+
+    rng = np.random.default_rng(seed)
+    labels, z_labels, shadow_in = np.asarray(labels), np.asarray(z_labels), np.asarray(shadow_in, bool)
+
+    def logits(trained: np.ndarray, y: np.ndarray) -> np.ndarray:  # trained: (models, examples) bool
+        out = rng.normal(size=(len(trained), views, len(y), num_classes))
+        out[:, :, np.arange(len(y)), y] += np.where(trained, 12.0, 0.5)[:, None, :]
+        return out
+
+    m, nz = len(shadow_in), len(z_labels)
+    return AttackInputs(labels, logits(np.asarray(is_member, bool)[None], labels)[0], logits(shadow_in, labels),
+                        shadow_in, z_labels, logits(np.zeros((1, nz), bool), z_labels)[0],
+                        logits(np.zeros((m, nz), bool), z_labels), online=online)
+
+
+@pytest.fixture(scope="session")
+def memorised_attack_inputs():
+    """``memorised_attack_inputs(labels, shadow_in, is_member, z_labels, num_classes, online=True)``: attack
+    inputs where the target and the shadows memorised their training examples (an attack must rank the
+    target's members first)."""
+    return _memorised_attack_inputs
 
 
 # -- tiny offline models -------------------------------------------------------------------------------------
