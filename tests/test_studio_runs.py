@@ -5,15 +5,18 @@ the Trade-offs page builds its figures."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
 import sys
 from dataclasses import replace
 
+import numpy as np
 import pandas as pd
 import pytest
 import streamlit as st
+from PIL import Image, ImageColor
 from streamlit.testing.v1 import AppTest
 
 from pipeline.cli.main import main
@@ -275,11 +278,33 @@ def test_png_export_renders_with_the_installed_kaleido(fake_metrics):
 
     if not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")):
         pytest.skip("no Chrome / Chromium on this machine (.ci/run and the Dockerfile install one)")
+    import plotly.graph_objects as go
+
     from pipeline.views.report import points_from_metrics
     from studio import figures
 
-    png = figures.to_png(figures.tradeoff_figure(points_from_metrics("r", fake_metrics())))
+    figure = figures.tradeoff_figure(points_from_metrics("r", fake_metrics()))
+    png = figures.to_png(figure)
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    # the points are drawn: against the same figure with its points moved off the axes (same axes, lines and
+    # legend), the export has a solid block of the teacher's and of the student's marker colour (8 x 8 px
+    # here; error bars are 2 px lines, the legend's markers are in both images)
+    bare = go.Figure(figure)
+    for trace in bare.data:
+        if trace.mode == "markers":
+            trace.x = [10.0] * len(trace.x)
+    drawn, without = (np.asarray(Image.open(io.BytesIO(b)).convert("RGB"), dtype=int) for b in (png, figures.to_png(bare)))
+    assert drawn.shape == without.shape == (1040, 2200, 3)  # 1100 x 520 at scale 2
+    for role in ("teacher", "student"):
+        rgb = np.array(ImageColor.getrgb(figures.role_style(role)["color"]))
+        new = (np.abs(drawn - rgb).sum(-1) <= 30) & (np.abs(without - rgb).sum(-1) > 30)
+        assert _has_solid_block(new, 5), role
+
+
+def _has_solid_block(mask, side: int) -> bool:
+    """Whether some side x side block of ``mask`` is all True."""
+    s = np.pad(mask.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    return bool((s[side:, side:] - s[:-side, side:] - s[side:, :-side] + s[:-side, :-side] == side * side).any())
 
 
 # -- issue 12: runs management -------------------------------------------------------------------------------
