@@ -19,16 +19,30 @@ from pipeline.presets import quickstart_config
 def test_tiny_end_to_end_run(project, tiny_config):
     run_id = run_experiment(tiny_config, project).run_id  # its own project: it adds a second run below
     metrics = json.loads((project.runs_dir / run_id / "metrics.json").read_text())
+    n_test = metrics["dataset"]["test"]  # 240 real test images
     for role in ("teacher", "student"):
         m = metrics[role]
         assert 0.0 <= m["accuracy"] <= 1.0 and 0.0 <= m["mia"]["auc"] <= 1.0
         assert {"auc", "tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr"} <= set(m["mia"])
         assert m["aop"] == pytest.approx(m["accuracy"] / (2 * m["mia"]["auc"]) ** 2)
+        # training lowered the loss (teacher 2.42 -> 2.33, student KD 0.068 -> 0.019); the accuracy counts real
+        # test images; the AUC's interval is a bootstrap around it. Two epochs leave the tiny models at chance
+        # (both call every digit a 1: 22/240), so nothing leaks and the audit must say so (AUC 0.503, 0.507)
+        assert m["history"][-1]["loss"] < m["history"][0]["loss"]
+        assert _counts(m["accuracy"], n_test)
+        low, high = m["mia"]["auc_ci95"]
+        assert low < m["mia"]["auc"] < high and abs(m["mia"]["auc"] - 0.5) < 0.1
+    # the recorded accuracy is the saved teacher's on the test split; the student agrees with the teacher
+    # on its held-out synthetic images (1.0)
+    assert _test_accuracy(project.runs_dir / run_id / "teacher.pt", tiny_config) == pytest.approx(
+        metrics["teacher"]["accuracy"], abs=1e-6)
+    assert metrics["student"]["history"][-1]["val_accuracy"] >= 0.9
     assert metrics["synthetic"]["rounds"] == 2
     fidelity = metrics["fidelity"]
     assert len(fidelity["rounds"]) == 2 and 0.0 <= fidelity["class_fidelity"] <= 1.0
     assert {"frechet_distance", "precision", "recall", "density", "coverage"} <= set(fidelity)
     assert 0.0 <= fidelity["cas"] <= 1.0 and "hard labels" in fidelity["cas_recipe"]  # CAS on round 0
+    assert _counts(fidelity["cas"], n_test)  # measured on the real test images (17/240)
     round_dir = project.runs_dir / run_id / "synthetic" / "round-1"
     assert json.loads((round_dir / "fidelity.json").read_text()) == fidelity["rounds"][1]
     # the memorisation audit of every round: per-image nearest member / non-member, copies, C_T
@@ -46,6 +60,7 @@ def test_tiny_end_to_end_run(project, tiny_config):
     assert am["method"] == "am" and am["reads_real_training_images"] is False and am["epsilon"] is None
     assert set(am["mia_modes"]) == {"transfer", "pipeline"} and am["mia_modes"]["pipeline"]["n_shadows"] == 2
     assert 0.0 <= am["accuracy"] <= 1.0 and am["mia"]["mia_mode"] == "pipeline" and "auc_ci95" in am["mia"]
+    assert _counts(am["accuracy"], n_test) and am["mia"]["auc_ci95"][0] < am["mia"]["auc"] < am["mia"]["auc_ci95"][1]
     assert am["mia"]["shadow_recipe"] == "am pipeline"
     audit_run = project.registry().list(kind="audit")[0]
     assert json.loads((audit_run.run_dir / "metrics.json").read_text())["shadows"]["pipeline am"]["n"] == 2
@@ -85,6 +100,24 @@ def test_tiny_end_to_end_run(project, tiny_config):
     assert Link("captions", "captions", "digits@1") in registry.get(again.run_id).links
     with pytest.raises(ValueError, match="versions 0..1, not 7"):
         run_experiment(replace(tiny_config, store="digits", store_version=7), project)
+
+
+def _counts(accuracy: float, n: int) -> bool:
+    """Whether ``accuracy`` is a count of ``n`` images (k / n), as an accuracy measured on them is."""
+    return abs(accuracy * n - round(accuracy * n)) < 1e-3
+
+
+def _test_accuracy(weights: Path, config) -> float:
+    """Accuracy on the real test split of the teacher saved at ``weights``, measured here."""
+    from pipeline.classifiers.models import build_classifier
+    from pipeline.classifiers.train import evaluate
+    from pipeline.core import checkpoints
+    from pipeline.data.context import DataContext
+
+    data = DataContext.open(config.dataset)
+    model = build_classifier(config.teacher, data.num_classes)
+    model.load_state_dict(checkpoints.load(weights))
+    return evaluate(model, data.tensors("test", config.teacher.image_size), data.num_classes)["accuracy"]
 
 
 def test_cli_run_from_a_config_file(tmp_path: Path, capsys, tiny_config):
