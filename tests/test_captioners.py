@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_models import NUM_QUERY_TOKENS, make_tiny_blip, make_tiny_blip2
 
 from pipeline.captions.captioners import CAPTIONERS, Captioner, CaptionerConfig, create_captioner
 from pipeline.core.registry import UnknownNameError
@@ -22,16 +21,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def blip_dir(tmp_path_factory):
-    return make_tiny_blip(tmp_path_factory.mktemp("tiny-blip"))
-
-
-@pytest.fixture(scope="module")
-def blip2_dir(tmp_path_factory):
-    return make_tiny_blip2(tmp_path_factory.mktemp("tiny-blip2"))
 
 
 @pytest.fixture(scope="module")
@@ -188,12 +177,12 @@ def test_blip_uses_prebuilt_model_and_processor(blip_dir, images):
 
 
 # -- BLIP-2 ---------------------------------------------------------------------------------------------
-def test_tiny_blip2_processor_and_model_agree(blip2_dir):
+def test_tiny_blip2_processor_and_model_agree(blip2_dir, blip2_query_tokens):
     from transformers import Blip2Config, Blip2Processor
 
     processor = Blip2Processor.from_pretrained(blip2_dir)
     config = Blip2Config.from_pretrained(blip2_dir)
-    assert processor.num_query_tokens == config.num_query_tokens == NUM_QUERY_TOKENS
+    assert processor.num_query_tokens == config.num_query_tokens == blip2_query_tokens
     assert processor.tokenizer.convert_tokens_to_ids(str(processor.image_token)) == config.image_token_index
 
 
@@ -217,7 +206,7 @@ def test_blip2_captions_every_image_in_order_across_batches(blip2_dir, images):
     json.dumps(source)
 
 
-def test_blip2_conditional_prompt_is_not_echoed(blip2_dir, images):
+def test_blip2_conditional_prompt_is_not_echoed(blip2_dir, images, blip2_query_tokens):
     from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
     prompt = "Question: what is in the photo? Answer:"
@@ -236,7 +225,7 @@ def test_blip2_conditional_prompt_is_not_echoed(blip2_dir, images):
     inputs = processor(
         images=[im.convert("RGB") for im in images], text=[prompt] * len(images), return_tensors="pt"
     )
-    assert (inputs["input_ids"][:, :NUM_QUERY_TOKENS] == model.config.image_token_index).all()
+    assert (inputs["input_ids"][:, :blip2_query_tokens] == model.config.image_token_index).all()
     out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
     new_tokens = out[:, inputs["input_ids"].shape[1] :]
     assert new_tokens.shape[1] >= 1
@@ -244,11 +233,11 @@ def test_blip2_conditional_prompt_is_not_echoed(blip2_dir, images):
     assert captions == expected
 
 
-def test_blip2_mismatched_processor_fails_fast(blip2_dir, images):
+def test_blip2_mismatched_processor_fails_fast(blip2_dir, images, blip2_query_tokens):
     from transformers import Blip2Processor
 
     processor = Blip2Processor.from_pretrained(blip2_dir)
-    processor.num_query_tokens = NUM_QUERY_TOKENS + 1
+    processor.num_query_tokens = blip2_query_tokens + 1
     captioner = create_captioner(
         CaptionerConfig(name="blip2", model=str(blip2_dir), max_new_tokens=3), processor=processor
     )

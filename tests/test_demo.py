@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_studio_report import fake_metrics
 
 from pipeline.captions.prompts import pool_from_class_names
 from pipeline.classifiers.models import build_classifier
@@ -47,7 +46,7 @@ class ColourGenerator(Generator):
 
 
 @pytest.fixture
-def finished_run(project):
+def finished_run(project, fake_metrics):
     """An experiment run as experiment.py leaves it: config, teacher.pt, student.pt, synthetic rounds."""
     config = replace(quickstart_config(), dataset=DatasetConfig(limit=40))
     registry = project.registry()

@@ -18,8 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from audited_run import audited_run
-from test_generate import POOL, FakeGenerator
 
 from pipeline.core.cluster import SINGLE, Cluster
 from pipeline.core.launch import child_env
@@ -51,10 +49,10 @@ def pipeline(*args: str, processes: int = 1) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
+def finished(audited_run):
     """(project folder, experiment run id, caption ref, generator folder): a copy of the session's tiny
     audited run without its shadow cache."""
-    project, run_id = audited_run(tmp_path_factory)
+    project, run_id = audited_run
     record = project.registry().get(run_id)
     links = {link.role: link.ref for link in record.links}
     return project.root, run_id, links["captions"], project.runs_dir / links["generator"] / "generator"
@@ -128,20 +126,20 @@ class _Alone:
         pass
 
 
-def test_a_generation_that_lost_a_process_is_finished_by_a_rerun(tmp_path: Path):
+def test_a_generation_that_lost_a_process_is_finished_by_a_rerun(tmp_path: Path, prompt_pool, fake_generator):
     plan = GenerationPlan(total=24, batch_size=4)  # 6 batches: 3 per process
-    reference = generate_set(FakeGenerator(), POOL, plan, tmp_path / "reference")
+    reference = generate_set(fake_generator(), prompt_pool, plan, tmp_path / "reference")
     out = tmp_path / "out"
     # process 0 set the folder up and died at its first batch; process 1 made one batch and died
     with pytest.raises(KeyboardInterrupt):
-        generate_set(FakeGenerator(die_after_calls=0), POOL, plan, out, cluster=Cluster(0, 2, _Alone(0)))
+        generate_set(fake_generator(die_after_calls=0), prompt_pool, plan, out, cluster=Cluster(0, 2, _Alone(0)))
     with pytest.raises(KeyboardInterrupt):
-        generate_set(FakeGenerator(die_after_calls=1), POOL, plan, out, cluster=Cluster(1, 2, _Alone(1)))
+        generate_set(fake_generator(die_after_calls=1), prompt_pool, plan, out, cluster=Cluster(1, 2, _Alone(1)))
     assert len((out / "manifest.rank-1.jsonl").read_text().splitlines()) == 4
     assert not (out / "manifest.jsonl").exists() or not (out / "manifest.jsonl").read_text()
     # the rerun (here a single process) keeps those four images and makes the other twenty
-    again = FakeGenerator()
-    finished = generate_set(again, POOL, plan, out, cluster=SINGLE)
+    again = fake_generator()
+    finished = generate_set(again, prompt_pool, plan, out, cluster=SINGLE)
     assert len(again.generated) == 20 and not list(out.glob("manifest.rank-*"))
     assert [i.__dict__ for i in finished.items] == [i.__dict__ for i in reference.items]
     assert all((out / i.file).read_bytes() == (reference.root / i.file).read_bytes() for i in finished.items)

@@ -9,44 +9,40 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.audit import AuditConfig
 from pipeline.cli.main import main
 from pipeline.core.common import to_jsonable
 from pipeline.core.runs import Link
-from pipeline.data.datasets import DatasetConfig
 from pipeline.experiment import ExperimentConfig, run_experiment
 from pipeline.presets import quickstart_config
 
 
-def tiny_config() -> ExperimentConfig:
-    base = quickstart_config()
-    return replace(
-        base,
-        dataset=DatasetConfig(limit=240),
-        rounds=2,
-        cardinality=1.0,
-        generation_batch=16,  # several manifest batches per round (the kill test stops one mid-round)
-        generator_options=(("train_steps", 6), ("block_out_channels", [16, 32]), ("checkpoint_every", 3)),
-        teacher=replace(base.teacher, epochs=2),
-        distill=replace(base.distill, student=replace(base.distill.student, epochs=2), regen_every=1),
-        audit=AuditConfig(n_shadows=4, pipeline_shadows=2, workers=1, bootstrap=20),
-        methods=(("am", {"images_per_class": 4, "steps": 5}),),
-    )
-
-
-def test_tiny_end_to_end_run(project):
-    run_id = run_experiment(tiny_config(), project).run_id  # its own project: it adds a second run below
+def test_tiny_end_to_end_run(project, tiny_config):
+    run_id = run_experiment(tiny_config, project).run_id  # its own project: it adds a second run below
     metrics = json.loads((project.runs_dir / run_id / "metrics.json").read_text())
+    n_test = metrics["dataset"]["test"]  # 240 real test images
     for role in ("teacher", "student"):
         m = metrics[role]
         assert 0.0 <= m["accuracy"] <= 1.0 and 0.0 <= m["mia"]["auc"] <= 1.0
         assert {"auc", "tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr"} <= set(m["mia"])
         assert m["aop"] == pytest.approx(m["accuracy"] / (2 * m["mia"]["auc"]) ** 2)
+        # training lowered the loss (teacher 2.42 -> 2.33, student KD 0.068 -> 0.019); the accuracy counts real
+        # test images; the AUC's interval is a bootstrap around it. Two epochs leave the tiny models at chance
+        # (both call every digit a 1: 22/240), so nothing leaks and the audit must say so (AUC 0.503, 0.507)
+        assert m["history"][-1]["loss"] < m["history"][0]["loss"]
+        assert _counts(m["accuracy"], n_test)
+        low, high = m["mia"]["auc_ci95"]
+        assert low < m["mia"]["auc"] < high and abs(m["mia"]["auc"] - 0.5) < 0.1
+    # the recorded accuracy is the saved teacher's on the test split; the student agrees with the teacher
+    # on its held-out synthetic images (1.0)
+    assert _test_accuracy(project.runs_dir / run_id / "teacher.pt", tiny_config) == pytest.approx(
+        metrics["teacher"]["accuracy"], abs=1e-6)
+    assert metrics["student"]["history"][-1]["val_accuracy"] >= 0.9
     assert metrics["synthetic"]["rounds"] == 2
     fidelity = metrics["fidelity"]
     assert len(fidelity["rounds"]) == 2 and 0.0 <= fidelity["class_fidelity"] <= 1.0
     assert {"frechet_distance", "precision", "recall", "density", "coverage"} <= set(fidelity)
     assert 0.0 <= fidelity["cas"] <= 1.0 and "hard labels" in fidelity["cas_recipe"]  # CAS on round 0
+    assert _counts(fidelity["cas"], n_test)  # measured on the real test images (17/240)
     round_dir = project.runs_dir / run_id / "synthetic" / "round-1"
     assert json.loads((round_dir / "fidelity.json").read_text()) == fidelity["rounds"][1]
     # the memorisation audit of every round: per-image nearest member / non-member, copies, C_T
@@ -64,6 +60,7 @@ def test_tiny_end_to_end_run(project):
     assert am["method"] == "am" and am["reads_real_training_images"] is False and am["epsilon"] is None
     assert set(am["mia_modes"]) == {"transfer", "pipeline"} and am["mia_modes"]["pipeline"]["n_shadows"] == 2
     assert 0.0 <= am["accuracy"] <= 1.0 and am["mia"]["mia_mode"] == "pipeline" and "auc_ci95" in am["mia"]
+    assert _counts(am["accuracy"], n_test) and am["mia"]["auc_ci95"][0] < am["mia"]["auc"] < am["mia"]["auc_ci95"][1]
     assert am["mia"]["shadow_recipe"] == "am pipeline"
     audit_run = project.registry().list(kind="audit")[0]
     assert json.loads((audit_run.run_dir / "metrics.json").read_text())["shadows"]["pipeline am"]["n"] == 2
@@ -96,18 +93,36 @@ def test_tiny_end_to_end_run(project):
     events = (project.runs_dir / run_id / "events.jsonl").read_text().splitlines()
     assert any(json.loads(e).get("epoch_end") for e in events)
     # a second run on a pinned (curated) caption version reuses it as is, and the cached shadows
-    again = run_experiment(replace(tiny_config(), store="digits", store_version=1), project)
+    again = run_experiment(replace(tiny_config, store="digits", store_version=1), project)
     assert again.metrics["audit"]["shadows"]["transfer"]["trained"] == 0
     assert again.metrics["audit"]["shadows"]["pipeline"]["trained"] == 0
     assert len(registry.list(kind="caption")) == 1
     assert Link("captions", "captions", "digits@1") in registry.get(again.run_id).links
     with pytest.raises(ValueError, match="versions 0..1, not 7"):
-        run_experiment(replace(tiny_config(), store="digits", store_version=7), project)
+        run_experiment(replace(tiny_config, store="digits", store_version=7), project)
 
 
-def test_cli_run_from_a_config_file(tmp_path: Path, capsys):
+def _counts(accuracy: float, n: int) -> bool:
+    """Whether ``accuracy`` is a count of ``n`` images (k / n), as an accuracy measured on them is."""
+    return abs(accuracy * n - round(accuracy * n)) < 1e-3
+
+
+def _test_accuracy(weights: Path, config) -> float:
+    """Accuracy on the real test split of the teacher saved at ``weights``, measured here."""
+    from pipeline.classifiers.models import build_classifier
+    from pipeline.classifiers.train import evaluate
+    from pipeline.core import checkpoints
+    from pipeline.data.context import DataContext
+
+    data = DataContext.open(config.dataset)
+    model = build_classifier(config.teacher, data.num_classes)
+    model.load_state_dict(checkpoints.load(weights))
+    return evaluate(model, data.tensors("test", config.teacher.image_size), data.num_classes)["accuracy"]
+
+
+def test_cli_run_from_a_config_file(tmp_path: Path, capsys, tiny_config):
     config = tmp_path / "config.json"
-    config.write_text(json.dumps(to_jsonable(tiny_config())))
+    config.write_text(json.dumps(to_jsonable(tiny_config)))
     assert main(["-q", "run", "--project", str(tmp_path / "p"), str(config)]) == 0
     out = capsys.readouterr().out
     assert "teacher" in out and "student" in out and "MIA AUC" in out and "pipeline" in out and "rmia *" in out
@@ -123,7 +138,7 @@ def test_the_example_config_in_assets_is_the_quickstart():
     assert from_dict(ExperimentConfig, json.loads(path.read_text())) == quickstart_config()
 
 
-def test_pipeline_shadows_rerun_the_pipeline_and_their_students_read_no_real_image(project, monkeypatch):
+def test_pipeline_shadows_rerun_the_pipeline_and_their_students_read_no_real_image(project, monkeypatch, tiny_config):
     import pipeline.replay as replay
     from pipeline.data.context import DataContext
     from pipeline.data.datasets import ImageDataset
@@ -152,7 +167,7 @@ def test_pipeline_shadows_rerun_the_pipeline_and_their_students_read_no_real_ima
     monkeypatch.setattr(ImageDataset, "iter_images", guarded_iter)
     monkeypatch.setattr(DataContext, "tensors", guarded_tensors)
     monkeypatch.setattr(replay, "train_student", spy_student)
-    result = run_experiment(tiny_config(), project)
+    result = run_experiment(tiny_config, project)
     assert calls["student"] == 2  # one shadow student per pipeline shadow
     shadows = result.metrics["audit"]["shadows"]["pipeline"]
     files = sorted(Path(shadows["directory"]).glob("shadow-*.npz"))
@@ -166,8 +181,8 @@ def test_pipeline_shadows_rerun_the_pipeline_and_their_students_read_no_real_ima
     assert len(list(work.glob("*/shadow-*/synthetic/round-*/manifest.jsonl"))) == 4
 
 
-def test_audit_cli_reaudits_a_finished_run_from_cached_shadows(project, capsys):
-    result = run_experiment(tiny_config(), project)
+def test_audit_cli_reaudits_a_finished_run_from_cached_shadows(project, capsys, tiny_config):
+    result = run_experiment(tiny_config, project)
     root = str(project.root)
     assert main(["-q", "audit", "--project", root, "--run", result.run_id, "--attack", "rmia,loss",
                  "--mode", "transfer"]) == 0
@@ -184,16 +199,14 @@ def test_audit_cli_reaudits_a_finished_run_from_cached_shadows(project, capsys):
     assert main(["-q", "audit", "--project", root, "--run", caption_run]) == 2
 
 
-def test_pipeline_shadows_in_worker_processes_match_one_process(tmp_path: Path, tmp_path_factory):
+def test_pipeline_shadows_in_worker_processes_match_one_process(tmp_path: Path, audited_run, tiny_config):
     """Two worker processes (started right after captioning) give the shadows one process gives (the
     session's shared tiny run: the same config with one worker)."""
-    from audited_run import audited_run
-
     from pipeline.core.project import Project
 
     logits = {}
-    shared, run_id = audited_run(tmp_path_factory)
-    config = tiny_config()
+    shared, run_id = audited_run
+    config = tiny_config
     assert config.audit.workers == 1
     runs = {1: json.loads((shared.runs_dir / run_id / "metrics.json").read_text()),
             2: run_experiment(replace(config, audit=replace(config.audit, workers=2)), Project.open(tmp_path)).metrics}

@@ -4,42 +4,25 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from dataclasses import replace
 
 import pytest
-from test_experiment import tiny_config
 
 from pipeline.core import jobs
 
-# Waits end on the event they wait for, or when it can no longer happen (the process died); the
-# ceiling only keeps a wedged run from hanging CI, so it is far above what a loaded machine needs.
-CEILING_S = 600
 
-
-def _wait(predicate, gone=lambda: False, timeout: float = CEILING_S) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        if gone():
-            return predicate()
-        time.sleep(0.3)  # a poll interval, not a wait for time to pass
-    return False
-
-
-def test_start_then_cancel_a_background_run(project):
+def test_start_then_cancel_a_background_run(project, tiny_config, wait_until):
     # a generator that trains for a long time, so the run is surely still busy when cancelled
-    config = replace(tiny_config(), generator_options=(("train_steps", 100_000), ("block_out_channels", [8, 16])))
+    config = replace(tiny_config, generator_options=(("train_steps", 100_000), ("block_out_channels", [8, 16])))
     run_id = jobs.start_experiment(project, config)
     registry = project.registry()
     pid = lambda: registry.get(run_id).pid  # noqa: E731
-    assert _wait(lambda: registry.get(run_id).status == "running"
-                 and (registry.get(run_id).progress or {}).get("stage") == "finetune",
-                 gone=lambda: pid() is not None and not jobs._alive(pid())), jobs.read_log(project, run_id)
+    assert wait_until(lambda: registry.get(run_id).status == "running"
+                      and (registry.get(run_id).progress or {}).get("stage") == "finetune",
+                      gone=lambda: pid() is not None and not jobs._alive(pid())), jobs.read_log(project, run_id)
     jobs.cancel(project, run_id)
     record = registry.get(run_id)
-    assert _wait(lambda: not jobs._alive(record.pid)), "the run's process did not stop"
+    assert wait_until(lambda: not jobs._alive(record.pid)), "the run's process did not stop"
     assert registry.get(run_id).status == "cancelled"
     assert "Traceback" not in jobs.read_log(project, run_id)
 
@@ -49,12 +32,12 @@ def test_start_then_cancel_a_background_run(project):
     assert registry.get(run_id).status in ("queued", "running")
     with pytest.raises(ValueError, match="only an interrupted experiment can be resumed"):
         jobs.resume_experiment(project, run_id)
-    assert _wait(lambda: registry.get(run_id).status == "running"
-                 and registry.get(generator).status == "running",
-                 gone=lambda: not jobs._alive(registry.get(run_id).pid)), jobs.read_log(project, run_id)
+    assert wait_until(lambda: registry.get(run_id).status == "running"
+                      and registry.get(generator).status == "running",
+                      gone=lambda: not jobs._alive(registry.get(run_id).pid)), jobs.read_log(project, run_id)
     assert {link.role: link.ref for link in registry.get(run_id).links}["generator"] == generator
     jobs.cancel(project, run_id)
-    assert _wait(lambda: not jobs._alive(registry.get(run_id).pid)), "the resumed run did not stop"
+    assert wait_until(lambda: not jobs._alive(registry.get(run_id).pid)), "the resumed run did not stop"
     assert registry.get(run_id).status == "cancelled"
 
 

@@ -161,16 +161,14 @@ class _Spy(TransferMethod):
         return MethodResult(model, Path(out_dir) / "model.pt", {})
 
 
-def test_the_experiment_gives_real_images_only_to_methods_that_declare_them(project, monkeypatch):
-    from test_experiment import tiny_config
-
+def test_the_experiment_gives_real_images_only_to_methods_that_declare_them(project, monkeypatch, tiny_config):
     from pipeline import experiment
     from pipeline.classifiers.models import build_classifier
     from pipeline.core.cluster import SINGLE
     from pipeline.data.context import DataContext
     from pipeline.data.datasets import DatasetConfig
 
-    config = replace(tiny_config(), dataset=DatasetConfig(limit=60), methods=(("am", {}), ("bss", {})))
+    config = replace(tiny_config, dataset=DatasetConfig(limit=60), methods=(("am", {}), ("bss", {})))
     monkeypatch.setattr(experiment, "create_method", lambda name, options: _Spy(reads=name == "bss"))
     data = DataContext.open(config.dataset)
     run = project.registry().create("experiment", config)

@@ -8,6 +8,7 @@ import pytest
 from pipeline.core.registry import UnknownNameError
 from pipeline.privacy import rmia_scores
 from pipeline.privacy.attacks import AttackInputs, attack_names, run_attack
+from pipeline.privacy.metrics import roc_auc
 
 # two challenge examples x, three population samples z, two reference models
 TARGET_X = np.array([0.9, 0.5])
@@ -66,7 +67,7 @@ def _inputs(rng: np.random.Generator, m: int = 4, n: int = 40, nz: int = 30, k: 
                         z_labels, rng.normal(size=(2, nz, k)), rng.normal(size=(m, 2, nz, k)))
 
 
-def test_registry_lists_attacks_and_rejects_unknown_names_and_options():
+def test_registry_lists_attacks_and_rejects_unknown_names_and_options(memorised_attack_inputs):
     assert {"lira", "rmia", "loss"} <= set(attack_names())
     inputs = _inputs(np.random.default_rng(0))
     with pytest.raises(UnknownNameError, match="valid names: lira, loss, rmia"):
@@ -76,6 +77,17 @@ def test_registry_lists_attacks_and_rejects_unknown_names_and_options():
     for name in ("lira", "rmia", "loss"):
         scores = run_attack(name, inputs)
         assert scores.shape == (40,) and np.isfinite(scores).all()
+    # every attack ranks the members of a target that memorised them first (AUC 1.0 here), online and
+    # offline; a target that memorised nothing gets no such ranking (AUC 0.43-0.50 here)
+    is_member = np.arange(40) % 2 == 0  # each in half the shadows, like every other example
+    for online in (True, False):
+        for name in ("lira", "rmia", "loss"):
+            caught = memorised_attack_inputs(inputs.labels, inputs.shadow_in, is_member, inputs.z_labels, 3,
+                                             online=online)
+            assert roc_auc(run_attack(name, caught), is_member) > 0.9, (name, online)
+            blank = memorised_attack_inputs(inputs.labels, inputs.shadow_in, np.zeros(40, bool), inputs.z_labels,
+                                            3, online=online)
+            assert roc_auc(run_attack(name, blank), is_member) < 0.75, (name, online)
 
 
 def test_rmia_attack_matches_the_pure_function_on_one_view():

@@ -33,48 +33,6 @@ PROMPTS = ["a red square", "a blue circle", "a green cat", "a photo of a dog"]
 SEEDS = [3, 1, 4, 1]
 
 
-def tiny_clip_tokenizer():
-    """A CLIP tokenizer with one token per byte (and per byte + </w>) and no merges: any text tokenizes."""
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import CLIPTokenizer
-
-    chars = sorted(ByteLevel.alphabet())
-    vocab = {token: i for i, token in enumerate(chars + [c + "</w>" for c in chars])}
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-
-
-def tiny_sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
-    """diffusers' StableDiffusionPipelineFastTests.get_dummy_components, with an offline tokenizer."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    tokenizer = tiny_clip_tokenizer()
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
-            block_out_channels=(4, 8), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32, norm_num_groups=2,
-        )
-        vae = AutoencoderKL(
-            block_out_channels=[4, 8], in_channels=3, out_channels=3,
-            down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-            latent_channels=4, norm_num_groups=2,
-        )
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id, hidden_size=32, intermediate_size=37, layer_norm_eps=1e-5,
-            num_attention_heads=4, num_hidden_layers=2, vocab_size=len(tokenizer),
-        ))
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    return StableDiffusionPipeline(unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(),
-                                   tokenizer=tokenizer, scheduler=scheduler, safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
-
-
 def training_images(n: int = 4) -> list[Image.Image]:
     rng = np.random.default_rng(0)
     return [Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)) for _ in range(n)]
@@ -116,7 +74,7 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def base_dir(tmp_path_factory) -> Path:
+def base_dir(tmp_path_factory, tiny_sd_pipeline) -> Path:
     directory = tmp_path_factory.mktemp("tiny-sd")
     tiny_sd_pipeline().save_pretrained(directory)
     return directory

@@ -1,7 +1,7 @@
 """pipeline.views.compare and the Generations page: versions of a trained generator side by side.
 
 A tiny scratch generator (4 steps, checkpoints at 2 and 4) is trained once through ``finetune`` on
-40 digits; the sd-lora case uses the tiny random Stable Diffusion of test_sd_lora.
+40 digits; the sd-lora case uses the tiny random Stable Diffusion of conftest's ``tiny_sd_pipeline``.
 """
 
 from __future__ import annotations
@@ -118,9 +118,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_sd_lora_versions_are_base_checkpoints_and_fine_tuned(tmp_path, one_thread):
-    from test_sd_lora import tiny_sd_pipeline
-
+def test_sd_lora_versions_are_base_checkpoints_and_fine_tuned(tmp_path, one_thread, tiny_sd_pipeline):
     base = tmp_path / "tiny-sd"
     tiny_sd_pipeline().save_pretrained(base)
     project = Project.open(tmp_path / "project")

@@ -1,7 +1,7 @@
 """pipeline.views.leaks and the Leak explorer page: the most vulnerable members of an audited model,
 their synthetic neighbours, score histograms and per-class vulnerability.
 
-The run is the shared tiny audited experiment of ``audited_run`` (built once per session)."""
+The run is the shared tiny audited experiment of conftest's ``audited_run`` (built once per session)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from audited_run import audited_run
 from streamlit.testing.v1 import AppTest
 
 from pipeline.classifiers.train import images_to_tensor
@@ -23,9 +22,9 @@ APP = str(Path(__file__).resolve().parents[1] / "studio" / "app.py")
 
 
 @pytest.fixture(scope="module")
-def audited(tmp_path_factory):
+def audited(audited_run):
     """(project, experiment run id, its audit folder, the synthetic set view)."""
-    project, run_id = audited_run(tmp_path_factory)
+    project, run_id = audited_run
     [entry] = leaks.audited_experiments(project)
     return project, run_id, entry.audit.run_dir, load_synthetic_set(project, run_id)
 

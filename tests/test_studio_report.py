@@ -8,36 +8,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from pipeline.core.common import write_json
 from pipeline.data.datasets import DatasetConfig
 from pipeline.views import report
-
-
-def fake_metrics(teacher=(0.95, 0.60), student=(0.90, 0.52), dataset="digits", backend="scratch",
-                 cardinality=1.0, classes=3) -> dict:
-    def model(acc: float, auc: float) -> dict:
-        return {"accuracy": acc, "per_class_accuracy": [acc] * classes, "aop": acc / (2 * auc) ** 2,
-                "mia": {"auc": auc, "auc_ci95": [auc - 0.02, auc + 0.02], "tpr_at_0.1pct_fpr": 0.01,
-                        "tpr_at_1pct_fpr": 0.05, "balanced_accuracy": 0.55, "n_members": 10, "n_nonmembers": 10,
-                        "roc": {"fpr": [0.0, 0.001, 0.5, 1.0], "tpr": [0.0, 0.01, 0.6, 1.0]},
-                        "loss_attack": {"auc": auc}},
-                "train": {}, "history": [{"epoch": 1, "loss": 1.0, "val_accuracy": 0.5}]}
-
-    return {"teacher": model(*teacher), "student": model(*student), "shadows": {"n": 4},
-            "dataset": {"name": dataset, "fingerprint": "f", "members": 10, "nonmembers": 10, "test": 10},
-            "synthetic": {"rounds": 2, "images_per_round": 10, "cardinality": cardinality},
-            "generator": {"backend": backend}, "timings": {}, "seconds": 1.0}
-
-
-def add_finished_run(project, metrics: dict, status: str = "done") -> str:
-    """An experiment run in the registry with a metrics.json, as experiment.py leaves it."""
-    registry = project.registry()
-    run = registry.create("experiment", {"dataset": {"source": "digits"}})
-    registry.start(run.id)
-    write_json(run.run_dir / "metrics.json", metrics)
-    if status == "done":
-        registry.finish(run.id, teacher_accuracy=metrics["teacher"]["accuracy"])
-    return run.id
 
 
 def test_pareto_front_hand_values():
@@ -57,7 +29,7 @@ def test_aop_iso_curve_is_accuracy_at_that_aop():
     assert math.isnan(curve[2])  # 0.5 * 1.6^2 = 1.28 > 1: not a reachable accuracy
 
 
-def test_points_from_metrics_and_filters():
+def test_points_from_metrics_and_filters(fake_metrics):
     points = report.points_from_metrics("run-a", fake_metrics(cardinality=2.0))
     teacher, student = points
     assert (teacher.role, student.role) == ("teacher", "student")
@@ -73,7 +45,7 @@ def test_points_from_metrics_and_filters():
     assert [(t.run_id, s.run_id) for t, s in report.run_pairs(both)] == [("run-a", "run-a"), ("run-b", "run-b")]
 
 
-def test_front_line_and_table():
+def test_front_line_and_table(fake_metrics):
     points = report.points_from_metrics("a", fake_metrics(teacher=(0.9, 0.6), student=(0.85, 0.5)))
     points += report.points_from_metrics("b", fake_metrics(teacher=(0.8, 0.7), student=(0.7, 0.55)))
     front = report.front_line(points)
@@ -83,7 +55,7 @@ def test_front_line_and_table():
     assert rows[0]["AOP"] == pytest.approx(0.9 / 1.44, abs=1e-4)
 
 
-def test_collect_points_reads_finished_runs_only(project):
+def test_collect_points_reads_finished_runs_only(project, fake_metrics, add_finished_run):
     done = add_finished_run(project, fake_metrics())
     add_finished_run(project, fake_metrics(), status="running")
     points = report.collect_points(project)
@@ -125,7 +97,7 @@ def test_dataset_of_a_store_comes_from_its_caption_run(project):
     assert report.run_class_names(project, record, 3) == ["0", "1", "2"]  # store classes do not fit: indices
 
 
-def test_run_summary_row(project):
+def test_run_summary_row(project, fake_metrics, add_finished_run):
     run_id = add_finished_run(project, fake_metrics())
     row = report.run_summary(project.registry().get(run_id))
     assert row["run"] == run_id and row["status"] == "done" and row["teacher acc"] == 0.95
@@ -146,7 +118,7 @@ def test_generation_rate_falls_back_to_the_generation_runs(project):
     assert report.generation_rate(project, registry.create("experiment", {})) is None
 
 
-def test_other_methods_are_points_on_the_plane_with_their_intervals():
+def test_other_methods_are_points_on_the_plane_with_their_intervals(fake_metrics):
     """Issue 11: every transfer method of a run is a point (role = its label), drawn with its AUC interval."""
     from studio import figures
 
@@ -165,7 +137,7 @@ def test_other_methods_are_points_on_the_plane_with_their_intervals():
 
 
 # -- issue 12: trade-offs for stakeholders ---------------------------------------------------------------------
-def test_axis_ranges_zoom_to_the_data_with_padding():
+def test_axis_ranges_zoom_to_the_data_with_padding(fake_metrics):
     points = report.points_from_metrics("a", fake_metrics(teacher=(0.95, 0.60), student=(0.90, 0.52)))
     # AUCs with their intervals span 0.50 .. 0.62 (0.12), accuracies 0.90 .. 0.95 (0.05); 15% padding
     ranges = report.axis_ranges(points)
@@ -180,7 +152,7 @@ def test_axis_ranges_zoom_to_the_data_with_padding():
     assert ranges.accuracy == pytest.approx((0.98, 1.02))
 
 
-def test_roc_resolution_is_one_over_the_audit_counts():
+def test_roc_resolution_is_one_over_the_audit_counts(fake_metrics):
     points = report.points_from_metrics("a", fake_metrics())  # 10 members, 10 non-members
     assert report.roc_resolution(points) == (0.1, 0.1)
     metrics = fake_metrics()
@@ -191,7 +163,7 @@ def test_roc_resolution_is_one_over_the_audit_counts():
     assert report.roc_resolution([]) == (1e-3, 1e-3)
 
 
-def test_points_table_says_na_below_the_fpr_floor_and_shows_epsilon():
+def test_points_table_says_na_below_the_fpr_floor_and_shows_epsilon(fake_metrics):
     metrics = fake_metrics()
     metrics["teacher"]["mia"].update(n_nonmembers=1000, mia_mode="transfer", attack="rmia")
     metrics["methods"] = {"dp-sgd ε=8": {**fake_metrics()["teacher"], "epsilon": 7.996}}
@@ -204,7 +176,7 @@ def test_points_table_says_na_below_the_fpr_floor_and_shows_epsilon():
     assert report.tpr_text(float("nan"), 0.01, 0.001) == "n/a"
 
 
-def test_tradeoff_figure_zooms_and_gives_each_method_its_marker():
+def test_tradeoff_figure_zooms_and_gives_each_method_its_marker(fake_metrics):
     from studio import figures
 
     metrics = fake_metrics(teacher=(0.95, 0.60), student=(0.90, 0.52))
@@ -223,7 +195,7 @@ def test_tradeoff_figure_zooms_and_gives_each_method_its_marker():
     assert all(t.showlegend is not False for t in traces.values())
 
 
-def test_roc_axes_start_at_the_audit_resolution():
+def test_roc_axes_start_at_the_audit_resolution(fake_metrics):
     from studio import figures
 
     metrics = fake_metrics()

@@ -5,20 +5,19 @@ the Trade-offs page builds its figures."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
 import sys
 from dataclasses import replace
-from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import streamlit as st
+from PIL import Image, ImageColor
 from streamlit.testing.v1 import AppTest
-from test_experiment import tiny_config
-from test_jobs import _wait
-from test_studio_report import add_finished_run, fake_metrics
 
 from pipeline.cli.main import main
 from pipeline.core import jobs
@@ -26,21 +25,6 @@ from pipeline.core.common import Progress, to_jsonable, write_json
 from pipeline.core.runs import Link
 from pipeline.data.datasets import DatasetConfig, load_dataset
 from pipeline.presets import DataProfile, preset_config
-
-APP = str(Path(__file__).resolve().parents[1] / "studio" / "app.py")
-
-
-@pytest.fixture
-def env(project, monkeypatch):
-    monkeypatch.setenv("TCKR_PROJECT", str(project.root))
-    return project
-
-
-def open_page(page: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=180).run()
-    at.switch_page(f"views/{page}.py").run()
-    assert not at.exception, [e.message for e in at.exception]
-    return at
 
 
 def plotly_specs(at: AppTest) -> list[dict]:
@@ -97,7 +81,7 @@ def dead_pid() -> int:
     return process.pid
 
 
-def test_form_builds_the_config_and_starts_the_run(env, monkeypatch):
+def test_form_builds_the_config_and_starts_the_run(env, monkeypatch, open_page):
     started = []
 
     def fake_start(project, config):  # the real one spawns `python -m pipeline run --queued`
@@ -130,7 +114,7 @@ def test_form_builds_the_config_and_starts_the_run(env, monkeypatch):
     assert config.store_version is None  # default: caption what is missing, use the newest
 
 
-def test_a_curated_caption_version_can_be_pinned(env, monkeypatch):
+def test_a_curated_caption_version_can_be_pinned(env, monkeypatch, open_page):
     started = []
     monkeypatch.setattr("pipeline.core.jobs.start_experiment",
                         lambda project, config: started.append(config) or
@@ -145,14 +129,14 @@ def test_a_curated_caption_version_can_be_pinned(env, monkeypatch):
     assert config.store == "digits" and config.store_version == 3
 
 
-def test_bad_generator_option_is_refused_before_start(env):
+def test_bad_generator_option_is_refused_before_start(env, open_page):
     at = open_page("runs")
     at.text_input(key="run_extra_scratch").input('{"no_such_field": 1}').run()
     assert any("Invalid settings" in e.value for e in at.error)
     assert at.button(key="run_start").disabled
 
 
-def test_live_panel_shows_progress_curves_log_and_cancels(env):
+def test_live_panel_shows_progress_curves_log_and_cancels(env, open_page):
     registry = env.registry()
     run = registry.create("experiment", {"dataset": {"source": "digits"}})
     registry.start(run.id)
@@ -182,7 +166,7 @@ def test_live_panel_shows_progress_curves_log_and_cancels(env):
         worker.kill()
 
 
-def test_finished_and_failed_runs(env):
+def test_finished_and_failed_runs(env, add_finished_run, fake_metrics, open_page):
     done = add_finished_run(env, fake_metrics())
     env.registry().report(done, teacher_auc=0.6, student_accuracy=0.9, student_auc=0.52, class_fidelity=0.81,
                           frechet_distance=3.5, precision=0.7, recall=0.6, cas=0.55)
@@ -200,15 +184,15 @@ def test_finished_and_failed_runs(env):
 STAMPED = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\S* "  # a log line's timestamp
 
 
-def test_a_failed_background_run_logs_its_stages_and_traceback(env):
+def test_a_failed_background_run_logs_its_stages_and_traceback(env, tiny_config, wait_until, open_page):
     """Issue item 17: a real queued run that fails in the finetune stage (a patch that does not divide
     the digits' 8 px side) leaves its stage messages, the error and the traceback in log.txt."""
-    base = tiny_config()
+    base = tiny_config
     config = replace(base, dataset=replace(base.dataset, limit=40), generator_options=(("patch", 3),),
                      audit=replace(base.audit, modes=("transfer",)))  # no pipeline-shadow workers
     run_id = jobs.start_experiment(env, config)
     registry = env.registry()
-    assert _wait(lambda: not jobs._alive(registry.get(run_id).pid)), "the run's process did not end"
+    assert wait_until(lambda: not jobs._alive(registry.get(run_id).pid)), "the run's process did not end"
     log = jobs.read_log(env, run_id)
     assert registry.get(run_id).status == "failed", log
     assert re.search(STAMPED + r"INFO .*caption", log, re.M), log  # timestamped INFO stage messages
@@ -223,9 +207,9 @@ def test_a_failed_background_run_logs_its_stages_and_traceback(env):
     assert panel.proto.expanded and "Traceback (most recent call last)" in panel.code[0].value
 
 
-def test_a_cancelled_queued_run_logs_the_stage_it_stopped_in(env, monkeypatch, capsys):
+def test_a_cancelled_queued_run_logs_the_stage_it_stopped_in(env, monkeypatch, capsys, tiny_config):
     """What a queued run writes to its log (its stderr) when a cancel interrupts it mid-stage."""
-    run = env.registry().create("experiment", tiny_config())
+    run = env.registry().create("experiment", tiny_config)
 
     def interrupted(config, project, progress, **_):
         progress(Progress("caption", 40, 40))
@@ -241,7 +225,7 @@ def test_a_cancelled_queued_run_logs_the_stage_it_stopped_in(env, monkeypatch, c
     assert "Traceback" not in log
 
 
-def test_tradeoff_figure_filters_and_exports(env, monkeypatch):
+def test_tradeoff_figure_filters_and_exports(env, monkeypatch, add_finished_run, fake_metrics, open_page):
     gone = add_finished_run(env, fake_metrics(teacher=(0.95, 0.62), student=(0.90, 0.52)))
     add_finished_run(env, fake_metrics(teacher=(0.80, 0.70), student=(0.70, 0.55), backend="sd-lora"))
     at = open_page("tradeoffs")
@@ -272,7 +256,7 @@ def test_tradeoff_figure_filters_and_exports(env, monkeypatch):
     assert any("Download the HTML instead" in w.value for w in at.warning)
 
 
-def test_tradeoff_html_export_is_self_contained(env):
+def test_tradeoff_html_export_is_self_contained(env, fake_metrics):
     from pipeline.views.report import points_from_metrics
     from studio import figures
 
@@ -280,7 +264,7 @@ def test_tradeoff_html_export_is_self_contained(env):
     assert "<html>" in html and "Plotly.newPlot" in html and len(html) > 1_000_000 and "Pareto front" in html
 
 
-def test_empty_project_pages(env):
+def test_empty_project_pages(env, open_page):
     assert "No audited models" in open_page("tradeoffs").info[0].value
     assert "No trained generator" in open_page("generations").info[0].value
     write_json(env.root / "x.json", {})
@@ -288,21 +272,44 @@ def test_empty_project_pages(env):
     assert at.expander and not at.exception
 
 
-def test_png_export_renders_with_the_installed_kaleido():
+def test_png_export_renders_with_the_installed_kaleido(fake_metrics):
     """Issue 10.18: the README's install gives PNG export (kaleido + a Chromium it finds)."""
     import shutil
 
     if not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")):
         pytest.skip("no Chrome / Chromium on this machine (.ci/run and the Dockerfile install one)")
+    import plotly.graph_objects as go
+
     from pipeline.views.report import points_from_metrics
     from studio import figures
 
-    png = figures.to_png(figures.tradeoff_figure(points_from_metrics("r", fake_metrics())))
+    figure = figures.tradeoff_figure(points_from_metrics("r", fake_metrics()))
+    png = figures.to_png(figure)
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    # the points are drawn: against the same figure with its points moved off the axes (same axes, lines and
+    # legend), the export has a solid block of the teacher's and of the student's marker colour (8 x 8 px
+    # here; error bars are 2 px lines, the legend's markers are in both images)
+    bare = go.Figure(figure)
+    for trace in bare.data:
+        if trace.mode == "markers":
+            trace.x = [10.0] * len(trace.x)
+    drawn, without = (np.asarray(Image.open(io.BytesIO(b)).convert("RGB"), dtype=int) for b in (png, figures.to_png(bare)))
+    assert drawn.shape == without.shape == (1040, 2200, 3)  # 1100 x 520 at scale 2
+    for role in ("teacher", "student"):
+        rgb = np.array(ImageColor.getrgb(figures.role_style(role)["color"]))
+        new = (np.abs(drawn - rgb).sum(-1) <= 30) & (np.abs(without - rgb).sum(-1) > 30)
+        assert _has_solid_block(new, 5), role
+
+
+def _has_solid_block(mask, side: int) -> bool:
+    """Whether some side x side block of ``mask`` is all True."""
+    s = np.pad(mask.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    return bool((s[side:, side:] - s[:-side, side:] - s[side:, :-side] + s[:-side, :-side] == side * side).any())
 
 
 # -- issue 12: runs management -------------------------------------------------------------------------------
-def test_the_table_shows_live_status_stage_and_elapsed_and_refreshes_while_live(env, fragments):
+def test_the_table_shows_live_status_stage_and_elapsed_and_refreshes_while_live(env, fragments, add_finished_run,
+                                                                               fake_metrics, open_page):
     registry = env.registry()
     done = add_finished_run(env, fake_metrics())
     running = registry.create("experiment", {"dataset": {"source": "digits"}})
@@ -329,8 +336,8 @@ def test_the_table_shows_live_status_stage_and_elapsed_and_refreshes_while_live(
     assert rows.loc[running.id, "status"] == "done" and rows.loc[running.id, "stage"] == ""
 
 
-def test_clone_fills_the_form_and_starts_the_same_config(env, started):
-    base = tiny_config()
+def test_clone_fills_the_form_and_starts_the_same_config(env, started, tiny_config, open_page):
+    base = tiny_config
     original = replace(
         base, dataset=replace(base.dataset, limit=40, member_fraction=0.4), store="digits", store_version=2,
         template="class", cardinality=1.5, rounds=1, copy_gate=1, cas_epochs=3,
@@ -360,7 +367,7 @@ def test_clone_fills_the_form_and_starts_the_same_config(env, started):
     assert to_jsonable(replace(config, **same)) == to_jsonable(replace(original, **same))
 
 
-def test_a_preset_fills_the_form_from_the_data(env, started):
+def test_a_preset_fills_the_form_from_the_data(env, started, open_page):
     at = open_page("runs")
     at.selectbox(key="run_data_preset").set_value("quick").run()
     at.button(key="run_apply_preset").click().run()
@@ -377,7 +384,7 @@ def test_a_preset_fills_the_form_from_the_data(env, started):
     assert at.number_input(key="run_teacher_epochs").value == 60 and not any("preset" in i.value for i in at.info)
 
 
-def test_two_runs_side_by_side(env):
+def test_two_runs_side_by_side(env, fake_metrics, open_page):
     a = finished_run(env, {"dataset": {"source": "digits"}, "rounds": 1}, fake_metrics(teacher=(0.95, 0.60)))
     metrics = fake_metrics(teacher=(0.80, 0.70))
     metrics["methods"] = {"am": fake_metrics(student=(0.70, 0.51))["student"]}
@@ -399,7 +406,7 @@ def test_two_runs_side_by_side(env):
     assert any("two different runs" in i.value for i in at.info)
 
 
-def test_archive_hides_a_run_and_unarchive_brings_it_back(env):
+def test_archive_hides_a_run_and_unarchive_brings_it_back(env, add_finished_run, fake_metrics, open_page):
     registry = env.registry()
     old = add_finished_run(env, fake_metrics())
     add_finished_run(env, fake_metrics())
@@ -421,7 +428,7 @@ def test_archive_hides_a_run_and_unarchive_brings_it_back(env):
     assert any("is running" in e.value for e in at.error) and not registry.get(running.id).archived
 
 
-def test_delete_asks_for_confirmation_and_refuses_live_or_used_runs(env):
+def test_delete_asks_for_confirmation_and_refuses_live_or_used_runs(env, add_finished_run, fake_metrics, open_page):
     registry = env.registry()
     used = add_finished_run(env, fake_metrics())
     audit = registry.create("audit", {}, links=[Link("audited", "run", used)])

@@ -1,7 +1,7 @@
 """pipeline.views.synthetic_set and the Synthetic set page: an experiment's actual synthetic training
 images with their prompts, the teacher's labels and confidences, copy flags and filters.
 
-The run is the shared tiny audited experiment of ``audited_run`` (built once per session)."""
+The run is the shared tiny audited experiment of conftest's ``audited_run`` (built once per session)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from audited_run import audited_run
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -26,9 +25,9 @@ APP = str(Path(__file__).resolve().parents[1] / "studio" / "app.py")
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(audited_run):
     """(project, experiment run id, its synthetic set view)."""
-    project, run_id = audited_run(tmp_path_factory)
+    project, run_id = audited_run
     return project, run_id, synthetic_set.load_synthetic_set(project, run_id)
 
 

@@ -1,4 +1,5 @@
-"""Tiny, seeded BLIP and BLIP-2 checkpoints built offline, for tests (diffusers' get_dummy_components).
+"""Tiny, seeded BLIP and BLIP-2 checkpoints built offline, for tests (diffusers' get_dummy_components);
+imported by conftest.py only, whose fixtures (blip_dir, blip2_dir, blip2_query_tokens) the tests use.
 
 Each builder writes model + processor with ``save_pretrained`` so tests exercise the real
 ``from_pretrained`` path. Weights are random but drawn with a wide ``initializer_range`` so different

@@ -36,13 +36,11 @@ def test_sixteen_bit_greys_are_scaled_not_clipped(tmp_path: Path):
     assert np.asarray(to_rgb(Image.fromarray(np.full((2, 2), 0.5, np.float32))))[0, 0, 0] == 128
 
 
-def test_an_unreadable_member_is_skipped_in_every_stage_and_listed_once(tmp_path: Path, caplog):
+def test_an_unreadable_member_is_skipped_in_every_stage_and_listed_once(tmp_path: Path, caplog, tiny_config):
     """Issue 10.6: a member image nobody can read used to block `run` ("caption them first")."""
     import json
     import logging
     from dataclasses import replace
-
-    from test_experiment import tiny_config
 
     from pipeline.core.project import Project
     from pipeline.experiment import run_experiment
@@ -55,7 +53,7 @@ def test_an_unreadable_member_is_skipped_in_every_stage_and_listed_once(tmp_path
     for record in (member, nonmember):
         Path(dataset.describe_location(record)).write_bytes(b"not a png")  # truncated upload, disk error...
     caplog.set_level(logging.WARNING)
-    result = run_experiment(replace(tiny_config(), dataset=spec), Project.open(tmp_path / "project"))
+    result = run_experiment(replace(tiny_config, dataset=spec), Project.open(tmp_path / "project"))
     metrics = json.loads((tmp_path / "project" / "runs" / result.run_id / "metrics.json").read_text())
     assert metrics["dataset"]["unreadable"] == 2
     listed = json.loads((tmp_path / "project" / "runs" / result.run_id / "unreadable_images.json").read_text())

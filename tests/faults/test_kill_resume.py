@@ -14,8 +14,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from audited_run import audited_run
-from test_experiment import tiny_config
 
 from pipeline.core.project import Project
 from pipeline.experiment import config_json
@@ -23,10 +21,6 @@ from pipeline.experiment import config_json
 ROOT = Path(__file__).resolve().parents[2]
 CEILING_S = 600  # waits end on the event; the ceiling only keeps a wedge from hanging CI
 FIGURES = ("teacher_accuracy", "student_accuracy", "teacher_auc", "student_auc", "class_fidelity", "cas")
-
-
-def _config():
-    return tiny_config()  # its generation makes several manifest batches per round
 
 
 def _probes(root: Path) -> dict[str, object]:
@@ -60,13 +54,13 @@ def _kill_when(process: subprocess.Popen, probe) -> bool:
 
 
 @pytest.mark.slow
-def test_kill_9_in_every_stage_then_resume_matches_an_uninterrupted_run(tmp_path: Path, tmp_path_factory):
-    baseline, baseline_id = audited_run(tmp_path_factory)  # the same config, run once for the session
+def test_kill_9_in_every_stage_then_resume_matches_an_uninterrupted_run(tmp_path: Path, audited_run, tiny_config):
+    baseline, baseline_id = audited_run  # the same config, run once for the session
     expected = baseline.registry().get(baseline_id).metrics
 
     root = tmp_path / "killed"
     config_file = tmp_path / "config.json"
-    config_file.write_text(config_json(_config()))
+    config_file.write_text(config_json(tiny_config))  # its generation makes several manifest batches per round
     command = [sys.executable, "-m", "pipeline", "-q", "run", "--project", str(root)]
     killed = []
     for stage, probe in _probes(root).items():
@@ -89,7 +83,7 @@ def test_kill_9_in_every_stage_then_resume_matches_an_uninterrupted_run(tmp_path
     roles = Counter(link.role for link in record.links)
     assert all(n == 1 for n in roles.values()), roles
     generator_id = None
-    for k in range(_config().rounds):
+    for k in range(tiny_config.rounds):
         folder = run_dir / "synthetic" / f"round-{k}"
         entries = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
         assert len(entries) == len({e["index"] for e in entries}) == len(list(folder.rglob("*.png")))

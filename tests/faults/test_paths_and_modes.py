@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import stat
 
-from test_studio_runs import env, open_page  # noqa: F401  (env is a fixture)
-
 from pipeline.core.common import atomic_write_bytes, atomic_write_text
 
 
@@ -17,7 +15,7 @@ def _sd_lora_options(at, options: str):
     return at
 
 
-def test_more_options_paths_outside_the_project_are_refused(env):  # noqa: F811
+def test_more_options_paths_outside_the_project_are_refused(env, open_page):
     at = open_page("runs")
     for options in ('{"base": "/etc"}', '{"lora_path": "../outside.safetensors"}',
                     '{"base": "models/../../outside"}', f'{{"lora_path": "{env.root.parent}"}}'):
@@ -26,7 +24,7 @@ def test_more_options_paths_outside_the_project_are_refused(env):  # noqa: F811
         assert at.button(key="run_start").disabled, options
 
 
-def test_more_options_hub_ids_and_project_paths_are_accepted(env, monkeypatch):  # noqa: F811
+def test_more_options_hub_ids_and_project_paths_are_accepted(env, monkeypatch, open_page):
     started = []
     monkeypatch.setattr("pipeline.core.jobs.start_experiment",
                         lambda project, config: started.append(config) or
