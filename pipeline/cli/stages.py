@@ -467,7 +467,7 @@ def _add_generate(sub: Any) -> None:
 
 
 def _add_quickstart(sub: Any) -> None:
-    p = sub.add_parser("quickstart", help="the whole loop on the built-in dataset (offline, CPU, about 7 min)")
+    p = sub.add_parser("quickstart", help="the whole loop on the built-in dataset (offline, CPU, about 4 min)")
     add_project_arg(p)
     p.add_argument("--studio", action="store_true", help="then open the studio on the results")
     p.add_argument("--host", default="127.0.0.1", help="studio address (default localhost only)")
