@@ -30,7 +30,7 @@ import torch
 
 from .classifiers.train import TrainConfig
 from .core.cluster import SINGLE, Cluster
-from .core.common import ProgressFn, no_progress, safe_filename, to_jsonable, write_json
+from .core.common import ProgressFn, config_hash, no_progress, safe_filename, to_jsonable, write_json
 from .core.project import Project
 from .core.runs import Link
 from .privacy.attacks import AttackInputs, attack_names, run_attack
@@ -178,9 +178,7 @@ def audit_shadows(config: AuditConfig, subject: AuditSubject, project: Project, 
     val_in = carve_validation(shadow_in, population.n_val, config.seed) if population.n_val else None
     recipe = subject.shadow_recipe
     transfer = load_or_train_shadows(
-        project.root / "shadows",
-        {**population.common, "kind": "transfer", "recipe": to_jsonable(recipe), "batched": config.batched},
-        shadow_in,
+        project.root / "shadows", transfer_manifest(config, population, recipe), shadow_in,
         lambda idx: train_classifier_shadows(idx, population.population, population.z, shadow_in, val_in, recipe,
                                              population.views, population.data.num_classes, config.seed,
                                              config.batched, progress),
@@ -188,6 +186,18 @@ def audit_shadows(config: AuditConfig, subject: AuditSubject, project: Project, 
     pipelines = {name: subject.pipelines[name].result(progress, cluster)
                  for name in [m.name for m in subject.models] if name in subject.pipelines}
     return transfer, pipelines
+
+
+def transfer_manifest(config: AuditConfig, population: Population, recipe: TrainConfig) -> dict[str, Any]:
+    """What determines the transfer shadows (their cache key)."""
+    return {**population.common, "kind": "transfer", "recipe": to_jsonable(recipe), "batched": config.batched}
+
+
+def transfer_shadow_dir(config: AuditConfig, population: Population, recipe: TrainConfig, project: Project) -> Path:
+    """Where the transfer shadows of ``recipe`` are cached (their logits and models)."""
+    if config.shadow_dir:
+        return Path(config.shadow_dir)
+    return project.root / "shadows" / config_hash(transfer_manifest(config, population, recipe), 16)
 
 
 def _query(audited: AuditedModel, population: Population) -> tuple[np.ndarray, np.ndarray]:

@@ -135,25 +135,23 @@ def run_experiment(config: ExperimentConfig, project: Project, progress: Progres
         steps.begin(stack, resume)  # a second process executing this run stops here, before it writes
         # 2. captions: a pinned curated version as is, else caption what is missing
         captions = steps.captions()
-        # 3. pipeline shadows need only the data, captions and config: on a multi-core CPU they train in
-        # worker processes from now on, while this process trains the experiment's own models
-        steps.start_pipeline_shadows(captions, stack)
-        # 4. the generator on the member images and their captions (a finished one is reused)
+        # 3. the generator on the member images and their captions (a finished one is reused)
         trained = steps.generator(captions)
-        # 5. synthetic rounds from the members' captions (a finished round reused, a partial one resumed)
+        # 4. synthetic rounds from the members' captions (a finished round reused, a partial one resumed)
         rounds = steps.rounds(trained, captions)
-        # 6. teacher on the real members; near-copies of a member redrawn; student on the rounds only
+        # 5. teacher on the real members; near-copies of a member redrawn; student on the rounds only
         teacher = steps.teacher()
         rounds = steps.copy_gate(teacher, rounds, trained)
         student = steps.student(teacher, rounds)
-        # 7. the other transfer methods on the same teacher (and rounds), each its own run
+        # 6. the other transfer methods on the same teacher (and rounds), each its own run
         methods = steps.methods(teacher, rounds)
-        # 8. fidelity and memorisation of every round, the teacher as the feature extractor
+        # 7. fidelity and memorisation of every round, the teacher as the feature extractor
         fidelity, memorisation = steps.checks(teacher, rounds)
-        # 9. test accuracy of every model, measured once; 10. the audit of every model
+        # 8. test accuracy of every model, measured once; 9. the audit of every model (its shadows, the
+        # pipeline shadows included, are trained there: after the main run, so they never compete with it)
         tested = steps.test(teacher, student, methods)
         audited = steps.audit(tested, captions)
-        # 11. metrics
+        # 10. metrics
         metrics = steps.finish(tested, audited, rounds, trained, fidelity, memorisation, resume, started)
     return ExperimentResult(run.id, metrics, time.monotonic() - started)
 
@@ -193,7 +191,6 @@ class _Steps:
                                                  events=run.run_dir / "events.jsonl")
         self.earlier: dict[str, str] = {}
         self.timings: dict[str, float] = {}
-        self.shadows: dict[str, PipelineShadows] = {}
         self.round_runs: list[str] = []
         self.gate: dict[str, Any] | None = None  # the copy gate's report
         self._population: Population | None = None
@@ -238,17 +235,6 @@ class _Steps:
                 captions = _Captions(made.store, made.version)
             self.registry.link(self.run.id, Link("captions", "captions", captions.ref))
         return captions
-
-    def start_pipeline_shadows(self, captions: _Captions, stack: ExitStack) -> None:
-        """The GKD student's pipeline shadows, started in worker processes (a cluster shares them out
-        in the audit instead)."""
-        if "pipeline" not in self.config.audit.modes:
-            return
-        recipe = self.config.pipeline_recipe(captions.ref)
-        self.shadows["student"] = pipeline_shadows(recipe, self.population, self.project, self.config.audit)
-        stack.callback(self.shadows["student"].stop)
-        if not self.cluster.distributed:
-            self.shadows["student"].start()
 
     def generator(self, captions: _Captions) -> FinetuneResult:
         config = self.config
@@ -377,8 +363,7 @@ class _Steps:
     def audit(self, tested: list[_Tested], captions: _Captions) -> AuditResult:
         config = replace(self.config.audit, experiment=self.run.id)
         with self.timed("audit"):
-            subject = audit_subject(self.config, config, self.project, self.population, tested, captions.ref,
-                                    self.shadows)
+            subject = audit_subject(self.config, config, self.project, self.population, tested, captions.ref)
             self.cluster.assign("audit-shadows", config=config, project_root=str(self.project.root))
             return audit(config, subject, self.project, self.progress, self.cluster)
 

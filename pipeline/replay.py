@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from .audit import AuditConfig
+from .audit import AuditConfig, transfer_shadow_dir
 from .captions.store import caption_store
+from .classifiers.models import load_classifier
 from .classifiers.train import TrainConfig
 from .core.common import Progress, ProgressFn, config_hash, safe_filename, to_jsonable
 from .core.project import Project
@@ -76,6 +77,7 @@ class ShadowSpec:
     z_ids: tuple[str, ...]
     views: tuple[str, ...]
     method: tuple[str, tuple[tuple[str, Any], ...]] | None = None  # a transfer method instead of GKD's student
+    teacher_weights: str | None = None  # the transfer shadow on the same half, when there is one: its teacher
 
 
 def pipeline_shadows(recipe: PipelineRecipe, population: Population, project: Project, config: AuditConfig,
@@ -93,7 +95,9 @@ def pipeline_shadows(recipe: PipelineRecipe, population: Population, project: Pr
     job_method = None if method is None else (method[0], tuple(sorted(to_jsonable(method[1]).items())))
     if method is not None:
         manifest = {**manifest, "kind": "pipeline-method", "method": method[0], "options": to_jsonable(method[1])}
-    # 3. one job per shadow, its seeds its own
+    # 3. one job per shadow, its seeds its own; shadow i's half, carve-out and seed are those of transfer
+    # shadow i (assign_shadows keeps every prefix), which is the teacher recipe's model: reused as its teacher
+    teachers = transfer_shadow_dir(config, population, recipe.teacher, project)
     jobs = {}
     for i in range(config.pipeline_shadows):
         shadow_recipe = replace(recipe, teacher=replace(recipe.teacher, seed=shadow_seed(recipe.teacher, config.seed, i)),
@@ -102,7 +106,7 @@ def pipeline_shadows(recipe: PipelineRecipe, population: Population, project: Pr
         spec = ShadowSpec(shadow_recipe, i, str(work / f"shadow-{i:04d}"), str(project.root),
                           tuple(ids[j] for j in np.flatnonzero(shadow_in[i])),
                           tuple(ids[j] for j in np.flatnonzero(val_in[i])), tuple(ids), tuple(population.z.ids),
-                          population.views, job_method)
+                          population.views, job_method, str(teachers / f"shadow-{i:04d}.pt"))
         jobs[i] = ShadowJob(i, str(_output(spec)), run_shadow, spec)
     workers = default_workers(config.workers, config.pipeline_shadows, recipe.teacher.device.startswith("cuda"))
     return PipelineShadows(project.root / "shadows", manifest, shadow_in, jobs, workers,
@@ -149,8 +153,12 @@ def run_shadow(spec: ShadowSpec, progress: ProgressFn, data: DataContext | None 
     generator = _generator(spec, data, root, report)
     # 3. synthetic rounds from the half's captions, as the generate stage makes them
     rounds = _rounds(spec, data, generator, root, report)
-    # 4. the shadow teacher on the half, as the distill stage trains it
-    teacher = train_teacher(train, val, recipe.teacher, data.num_classes, root, report).model.eval()
+    # 4. the shadow teacher on the half, as the distill stage trains it (the transfer shadow on the same
+    # half is that very model: reused when it was trained)
+    if spec.teacher_weights and Path(spec.teacher_weights).exists():
+        teacher = load_classifier(Path(spec.teacher_weights), recipe.teacher, data.num_classes)
+    else:
+        teacher = train_teacher(train, val, recipe.teacher, data.num_classes, root, report).model.eval()
     # 5. the shadow student: GKD's on the synthetic rounds, or the method's
     if spec.method is None:
         student = train_student(teacher, rounds, recipe.distill, data.num_classes, root, report,

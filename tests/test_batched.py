@@ -20,8 +20,9 @@ from pipeline.data.tensors import TensorData
 
 
 def recipe(augment: tuple[str, ...] = (), crop_padding: int = 0, **fields) -> TrainConfig:
-    """A training recipe; no augmentation unless asked for."""
-    return TrainConfig(**{"batch_size": 128, "lr": 2e-3, "epochs": 10, **fields}, augment=augment,
+    """A training recipe; no augmentation unless asked for; float32 (bf16 rounds a grouped convolution and
+    separate ones differently: the comparisons below are at float32 rounding)."""
+    return TrainConfig(**{"batch_size": 128, "lr": 2e-3, "epochs": 10, "amp": False, **fields}, augment=augment,
                        crop_padding=crop_padding)
 
 
@@ -171,3 +172,26 @@ def test_small_resnet_is_stackable_and_shapes_fit():
                           recipe(epochs=1, batch_size=8))
     assert predict_stacked(lambda: create_classifier(ClassifierSpec("small-resnet", num_classes=7)), state, x).shape \
         == (2, 16, 7)
+
+
+def test_stacked_models_stop_early_each_on_its_own_carve_out_as_alone():
+    """Early stopping per model: a stack's models stop at their own epochs and keep their own best
+    weights, exactly as each would trained alone (the transfer shadows of a recipe with patience)."""
+    x, y = toy_data(n=40, seed=5)
+    masks = torch.zeros(3, 40, dtype=torch.bool)
+    masks[0, :14], masks[1, 10:24], masks[2, 20:34] = True, True, True
+    val = torch.zeros(3, 40, dtype=torch.bool)
+    val[0, 30:], val[1, :8], val[2, :10] = True, True, True
+    recipe_ = recipe(epochs=12, batch_size=4, lr=3e-2, patience=1, seed=2)
+    stacked = train_stacked(tiny_cnn, x, y, masks, recipe_, val_masks=val)
+    for i in range(3):
+        single = train_single(tiny_cnn, x, y, recipe_, mask=masks[i], model_index=i, examples_per_epoch=14,
+                              val_mask=val[i])
+        assert_same_weights(stacked, i, single)
+
+
+def test_a_floor_of_steps_lengthens_a_small_set_and_a_ceiling_shortens_a_large_one():
+    small, large = recipe(epochs=10, batch_size=32, min_steps=100), recipe(epochs=10, batch_size=32, max_steps=50)
+    assert small.planned_epochs(3) == 34 and "the floor" in small.plan(96)  # 10 epochs of 3 steps < 100
+    assert large.planned_epochs(20) == 3 and "the ceiling" in large.plan(640)  # 200 steps > 50
+    assert recipe(epochs=10, min_steps=30, max_steps=80).planned_epochs(5) == 10  # 50 steps: within both

@@ -32,7 +32,7 @@ from ..data.tensors import TensorData
 from .batches import Sampler
 from .models import ModelFactory, seeded_model
 from .objectives import HardLabels
-from .train import TrainConfig, fit
+from .train import StackedValidation, TrainConfig, fit
 
 logger = logging.getLogger(__name__)
 
@@ -87,10 +87,11 @@ def _checked(model: nn.Module) -> nn.Module:
 
 
 def train_stacked(factory: ModelFactory, x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor,
-                  config: TrainConfig, progress: ProgressFn = no_progress, stage: str = "shadows"
-                  ) -> dict[str, torch.Tensor]:
+                  config: TrainConfig, progress: ProgressFn = no_progress, stage: str = "shadows",
+                  val_masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Train M independent copies of ``factory()``, model i on the examples ``masks[i]`` with the
-    recipe ``config`` and seed ``config.seed + i``; the one loop does the training.
+    recipe ``config`` and seed ``config.seed + i``; the one loop does the training. With ``val_masks``
+    (M, N) and ``config.patience``, model i early-stops on its own rows ``val_masks[i]``, as alone.
 
     Args:
         x: (N, C, H, W) float images, on the device to train on.
@@ -110,14 +111,16 @@ def train_stacked(factory: ModelFactory, x: torch.Tensor, y: torch.Tensor, masks
     model = StackedModels(factory, seeds, x.device)
     sampler = Sampler(seeds, config.batch_size, masks.cpu(), stacked=True)
     logger.info("training %d stacked models: %d steps", len(seeds), config.epochs * sampler.steps(len(x)))
-    fit(model, TensorData(x, y), HardLabels(config.label_smoothing), config, progress=progress, stage=stage,
+    data = TensorData(x, y)
+    val = StackedValidation(data, val_masks.cpu()) if val_masks is not None else None
+    fit(model, data, HardLabels(config.label_smoothing), config, val=val, progress=progress, stage=stage,
         sampler=sampler)
     return model.stacked_state()
 
 
 def train_single(factory: ModelFactory, x: torch.Tensor, y: torch.Tensor, config: TrainConfig,
                  mask: torch.Tensor | None = None, model_index: int = 0, examples_per_epoch: int | None = None,
-                 progress: ProgressFn = no_progress) -> nn.Module:
+                 progress: ProgressFn = no_progress, val_mask: torch.Tensor | None = None) -> nn.Module:
     """Model ``model_index`` of a stacked run trained alone: with ``mask = masks[i]`` and
     ``examples_per_epoch`` = the largest subset of ``masks`` it equals model i of
     ``train_stacked(..., masks, config)`` up to float rounding."""
@@ -125,7 +128,9 @@ def train_single(factory: ModelFactory, x: torch.Tensor, y: torch.Tensor, config
     mask = torch.ones(len(x), dtype=torch.bool) if mask is None else mask.cpu()
     model = _checked(seeded_model(factory, seed)).to(x.device)
     sampler = Sampler([seed], config.batch_size, mask[None], epoch_size=examples_per_epoch)
-    fit(model, TensorData(x, y), HardLabels(config.label_smoothing), config, progress=progress, sampler=sampler)
+    val = TensorData(x[val_mask], y[val_mask]) if val_mask is not None else None
+    fit(model, TensorData(x, y), HardLabels(config.label_smoothing), config, val=val, progress=progress,
+        sampler=sampler)
     return model.eval()
 
 

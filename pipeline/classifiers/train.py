@@ -44,14 +44,16 @@ class TrainConfig:
     model: str = "tiny-cnn"  # classifier name: tiny-cnn | small-cnn | small-resnet | any timm model
     pretrained: bool = False  # timm pretrained weights (needs the Hub or a local cache)
     image_size: int | None = None  # resize inputs to this side (None: keep the dataset's size)
-    epochs: int = 30  # passes over the training data
+    epochs: int = 30  # passes over the training data (a set of middling size)
+    min_steps: int = 0  # floor: at least this many optimiser steps (a small set gets more passes)
+    max_steps: int | None = None  # ceiling: at most this many optimiser steps (a large set gets fewer passes)
     batch_size: int = 64  # images per step
     lr: float = 3e-3  # peak AdamW learning rate (cosine-annealed per step)
     weight_decay: float = 5e-4  # AdamW weight decay
     label_smoothing: float = 0.0  # for hard labels
     augment: tuple[str, ...] = ("crop",)  # of crop, flip, augmix, mixup (flip is wrong for digits)
     crop_padding: int = 1  # random crop: pad this many pixels, crop back (random shift)
-    patience: int | None = None  # early stopping: epochs without validation gain (None: off)
+    patience: int | None = None  # early stopping: epochs without validation gain, once past min_steps (None: off)
     amp: bool = True  # mixed precision by the product's policy (bfloat16 autocast on CUDA)
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 0  # weights, data order and augmentation
@@ -64,6 +66,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.min_steps < 0 or (self.max_steps is not None and self.max_steps < max(1, self.min_steps)):
+            raise ValueError(f"need 0 <= min_steps <= max_steps, got {self.min_steps}, {self.max_steps}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.weight_decay < 0 or not 0 <= self.label_smoothing < 1 or self.crop_padding < 0:
@@ -72,6 +76,23 @@ class TrainConfig:
             raise ValueError(f"image_size must be at least 1 or null, got {self.image_size}")
         if self.patience is not None and self.patience < 0:
             raise ValueError(f"patience must be >= 0 or null, got {self.patience}")
+
+
+    def planned_epochs(self, steps_per_epoch: int) -> int:
+        """Epochs to train: ``epochs`` passes, lengthened to reach ``min_steps`` optimiser steps and
+        shortened to stay within ``max_steps`` (whole epochs, at least one)."""
+        steps = max(self.epochs * steps_per_epoch, self.min_steps)
+        if self.max_steps is not None:
+            steps = min(steps, self.max_steps)
+        return max(1, math.ceil(steps / steps_per_epoch))
+
+    def plan(self, n_images: int) -> str:
+        """The planned length in words, e.g. '1,020 steps (340 epochs of 3 batches: the floor)'."""
+        per_epoch = max(1, math.ceil(n_images / self.batch_size))
+        epochs = self.planned_epochs(per_epoch)
+        why = "the floor" if epochs > self.epochs else "the ceiling" if epochs < self.epochs else f"{self.epochs} epochs"
+        stop = f", early stop after {self.patience} epochs without gain" if self.patience is not None else ""
+        return f"{epochs * per_epoch:,} steps ({epochs} epochs of {per_epoch} batches: {why}{stop})"
 
 
 @dataclass
@@ -133,17 +154,39 @@ def optimizer_step(optimizer: torch.optim.Optimizer, scheduler: Any, loss: torch
 
 
 @dataclass
+class StackedValidation:
+    """Validation of a stack of models: model i on the rows ``masks[i]`` of ``data`` (its own carve-out)."""
+
+    data: TensorData
+    masks: torch.Tensor  # (M, N) bool
+
+    def __len__(self) -> int:
+        return int(self.masks.any(0).sum())
+
+
+Validation = TensorData | StackedValidation
+
+
+@dataclass
 class _State:
-    """What the loop carries between epochs (and through a checkpoint)."""
+    """What the loop carries between epochs (and through a checkpoint); early stopping is per model (a
+    stack's models stop each at its own epoch, as each would alone)."""
 
     epoch: int = 0  # the next epoch to train
     history: list[dict[str, float]] = field(default_factory=list)
-    best_score: float = -1.0
+    best_score: list[float] = field(default_factory=list)
+    best_epoch: list[int] = field(default_factory=list)
+    stale: list[int] = field(default_factory=list)
+    stopped: list[bool] = field(default_factory=list)
     best_state: dict[str, torch.Tensor] | None = None
-    best_epoch: int = 0
-    stale: int = 0
+    steps: int = 0  # optimiser steps taken
     seconds: float = 0.0
     first_loss: float | None = None
+
+    @classmethod
+    def fresh(cls, n_models: int) -> _State:
+        return cls(best_score=[-1.0] * n_models, best_epoch=[0] * n_models, stale=[0] * n_models,
+                   stopped=[False] * n_models)
 
 
 @dataclass
@@ -159,19 +202,25 @@ class _Run:
     augment: Augment
     device: str
     stage: str
-    total: int
+    epochs: int  # planned (the recipe's epochs within its floor and ceiling of steps)
+    steps_per_epoch: int
     progress: ProgressFn
+
+    @property
+    def total(self) -> int:
+        return self.epochs * self.steps_per_epoch
 
 
 def fit(model: nn.Module, data: TensorData | DataFn, objective: Objective, config: TrainConfig, *,
-        val: TensorData | None = None, checkpoint: Path | None = None, progress: ProgressFn = no_progress,
+        val: Validation | None = None, checkpoint: Path | None = None, progress: ProgressFn = no_progress,
         stage: str = "train", sampler: Sampler | None = None, private: PrivacyWrapper | None = None) -> TrainResult:
     """Train ``model`` on ``data`` (or ``data(epoch)``: a student moving through synthetic rounds) with
-    ``objective`` and the ``config`` recipe.
+    ``objective`` and the ``config`` recipe, for ``config.planned_epochs`` epochs.
 
-    ``val`` early-stops when ``config.patience`` is set (the best epoch's weights are kept);
-    ``checkpoint`` is rewritten after every epoch and resumed from when it exists; ``sampler``
-    defaults to one model seeded with ``config.seed``; ``private`` wraps the training for DP-SGD.
+    ``val`` early-stops when ``config.patience`` is set, once past ``config.min_steps`` (the best epoch's
+    weights are kept; a :class:`StackedValidation` does so per model); ``checkpoint`` is rewritten after
+    every epoch and resumed from when it exists; ``sampler`` defaults to one model seeded with
+    ``config.seed``; ``private`` wraps the training for DP-SGD.
     """
     # 1. device, data, sampler, optimiser and schedule (a privacy wrapper replaces what it needs)
     if private is not None and checkpoint is not None:
@@ -185,40 +234,42 @@ def fit(model: nn.Module, data: TensorData | DataFn, objective: Objective, confi
     n_rows = len(data_for_epoch(0))
     if private is not None:
         model, optimizer, sampler = private.wrap(model, optimizer, n_rows, config)
-    total = config.epochs * sampler.steps(n_rows)
-    run = _Run(model, objective, config, optimizer, cosine_schedule(optimizer, total), sampler,
-               Augment.of(config.augment, config.crop_padding), device, stage, total, progress)
+    per_epoch = sampler.steps(n_rows)
+    epochs = config.planned_epochs(per_epoch)
+    run = _Run(model, objective, config, optimizer, cosine_schedule(optimizer, epochs * per_epoch), sampler,
+               Augment.of(config.augment, config.crop_padding), device, stage, epochs, per_epoch, progress)
     # 2. resume from the checkpoint if there is one
-    state = _resume(run, checkpoint) if checkpoint is not None and Path(checkpoint).exists() else _State()
+    state = _resume(run, checkpoint) if checkpoint is not None and Path(checkpoint).exists() else \
+        _State.fresh(sampler.n_models)
     # 3. epochs: train, validate (keeping the best weights), checkpoint, stop early
     started = time.monotonic()
-    for epoch in range(state.epoch, config.epochs):
+    for epoch in range(state.epoch, epochs):
         row = _train_epoch(run, data_for_epoch(epoch), epoch, state)
         row.update(private.epoch_info() if private is not None else {})
         _validate(run, val, row, state)
         state.history.append(row)
         state.epoch = epoch + 1
-        progress(Progress(stage, (epoch + 1) * sampler.steps(n_rows), total,
+        progress(Progress(stage, (epoch + 1) * per_epoch, run.total,
                           {"epoch_end": 1, **{k: round(v, 4) for k, v in row.items()}}))
         if checkpoint is not None:
             _save(run, checkpoint, state, state.seconds + time.monotonic() - started)
-        if config.patience is not None and state.stale > config.patience:
-            logger.info("%s: early stop at epoch %d (best %d)", stage, epoch + 1, state.best_epoch)
+        if all(state.stopped):
+            logger.info("%s: early stop at epoch %d of %d (best %s)", stage, epoch + 1, epochs, state.best_epoch)
             break
     # 4. the best weights back when stopping early
     if state.best_state is not None and config.patience is not None:
         model.load_state_dict(state.best_state)
+        best_epoch = max(state.best_epoch)
     else:
-        state.best_epoch = len(state.history)
-    return TrainResult(trained, state.history, state.best_epoch, len(state.history),
+        best_epoch = len(state.history)
+    return TrainResult(trained, state.history, best_epoch, len(state.history),
                        state.seconds + time.monotonic() - started)
 
 
 def _train_epoch(run: _Run, data: TensorData, epoch: int, state: _State) -> dict[str, float]:
     """One pass: batches from the sampler, augmented, through the objective, one optimiser step each."""
     run.model.train()
-    run.objective.start_epoch(epoch, run.config.epochs)
-    steps_per_epoch = run.sampler.steps(len(data))
+    run.objective.start_epoch(epoch, run.epochs)
     sums: dict[str, float] = {}
     steps = 0
     for rows in run.sampler.epoch(len(data)):
@@ -233,27 +284,66 @@ def _train_epoch(run: _Run, data: TensorData, epoch: int, state: _State) -> dict
         state.first_loss = value if state.first_loss is None else state.first_loss
         optimizer_step(run.optimizer, run.scheduler, parts["loss"])
         steps += 1
+        state.steps += 1
         for key, part in parts.items():
             sums[key] = sums.get(key, 0.0) + float(part.detach()) / run.sampler.n_models
         info = {"epoch": epoch + 1, "loss": value}
-        run.progress(Progress(run.stage, epoch * steps_per_epoch + steps, run.total,
+        run.progress(Progress(run.stage, epoch * run.steps_per_epoch + steps, run.total,
                               info if run.sampler.n_models == 1 else {**info, "models": run.sampler.n_models}))
     return {"epoch": epoch + 1, **{k: v / max(steps, 1) for k, v in sums.items()}}
 
 
-def _validate(run: _Run, val: TensorData | None, row: dict[str, float], state: _State) -> None:
-    """Validation accuracy and loss into ``row``; the best weights so far kept (early stopping)."""
+def _validate(run: _Run, val: Validation | None, row: dict[str, float], state: _State) -> None:
+    """Validation accuracy and loss into ``row``; each model's best weights so far kept, and a model
+    stopped once ``patience`` epochs passed without gain after the floor of steps."""
     if val is None or not len(val):
         return
-    metrics = evaluate(run.model, val, int(val.y.max()) + 1, device=run.device)
-    row["val_accuracy"], row["val_loss"] = metrics["accuracy"], metrics["loss"]
-    score = metrics["accuracy"] - 1e-6 * metrics["loss"]
-    if score > state.best_score:
-        state.best_score, state.stale, state.best_epoch = score, 0, int(row["epoch"])
-        if run.config.patience is not None:
-            state.best_state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
-    else:
-        state.stale += 1
+    scores = _scores(run.model, val, run.device)
+    row["val_accuracy"] = sum(a for a, _ in scores) / len(scores)
+    row["val_loss"] = sum(v for _, v in scores) / len(scores)
+    patience, past_floor = run.config.patience, state.steps >= run.config.min_steps
+    improved = []
+    for i, (accuracy, loss) in enumerate(scores):
+        if state.stopped[i]:
+            continue
+        score = accuracy - 1e-6 * loss
+        if score > state.best_score[i]:
+            state.best_score[i], state.stale[i], state.best_epoch[i] = score, 0, int(row["epoch"])
+            improved.append(i)
+        else:
+            state.stale[i] += 1
+        state.stopped[i] = patience is not None and past_floor and state.stale[i] > patience
+    if improved and patience is not None:
+        _keep_best(run.model, state, improved)
+
+
+def _scores(model: nn.Module, val: Validation, device: str) -> list[tuple[float, float]]:
+    """(accuracy, mean cross-entropy) of every model on its validation rows."""
+    if isinstance(val, TensorData):
+        metrics = evaluate(model, val, int(val.y.max()) + 1, device=device)
+        return [(metrics["accuracy"], metrics["loss"])]
+    rows = torch.nonzero(val.masks.any(0)).flatten()
+    x, y, masks = val.data.x[rows], val.data.y[rows], val.masks[:, rows]
+    model.eval()
+    with torch.no_grad():
+        logits = torch.cat([model(x[i:i + 256].to(device)[None].expand(len(masks), *x[i:i + 256].shape)).float().cpu()
+                            for i in range(0, len(x), 256)], dim=1)  # (M, n, K)
+    out = []
+    for m, mask in enumerate(masks):
+        lm, ym = logits[m][mask], y[mask]
+        out.append((float((lm.argmax(1) == ym).float().mean()), float(F.cross_entropy(lm, ym))))
+    return out
+
+
+def _keep_best(model: nn.Module, state: _State, improved: list[int]) -> None:
+    """Copy the current weights of the models that improved into the kept best state (for a stack, each
+    model's own slice of the stacked tensors)."""
+    current = model.state_dict()
+    if state.best_state is None or len(state.best_score) == 1:
+        state.best_state = {k: v.detach().clone() for k, v in current.items()}
+        return
+    for name, value in current.items():
+        state.best_state[name][improved] = value.detach()[improved]
 
 
 def _save(run: _Run, path: Path, state: _State, seconds: float) -> None:
@@ -261,8 +351,8 @@ def _save(run: _Run, path: Path, state: _State, seconds: float) -> None:
         "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(), "generators": run.sampler.state(), "epoch": state.epoch - 1,
         "history": state.history, "best_score": state.best_score, "best_state": state.best_state,
-        "stale": state.stale, "best_epoch": state.best_epoch, "torch_rng": torch.get_rng_state(),
-        "seconds": seconds, "first_loss": state.first_loss})
+        "stale": state.stale, "stopped": state.stopped, "best_epoch": state.best_epoch, "steps": state.steps,
+        "torch_rng": torch.get_rng_state(), "seconds": seconds, "first_loss": state.first_loss})
 
 
 def _resume(run: _Run, path: Path) -> _State:
@@ -272,9 +362,13 @@ def _resume(run: _Run, path: Path) -> _State:
     run.scheduler.load_state_dict(saved["scheduler"])
     run.sampler.load_state(saved.get("generators") or [saved["generator"]])
     torch.set_rng_state(saved["torch_rng"])  # dropout and AugMix draw from the global stream
-    state = _State(saved["epoch"] + 1, saved["history"], saved["best_score"], saved["best_state"],
-                   saved["best_epoch"], saved["stale"], saved.get("seconds", 0.0), saved.get("first_loss"))
-    if run.config.patience is not None and state.stale > run.config.patience:
-        state.epoch = run.config.epochs  # it had stopped early: nothing left to train
+    per_model = [saved[k] if isinstance(saved[k], list) else [saved[k]] for k in ("best_score", "best_epoch", "stale")]
+    stopped = saved.get("stopped") or [run.config.patience is not None and s > run.config.patience
+                                       for s in per_model[2]]
+    state = _State(saved["epoch"] + 1, saved["history"], *per_model, stopped, saved["best_state"],
+                   saved.get("steps", (saved["epoch"] + 1) * run.steps_per_epoch), saved.get("seconds", 0.0),
+                   saved.get("first_loss"))
+    if all(state.stopped):
+        state.epoch = run.epochs  # it had stopped early: nothing left to train
     logger.info("resumed %s from epoch %d", run.stage, state.epoch)
     return state

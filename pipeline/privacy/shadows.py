@@ -31,6 +31,7 @@ from ..classifiers.models import ClassifierSpec, build_classifier, create_classi
 from ..classifiers.objectives import HardLabels
 from ..classifiers.stacked import predict_stacked, train_stacked
 from ..classifiers.train import TrainConfig, fit, predict_logits
+from ..core import checkpoints
 from ..core.cluster import SINGLE, Cluster
 from ..core.common import (
     ProgressFn,
@@ -158,15 +159,17 @@ def view_logits(model: nn.Module, x: torch.Tensor, views: tuple[str, ...], devic
 
 
 # -- the cache ---------------------------------------------------------------------------------------------
-ShadowTrainer = Callable[[list[int]], dict[int, tuple[np.ndarray, np.ndarray]]]
+# indices -> {i: (logits, z_logits)} or {i: (logits, z_logits, the model's state dict)}
+ShadowTrainer = Callable[[list[int]], dict[int, tuple[Any, ...]]]
 
 
 def load_or_train_shadows(cache_root: Path, manifest: dict[str, Any], shadow_in: np.ndarray, train: ShadowTrainer,
                           cache_dir: Path | None = None, group: int | None = 16,
                           cluster: Cluster = SINGLE) -> ShadowLogits:
     """The logits of shadows ``0 .. m-1`` (m = ``len(shadow_in)``): cached ones are read, missing
-    ones trained by ``train(indices) -> {i: (logits (a, n, k), z_logits (a, nz, k))}`` and saved one
-    file per shadow (a crash loses at most the shadows in training).
+    ones trained by ``train(indices) -> {i: (logits (a, n, k), z_logits (a, nz, k)[, state dict])}`` and
+    saved one file per shadow (a crash loses at most the shadows in training); a returned state dict is
+    kept as ``shadow-NNNN.pt`` (a pipeline shadow reuses it as its teacher: the same model on the same half).
 
     The folder is ``cache_root/<hash of manifest>``, or ``cache_dir`` when pinned; a folder made
     for another manifest is a :class:`ShadowMismatchError` naming the differing fields. Missing
@@ -197,7 +200,9 @@ def load_or_train_shadows(cache_root: Path, manifest: dict[str, Any], shadow_in:
         step = group or len(missing)
         groups = [missing[start:start + step] for start in range(0, len(missing), step)]
         for indices in cluster.share(groups):
-            for i, (logits, z_logits) in train(indices).items():
+            for i, (logits, z_logits, *weights) in train(indices).items():
+                if weights:  # the shadow model itself, for whoever trains the same model on the same half
+                    checkpoints.save(directory / f"shadow-{i:04d}.pt", weights[0])
                 _save_npz(directory / f"shadow-{i:04d}.npz", logits=logits.astype(np.float32),
                           z_logits=z_logits.astype(np.float32), shadow_in=shadow_in[i])
         cluster.wait()
@@ -241,35 +246,42 @@ def train_classifier_shadows(indices: list[int], population: TensorData, z: Tens
         return create_classifier(ClassifierSpec(recipe.model, num_classes, 3, recipe.pretrained))
 
     if stackable(recipe, batched, num_classes) and indices == list(range(indices[0], indices[-1] + 1)):
-        return _train_stacked_shadows(indices, population, z, shadow_in, recipe, views, factory, audit_seed, progress)
+        return _train_stacked_shadows(indices, population, z, shadow_in, val_in, recipe, views, factory, audit_seed,
+                                      progress)
     out = {}
     for i in indices:
         subset = population.rows(np.flatnonzero(shadow_in[i]))
-        val = population.rows(np.flatnonzero(val_in[i])) if val_in is not None and val_in[i].any() else None
+        early = val_in is not None and val_in[i].any() and recipe.patience is not None
+        val = population.rows(np.flatnonzero(val_in[i])) if early else None
         shadow_recipe = replace(recipe, seed=shadow_seed(recipe, audit_seed, i))
         model = build_classifier(shadow_recipe, num_classes)
         fit(model, subset, HardLabels(recipe.label_smoothing, mixup="mixup" in recipe.augment), shadow_recipe,
             val=val, progress=progress, stage=f"shadow {i + 1}")
-        out[i] = (view_logits(model, population.x, views, recipe.device), view_logits(model, z.x, views, recipe.device))
+        out[i] = (view_logits(model, population.x, views, recipe.device), view_logits(model, z.x, views, recipe.device),
+                  model.state_dict())
     return out
 
 
 def stackable(recipe: TrainConfig, batched: bool, num_classes: int) -> bool:
     """Whether shadows of ``recipe`` can train stacked: vmap-able model, no pretrained weights (each
-    copy would be loaded), no early stopping and no augmentation the stacked loop lacks."""
-    if not batched or recipe.pretrained or recipe.patience is not None or {"augmix", "mixup"} & set(recipe.augment):
+    copy would be loaded) and no augmentation that mixes or draws from the global stream (MixUp,
+    AugMix). Early stopping stacks: each model stops on its own carve-out."""
+    if not batched or recipe.pretrained or {"augmix", "mixup"} & set(recipe.augment):
         return False
     return vmap_compatible(create_classifier(ClassifierSpec(recipe.model, num_classes, 3, False)))
 
 
 def _train_stacked_shadows(indices: list[int], population: TensorData, z: TensorData, shadow_in: np.ndarray,
-                           recipe: TrainConfig, views: tuple[str, ...], factory: Callable[[], nn.Module],
-                           audit_seed: int, progress: ProgressFn) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+                           val_in: np.ndarray | None, recipe: TrainConfig, views: tuple[str, ...],
+                           factory: Callable[[], nn.Module], audit_seed: int, progress: ProgressFn
+                           ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     device = torch.device(resolve_device(recipe.device))
     masks = torch.from_numpy(shadow_in[indices])
+    val_masks = torch.from_numpy(val_in[indices]) if val_in is not None and recipe.patience is not None else None
     first = replace(recipe, seed=shadow_seed(recipe, audit_seed, indices[0]))  # model j gets seed + j
-    state = train_stacked(factory, population.x.to(device), population.y.to(device), masks, first, progress)
+    state = train_stacked(factory, population.x.to(device), population.y.to(device), masks, first, progress,
+                          val_masks=val_masks)
     pop = np.stack([predict_stacked(factory, state, v.to(device)).cpu().numpy()
                     for v in query_views(population.x, views)], 1)  # (g, a, n, k)
     zs = np.stack([predict_stacked(factory, state, v.to(device)).cpu().numpy() for v in query_views(z.x, views)], 1)
-    return {i: (pop[j], zs[j]) for j, i in enumerate(indices)}
+    return {i: (pop[j], zs[j], {name: t[j].clone() for name, t in state.items()}) for j, i in enumerate(indices)}

@@ -1,0 +1,59 @@
+"""The cost curve: the default run (``run --dataset SPEC``, the preset chosen from the data) at several
+dataset sizes, with the wall time of every stage, the plan's estimate beside the measured total, and the
+headline figures. Asserts nothing; run it with nothing else on the machine.
+
+    python -m benchmarks.scaling --dataset parquet:../shared/datasets/fashion --limits 250 500 1000 1500
+    python -m benchmarks.scaling --dataset digits --limits 0          # 0: the whole dataset (the quickstart's data)
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.core.project import Project
+from pipeline.data.context import DataContext
+from pipeline.data.datasets import parse_dataset_spec
+from pipeline.experiment import run_experiment
+from pipeline.presets import DataProfile, estimate_stages, estimated_wall, preset_config
+
+STAGES = ("caption", "generator", "generate", "teacher", "student", "methods", "fidelity", "audit")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="digits", help="dataset spec")
+    parser.add_argument("--limits", type=int, nargs="+", default=[0], help="training images per split (0: all)")
+    parser.add_argument("--preset", default="standard")
+    parser.add_argument("--project", default=None, help="project folder (default: a temporary one)")
+    args = parser.parse_args()
+    print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
+    print("| images / split | members | " + " | ".join(STAGES) + " | total (s) | estimate (s) | teacher | student "
+          "| class fidelity | RMIA teacher | RMIA student (pipeline) |")
+    print("| --- " * (len(STAGES) + 9) + "|")
+    for limit in args.limits:
+        spec = parse_dataset_spec(args.dataset, limit=limit or None)
+        data = DataContext.open(spec)
+        profile = DataProfile.of(data.dataset)
+        config, _ = preset_config(spec, profile, args.preset)
+        estimate = estimated_wall(estimate_stages(config, profile))
+        root = Path(args.project) if args.project else Path(tempfile.mkdtemp(prefix="scaling-"))
+        started = time.monotonic()
+        metrics = run_experiment(config, Project.open(root / f"limit-{limit}")).metrics
+        total = time.monotonic() - started
+        timings = metrics["timings"]
+        student = metrics["student"]
+        print(f"| {limit or 'all'} | {metrics['dataset']['members']} | "
+              + " | ".join(f"{timings.get(s, 0):.0f}" for s in STAGES)
+              + f" | {total:.0f} | {estimate:.0f} | {metrics['teacher']['accuracy']:.3f} | {student['accuracy']:.3f} | "
+              f"{metrics['fidelity']['class_fidelity']:.3f} | {metrics['teacher']['mia']['auc']:.3f} | "
+              f"{student['mia']['auc']:.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
