@@ -19,7 +19,7 @@ import argparse
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -110,12 +110,12 @@ def classifier_rows(name: str, side: int, amp: bool, stacked: int, steps: int, r
     big = torch.rand(2048, 3, side, side)
     seconds = median_time(lambda: predict_logits(model, big, device="cpu"), repeats)
     rows.append(Row(f"{name} inference (no grad, batches of 512)", side, "fp32", "images", len(big) / seconds,
-                    flops / 3, None))
+                    flops / 3, peak if not amp else None))
     return rows
 
 
 # -- the scratch generator -----------------------------------------------------------------------------------------
-def generator_rows(side: int, precision: str, steps: int, repeats: int, peak: float) -> list[Row]:
+def generator_rows(side: int, precision: str, steps: int, repeats: int) -> list[Row]:
     from PIL import Image
 
     from pipeline.generators.scratch import ScratchConfig, ScratchGenerator
@@ -151,7 +151,7 @@ def generator_rows(side: int, precision: str, steps: int, repeats: int, peak: fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one size per model, short timings (a smoke test)")
-    parser.add_argument("--stacked", type=int, default=8, help="models in the vmap stack (0: skip)")
+    parser.add_argument("--stacked", type=int, default=4, help="models in the vmap stack (0: skip)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per figure (median)")
     args = parser.parse_args()
     repeats = 1 if args.quick else args.repeats
@@ -170,21 +170,23 @@ def main() -> None:
         print(f"| {what} | {f32:.1f} | {b16:.1f} | {b16 / f32:.2f} |")
 
     # 2. classifiers and 3. the generator
-    rows: list[Row] = []
+    print("\n| what | px | precision | per second | share of the conv peak |")
+    print("| --- | --- | --- | --- | --- |", flush=True)
     sizes = {"tiny-cnn": [8] if args.quick else [8, 28, 32], "small-resnet": [28] if args.quick else [28, 32, 64]}
     for name, sides in sizes.items():
         for side in sides:
             for amp in (False, True):
                 peak = peaks["bf16" if amp and compute_dtype("cpu") is not None else "fp32"][1]
-                rows += classifier_rows(name, side, amp, 0 if args.quick else args.stacked, steps, repeats, peak)
+                stacked = 0 if args.quick or side > 32 else args.stacked  # a stack at 64 px takes minutes
+                show(classifier_rows(name, side, amp, stacked, steps, repeats, peak))
     for side in [28] if args.quick else [28, 32]:
         for precision in ("no", "auto"):
-            rows += generator_rows(side, precision, 4 if args.quick else 20, repeats, 0.0)
+            show(generator_rows(side, precision, 4 if args.quick else 20, repeats))
 
-    print("\n| what | px | precision | per second | share of the conv peak |")
-    print("| --- | --- | --- | --- | --- |")
+
+def show(rows: list[Row]) -> None:
     for row in rows:
-        print(f"| {row.what} | {row.size} | {row.precision} | {row.rate:,.1f} {row.unit} | {row.share} |")
+        print(f"| {row.what} | {row.size} | {row.precision} | {row.rate:,.1f} {row.unit} | {row.share} |", flush=True)
 
 
 if __name__ == "__main__":

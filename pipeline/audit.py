@@ -70,7 +70,7 @@ class AuditConfig:
     fixed_variance: bool | None = None  # LiRA: one global variance (None: below 64 shadows, as Carlini et al.)
     attack_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. {"rmia": {"a": 0.3}}
     reference_size: int = 1000  # RMIA's population samples z: at most this many test images
-    batched: bool = True  # train transfer shadows stacked with vmap when the model allows it
+    batched: bool = True  # train transfer shadows stacked with vmap on a GPU when the model allows it
     workers: int | None = None  # processes for pipeline shadows (None: one per CPU core; 1 on a GPU)
     bootstrap: int = 1000  # bootstrap replicates for the AUC interval
     shadow_dir: str | None = None  # reuse this transfer-shadow cache folder (an error if made for another recipe)

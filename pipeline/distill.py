@@ -121,11 +121,12 @@ def label_rounds(teacher: nn.Module, rounds: Sequence[SyntheticSet], config: Dis
 
 
 def train_on_labels(data: TensorData, recipe: TrainConfig, num_classes: int, progress: ProgressFn = no_progress,
-                    stage: str = "cas") -> nn.Module:
-    """A classifier trained with ``recipe`` on ``data``'s own labels (no teacher, no early stopping):
-    CAS trains one on a synthetic round to ask how much of the task the images alone carry."""
+                    stage: str = "cas", val: TensorData | None = None) -> nn.Module:
+    """A classifier trained with ``recipe`` on ``data``'s own labels (no teacher; early-stopped on ``val``
+    when the recipe asks): CAS trains one on a synthetic round to ask how much of the task the images
+    alone carry."""
     model = build_classifier(recipe, num_classes)
-    fit(model, data, HardLabels(recipe.label_smoothing, mixup="mixup" in recipe.augment), recipe,
+    fit(model, data, HardLabels(recipe.label_smoothing, mixup="mixup" in recipe.augment), recipe, val=val,
         progress=progress, stage=stage)
     return model.eval()
 

@@ -55,16 +55,22 @@ def round_fidelity(teacher: nn.Module, data: DataContext, rounds: list[Synthetic
 
 
 def classification_accuracy_score(data: DataContext, synthetic: SyntheticSet, recipe: TrainConfig,
-                                  progress: ProgressFn = no_progress) -> float:
+                                  progress: ProgressFn = no_progress, val_fraction: float = 0.1) -> float:
     """CAS (Ravuri & Vinyals 2019): test accuracy of a classifier trained on one synthetic round with the
-    labels the images were generated for (no teacher): how much of the task the images alone carry."""
-    model = train_on_labels(synthetic.tensors(recipe.image_size), recipe, data.num_classes, progress, stage="cas")
+    labels the images were generated for (no teacher): how much of the task the images alone carry. A
+    seeded ``val_fraction`` of the round is held out for the recipe's early stopping (never a real image)."""
+    images = synthetic.tensors(recipe.image_size)
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(recipe.seed))
+    n_val = int(round(val_fraction * len(images))) if recipe.early_stopping else 0
+    model = train_on_labels(images.rows(order[n_val:]), recipe, data.num_classes, progress, stage="cas",
+                            val=images.rows(order[:n_val]) if n_val else None)
     return float(evaluate_on_test(model, data.tensors("test", recipe.image_size), data.num_classes)["accuracy"])
 
 
 def cas_recipe(student: TrainConfig, cas_epochs: int) -> TrainConfig | None:
-    """The student recipe for at most ``cas_epochs`` epochs without early stopping (None when 0: off)."""
-    return replace(student, epochs=min(cas_epochs, student.epochs), patience=None) if cas_epochs else None
+    """The student recipe for at most ``cas_epochs`` epochs, its floor of steps and early stopping kept
+    (None when 0: off)."""
+    return replace(student, epochs=min(cas_epochs, student.epochs)) if cas_epochs else None
 
 
 def round_memorisation(teacher: nn.Module, data: DataContext, rounds: list[SyntheticSet], size: int | None,

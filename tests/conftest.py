@@ -64,8 +64,10 @@ def make_tiny_config():
         cardinality=1.0,
         generation_batch=16,  # several manifest batches per round (the kill test stops one mid-round)
         generator_options=(("train_steps", 6), ("block_out_channels", [16, 32]), ("checkpoint_every", 3)),
-        teacher=replace(base.teacher, epochs=2),
-        distill=replace(base.distill, student=replace(base.distill.student, epochs=2), regen_every=1),
+        # 2 epochs: no floor of steps, no early stopping (the presets size real runs)
+        teacher=replace(base.teacher, epochs=2, min_steps=0, patience_share=None),
+        distill=replace(base.distill, student=replace(base.distill.student, epochs=2, min_steps=0,
+                                                      patience_share=None), regen_every=1),
         audit=AuditConfig(n_shadows=4, pipeline_shadows=2, workers=1, bootstrap=20),
         methods=(("am", {"images_per_class": 4, "steps": 5}),),
     )

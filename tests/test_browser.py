@@ -212,8 +212,8 @@ def test_start_a_tiny_run_and_see_it_finish(studio, page):
     expect(views).to_contain_text("orig")
     expect(views).to_contain_text("shift")
     for label, value in (("Images per split (0: all)", 40), ("Rounds", 1), ("Generator training steps", 10),
-                         ("Sampling steps", 3), ("Teacher epochs", 1), ("Student epochs", 1), ("Transfer shadows", 4),
-                         ("Pipeline shadows", 1)):
+                         ("Sampling steps", 3), ("Teacher epochs", 1), ("Student epochs", 1), ("Floor of steps", 0),
+                         ("Transfer shadows", 4), ("Pipeline shadows", 1)):
         set_number(page, label, value)
     page.get_by_label("Model size").click()
     page.get_by_role("option", name="tiny (smoke test)").click()

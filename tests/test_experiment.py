@@ -199,19 +199,20 @@ def test_audit_cli_reaudits_a_finished_run_from_cached_shadows(project, capsys, 
     assert main(["-q", "audit", "--project", root, "--run", caption_run]) == 2
 
 
-def test_pipeline_shadows_in_worker_processes_match_one_process(tmp_path: Path, audited_run, tiny_config):
-    """Two worker processes (started right after captioning) give the shadows one process gives (the
-    session's shared tiny run: the same config with one worker)."""
+def test_pipeline_shadows_in_worker_processes_match_one_process(tmp_path: Path, tiny_config):
+    """Two worker processes give the pipeline shadows one process gives (in float32: bfloat16 rounds a
+    one-thread and a two-thread run differently, by about 1e-2 in the logits)."""
     from pipeline.core.project import Project
 
+    fp32 = replace(tiny_config, teacher=replace(tiny_config.teacher, amp=False),
+                   distill=replace(tiny_config.distill, student=replace(tiny_config.distill.student, amp=False)),
+                   generator_options=(*tiny_config.generator_options, ("precision", "no")))
     logits = {}
-    shared, run_id = audited_run
-    config = tiny_config
-    assert config.audit.workers == 1
-    runs = {1: json.loads((shared.runs_dir / run_id / "metrics.json").read_text()),
-            2: run_experiment(replace(config, audit=replace(config.audit, workers=2)), Project.open(tmp_path)).metrics}
-    for workers, metrics in runs.items():
+    for workers in (1, 2):
+        config = replace(fp32, audit=replace(fp32.audit, workers=workers))
+        metrics = run_experiment(config, Project.open(tmp_path / f"workers-{workers}")).metrics
         folder = Path(metrics["audit"]["shadows"]["pipeline"]["directory"])
         logits[workers] = np.stack([np.load(f)["logits"] for f in sorted(folder.glob("shadow-*.npz"))])
     assert logits[1].shape == logits[2].shape == (2, 2, 219, 10)
     np.testing.assert_allclose(logits[1], logits[2], rtol=1e-3, atol=1e-3)  # thread counts may differ
+    assert np.abs(logits[1][0] - logits[1][1]).max() > 1e-2  # the two shadows differ: the check can fail

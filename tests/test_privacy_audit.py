@@ -157,8 +157,10 @@ def test_shadows_train_with_the_targets_recipe_size_and_early_stopping(monkeypat
     for i, (config, n_train, n_val) in enumerate(seen):
         assert (n_train, n_val) == (40, 8)
         assert replace(config, seed=target.seed) == target and config.seed == sh.shadow_seed(target, 0, i)
-    # no early stopping and no pretrained weights: the stacked path, same subsets
-    assert sh.stackable(RECIPE, True, 2) and not sh.stackable(target, True, 2)
+    # stacked only on a GPU (one at a time is faster on a CPU), and never with pretrained weights
+    on_gpu = replace(RECIPE, device="cuda")
+    assert sh.stackable(on_gpu, True, 2) and not sh.stackable(replace(on_gpu, pretrained=True), True, 2)
+    assert not sh.stackable(replace(RECIPE, device="cpu"), True, 2) and not sh.stackable(on_gpu, False, 2)
 
 
 def test_audit_config_rejects_bad_values():

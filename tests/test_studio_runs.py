@@ -94,6 +94,7 @@ def test_form_builds_the_config_and_starts_the_run(env, monkeypatch, open_page):
     at.number_input(key="run_limit").set_value(40)
     at.number_input(key="run_teacher_epochs").set_value(2)
     at.number_input(key="run_student_epochs").set_value(1)
+    at.number_input(key="run_floor").set_value(200)
     at.number_input(key="run_shadows").set_value(4)
     at.number_input(key="run_rounds").set_value(1)
     at.number_input(key="run_gen_steps_scratch").set_value(10)
@@ -106,6 +107,7 @@ def test_form_builds_the_config_and_starts_the_run(env, monkeypatch, open_page):
     [config] = started
     assert config.methods == (("am", {}), ("dp-sgd", {"epsilon": 1.0})) and config.copy_gate == 2
     assert config.dataset.limit == 40 and config.teacher.epochs == 2 and config.distill.student.epochs == 1
+    assert config.teacher.min_steps == config.distill.student.min_steps == 200
     assert config.audit.n_shadows == 4 and config.rounds == 1 and config.generator == "scratch"
     options = dict(config.generator_options)
     assert options["train_steps"] == 10 and options["block_out_channels"] == [8, 16]

@@ -54,6 +54,7 @@ class TrainConfig:
     augment: tuple[str, ...] = ("crop",)  # of crop, flip, augmix, mixup (flip is wrong for digits)
     crop_padding: int = 1  # random crop: pad this many pixels, crop back (random shift)
     patience: int | None = None  # early stopping: epochs without validation gain, once past min_steps (None: off)
+    patience_share: float | None = None  # or: without gain for this share of the planned epochs (sized to the data)
     amp: bool = True  # mixed precision by the product's policy (bfloat16 autocast on CUDA)
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 0  # weights, data order and augmentation
@@ -76,6 +77,8 @@ class TrainConfig:
             raise ValueError(f"image_size must be at least 1 or null, got {self.image_size}")
         if self.patience is not None and self.patience < 0:
             raise ValueError(f"patience must be >= 0 or null, got {self.patience}")
+        if self.patience_share is not None and not 0 < self.patience_share <= 1:
+            raise ValueError(f"patience_share must be in (0, 1] or null, got {self.patience_share}")
 
 
     def planned_epochs(self, steps_per_epoch: int) -> int:
@@ -86,12 +89,27 @@ class TrainConfig:
             steps = min(steps, self.max_steps)
         return max(1, math.ceil(steps / steps_per_epoch))
 
+    @property
+    def early_stopping(self) -> bool:
+        return self.patience is not None or self.patience_share is not None
+
+    def patience_epochs(self, planned_epochs: int) -> int | None:
+        """Early stopping's patience in epochs: ``patience``, or ``patience_share`` of the planned epochs."""
+        if self.patience is not None:
+            return self.patience
+        if self.patience_share is not None:
+            return max(1, math.ceil(self.patience_share * planned_epochs))
+        return None
+
     def plan(self, n_images: int) -> str:
-        """The planned length in words, e.g. '1,020 steps (340 epochs of 3 batches: the floor)'."""
+        """The planned length in words, e.g. '1,020 steps (340 epochs of 3 batches: the floor of steps)'."""
         per_epoch = max(1, math.ceil(n_images / self.batch_size))
         epochs = self.planned_epochs(per_epoch)
-        why = "the floor" if epochs > self.epochs else "the ceiling" if epochs < self.epochs else f"{self.epochs} epochs"
-        stop = f", early stop after {self.patience} epochs without gain" if self.patience is not None else ""
+        why = ("the floor of steps" if epochs > self.epochs else "the ceiling of steps" if epochs < self.epochs
+               else f"{self.epochs} epochs")
+        patience = self.patience_epochs(epochs)
+        stop = f"; stops early after {patience} epochs without validation gain" \
+            if patience is not None and epochs <= self.epochs else ""  # past the floor only at its end
         return f"{epochs * per_epoch:,} steps ({epochs} epochs of {per_epoch} batches: {why}{stop})"
 
 
@@ -207,6 +225,10 @@ class _Run:
     progress: ProgressFn
 
     @property
+    def patience(self) -> int | None:
+        return self.config.patience_epochs(self.epochs)
+
+    @property
     def total(self) -> int:
         return self.epochs * self.steps_per_epoch
 
@@ -257,7 +279,7 @@ def fit(model: nn.Module, data: TensorData | DataFn, objective: Objective, confi
             logger.info("%s: early stop at epoch %d of %d (best %s)", stage, epoch + 1, epochs, state.best_epoch)
             break
     # 4. the best weights back when stopping early
-    if state.best_state is not None and config.patience is not None:
+    if state.best_state is not None and run.patience is not None:
         model.load_state_dict(state.best_state)
         best_epoch = max(state.best_epoch)
     else:
@@ -301,7 +323,7 @@ def _validate(run: _Run, val: Validation | None, row: dict[str, float], state: _
     scores = _scores(run.model, val, run.device)
     row["val_accuracy"] = sum(a for a, _ in scores) / len(scores)
     row["val_loss"] = sum(v for _, v in scores) / len(scores)
-    patience, past_floor = run.config.patience, state.steps >= run.config.min_steps
+    patience, past_floor = run.patience, state.steps >= run.config.min_steps
     improved = []
     for i, (accuracy, loss) in enumerate(scores):
         if state.stopped[i]:
@@ -363,8 +385,7 @@ def _resume(run: _Run, path: Path) -> _State:
     run.sampler.load_state(saved.get("generators") or [saved["generator"]])
     torch.set_rng_state(saved["torch_rng"])  # dropout and AugMix draw from the global stream
     per_model = [saved[k] if isinstance(saved[k], list) else [saved[k]] for k in ("best_score", "best_epoch", "stale")]
-    stopped = saved.get("stopped") or [run.config.patience is not None and s > run.config.patience
-                                       for s in per_model[2]]
+    stopped = saved.get("stopped") or [run.patience is not None and s > run.patience for s in per_model[2]]
     state = _State(saved["epoch"] + 1, saved["history"], *per_model, stopped, saved["best_state"],
                    saved.get("steps", (saved["epoch"] + 1) * run.steps_per_epoch), saved.get("seconds", 0.0),
                    saved.get("first_loss"))

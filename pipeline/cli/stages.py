@@ -279,8 +279,21 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"# {line}", file=sys.stderr)
         print(config_json(config))
         return 0
-    _print_plan(config, why, profile)
+    quick = _quick_alternative(args, config, profile)
+    _print_plan(config, why, profile, quick)
     return _run_experiment(args, config)
+
+
+def _quick_alternative(args: argparse.Namespace, config: Any, profile: Any) -> Any:
+    """The quick preset on the same data, to say what it would save (None: not a standard preset run)."""
+    if not args.dataset or profile is None or (args.preset or "standard") != "standard":
+        return None
+    from ..presets import preset_config
+
+    quick, _ = preset_config(config.dataset, profile, "quick")
+    return replace(quick, methods=config.methods, teacher=replace(quick.teacher, device=config.teacher.device),
+                   distill=replace(quick.distill, student=replace(quick.distill.student,
+                                                                  device=config.teacher.device)))
 
 
 DP_EPSILONS = (1.0, 8.0)  # `dp-sgd` without @EPS: the two budgets of the comparison
@@ -326,11 +339,12 @@ def _preset(args: argparse.Namespace) -> tuple[Any, list[str], Any]:
     return config, why, profile
 
 
-def _print_plan(config: Any, why: list[str], profile: Any = None) -> None:
+def _print_plan(config: Any, why: list[str], profile: Any = None, quick: Any = None) -> None:
     """What the run will do and, from a few timed steps, about how long each stage takes (``profile``:
-    the data's, when the caller has it already; else the dataset is read for it)."""
+    the data's, when the caller has it already; else the dataset is read for it); which stage dominates,
+    and what the ``quick`` preset's config would take instead."""
     from ..data.datasets import load_dataset
-    from ..presets import DataProfile, estimate_stages, estimated_wall
+    from ..presets import DataProfile, dominant, estimate_stages, estimated_wall
 
     print("plan:")
     for line in why:
@@ -342,7 +356,13 @@ def _print_plan(config: Any, why: list[str], profile: Any = None) -> None:
     for s in stages:
         print(f"  {s.stage:<17} {_duration(s.seconds):>8}  {s.what}")
     total = estimated_wall(stages)
-    print(f"  {'total (wall)':<17} {_duration(total):>8}", flush=True)
+    print(f"  {'total (wall)':<17} {_duration(total):>8}  the longest: {dominant(stages)}")
+    if quick is not None and total is not None:
+        faster = estimated_wall(estimate_stages(quick, profile))
+        if faster is not None:
+            print(f"  --preset quick would take about {_duration(faster)} (saving {_duration(total - faster)}: half "
+                  "the training, the student audited in transfer mode only, no CAS)")
+    sys.stdout.flush()
 
 
 def _duration(seconds: float | None) -> str:

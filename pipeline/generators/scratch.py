@@ -32,7 +32,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -100,7 +100,7 @@ class ScratchConfig:
     keep_checkpoints: int = 2  # newest step-N checkpoint folders kept in out_dir
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0  # seeds weights, batches, noise and label dropout
-    threads: int = 1  # torch CPU threads in fit / generate (0: torch's default); 1 resists a busy CPU
+    threads: int = 0  # torch CPU threads in fit / generate (0: torch's default, every core: nothing runs beside it)
     precision: str = "auto"  # the product's precision policy: auto (bf16 autocast on CUDA) | no | bf16 | fp16
 
     def __post_init__(self) -> None:
@@ -226,43 +226,34 @@ class ScratchGenerator(Generator):
         return options
 
     def time_steps(self, side: int, channels: int, num_classes: int) -> dict[str, float]:
-        """Median seconds of one training step and per generated image, from 3 (+1 warm-up) training
-        steps and 3 denoising passes on noise."""
+        """Median seconds of one training step and per generated image, timed on noise with the very code
+        that trains and samples (3 training steps after one warm-up; one sampling pass of 32 images)."""
+        import tempfile
+
         import torch
 
-        cfg = self.config
+        cfg = replace(self.config, train_steps=1, checkpoint_every=0)
         resolution = cfg.resolution or side
         resolution -= resolution % cfg.patch
-        state = {"num_classes": num_classes, "channels": cfg.channels or channels, "resolution": resolution}
-        device = resolve_device(cfg.device)
-        with _torch_threads(cfg.threads):
-            unet = _build_unet(cfg, state).to(device)
-            optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate)
-            shape = (state["channels"] * cfg.patch ** 2, resolution // cfg.patch, resolution // cfg.patch)
+        state = {"num_classes": num_classes, "channels": cfg.channels or channels, "resolution": resolution,
+                 "output_size": (side, side), "patch": cfg.patch}
+        shape = (16, state["channels"] * cfg.patch ** 2, resolution // cfg.patch, resolution // cfg.patch)
+        data = (torch.randn(shape), torch.randint(0, num_classes, (shape[0],)))
+        with _torch_threads(cfg.threads), tempfile.TemporaryDirectory() as out:
+            run = _Training.start(cfg, state, Path(out))
             times = []
-            for _ in range(4):  # the first step warms up and is not counted
+            for step in range(1, 5):  # the first step warms up and is not counted
                 start = time.perf_counter()
-                x = torch.randn(cfg.batch_size, *shape, device=device)
-                t = torch.randint(0, cfg.num_train_timesteps, (cfg.batch_size,), device=device)
-                y = torch.randint(0, num_classes, (cfg.batch_size,), device=device)
-                loss = unet(x, t, class_labels=y).sample.pow(2).mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                run.step(data, num_classes, step)
                 times.append(time.perf_counter() - start)
-            unet.eval()
-            batch = min(cfg.generate_batch_size, 64)
-            passes = cfg.sampling_steps * (2 if cfg.guidance_scale != 1.0 else 1)
-            with torch.inference_mode():
-                x = torch.randn(batch, *shape, device=device)
-                y = torch.randint(0, num_classes, (batch,), device=device)
-                forward = []
-                for _ in range(3):
-                    start = time.perf_counter()
-                    unet(x, torch.full((batch,), 10, device=device), class_labels=y)
-                    forward.append(time.perf_counter() - start)
-                image_s = float(np.median(forward)) * passes / batch
-        return {"train_step_s": float(np.median(times[1:])), "image_s": image_s, "train_steps": cfg.train_steps}
+        sampler = ScratchGenerator(cfg)
+        sampler.unet, sampler.state = run.unet.eval(), state
+        batch = min(cfg.generate_batch_size, 32)
+        start = time.perf_counter()
+        sampler.generate([""] * batch, [k % num_classes for k in range(batch)], list(range(batch)))
+        image_s = (time.perf_counter() - start) / batch
+        return {"train_step_s": float(np.median(times[1:])), "image_s": image_s,
+                "train_steps": self.config.train_steps}
 
     # -- sampling --------------------------------------------------------------------------------
     def generate(

@@ -110,10 +110,11 @@ class DPSGD(TransferMethod):
         members = context.real.members
         delta = cfg.delta if cfg.delta is not None else 1.0 / (2 * len(members))
         # 1. the recipe under DP: larger batches, no augmentation, no weight decay, float32 (per-example
-        # gradients), a DP-compatible model (BatchNorm swapped)
+        # gradients), exactly the planned epochs (the noise is calibrated to them), a DP-compatible model
         recipe = replace(context.student_recipe, epochs=cfg.epochs or context.student_recipe.epochs,
                          batch_size=min(cfg.batch_size or 4 * context.student_recipe.batch_size, len(members)),
                          lr=cfg.lr or context.student_recipe.lr, weight_decay=0.0, augment=(), patience=None,
+                         patience_share=None, min_steps=0, max_steps=None,
                          amp=False)
         model = ModuleValidator.fix(build_classifier(recipe, context.num_classes))
         # 2. train through the one loop, Opacus wrapping model, optimiser and sampler

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
 import queue
 import subprocess
@@ -29,6 +28,7 @@ import numpy as np
 
 from ..core.cluster import SINGLE, Cluster
 from ..core.common import Progress, ProgressFn, no_progress
+from ..core.machine import cores, worker_processes
 from ..core.runs import RecordedProgress
 from .shadows import ShadowLogits, load_or_train_shadows
 
@@ -126,7 +126,7 @@ class PipelineShadows:
     def _fill(self) -> None:
         from ..core.launch import child_env
 
-        threads = max(1, (os.cpu_count() or 1) // self.workers)
+        threads = max(1, cores() // self.workers)
         while self._waiting and len(self._running) < self.workers:
             index = self._waiting.pop(0)
             job = replace(self.jobs[index], threads=threads)
@@ -134,16 +134,9 @@ class PipelineShadows:
 
 
 def default_workers(requested: int | None, n_shadows: int, on_gpu: bool) -> int:
-    """Worker processes for pipeline shadows: as asked, else one (this process) on a GPU, which one
-    process keeps busy, and on a CPU of fewer than 4 cores, where a second process only competes for the
-    same cores (measured on a 2-vCPU machine: two processes ran at 1.1x the speed of one); with more
-    cores, one per two cores, at most one per shadow, each with its share of the threads."""
-    if requested is not None:
-        return max(1, requested)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if on_gpu or cores < 4:
-        return 1
-    return max(1, min(n_shadows, cores // 2))
+    """Worker processes for pipeline shadows (see :func:`pipeline.core.machine.worker_processes`): with
+    more than one, the shadows run in parallel, each process with its share of the cores' threads."""
+    return worker_processes(requested, n_shadows, on_gpu)
 
 
 def _start_worker(job: ShadowJob, env: dict[str, str], events: queue.Queue) -> subprocess.Popen:

@@ -135,6 +135,7 @@ def form_state(config: ExperimentConfig, choices: dict[str, DatasetConfig]) -> d
         "run_regen": config.distill.regen_every, "run_teacher": config.teacher.model,
         "run_teacher_epochs": config.teacher.epochs, "run_student": config.distill.student.model,
         "run_student_epochs": config.distill.student.epochs, "run_shadows": config.audit.n_shadows,
+        "run_floor": config.teacher.min_steps,
         "run_pipeline_shadows": config.audit.pipeline_shadows, "run_views": list(config.audit.views),
         "run_methods": [method_label(m) for m in config.methods], "run_gate": config.copy_gate,
     }
@@ -301,7 +302,7 @@ def synthetic_widgets(form: Form) -> dict[str, Any]:
 
 def model_widgets(form: Form) -> dict[str, Any]:
     st.markdown("**Teacher, student and audit**")
-    cols = st.columns(7)
+    cols = st.columns(8)
     models = list(dict.fromkeys([*CLASSIFIERS, form.base.teacher.model, form.base.distill.student.model]))
     initial, start_index = form.initial, form.start_index
     return {
@@ -313,14 +314,18 @@ def model_widgets(form: Form) -> dict[str, Any]:
                                      index=start_index(models, "run_student")),
         "student_epochs": cols[3].number_input("Student epochs", min_value=1, key="run_student_epochs",
                                                value=initial["run_student_epochs"]),
-        "shadows": cols[4].number_input("Transfer shadows", min_value=1, step=2, key="run_shadows",
+        "floor": cols[4].number_input("Floor of steps", min_value=0, step=100, key="run_floor",
+                                      value=initial["run_floor"],
+                                      help="every classifier (teacher, student, shadows, CAS) trains at least this "
+                                           "many optimiser steps, however few the images (0: the epochs alone)"),
+        "shadows": cols[5].number_input("Transfer shadows", min_value=1, step=2, key="run_shadows",
                                         value=initial["run_shadows"],
                                         help="shadow models on real data with the teacher's recipe"),
-        "pipeline_shadows": cols[5].number_input(
+        "pipeline_shadows": cols[6].number_input(
             "Pipeline shadows", min_value=1, key="run_pipeline_shadows", value=initial["run_pipeline_shadows"],
             help="each reruns generator, rounds, teacher and student on half the population: the honest audit "
                  "of the student (RMIA needs only a few)"),
-        "views": cols[6].multiselect("Query views", VIEWS, key="run_views", default=initial["run_views"]),
+        "views": cols[7].multiselect("Query views", VIEWS, key="run_views", default=initial["run_views"]),
     }
 
 
@@ -361,9 +366,9 @@ def experiment_form(form: Form) -> ExperimentConfig | None:
             captioner=replace(base.captioner, name=c["captioner"], class_template=c["class_template"]),
             generator=g["backend"], generator_options=g["options"], cardinality=float(g["cardinality"]),
             rounds=int(g["rounds"]),
-            teacher=replace(base.teacher, model=m["teacher"], epochs=int(m["teacher_epochs"])),
+            teacher=replace(base.teacher, model=m["teacher"], epochs=int(m["teacher_epochs"]), min_steps=int(m["floor"])),
             distill=replace(base.distill, regen_every=int(g["regen"]), student=replace(
-                base.distill.student, model=m["student"], epochs=int(m["student_epochs"]))),
+                base.distill.student, model=m["student"], epochs=int(m["student_epochs"]), min_steps=int(m["floor"]))),
             audit=replace(base.audit, n_shadows=int(m["shadows"]), pipeline_shadows=int(m["pipeline_shadows"]),
                           views=tuple(m["views"])),
             **more,
