@@ -278,14 +278,26 @@ def fit(model: nn.Module, data: TensorData | DataFn, objective: Objective, confi
         if all(state.stopped):
             logger.info("%s: early stop at epoch %d of %d (best %s)", stage, epoch + 1, epochs, state.best_epoch)
             break
-    # 4. the best weights back when stopping early
-    if state.best_state is not None and run.patience is not None:
-        model.load_state_dict(state.best_state)
-        best_epoch = max(state.best_epoch)
-    else:
-        best_epoch = len(state.history)
+    # 4. a model that stopped early gets its best weights back; one that ran its whole schedule keeps its
+    # final, annealed weights (a small validation set picks a worse epoch by chance more often than not)
+    best_epoch = _restore_best(run, state) if state.best_state is not None and any(state.stopped) else \
+        len(state.history)
     return TrainResult(trained, state.history, best_epoch, len(state.history),
                        state.seconds + time.monotonic() - started)
+
+
+def _restore_best(run: _Run, state: _State) -> int:
+    """The stopped models' best weights into the model (each its own slice of a stack); returns the
+    latest best epoch among them."""
+    stopped = [i for i, done in enumerate(state.stopped) if done]
+    if len(state.stopped) == 1:
+        run.model.load_state_dict(state.best_state)
+    else:
+        current = run.model.state_dict()
+        for name, value in current.items():
+            value[stopped] = state.best_state[name][stopped]
+        run.model.load_state_dict(current)
+    return max(state.best_epoch[i] for i in stopped)
 
 
 def _train_epoch(run: _Run, data: TensorData, epoch: int, state: _State) -> dict[str, float]:
