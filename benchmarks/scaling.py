@@ -33,9 +33,9 @@ def main() -> None:
     parser.add_argument("--project", default=None, help="project folder (default: a temporary one)")
     args = parser.parse_args()
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
-    print("| images / split | members | " + " | ".join(STAGES) + " | total (s) | estimate (s) | teacher | student "
-          "| class fidelity | RMIA teacher | RMIA student (pipeline) |")
-    print("| --- " * (len(STAGES) + 9) + "|")
+    print("| images / split | members | " + " | ".join(STAGES) + " | of which transfer / pipeline shadows "
+          "| total (s) | estimate (s) | teacher | student | class fidelity | RMIA teacher | RMIA student (pipeline) |")
+    print("| --- " * (len(STAGES) + 10) + "|")
     for limit in args.limits:
         spec = parse_dataset_spec(args.dataset, limit=limit or None)
         data = DataContext.open(spec)
@@ -48,9 +48,11 @@ def main() -> None:
         total = time.monotonic() - started
         timings = metrics["timings"]
         student = metrics["student"]
+        shadows = metrics["audit"]["shadows"]
+        split = f"{shadows['transfer']['train_seconds']:.0f} / {shadows.get('pipeline', {}).get('train_seconds', 0):.0f}"
         print(f"| {limit or 'all'} | {metrics['dataset']['members']} | "
               + " | ".join(f"{timings.get(s, 0):.0f}" for s in STAGES)
-              + f" | {total:.0f} | {estimate:.0f} | {metrics['teacher']['accuracy']:.3f} | {student['accuracy']:.3f} | "
+              + f" | {split} | {total:.0f} | {estimate:.0f} | {metrics['teacher']['accuracy']:.3f} | {student['accuracy']:.3f} | "
               f"{metrics['fidelity']['class_fidelity']:.3f} | {metrics['teacher']['mia']['auc']:.3f} | "
               f"{student['mia']['auc']:.3f} |", flush=True)
 
