@@ -76,7 +76,7 @@ class SDLoraConfig:
     batch_size: int = 8  # images per training step
     resolution: int = 224  # side in pixels of the training crops and of the generated images
     mixed_precision: str = "auto"  # the precision policy: auto (bf16 on CUDA) | no | fp16 | bf16; only on CUDA
-    snr_gamma: float | None = None  # Min-SNR-gamma loss weighting (5.0 in the paper); None = plain MSE
+    snr_gamma: float | None = None  # Min-SNR-gamma loss weighting (5.0 in Hang et al. 2023; TCKR leaves it off); None = plain MSE
     gradient_checkpointing: bool = False  # trade UNet activation memory for recompute
     checkpoint_every: int = 500  # save LoRA + optimizer every N steps to out_dir/checkpoints; 0 = never
     max_grad_norm: float = 1.0  # gradient clipping of the LoRA parameters
