@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu.sh RESULTS_DIR                   # there: results.md (one table + versions), gpu.log
 #   bash benchmarks/gpu.sh --cpu-rehearsal RESULTS_DIR   # here: the same script at tiny sizes on the CPU
 #   bash benchmarks/gpu.sh --only paper-toy,shadows-resnet18 RESULTS_DIR   # some parts again
+# GPU_WHEELS=DIR takes the wheels from DIR instead of .gpu-wheels (an empty one: this Python's own packages).
 # Without a visible CUDA GPU it stops at once (so do the Python benchmarks: no silent CPU fallback); the
 # rehearsal replaces that check by a note and runs every part with --tiny on the CPU, so every code path
 # but the GPU kernels runs before any GPU time is spent. Each part has its own time limit (a part that
@@ -19,7 +20,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --cpu-rehearsal) mode=cpu; shift ;;
     --only) only=$2; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set /p' "$0" | grep '^#' | cut -c3-; exit 0 ;;
     -*) echo "gpu.sh: unknown option $1" >&2; exit 2 ;;
     *) break ;;
   esac
@@ -31,16 +32,17 @@ out=$(cd "$out" && pwd)
 md=$out/results.md
 log=$out/gpu.log
 python=${PYTHON:-python3}
+wheels=${GPU_WHEELS:-.gpu-wheels}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 
 # -- the plan: parts in order, each with its limit on an H100 and in the CPU rehearsal (seconds) ----------
 parts=(setup sampling finetune shadows-small-resnet shadows-resnet18 paper-toy sampling-compiled)
-declare -A gpu_limit=([setup]=20 [sampling]=65 [finetune]=70 [shadows-small-resnet]=45 [shadows-resnet18]=65
-                      [paper-toy]=40 [sampling-compiled]=90)
+declare -A gpu_limit=([setup]=30 [sampling]=65 [finetune]=70 [shadows-small-resnet]=40 [shadows-resnet18]=65
+                      [paper-toy]=40 [sampling-compiled]=85)
 declare -A cpu_limit=([setup]=60 [sampling]=420 [finetune]=300 [shadows-small-resnet]=300 [shadows-resnet18]=300
                       [paper-toy]=300 [sampling-compiled]=600)
 declare -A what=(
-  [setup]="install the carried wheels (.gpu-wheels), library and device versions"
+  [setup]="install the carried wheels ($wheels), library and device versions"
   [sampling]="SD 2 (768-v layout) + LoRA sampling, 224 px / 20 steps / CFG 2: fp16 (TCKR), bf16, fused LoRA, channels_last, pt, batch 128"
   [finetune]="LoRA fine-tuning steps/s and peak memory: fp16, bf16, bf16 + gradient checkpointing, each model alone"
   [shadows-small-resnet]="small-resnet shadows/h at 32 px: one at a time, vmap-stacked 16 and 64, 4 processes"
@@ -101,24 +103,24 @@ fi
 site=${TMPDIR:-/tmp}/tckr-gpu-site
 export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 setup() {
-  if ls .gpu-wheels/*.whl >/dev/null 2>&1; then
+  if ls "$wheels"/*.whl >/dev/null 2>&1; then
     rm -rf "$site"
     $python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
-      .gpu-wheels/*.whl || return 1
-    echo "installed $(ls .gpu-wheels/*.whl | wc -l) carried wheels into $site"
+      "$wheels"/*.whl || return 1
+    echo "installed $(ls "$wheels"/*.whl | wc -l) carried wheels into $site"
   else
-    echo "no carried wheels in .gpu-wheels (bash benchmarks/gpu-wheels.sh makes them): using $python's own packages"
+    echo "no carried wheels in $wheels (bash benchmarks/gpu-wheels.sh makes them): using $python's own packages"
   fi
   $python - <<'EOF' || return 1
-import importlib, platform, subprocess, torch
+import importlib, importlib.metadata, platform, subprocess, torch
 missing = [m for m in ("diffusers", "peft", "timm", "transformers", "opacus", "prdc", "accelerate")
            if importlib.util.find_spec(m) is None]
 if missing:
     raise SystemExit(f"missing packages: {', '.join(missing)}; carry them (bash benchmarks/gpu-wheels.sh)")
 rows = [("python", platform.python_version()), ("torch", f"{torch.__version__} (CUDA {torch.version.cuda})")]
 for name in ("diffusers", "transformers", "peft", "timm", "accelerate", "opacus", "prdc", "numpy"):
-    module = importlib.import_module(name)
-    rows.append((name, getattr(module, "__version__", "?")))
+    importlib.import_module(name)  # it imports here, or the part that needs it would fail later
+    rows.append((name, importlib.metadata.version(name)))
 if torch.cuda.is_available():
     smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
                          capture_output=True, text=True).stdout.strip()
@@ -148,7 +150,7 @@ for part in "${selected[@]}"; do
   echo "== $part (limit $limit s): ${what[$part]}" | tee -a "$log"
   started=$(date +%s.%N)
   if [ "$part" = setup ]; then
-    export -f setup; export python site
+    export -f setup; export python site wheels
     timeout -k "$grace" "$limit" bash -c setup 2>&1 | tee -a "$log" "$out/.setup"
     code=${PIPESTATUS[0]}
     versions=$(grep '^versions: ' "$out/.setup" | sed 's/^versions: //')
