@@ -40,7 +40,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUF
 parts=(setup sampling finetune shadows-small-resnet shadows-resnet18 paper-toy sampling-compiled)
 declare -A gpu_limit=([setup]=30 [sampling]=65 [finetune]=70 [shadows-small-resnet]=40 [shadows-resnet18]=65
                       [paper-toy]=40 [sampling-compiled]=85)
-declare -A cpu_limit=([setup]=60 [sampling]=420 [finetune]=300 [shadows-small-resnet]=300 [shadows-resnet18]=300
+declare -A cpu_limit=([setup]=180 [sampling]=420 [finetune]=300 [shadows-small-resnet]=300 [shadows-resnet18]=300
                       [paper-toy]=300 [sampling-compiled]=600)
 declare -A what=(
   [setup]="install the carried wheels ($wheels), library and device versions"
