@@ -40,8 +40,8 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUF
 parts=(setup sampling finetune shadows-small-resnet shadows-resnet18 paper-toy sampling-compiled)
 declare -A gpu_limit=([setup]=30 [sampling]=65 [finetune]=70 [shadows-small-resnet]=40 [shadows-resnet18]=65
                       [paper-toy]=40 [sampling-compiled]=85)
-declare -A cpu_limit=([setup]=180 [sampling]=420 [finetune]=300 [shadows-small-resnet]=300 [shadows-resnet18]=300
-                      [paper-toy]=300 [sampling-compiled]=600)
+declare -A cpu_limit=([setup]=180 [sampling]=600 [finetune]=600 [shadows-small-resnet]=600 [shadows-resnet18]=600
+                      [paper-toy]=600 [sampling-compiled]=600)  # the rehearsal took 15 min here at a load of 14 on 2 cores
 declare -A what=(
   [setup]="install the carried wheels ($wheels), library and device versions"
   [sampling]="SD 2 (768-v layout) + LoRA sampling, 224 px / 20 steps / CFG 2: fp16 (TCKR), bf16, fused LoRA, channels_last, pt, batch 128"
