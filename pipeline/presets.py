@@ -66,17 +66,20 @@ def preset_config(dataset: DatasetConfig, profile: DataProfile, preset: str = "s
       and generator steps.
     - ``quick``: the same models with about half the training, and the student audited with the
       teacher's shadows only (no pipeline shadows): a first look in a few minutes.
-    - ``paper``: TCKR's published recipe (Stable Diffusion 2.1 + LoRA rank 4 at 224 px, 20 sampling
-      steps, CFG 2, 20x cardinality, MobileNetV3 students, 256 shadows): needs a GPU and the Hub.
+    - ``paper``: TCKR's published recipe (Stable Diffusion 2 + LoRA rank 4 at 224 px, 20 sampling
+      steps, CFG 2, 20x cardinality, MobileNetV3 students, 256 shadows): needs a GPU, and the Hub or
+      local model folders (:func:`with_models`).
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
     why = [f"data: {profile.members} member images of {profile.side} px, {profile.channels} channel(s), "
            f"{profile.classes} classes; device {profile.device}"]
     if preset == "paper":
-        return _paper_config(dataset), why + [
-            "paper: TCKR's recipe (SD 2.1 + LoRA r4, 224 px, 20 steps, CFG 2, 20x cardinality, "
-            "MobileNetV3 student, 256 shadows); needs a GPU and the Hugging Face Hub"]
+        config = _paper_config(dataset, profile)
+        return config, why + [
+            f"paper: TCKR's recipe (SD 2 768-v + LoRA r4, {dict(config.generator_options)['steps']:,} steps = 3 "
+            "epochs at batch 4, 224 px, 20 sampling steps, CFG 2, 20x cardinality, MobileNetV3 student, 256 "
+            "shadows); needs a GPU, and the Hugging Face Hub or local folders (--base, --captioner-model)"]
     quick = preset == "quick"
     # 1. the classifier recipe (teacher = student = shadows) and 2. the generator, by image size
     recipe = _classifier_recipe(profile, quick, why)
@@ -152,19 +155,37 @@ def _audit_config(profile: DataProfile, quick: bool, why: list[str]) -> AuditCon
     return AuditConfig(n_shadows=n_shadows, pipeline_shadows=n_pipeline, views=("orig", "shift"), headline="rmia")
 
 
-def _paper_config(dataset: DatasetConfig) -> ExperimentConfig:
-    """TCKR (Resmini et al. 2025): SD 2.1 base + LoRA rank 4 on BLIP-2 captions, 224 px, 20 DPM
-    steps with CFG 2, 20 synthetic images per real one, MobileNetV3 students with recycling."""
-    recipe = TrainConfig(model="mobilenetv3_large_100", pretrained=True, image_size=224, epochs=100,
+# TCKR's base model and LoRA recipe, from its published code (github.com/NicoloResmini/TCKR: src/run_lora.ipynb
+# runs src/lora.py, diffusers' text_to_image LoRA script; src/evaluate.py samples). The base is
+# stabilityai/stable-diffusion-2, the 768-v model, which predicts v (its scheduler config says so and the
+# sd-lora backend follows it in training and sampling), not 2.1-base (epsilon, 512 px): TCKR fine-tuned and
+# sampled that one, and its published LoRAs (lora_sd2/*.safetensors) were trained on it, so only this base
+# reproduces the paper and loads those LoRAs (`lora_path`). Its notebook trains rank 4 at lr 1e-4 and 224 px
+# (center crop, random flip), batch 1 with 4 accumulation steps (a batch of 4 here), 3 epochs over the
+# training images, plain MSE (no --snr_gamma) in fp16 (bf16 here: the precision policy, no loss scaling);
+# it samples 20 steps at guidance 2 with the base's own scheduler, 224 px, batch 32.
+PAPER_BASE = "stabilityai/stable-diffusion-2"
+PAPER_CAPTIONER = "Salesforce/blip2-opt-2.7b"  # TCKR's blip2_captioning.ipynb
+PAPER_CLASSIFIER = "mobilenetv3_large_100"  # timm's; TCKR's are Once-for-All MobileNetV3 subnets
+PAPER_LORA_EPOCHS, PAPER_LORA_BATCH = 3, 4
+
+
+def _paper_config(dataset: DatasetConfig, profile: DataProfile) -> ExperimentConfig:
+    """TCKR (Resmini et al. 2025): SD 2 (768-v) + LoRA rank 4 on BLIP-2 captions, 3 epochs at 224 px, 20
+    sampling steps with CFG 2, 20 synthetic images per real one, MobileNetV3 students with recycling."""
+    recipe = TrainConfig(model=PAPER_CLASSIFIER, pretrained=True, image_size=224, epochs=100,
                          batch_size=128, lr=1e-3, weight_decay=5e-4, augment=("crop", "flip"),
                          crop_padding=16, patience=10)
+    lora_steps = max(1, -(-PAPER_LORA_EPOCHS * profile.members // PAPER_LORA_BATCH))
     return ExperimentConfig(
         dataset=dataset,
-        captioner=CaptionerConfig(name="blip2", model="Salesforce/blip2-opt-2.7b"),
+        captioner=CaptionerConfig(name="blip2", model=PAPER_CAPTIONER),
         template="{caption}",
         generator="sd-lora",
-        generator_options=(("rank", 4), ("alpha", 4.0), ("resolution", 224), ("num_inference_steps", 20),
-                           ("guidance_scale", 2.0), ("snr_gamma", 5.0), ("mixed_precision", "bf16")),
+        generator_options=(("base", PAPER_BASE), ("rank", 4), ("alpha", 4.0), ("lr", 1e-4),
+                           ("steps", lora_steps), ("batch_size", PAPER_LORA_BATCH), ("resolution", 224),
+                           ("snr_gamma", None), ("mixed_precision", "bf16"), ("num_inference_steps", 20),
+                           ("guidance_scale", 2.0), ("sample_batch_size", 32)),
         cardinality=20.0,
         rounds=5,
         generation_batch=64,
@@ -172,6 +193,44 @@ def _paper_config(dataset: DatasetConfig) -> ExperimentConfig:
         distill=DistillConfig(student=replace(recipe, seed=1), temperature=4.0, alpha=1.0, regen_every=20),
         audit=AuditConfig(n_shadows=256, pipeline_shadows=4, headline="rmia"),
     )
+
+
+def with_models(config: ExperimentConfig, base: str | None = None, captioner_model: str | None = None,
+                classifier: str | None = None) -> tuple[ExperimentConfig, list[str]]:
+    """A preset's config pointed at the user's own models, and one line per change saying what changed:
+    ``base`` the generator's base model (a hub id, or a folder written by ``save_pretrained``),
+    ``captioner_model`` the BLIP / BLIP-2 captioner's, ``classifier`` a registered classifier or any timm
+    model name for the teacher and the student (and so the shadows, which copy the teacher's recipe).
+    A flag the config has no place for is an error that says so."""
+    from .classifiers.models import CLASSIFIERS
+    from .generators import base_model_backends, generator_class
+
+    why = []
+    if base is not None:
+        field = generator_class(config.generator).base_field
+        if field is None:
+            raise ValueError(f"--base needs a generator that fine-tunes a base model ({', '.join(base_model_backends())}, "
+                             f"as the paper preset's); this config trains the {config.generator!r} generator from scratch")
+        config = replace(config, generator_options=tuple({**dict(config.generator_options), field: base}.items()))
+        why.append(f"generator base: {base}")
+    if captioner_model is not None:
+        if config.captioner.name == "classname":
+            raise ValueError("--captioner-model needs a model captioner (blip, blip2: the paper preset's); this "
+                             "config captions with the class names")
+        config = replace(config, captioner=replace(config.captioner, model=captioner_model))
+        why.append(f"captioner: {config.captioner.name} from {captioner_model}")
+    if classifier is not None:
+        if classifier not in CLASSIFIERS:
+            import timm
+
+            if not timm.is_model(classifier):
+                raise ValueError(f"unknown classifier {classifier!r}; valid names: {', '.join(CLASSIFIERS.names())} "
+                                 "or any timm model (timm.list_models())")
+        config = replace(config, teacher=replace(config.teacher, model=classifier),
+                         distill=replace(config.distill, student=replace(config.distill.student, model=classifier)))
+        why.append(f"classifier: {classifier} (teacher, student and shadows)"
+                   + (", ImageNet weights from the Hub or its local cache" if config.teacher.pretrained else ""))
+    return config, why
 
 
 @dataclass(frozen=True)

@@ -255,55 +255,15 @@ def memorised_attack_inputs():
 
 
 # -- tiny offline models -------------------------------------------------------------------------------------
-def _tiny_clip_tokenizer():
-    """A CLIP tokenizer with one token per byte (and per byte + </w>) and no merges: any text tokenizes."""
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import CLIPTokenizer
-
-    chars = sorted(ByteLevel.alphabet())
-    vocab = {token: i for i, token in enumerate(chars + [c + "</w>" for c in chars])}
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-
-
-def _tiny_sd_pipeline(seed: int = 0):
-    """diffusers' StableDiffusionPipelineFastTests.get_dummy_components, with an offline tokenizer."""
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    tokenizer = _tiny_clip_tokenizer()
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
-            block_out_channels=(4, 8), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32, norm_num_groups=2,
-        )
-        vae = AutoencoderKL(
-            block_out_channels=[4, 8], in_channels=3, out_channels=3,
-            down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-            latent_channels=4, norm_num_groups=2,
-        )
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id, hidden_size=32, intermediate_size=37, layer_norm_eps=1e-5,
-            num_attention_heads=4, num_hidden_layers=2, vocab_size=len(tokenizer),
-        ))
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    return StableDiffusionPipeline(unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(),
-                                   tokenizer=tokenizer, scheduler=scheduler, safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
-
-
 @pytest.fixture(scope="session")
 def tiny_sd_pipeline():
-    """``tiny_sd_pipeline(seed=0)``: a tiny random StableDiffusionPipeline built offline (skips without
-    diffusers)."""
+    """``tiny_sd_pipeline(seed=0, sd2=False)``: a tiny random StableDiffusionPipeline built offline
+    (tests/tiny_models.py; ``sd2=True``: the SD 2 layout with a v-prediction scheduler); skips without
+    diffusers."""
     pytest.importorskip("diffusers")
-    return _tiny_sd_pipeline
+    from tiny_models import tiny_sd_pipeline
+
+    return tiny_sd_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from pipeline.presets import (
     estimated_wall,
     preset_config,
     quickstart_config,
+    with_models,
 )
 
 DATA = DatasetConfig(source="imagefolder", path="/data/x")
@@ -77,12 +78,55 @@ def test_quick_halves_training_and_audits_the_student_with_transfer_shadows_only
 
 
 def test_paper_is_tckrs_recipe():
-    config, _ = preset_config(DATA, profile(32), "paper")
+    """TCKR's published code (src/run_lora.ipynb, src/evaluate.py): SD 2 (768-v), LoRA rank 4 at 224 px for
+    3 epochs at batch 1 x 4 accumulation steps, lr 1e-4, plain MSE; 20 sampling steps at guidance 2."""
+    config, why = preset_config(DATA, profile(32, members=1000), "paper")
     options = dict(config.generator_options)
-    assert config.generator == "sd-lora" and options["rank"] == 4 and options["resolution"] == 224
+    assert config.generator == "sd-lora" and options["base"] == "stabilityai/stable-diffusion-2"
+    assert options["rank"] == 4 and options["resolution"] == 224 and options["lr"] == 1e-4
+    assert options["batch_size"] == 4 and options["steps"] == 750 and options["snr_gamma"] is None
     assert options["num_inference_steps"] == 20 and options["guidance_scale"] == 2.0
+    assert "scheduler" not in options  # the base's own sampler, as TCKR's
+    assert config.captioner.name == "blip2" and config.captioner.model == "Salesforce/blip2-opt-2.7b"
     assert config.cardinality == 20 and config.audit.n_shadows == 256
-    assert config.distill.student.model.startswith("mobilenetv3")
+    assert config.distill.student.model.startswith("mobilenetv3") and config.teacher.pretrained
+    assert any("SD 2 768-v" in line and "750 steps" in line for line in why)
+    config.validate()  # every option is a field of the backend
+
+
+def test_paper_points_at_local_model_folders(tmp_path: Path):
+    base, captioner = tmp_path / "sd2", tmp_path / "blip2"
+    config, _ = preset_config(DATA, profile(32), "paper")
+    local, why = with_models(config, base=str(base), captioner_model=str(captioner), classifier="mobilenetv3_small_050")
+    assert dict(local.generator_options)["base"] == str(base) and local.captioner.model == str(captioner)
+    assert local.teacher.model == local.distill.student.model == "mobilenetv3_small_050"
+    assert local.teacher.pretrained and len(why) == 3
+    assert with_models(config) == (config, [])
+    with pytest.raises(ValueError, match="unknown classifier 'resnet9000'.*any timm model"):
+        with_models(config, classifier="resnet9000")
+    standard, _ = preset_config(DATA, profile(32), "standard")
+    with pytest.raises(ValueError, match="--base needs a generator that fine-tunes a base model \\(sd-lora"):
+        with_models(standard, base=str(base))
+    with pytest.raises(ValueError, match="--captioner-model needs a model captioner"):
+        with_models(standard, captioner_model=str(captioner))
+    assert with_models(standard, classifier="tiny-cnn")[0].teacher.model == "tiny-cnn"
+
+
+def test_run_takes_the_model_flags_with_a_preset_only(tmp_path: Path, capsys):
+    root = write_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=8, size=28)
+    sd2 = str(tmp_path / "sd2")
+    assert main(["run", "--dataset", f"imagefolder:{root}", "--preset", "paper", "--base", sd2,
+                 "--captioner-model", str(tmp_path / "blip2"), "--classifier", "mobilenetv3_small_050",
+                 "--print-config"]) == 0
+    captured = capsys.readouterr()
+    config = from_dict(ExperimentConfig, json.loads(captured.out))
+    assert dict(config.generator_options)["base"] == sd2 and config.teacher.model == "mobilenetv3_small_050"
+    assert "# generator base: " + sd2 in captured.err
+    (tmp_path / "c.json").write_text(captured.out)
+    assert main(["run", str(tmp_path / "c.json"), "--base", sd2]) == 2
+    assert "--base: only with --dataset" in capsys.readouterr().err
+    assert main(["run", "--dataset", f"imagefolder:{root}", "--base", sd2, "--print-config"]) == 2
+    assert "--base needs a generator that fine-tunes" in capsys.readouterr().err
 
 
 def test_unknown_preset_is_refused():

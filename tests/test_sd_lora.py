@@ -305,6 +305,52 @@ def test_fit_trains_v_prediction_models(base_dir, tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.fixture(scope="module")
+def v_base_dir(tmp_path_factory, tiny_sd_pipeline) -> Path:
+    """A tiny pipeline in the layout of ``stabilityai/stable-diffusion-2`` (768-v): v-prediction."""
+    directory = tmp_path_factory.mktemp("tiny-sd2-v")
+    tiny_sd_pipeline(sd2=True).save_pretrained(directory)
+    return directory
+
+
+def test_a_v_prediction_base_is_trained_and_sampled_as_v(v_base_dir, tmp_path, monkeypatch):
+    """TCKR's base, SD 2 (768-v), predicts v: fine-tuning learns the velocity and every sampler reads the
+    UNet's output as v, both from the base folder's own scheduler config (nothing in our config says so)."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    from pipeline.generators.sd_lora import _LoraTraining
+
+    seen = []
+    target = _LoraTraining.target
+
+    def spy(self, latents, noise, timesteps):
+        out = target(self, latents, noise, timesteps)
+        seen.append((self.noise_scheduler.get_velocity(latents, noise, timesteps), noise, out[0]))
+        return out
+
+    monkeypatch.setattr(_LoraTraining, "target", spy)
+    generator = SDLoraGenerator(config(v_base_dir, steps=2, checkpoint_every=0))
+    metrics = generator.fit(training_images(), PROMPTS, [0, 1, 2, 3], tmp_path / "run")
+    assert metrics["prediction_type"] == "v_prediction" and np.isfinite(metrics["final_loss"])
+    for velocity, noise, learned in seen:
+        torch.testing.assert_close(learned, velocity)
+        assert (learned - noise).abs().max() > 1e-3
+    generator.save(tmp_path / "saved")
+    # sampling: the base's scheduler, or another one built from its config, as plain diffusers samples
+    for scheduler in (None, "dpm++"):
+        loaded = SDLoraGenerator.load(tmp_path / "saved", scheduler=scheduler)
+        assert loaded.pipe.scheduler.config.prediction_type == "v_prediction"
+        pipe = plain_pipeline(v_base_dir)
+        if scheduler:
+            pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+        pipe.load_lora_weights(tmp_path / "saved")
+        ours = loaded.sample(PROMPTS, SEEDS, output_type="np")
+        np.testing.assert_allclose(ours, plain_images(pipe, loaded.config), atol=1e-4)
+    # and reading the same UNet as an epsilon model gives other images: the prediction type matters
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, prediction_type="epsilon")
+    assert np.abs(plain_images(pipe, loaded.config) - ours).max() > 1e-2
+
+
 def test_fit_fails_fast_on_bad_input(trained, base_dir, tmp_path):
     generator = SDLoraGenerator(config(base_dir))
     with pytest.raises(ValueError, match="one prompt per image"):

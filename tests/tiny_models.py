@@ -1,7 +1,9 @@
-"""Tiny, seeded BLIP and BLIP-2 checkpoints built offline, for tests (diffusers' get_dummy_components);
-imported by conftest.py only, whose fixtures (blip_dir, blip2_dir, blip2_query_tokens) the tests use.
+"""Tiny, seeded Stable Diffusion, BLIP and BLIP-2 models built offline, for tests (diffusers'
+get_dummy_components); imported by conftest.py, whose fixtures (tiny_sd_pipeline, blip_dir, blip2_dir,
+blip2_query_tokens) the tests use, and by ``benchmarks/paper_toy.py``, which runs the same toy ``paper``
+preset on a GPU.
 
-Each builder writes model + processor with ``save_pretrained`` so tests exercise the real
+The BLIP builders write model + processor with ``save_pretrained`` so tests exercise the real
 ``from_pretrained`` path. Weights are random but drawn with a wide ``initializer_range`` so different
 images get different captions (the default scale gives every image the same one), which lets tests
 check that batching keeps captions in image order.
@@ -155,3 +157,55 @@ def make_tiny_blip2(directory: str | Path, seed: int = 0) -> Path:
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory
+
+
+def tiny_clip_tokenizer():
+    """A CLIP tokenizer with one token per byte (and per byte + </w>) and no merges: any text tokenizes."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import CLIPTokenizer
+
+    chars = sorted(ByteLevel.alphabet())
+    vocab = {token: i for i, token in enumerate(chars + [c + "</w>" for c in chars])}
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def tiny_sd_pipeline(seed: int = 0, sd2: bool = False):
+    """diffusers' StableDiffusionPipelineFastTests.get_dummy_components, with an offline tokenizer.
+
+    ``sd2``: the Stable Diffusion 2 layout at the same tiny width, as ``stabilityai/stable-diffusion-2``
+    (768-v) ships it: linear projections in the transformer blocks, a head size per block, attention
+    upcast to fp32, a GELU text encoder (OpenCLIP's) and a v-prediction scheduler (``prediction_type:
+    v_prediction`` in its scheduler config, which the sd-lora backend must follow in training and
+    sampling)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = tiny_clip_tokenizer()
+    sd2_unet = dict(use_linear_projection=True, attention_head_dim=(2, 4), upcast_attention=True) if sd2 else {}
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            block_out_channels=(4, 8), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32, norm_num_groups=2,
+            **sd2_unet,
+        )
+        vae = AutoencoderKL(
+            block_out_channels=[4, 8], in_channels=3, out_channels=3,
+            down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+            latent_channels=4, norm_num_groups=2,
+        )
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id, hidden_size=32, intermediate_size=37, layer_norm_eps=1e-5,
+            num_attention_heads=4, num_hidden_layers=2, vocab_size=len(tokenizer),
+            **({"hidden_act": "gelu", "projection_dim": 32} if sd2 else {}),
+        ))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                              prediction_type="v_prediction" if sd2 else "epsilon")
+    return StableDiffusionPipeline(unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(),
+                                   tokenizer=tokenizer, scheduler=scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)

@@ -141,7 +141,8 @@ def _print_audit_table(metrics: dict[str, Any]) -> None:
     floor = teacher["mia"].get("fpr_floor")
     print("\n* headline attack (AUC and AOP). n/a: a TPR at an FPR below 1/non-members"
           + (f" ({floor:.4f})" if floor else "") + " cannot be measured.")
-    print(f"student / teacher accuracy: {student['accuracy'] / max(teacher['accuracy'], 1e-9):.3f}; "
+    ratio = f"{student['accuracy'] / teacher['accuracy']:.3f}" if teacher["accuracy"] > 0 else "n/a (teacher 0)"
+    print(f"student / teacher accuracy: {ratio}; "
           f"MIA AUC ({teacher['mia'].get('attack', 'lira')}) teacher {teacher['mia']['auc']:.3f} "
           f"[{teacher['mia'].get('mia_mode', 'transfer')}] -> student {student['mia']['auc']:.3f} "
           f"[{student['mia'].get('mia_mode', 'transfer')}]")
@@ -250,10 +251,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         record = project_of(args).registry().get(args.queued)
         return _run_experiment(args, from_dict(ExperimentConfig, record.config), run_id=record.id)
+    models = _model_flags(args)
     if args.resume:
-        if args.config or args.dataset or args.preset:
+        if args.config or args.dataset or args.preset or models:
             raise ValueError("--resume continues a run with its recorded config; drop the config file, "
-                             "--dataset and --preset")
+                             "--dataset, --preset and " + (", ".join(models) or "the model flags"))
         from ..core.jobs import reconcile
 
         reconcile(project_of(args))  # a killed attempt still marked running is failed first
@@ -263,8 +265,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.config and args.dataset:
         raise ValueError("give a config file or --dataset, not both (edit the dataset in the config file)")
     if args.config:
-        if args.preset:
-            raise ValueError("--preset applies to --dataset; a config file is run as written")
+        if args.preset or models:
+            flags = ", ".join((["--preset"] if args.preset else []) + models)
+            raise ValueError(f"{flags}: only with --dataset; a config file is run as written (edit its fields)")
         config, why, profile = ExperimentConfig.from_file(Path(args.config)), [f"config file {args.config}"], None
     elif args.dataset:
         config, why, profile = _preset(args)
@@ -326,17 +329,38 @@ def _methods(text: str) -> tuple[tuple[str, dict[str, Any]], ...]:
 def _preset(args: argparse.Namespace) -> tuple[Any, list[str], Any]:
     """The preset's config for ``--dataset``, its reasons, and the data profile it was chosen from."""
     from ..data.datasets import load_dataset
-    from ..presets import DataProfile, preset_config
+    from ..presets import DataProfile, preset_config, with_models
 
     dataset_cfg = dataset_config(args)
     dataset = load_dataset(dataset_cfg)
     profile = DataProfile.of(dataset, device=args.device)
     config, why = preset_config(dataset_cfg, profile, args.preset or "standard")
+    config, changed = with_models(config, base=getattr(args, "base", None),
+                                  captioner_model=getattr(args, "captioner_model", None),
+                                  classifier=getattr(args, "classifier", None))
+    why = [*why, *changed]
     if args.device != "auto":  # asked for a device: every stage runs there, not only the plan
         config = replace(config, teacher=replace(config.teacher, device=args.device),
                          distill=replace(config.distill, student=replace(config.distill.student, device=args.device)),
                          generator_options=tuple({**dict(config.generator_options), "device": args.device}.items()))
     return config, why, profile
+
+
+def _model_flags(args: argparse.Namespace) -> list[str]:
+    """The model flags given (--base, --captioner-model, --classifier)."""
+    return [f"--{name.replace('_', '-')}" for name in ("base", "captioner_model", "classifier")
+            if getattr(args, name, None) is not None]
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", default=None, metavar="DIR_OR_ID",
+                   help="the generator's base model (the paper preset's Stable Diffusion): a local folder written "
+                        "by save_pretrained, or a hub id (default: the preset's, stabilityai/stable-diffusion-2)")
+    p.add_argument("--captioner-model", default=None, metavar="DIR_OR_ID", dest="captioner_model",
+                   help="the BLIP / BLIP-2 captioner's model: a local folder or a hub id (default: the preset's)")
+    p.add_argument("--classifier", default=None, metavar="NAME",
+                   help="teacher and student (and so shadows): a registered classifier or any timm model name; "
+                        "pretrained weights, where the preset asks for them, come from the Hub or its local cache")
 
 
 def _print_plan(config: Any, why: list[str], profile: Any = None, quick: Any = None) -> None:
@@ -508,7 +532,9 @@ def _add_run(sub: Any) -> None:
     p.set_defaults(dataset=None)
     p.add_argument("--preset", default=None, choices=PRESET_NAMES,
                    help="quick (a first look) | standard (default: chosen from the data) | paper (TCKR's "
-                        "recipe: SD + LoRA, needs a GPU and the Hub)")
+                        "recipe: SD 2 + LoRA, BLIP-2, MobileNetV3; needs a GPU, and the Hub or --base, "
+                        "--captioner-model)")
+    _add_model_args(p)
     p.add_argument("--device", default="auto", help="device the preset plans for: auto | cpu | cuda")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     p.add_argument("--queued", default=None, metavar="RUN_ID",
@@ -530,6 +556,7 @@ def _add_compare_methods(sub: Any) -> None:
     add_dataset_args(p)
     p.set_defaults(dataset="digits", config=None, queued=None, resume=None)
     p.add_argument("--preset", default=None, choices=PRESET_NAMES, help="as for run (default: chosen from the data)")
+    _add_model_args(p)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     _add_methods_arg(p, "gkd,am,bss,gkd+bss,dp-sgd")

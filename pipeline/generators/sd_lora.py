@@ -76,7 +76,7 @@ class SDLoraConfig:
     batch_size: int = 8  # images per training step
     resolution: int = 224  # side in pixels of the training crops and of the generated images
     mixed_precision: str = "auto"  # the precision policy: auto (bf16 on CUDA) | no | fp16 | bf16; only on CUDA
-    snr_gamma: float | None = None  # Min-SNR-gamma loss weighting (5.0 in the paper); None = plain MSE
+    snr_gamma: float | None = None  # Min-SNR-gamma loss weighting (5.0 in Hang et al. 2023; TCKR leaves it off); None = plain MSE
     gradient_checkpointing: bool = False  # trade UNet activation memory for recompute
     checkpoint_every: int = 500  # save LoRA + optimizer every N steps to out_dir/checkpoints; 0 = never
     max_grad_norm: float = 1.0  # gradient clipping of the LoRA parameters
@@ -288,7 +288,7 @@ class SDLoraGenerator(Generator):
         import diffusers
 
         pipe.set_progress_bar_config(disable=True)  # progress goes through the progress callback
-        if self.config.scheduler is not None:
+        if self.config.scheduler is not None:  # built from the base's config: its prediction type carries over
             scheduler_class = getattr(diffusers, SCHEDULERS[self.config.scheduler])
             pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
         if self.config.lora_path is not None:
@@ -347,6 +347,7 @@ class SDLoraGenerator(Generator):
             "resumed_from": start,
             "seconds_per_step": seconds / len(losses) if losses else None,
             "lora_path": str(lora_file),
+            "prediction_type": training.noise_scheduler.config.prediction_type,  # the base model's
         }
 
     def _start_training(self) -> _LoraTraining:
@@ -376,10 +377,14 @@ class SDLoraGenerator(Generator):
         if cfg.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         unet.train()
+        # the base model's own noise schedule and target: SD 2 (768-v) and 2.1 predict v, SD 1.x and the
+        # 2.x "-base" models epsilon (the `prediction_type` of the base's scheduler config, as the
+        # diffusers example reads it); the sampler is built from the same config (see _setup)
         noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         if noise_scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"cannot train a {noise_scheduler.config.prediction_type!r} model; need epsilon or "
                              "v_prediction")
+        logger.info("sd-lora: %s base, training target %s", cfg.base, noise_scheduler.config.prediction_type)
         return _LoraTraining(cfg, pipe, params, torch.optim.AdamW(params, lr=cfg.lr),
                              torch.amp.GradScaler("cuda", enabled=dtype is torch.float16), noise_scheduler, precision)
 
