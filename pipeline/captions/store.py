@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -85,6 +85,11 @@ class CaptionRecord:
     @property
     def reviewed(self) -> bool:
         return self.status == "reviewed"
+
+    @property
+    def curated(self) -> bool:
+        """A person edited or reviewed it: a captioner replaces it only when asked by name."""
+        return self.status != "machine"
 
 
 @dataclass(frozen=True)
@@ -225,21 +230,33 @@ class CaptionStore:
                 touched = self._changed_since(base_version, {r.id for r in records})
                 if touched:
                     raise CaptionConflictError(self.name, base_version, head, sorted(touched))
-            version = head + 1
-            payload = {
-                "version": version,
-                "parent": head,
-                "created_at": _now(),
-                "author": author or os.environ.get("USER", ""),
-                "message": message,
-                "records": [r.to_dict() for r in records],
-            }
-            atomic_write_text(self._version_path(version), json.dumps(payload, ensure_ascii=False) + "\n")
-            atomic_write_text(self.root / "HEAD", f"{version}\n")
-            if version % SNAPSHOT_EVERY == 0:
-                self._write_snapshot(version)
-        logger.info("caption store %s: saved version %d (%d records)", self.name, version, len(records))
-        return version
+            return self._write_version(head, records, author, message)
+
+    def save_captioned(
+        self,
+        records: Iterable[CaptionRecord],
+        since: int,
+        replace: Collection[str] = (),
+        author: str = "",
+        message: str = "",
+    ) -> tuple[int, list[str]]:
+        """Write a captioner's ``records`` as a new version without overwriting a person's work.
+
+        A record is dropped when the caption it would replace is edited or reviewed at head, unless
+        its id is in ``replace`` (the curated captions the user agreed to replace, as they were at
+        version ``since``) and it has not changed since: an edit or review made while the job ran
+        always wins. Returns the new version (the head when nothing is left) and the ids kept.
+        """
+        records = list(records)
+        with self._locked():
+            head = self.head()
+            current = self.records(head)
+            changed = self._changed_since(since, {r.id for r in records}) if replace else set()
+            kept = {r.id for r in records if r.id in current and current[r.id].curated
+                    and (r.id not in replace or r.id in changed)}
+            records = [r for r in records if r.id not in kept]
+            version = self._write_version(head, records, author, message) if records else head
+        return version, sorted(kept)
 
     def edit(
         self,
@@ -323,6 +340,24 @@ class CaptionStore:
         self.pending_path(key).unlink(missing_ok=True)
 
     # -- internals ------------------------------------------------------------------------------
+    def _write_version(self, head: int, records: list[CaptionRecord], author: str, message: str) -> int:
+        """Write ``records`` as version head + 1 (the caller holds the lock)."""
+        version = head + 1
+        payload = {
+            "version": version,
+            "parent": head,
+            "created_at": _now(),
+            "author": author or os.environ.get("USER", ""),
+            "message": message,
+            "records": [r.to_dict() for r in records],
+        }
+        atomic_write_text(self._version_path(version), json.dumps(payload, ensure_ascii=False) + "\n")
+        atomic_write_text(self.root / "HEAD", f"{version}\n")
+        if version % SNAPSHOT_EVERY == 0:
+            self._write_snapshot(version)
+        logger.info("caption store %s: saved version %d (%d records)", self.name, version, len(records))
+        return version
+
     def _current(self, ids: Iterable[str]) -> dict[str, CaptionRecord]:
         """The head state; every id in ``ids`` must have a caption."""
         current = self.records(self.head())

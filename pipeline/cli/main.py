@@ -72,11 +72,18 @@ def cmd_caption(args: argparse.Namespace) -> int:
                                 num_beams=args.num_beams, prompt=args.prompt,
                                 class_template=args.class_template)
     config = CaptionConfig(dataset=dataset_config(args), captioner=captioner, store=args.store,
-                           subset=args.subset, overwrite=args.overwrite)
+                           subset=args.subset, overwrite=args.overwrite,
+                           overwrite_reviewed=args.overwrite_reviewed)
     with ProgressBars(not args.quiet) as bars:
         result = caption(config, project_of(args), progress=bars)
+    curated = ""
+    if result.curated_kept:
+        curated = (f"; kept {result.curated_kept} edited or reviewed captions "
+                   "(--overwrite-reviewed replaces them)")
+    if result.curated_replaced:
+        curated = f"; replaced {result.curated_replaced} edited or reviewed captions"
     print(f"captioned {result.captioned} images ({result.already_done} already had captions, "
-          f"{len(result.corrupt)} unreadable) -> store {result.store} version {result.version} "
+          f"{len(result.corrupt)} unreadable{curated}) -> store {result.store} version {result.version} "
           f"[run {result.run_id}, {result.seconds:.1f} s]")
     return 0
 
@@ -260,7 +267,11 @@ def _add_caption(sub: Any) -> None:
     p.add_argument("--class-template", default=DEFAULT_CLASS_TEMPLATE,
                    help="classname captioner: caption made from the class name")
     p.add_argument("--overwrite", action="store_true",
-                   help="re-caption images that already have machine captions (hand edits are kept)")
+                   help="re-caption images that already have machine captions (edited and reviewed "
+                        "captions are kept)")
+    p.add_argument("--overwrite-reviewed", action="store_true",
+                   help="re-caption every image, replacing edited and reviewed captions too (says how many "
+                        "before it starts)")
     p.set_defaults(func=cmd_caption)
 
 

@@ -528,19 +528,26 @@ def recaption_tool(opened: Opened, shown: Shown, dataset, selected: list[str]) -
                                   disabled=captioner != "classname")
     which = cols[3].radio("Images", ["selected", "all filtered"], key="rc_which")
     targets = selected if which == "selected" else shown.ids
-    if st.button(f"Re-caption {len(targets):,} image(s)",
-                 disabled=not targets or dataset is None or not opened.editable, key="rc_run",
+    # a person's edits and reviews are replaced only when the curator ticks that they should be
+    curated = curation.curated_among(opened.store, targets, opened.base)
+    replace = bool(curated) and st.checkbox(
+        f"Also replace the {len(curated):,} edited or reviewed caption(s) among them", key="rc_replace_curated",
+        help="Unticked, captions a person edited or reviewed keep their text and status.")
+    count = len(targets) if replace else len(targets) - len(curated)
+    if st.button(f"Re-caption {count:,} image(s)",
+                 disabled=not count or dataset is None or not opened.editable, key="rc_run",
                  help=None if dataset is not None else "needs the store's dataset (see above)"):
         model_ref = shared.model_ref(opened.project, model) if captioner != "classname" else None
         try:
             if not curator_now():
                 raise ValueError(NEED_NAME)
-            with st.spinner(f"Captioning {len(targets):,} images with {captioner}..."):
+            with st.spinner(f"Captioning {count:,} images with {captioner}..."):
                 version = curation.recaption(opened.store, dataset, list(targets), CaptionerConfig(
                     name=captioner, model=model_ref, class_template=template), base_version=opened.base,
-                    author=curator_now())
+                    author=curator_now(), replace_curated=replace)
             st.session_state["cap_base"][opened.name] = version
-            shared.flash("success", f"Re-captioned {len(targets):,} image(s): version {version}.")
+            shared.flash("success", f"Re-captioned {count:,} image(s): version {version}." +
+                         (f" Kept {len(curated):,} edited or reviewed caption(s)." if curated and not replace else ""))
             st.rerun()
         except CaptionConflictError as err:
             st.error(f"Not saved: {err}")
