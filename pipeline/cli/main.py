@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..captions.store import caption_store, caption_stores
+from ..captions.store import CaptionStoreDamaged, caption_store, caption_stores
 from ..captions.templates import DEFAULT_CLASS_TEMPLATE
 from ..core.common import Progress
 from ..core.registry import UnknownNameError
@@ -93,7 +93,11 @@ def cmd_captions_list(args: argparse.Namespace) -> int:
     rows = []
     for name in caption_stores(project):
         store = caption_store(project, name)
-        rows.append([name, store.head(), len(store.records()), store.meta().get("dataset", "")])
+        try:
+            rows.append([name, store.head(), len(store.records()), store.meta().get("dataset", "")])
+        except CaptionStoreDamaged as err:  # one damaged store does not hide the others
+            rows.append([name, "?", "?", store.meta().get("dataset", "")])
+            print(f"warning: {err}", file=sys.stderr)
     print_table(rows, ["store", "version", "captions", "dataset"])
     return 0
 

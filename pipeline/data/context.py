@@ -85,6 +85,11 @@ class DataContext:
         self._decode(cache, [i for i in dict.fromkeys(ids) if i not in cache.rows], size)
         kept = [i for i in ids if i in cache.rows]
         if not kept:
+            if ids:  # an empty batch would fail much later, in a model, with a message about kernel sizes
+                raise ValueError(f"no readable image among the {len(ids)} {part if isinstance(part, str) else 'chosen'}"
+                                 f" image(s) of dataset {self.dataset.name!r} (the first: "
+                                 f"{self.dataset.skipped.get(ids[0], 'unreadable')}); `datasets inspect --check` "
+                                 "lists the unreadable ones")
             side = size or 1
             return TensorData(torch.empty((0, 3, side, side)), torch.empty(0, dtype=torch.long), ids=[])
         index = torch.tensor([cache.rows[i] for i in kept])

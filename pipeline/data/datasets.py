@@ -215,15 +215,20 @@ class ImageDataset:
         rest: list[str] = []
         validation: list[str] = []
         train = self.split("train")
+        without: list[str] = []  # classes left with no member: no model would ever see them
         for label in range(len(self.class_names)):
             ids = sorted(r.id for r in train if r.label == label)
             order = [ids[i] for i in rng.permutation(len(ids))]
-            n_val = int(round(cfg.val_fraction * len(ids)))
+            n_val = _share(len(ids), cfg.val_fraction)
             validation += order[:n_val]
             order = order[n_val:]
-            k = int(round(cfg.member_fraction * len(order)))
+            k = _share(len(order), cfg.member_fraction)
             members += order[:k]
             rest += order[k:]
+            if not k:
+                without.append(self.class_names[label])
+        if without:
+            raise ValueError(self._no_member_message(without))
         source = "train"
         if not rest:
             rest, source = [r.id for r in self.split("test")], "test"
@@ -235,6 +240,20 @@ class ImageDataset:
             member_fraction=cfg.member_fraction,
             nonmember_source=source,
         )
+
+    def _no_member_message(self, classes: list[str]) -> str:
+        cfg = self.config
+        name = classes[0]
+        label = self.class_names.index(name)
+        n_train = sum(r.label == label for r in self.split("train"))
+        n_test = sum(r.label == label for r in self.split("test"))
+        need = next((f"at least {n}" for n in range(1, 10_000)
+                     if _share(n - _share(n, cfg.val_fraction), cfg.member_fraction)), "more")
+        others = f" (and {len(classes) - 1} more: {', '.join(classes[1:6])})" if len(classes) > 1 else ""
+        return (f"dataset {self.name!r}: class {name!r}{others} has no MIA member, so no model would learn it: "
+                f"{n_train} training and {n_test} test image(s), and at member_fraction {cfg.member_fraction} "
+                f"and val_fraction {cfg.val_fraction} a class needs {need} training images; "
+                "add images of the class or remove it")
 
     def summary(self) -> dict[str, Any]:
         """Counts per split and class, for `datasets inspect` and the studio."""
@@ -262,8 +281,28 @@ def load_dataset(config: DatasetConfig) -> ImageDataset:
     if not dataset.split("train"):
         raise ValueError(f"dataset {dataset.name!r} has no training images")
     _check_classes(dataset)
+    _check_readable(dataset)
     logger.info("loaded %s: %d images, %d classes", dataset.name, len(dataset), len(dataset.class_names))
     return dataset
+
+
+def _check_readable(dataset: ImageDataset) -> None:
+    """Refuse, up front, a dataset none of whose images decodes (a wrong folder, column or format); stops at
+    the first image that decodes, so a healthy dataset costs one decode."""
+    first: CorruptImageError | None = None
+    for record in dataset.records:
+        try:
+            dataset.load_image(record)
+            return
+        except CorruptImageError as err:
+            first = first or err
+    raise ValueError(f"no readable image in dataset {dataset.name!r}: none of its {len(dataset)} images decodes "
+                     f"(the first: {first}); check the files, or the image column of a table")
+
+
+def _share(n: int, fraction: float) -> int:
+    """How many of a class's ``n`` images a fraction of them is (validation, then members)."""
+    return int(round(fraction * n))
 
 
 def _hash_fraction(image_id: str) -> float:
@@ -328,7 +367,10 @@ def _check_classes(dataset: ImageDataset) -> None:
     empty = [name for name, k in counts.items() if k == 0]
     if empty:
         limit = dataset.config.limit if dataset.config is not None else None
+        in_test = {dataset.class_names[r.label] for r in dataset.split("test")} & set(empty)
         why = (f"limit={limit} keeps too few images for {len(counts)} classes; raise it" if limit
+               else f"the only images of {sorted(in_test)[:10]} are in the test split; add training images "
+                    "or remove the class" if in_test
                else "an empty class folder?; add images or remove the class")
         shown = str(empty[:10])[:-1] + (f", ... and {len(empty) - 10:,} more]" if len(empty) > 10 else "]")
         raise ValueError(f"dataset {dataset.name!r}: class(es) {shown} have no training images ({why})")
