@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .datasets import DatasetConfig, ImageDataset, MembershipSplit, load_dataset
+from .datasets import DatasetConfig, ImageDataset, MembershipSplit, check_members, load_dataset
 from .tensors import TensorData, images_to_tensor
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ class DataContext:
     def __init__(self, dataset: ImageDataset) -> None:
         self.dataset = dataset
         self.split: MembershipSplit = dataset.membership()
+        check_members(dataset, self.split)
         self._decoded: dict[int | None, _Decoded] = {}
 
     @classmethod

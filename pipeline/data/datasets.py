@@ -215,7 +215,6 @@ class ImageDataset:
         rest: list[str] = []
         validation: list[str] = []
         train = self.split("train")
-        without: list[str] = []  # classes left with no member: no model would ever see them
         for label in range(len(self.class_names)):
             ids = sorted(r.id for r in train if r.label == label)
             order = [ids[i] for i in rng.permutation(len(ids))]
@@ -225,10 +224,6 @@ class ImageDataset:
             k = _share(len(order), cfg.member_fraction)
             members += order[:k]
             rest += order[k:]
-            if not k:
-                without.append(self.class_names[label])
-        if without:
-            raise ValueError(self._no_member_message(without))
         source = "train"
         if not rest:
             rest, source = [r.id for r in self.split("test")], "test"
@@ -240,20 +235,6 @@ class ImageDataset:
             member_fraction=cfg.member_fraction,
             nonmember_source=source,
         )
-
-    def _no_member_message(self, classes: list[str]) -> str:
-        cfg = self.config
-        name = classes[0]
-        label = self.class_names.index(name)
-        n_train = sum(r.label == label for r in self.split("train"))
-        n_test = sum(r.label == label for r in self.split("test"))
-        need = next((f"at least {n}" for n in range(1, 10_000)
-                     if _share(n - _share(n, cfg.val_fraction), cfg.member_fraction)), "more")
-        others = f" (and {len(classes) - 1} more: {', '.join(classes[1:6])})" if len(classes) > 1 else ""
-        return (f"dataset {self.name!r}: class {name!r}{others} has no MIA member, so no model would learn it: "
-                f"{n_train} training and {n_test} test image(s), and at member_fraction {cfg.member_fraction} "
-                f"and val_fraction {cfg.val_fraction} a class needs {need} training images; "
-                "add images of the class or remove it")
 
     def summary(self) -> dict[str, Any]:
         """Counts per split and class, for `datasets inspect` and the studio."""
@@ -284,6 +265,27 @@ def load_dataset(config: DatasetConfig) -> ImageDataset:
     _check_readable(dataset)
     logger.info("loaded %s: %d images, %d classes", dataset.name, len(dataset), len(dataset.class_names))
     return dataset
+
+
+def check_members(dataset: ImageDataset, split: MembershipSplit) -> None:
+    """Refuse a split that leaves a class without a member: no model the stages train would learn it (and
+    the generator would get no prompt for it)."""
+    have = {dataset.record(i).label for i in split.members}
+    without = [name for label, name in enumerate(dataset.class_names) if label not in have]
+    if not without:
+        return
+    cfg = dataset.config
+    label = dataset.class_names.index(without[0])
+    n_train = sum(r.label == label for r in dataset.split("train"))
+    n_test = sum(r.label == label for r in dataset.split("test"))
+    need = next((f"at least {n}" for n in range(1, 10_000)
+                 if _share(n - _share(n, cfg.val_fraction), cfg.member_fraction)), "more")
+    others = f" (and {len(without) - 1} more: {', '.join(without[1:6])})" if len(without) > 1 else ""
+    fix = f"limit={cfg.limit} keeps too few images: raise it" if cfg.limit else "add images of the class or remove it"
+    raise ValueError(f"dataset {dataset.name!r}: class {without[0]!r}{others} has no MIA member, so no model would "
+                     f"learn it: {n_train} training and {n_test} test image(s), and at member_fraction "
+                     f"{cfg.member_fraction} and val_fraction {cfg.val_fraction} a class needs {need} training "
+                     f"images; {fix}")
 
 
 def _check_readable(dataset: ImageDataset) -> None:
