@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..core.common import to_jsonable
 from ..core.registry import Registry
+from .images import check_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +143,7 @@ class ImageDataset:
         try:
             data = self.read_bytes(record)
             image = self.decode(data, record)
+            check_pixels(image, "it")  # from the header: a small file can hold a huge image
             image.load()
         except Image.DecompressionBombError as err:  # not an OSError: would crash every caller
             raise CorruptImageError(f"cannot read image {record.id!r} at {where}: too large to decode safely "
