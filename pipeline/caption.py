@@ -30,7 +30,8 @@ class CaptionConfig:
     captioner: CaptionerConfig = field(default_factory=CaptionerConfig)  # the captioning model
     store: str | None = None  # caption store name (default: the dataset's name)
     subset: str = "train"  # which images: train | members (MIA members only) | all (train + test)
-    overwrite: bool = False  # re-caption images that already have a machine caption (hand edits are kept)
+    overwrite: bool = False  # re-caption images that already have a machine caption (edited and reviewed ones are kept)
+    overwrite_reviewed: bool = False  # re-caption edited and reviewed captions too (implies overwrite)
 
 
 @dataclass(frozen=True)
@@ -40,10 +41,12 @@ class CaptionResult:
     run_id: str
     store: str
     version: int  # caption store version holding the new captions
-    captioned: int  # images captioned by this run (including resumed pending ones)
-    already_done: int  # images skipped because they already had a caption (or a hand edit)
+    captioned: int  # captions this run saved (including resumed pending ones)
+    already_done: int  # images skipped because they already had a caption (or an edited or reviewed one)
     corrupt: dict[str, str]  # image id -> reason, for images that could not be read
     seconds: float
+    curated_kept: int = 0  # edited or reviewed captions kept although overwrite was asked (the curator's work wins)
+    curated_replaced: int = 0  # edited or reviewed captions replaced (overwrite_reviewed)
 
 
 def default_store_name(dataset: ImageDataset) -> str:
@@ -85,11 +88,19 @@ def caption(
 
     # 2. decide what is left to do
     wanted = select_images(dataset, config.subset)
-    existing = store.records()
-    # hand edits are never overwritten by a machine captioner; other captions only when asked
-    done = {i: r for i, r in existing.items() if not config.overwrite or r.edited_by_hand}
+    since = store.head()
+    existing = store.records(since)
+    overwrite = config.overwrite or config.overwrite_reviewed
+    # edited and reviewed captions are a person's work: replaced only when asked for by name
+    curated = {r.id for r in wanted if r.id in existing and existing[r.id].curated}
+    replace = curated if config.overwrite_reviewed else set()
+    done = {i: r for i, r in existing.items() if not overwrite or r.curated and i not in replace}
     pending = store.read_pending(pending_key)
     todo = [r for r in wanted if r.id not in done and r.id not in pending]
+    if replace:
+        logger.warning("replacing %d edited or reviewed caption(s) of store %s (curators: %s), as "
+                       "overwrite_reviewed asks", len(replace), store.name,
+                       ", ".join(sorted({existing[i].curator for i in replace} - {""})) or "unnamed")
     logger.info("captioning %d images (%d already captioned, %d pending from an earlier run)",
                 len(todo), len(done), len(pending))
 
@@ -101,21 +112,25 @@ def caption(
     with registry.track(run.id):
         # 4. caption batch by batch, appending to the pending file
         _caption_all(captioner, dataset, store, pending_key, source, todo, config.captioner.batch_size, report)
-        # 5. commit everything pending as one store version
+        # 5. commit everything pending as one store version; edits and reviews made meanwhile (also
+        #    while a killed run waited to resume) win over the pending machine captions
         new = store.read_pending(pending_key)
-        version = store.head()
-        if new:
-            version = store.save(new.values(), message=f"caption with {source['captioner']} "
-                                 f"({source.get('model') or 'no model'})", author=f"run {run.id}")
+        version, kept = store.save_captioned(
+            new.values(), since=since, replace=replace, author=f"run {run.id}",
+            message=f"caption with {source['captioner']} ({source.get('model') or 'no model'})")
         store.clear_pending(pending_key)
+        saved = len(new) - len(kept)
+        kept_curated = len(set(kept) | (curated - replace if overwrite else set()))
+        replaced = len(replace & set(new) - set(kept))
         registry.link(run.id, Link("captions", "captions", f"{store.name}@{version}"))
-        registry.report(run.id, captioned=len(new), already_done=len(done),
-                        corrupt=len(dataset.skipped), store=store.name, version=version)
+        registry.report(run.id, captioned=saved, already_done=len(done), curated_kept=kept_curated,
+                        curated_replaced=replaced, corrupt=len(dataset.skipped), store=store.name,
+                        version=version)
 
     if dataset.skipped:
         write_json(run.run_dir / "corrupt_images.json", dataset.skipped)
-    return CaptionResult(run.id, store.name, version, len(new), len(done), dict(dataset.skipped),
-                         time.monotonic() - started)
+    return CaptionResult(run.id, store.name, version, saved, len(done), dict(dataset.skipped),
+                         time.monotonic() - started, kept_curated, replaced)
 
 
 def _caption_all(captioner: Captioner, dataset: ImageDataset, store: CaptionStore, key: str, source: dict[str, Any],

@@ -21,8 +21,17 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from pipeline.core.launch import check_port  # noqa: E402
 from pipeline.core.project import Project  # noqa: E402
-from pipeline.views.demo import DemoModels, SyntheticSample, as_scores, load_demo, predict, samples_of  # noqa: E402
+from pipeline.views.demo import (  # noqa: E402
+    DemoModels,
+    SyntheticSample,
+    as_scores,
+    load_demo,
+    predict,
+    read_upload,
+    samples_of,
+)
 
 DISPLAY = 112  # pixels: tiny synthetic images are enlarged (nearest neighbour) to be seen
 
@@ -51,9 +60,14 @@ def build_demo(project: Project, run_id: str):
     picks = samples_of(demo, limit=30)
     default_k = min(3, len(demo.class_names))
 
-    def classify(image: Image.Image | None, top_k: float) -> tuple[dict, dict]:
+    def classify(image: str | Image.Image | None, top_k: float) -> tuple[dict, dict]:
         if image is None:
             return {}, {}
+        if not isinstance(image, Image.Image):  # an upload: its size is checked before it is decoded
+            try:
+                image = read_upload(image)
+            except (ValueError, OSError) as err:
+                raise gr.Error(str(err)) from err
         out = predict(demo, image, int(top_k))
         return as_scores(out["teacher"]), as_scores(out["student"])
 
@@ -73,7 +87,10 @@ def build_demo(project: Project, run_id: str):
         with gr.Tab("Classify"):
             with gr.Row():
                 with gr.Column():
-                    image = gr.Image(type="pil", label="Your image", sources=["upload", "clipboard"], height=260)
+                    # a file path, not a PIL image: Gradio would decode the upload before classify could check its size
+                    # (image_mode=None: no conversion, so Gradio only reads the header)
+                    image = gr.Image(type="filepath", image_mode=None, label="Your image",
+                                     sources=["upload", "clipboard"], height=260)
                     top_k = gr.Slider(1, len(demo.class_names), value=default_k, step=1, label="Top-k classes")
                     button = gr.Button("Predict", variant="primary")
                     gallery = gr.Gallery([_display(s) for s in picks], label="...or pick a synthetic sample",
@@ -99,6 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost only)")
     parser.add_argument("--port", type=int, default=7860)
     args = parser.parse_args(argv)
+    try:
+        check_port("demo", args.host, args.port)  # run on its own (python -m studio.demo): the same one line
+    except OSError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     blocks = build_demo(Project.open(args.project), args.run)
     blocks.launch(server_name=args.host, server_port=args.port, share=False, footer_links=[])
     return 0

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 from PIL import Image
 
 from ..core.common import resolve_device, resolve_dtype
+from ..core.machine import hub_unreachable
 from ..core.registry import Registry
 from .templates import DEFAULT_CLASS_TEMPLATE
 
@@ -224,19 +225,36 @@ class HFCaptioner(Captioner):
         return self._model, self._processor
 
     def _from_pretrained(self, cls: Any, model_id: str, **kwargs: Any) -> Any:
-        """``cls.from_pretrained`` from the local cache first, then the hub, with one clear error."""
-        # The cache goes first because without a network huggingface_hub retries every file for minutes
-        # before falling back to it; a local folder needs no second try.
-        attempts = [True] if Path(model_id).is_dir() else [True, False]
-        for local_files_only in attempts:
-            try:
-                return cls.from_pretrained(model_id, local_files_only=local_files_only, **kwargs)
-            except (OSError, ValueError) as err:  # missing files / unreachable hub; ValueError: bad id
-                error = err
-        raise OSError(
-            f"could not load {self.display_name} model {model_id!r} (offline? pass a local directory saved "
-            f"with save_pretrained, or set HF_HUB_OFFLINE=1 to fail fast): {error}"
-        ) from error
+        """``cls.from_pretrained`` from a local folder or the local cache, else from the Hub once it answers,
+        with one clear error."""
+        from huggingface_hub import is_offline_mode
+
+        # 1. a local folder or the cache: without a network huggingface_hub retries every file for minutes
+        #    before falling back to it
+        local = "pass a local folder saved with save_pretrained (--model DIR)"
+        try:
+            return cls.from_pretrained(model_id, local_files_only=True, **kwargs)
+        except (OSError, ValueError) as err:  # missing files; ValueError: a bad id
+            if Path(model_id).is_dir():
+                raise OSError(f"could not load {self.display_name} model from folder {model_id}: {err}") from err
+            if Path(model_id).expanduser().is_absolute() or model_id.startswith((".", "~")):  # a path, not a hub id
+                raise OSError(f"could not load {self.display_name} model {model_id!r}: there is no such folder; "
+                              f"{local}") from err
+            cached = err
+        if is_offline_mode():
+            raise OSError(f"{self.display_name} model {model_id!r} is not in the local cache and HF_HUB_OFFLINE is "
+                          f"set: {local}, or download it where the Hub can be reached") from cached
+        # 2. the Hub, if it can be reached at all (one short probe instead of minutes of retries)
+        reason = hub_unreachable()
+        if reason:
+            raise OSError(f"cannot reach the Hugging Face Hub ({reason}) to download {self.display_name} model "
+                          f"{model_id!r}, which is not in the local cache: set HF_HUB_OFFLINE=1 and {local}, or "
+                          "connect to the network") from cached
+        try:
+            return cls.from_pretrained(model_id, local_files_only=False, **kwargs)
+        except (OSError, ValueError) as err:
+            raise OSError(f"could not load {self.display_name} model {model_id!r} from the Hub ({err}); {local}, "
+                          "or set HF_HUB_OFFLINE=1 to use only the local cache") from err
 
     def _caption_batch(
         self, model: Any, processor: Any, batch: list[Image.Image], device: Any, dtype: Any

@@ -165,11 +165,26 @@ def class_stats(records: Mapping[str, CaptionRecord], class_names: Iterable[str]
     return out
 
 
+def curated_among(store: CaptionStore, ids: Iterable[str], version: int) -> list[str]:
+    """The ids whose caption at ``version`` a person edited or reviewed (a re-caption asks before replacing them)."""
+    records = store.records(version)
+    return [i for i in ids if i in records and records[i].curated]
+
+
 def recaption(store: CaptionStore, dataset: ImageDataset, ids: list[str], config: CaptionerConfig,
-              base_version: int, captioner: Captioner | None = None, author: str = "") -> int:
-    """Re-caption the selected images with a captioner; one new version (conflict-checked)."""
+              base_version: int, captioner: Captioner | None = None, author: str = "",
+              replace_curated: bool = False) -> int:
+    """Re-caption the selected images with a captioner; one new version (conflict-checked).
+
+    Edited and reviewed captions among them are kept unless ``replace_curated`` (the user confirmed it)."""
     if not ids:
         raise ValueError("select at least one image to re-caption")
+    if not replace_curated:
+        curated = set(curated_among(store, ids, base_version))
+        ids = [i for i in ids if i not in curated]
+        if not ids:
+            raise ValueError(f"the {len(curated)} selected caption(s) were all edited or reviewed by hand; "
+                             "confirm replacing them to re-caption them")
     captioner = captioner or create_captioner(config)
     source = captioner.source()
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -20,13 +20,10 @@ from typing import Any
 from ..core.common import atomic_write_text
 from ..core.registry import Registry
 from ..data.datasets import ImageDataset, ImageRecord, load_dataset
-from .store import CaptionRecord, CaptionStore
+from .store import MAX_CAPTION_CHARS, CaptionRecord, CaptionStore, check_caption
 
 logger = logging.getLogger(__name__)
 
-# Longer is a broken file, not a caption: text encoders read 77 tokens (a few hundred characters), and a
-# caption of tens of kilobytes is nearly always a CSV double quote left open, swallowing the rows after it.
-MAX_CAPTION_CHARS = 10_000
 # A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection")
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 # Formats whose captions are grouped by class, not tied to images
@@ -95,6 +92,8 @@ def export_captions(store: CaptionStore, path: Path, fmt: str, version: int | No
     """Write the captions of ``version`` (default head) to ``path``; returns the number written."""
     writer = WRITERS.get(fmt)
     records = store.records(version)
+    for record in records.values():  # a caption saved before the limit: never a file import refuses
+        check_caption(record.id, record.caption, f"caption store {store.name!r} version {version or store.head()}: ")
     classes = store.meta().get("classes") or sorted({r.label for r in records.values()})
     atomic_write_text(Path(path), writer(records, classes))
     return len(records)

@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -41,6 +41,10 @@ from ..core.project import Project
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_EVERY = 50
+# The longest caption a store holds, and so what import accepts and export writes. Longer is a broken file,
+# not a caption: text encoders read 77 tokens (a few hundred characters), and a caption of tens of kilobytes
+# is nearly always a CSV double quote left open, swallowing the rows after it.
+MAX_CAPTION_CHARS = 10_000
 HAND_EDIT = {"captioner": "hand", "model": None, "params": {}}
 STATUSES = ("machine", "edited", "reviewed")  # review workflow order
 
@@ -86,6 +90,19 @@ class CaptionRecord:
     def reviewed(self) -> bool:
         return self.status == "reviewed"
 
+    @property
+    def curated(self) -> bool:
+        """A person edited or reviewed it: a captioner replaces it only when asked by name."""
+        return self.status != "machine"
+
+
+def check_caption(image_id: str, caption: str | None, where: str = "") -> None:
+    """Refuse a caption longer than :data:`MAX_CAPTION_CHARS` (``None``, a deletion, passes); ``where``
+    starts the message."""
+    if caption is not None and len(caption) > MAX_CAPTION_CHARS:
+        raise ValueError(f"{where}the caption of {image_id!r} is {len(caption):,} characters; captions are limited "
+                         f"to {MAX_CAPTION_CHARS:,} characters: shorten it")
+
 
 @dataclass(frozen=True)
 class VersionInfo:
@@ -106,6 +123,15 @@ class CaptionChange:
     id: str
     before: str | None
     after: str | None
+
+
+class CaptionStoreDamaged(ValueError):
+    """A store file cannot be read (a truncated version file, garbage in HEAD); the message names the file
+    and how to restore the store. ``version``: the damaged version, None for HEAD."""
+
+    def __init__(self, message: str, version: int | None) -> None:
+        super().__init__(message)
+        self.version = version
 
 
 class CaptionConflictError(RuntimeError):
@@ -166,7 +192,15 @@ class CaptionStore:
     # -- reading --------------------------------------------------------------------------------
     def head(self) -> int:
         """The newest version number (0 for an empty store)."""
-        return int((self.root / "HEAD").read_text().strip() or 0)
+        path = self.root / "HEAD"
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
+        if not re.fullmatch(r"\d*", text):
+            newest = max(self._version_files(), default=0)
+            raise CaptionStoreDamaged(
+                f"caption store {self.name!r}: {path} holds {text[:40]!r}, not a version number; the newest "
+                f"version file is {self._version_path(newest).name}: restore with `captions rollback {self.name} "
+                f"{newest}`", None)
+        return int(text or 0)
 
     def records(self, version: int | None = None) -> dict[str, CaptionRecord]:
         """State at ``version`` (default: head) as {image id: record}; deleted ids are absent."""
@@ -225,21 +259,33 @@ class CaptionStore:
                 touched = self._changed_since(base_version, {r.id for r in records})
                 if touched:
                     raise CaptionConflictError(self.name, base_version, head, sorted(touched))
-            version = head + 1
-            payload = {
-                "version": version,
-                "parent": head,
-                "created_at": _now(),
-                "author": author or os.environ.get("USER", ""),
-                "message": message,
-                "records": [r.to_dict() for r in records],
-            }
-            atomic_write_text(self._version_path(version), json.dumps(payload, ensure_ascii=False) + "\n")
-            atomic_write_text(self.root / "HEAD", f"{version}\n")
-            if version % SNAPSHOT_EVERY == 0:
-                self._write_snapshot(version)
-        logger.info("caption store %s: saved version %d (%d records)", self.name, version, len(records))
-        return version
+            return self._write_version(head, records, author, message)
+
+    def save_captioned(
+        self,
+        records: Iterable[CaptionRecord],
+        since: int,
+        replace: Collection[str] = (),
+        author: str = "",
+        message: str = "",
+    ) -> tuple[int, list[str]]:
+        """Write a captioner's ``records`` as a new version without overwriting a person's work.
+
+        A record is dropped when the caption it would replace is edited or reviewed at head, unless
+        its id is in ``replace`` (the curated captions the user agreed to replace, as they were at
+        version ``since``) and it has not changed since: an edit or review made while the job ran
+        always wins. Returns the new version (the head when nothing is left) and the ids kept.
+        """
+        records = list(records)
+        with self._locked():
+            head = self.head()
+            current = self.records(head)
+            changed = self._changed_since(since, {r.id for r in records}) if replace else set()
+            kept = {r.id for r in records if r.id in current and current[r.id].curated
+                    and (r.id not in replace or r.id in changed)}
+            records = [r for r in records if r.id not in kept]
+            version = self._write_version(head, records, author, message) if records else head
+        return version, sorted(kept)
 
     def edit(
         self,
@@ -284,8 +330,17 @@ class CaptionStore:
                          message=message or f"reviewed {len(changed)} caption(s)")
 
     def rollback(self, version: int, author: str = "") -> int:
-        """Make the state of ``version`` current again, as a new version (history is kept)."""
-        target, current = self.records(version), self.records()
+        """Make the state of ``version`` current again, as a new version (history is kept).
+
+        A store damaged after ``version`` (garbage in HEAD, a version file that cannot be read) takes no new
+        version on top: HEAD goes back to ``version`` instead and the later version files are set aside in
+        ``versions/set-aside-<time>/`` (kept, not deleted)."""
+        try:
+            target, current = self.records(version), self.records()
+        except CaptionStoreDamaged as err:
+            if err.version is not None and err.version <= version:
+                raise
+            return self._rewind(version)
         stamp = _now()
         changes = [r for i, r in target.items() if current.get(i) != r]
         # ids that did not exist at the target version are deleted (caption None)
@@ -311,6 +366,9 @@ class CaptionStore:
         return found
 
     def append_pending(self, key: str, records: Iterable[CaptionRecord]) -> None:
+        records = list(records)
+        for record in records:  # refused now, not when the job's captions are saved
+            check_caption(record.id, record.caption)
         path = self.pending_path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as f:
@@ -323,6 +381,26 @@ class CaptionStore:
         self.pending_path(key).unlink(missing_ok=True)
 
     # -- internals ------------------------------------------------------------------------------
+    def _write_version(self, head: int, records: list[CaptionRecord], author: str, message: str) -> int:
+        """Write ``records`` as version head + 1 (the caller holds the lock)."""
+        for record in records:
+            check_caption(record.id, record.caption)
+        version = head + 1
+        payload = {
+            "version": version,
+            "parent": head,
+            "created_at": _now(),
+            "author": author or os.environ.get("USER", ""),
+            "message": message,
+            "records": [r.to_dict() for r in records],
+        }
+        atomic_write_text(self._version_path(version), json.dumps(payload, ensure_ascii=False) + "\n")
+        atomic_write_text(self.root / "HEAD", f"{version}\n")
+        if version % SNAPSHOT_EVERY == 0:
+            self._write_snapshot(version)
+        logger.info("caption store %s: saved version %d (%d records)", self.name, version, len(records))
+        return version
+
     def _current(self, ids: Iterable[str]) -> dict[str, CaptionRecord]:
         """The head state; every id in ``ids`` must have a caption."""
         current = self.records(self.head())
@@ -334,8 +412,44 @@ class CaptionStore:
     def _version_path(self, version: int) -> Path:
         return self.root / "versions" / f"{version:06d}.json"
 
+    def _version_files(self) -> list[int]:
+        return sorted(int(p.stem) for p in (self.root / "versions").glob("*.json") if re.fullmatch(r"\d+", p.stem))
+
     def _read_version(self, version: int) -> dict[str, Any]:
-        return json.loads(self._version_path(version).read_text(encoding="utf-8"))
+        path = self._version_path(version)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or not isinstance(data.get("records"), list) or not all(
+                    isinstance(r, dict) and {"id", "label", "caption"} <= r.keys() for r in data["records"]):
+                raise ValueError("not a version of captions")
+        except (OSError, ValueError) as err:
+            back = f"go back to version {version - 1} with `captions rollback {self.name} {version - 1}`"
+            raise CaptionStoreDamaged(f"caption store {self.name!r}: version file {path} cannot be read ({err}); "
+                                      f"restore it from a backup, or {back}", version) from None
+        return data
+
+    def _rewind(self, version: int) -> int:
+        """HEAD back to ``version`` of a store damaged after it; later version files and snapshots set aside."""
+        newest = max(self._version_files(), default=0)
+        if not 0 <= version <= newest:
+            raise ValueError(f"caption store {self.name!r} has version files 0..{newest}, not {version}")
+        self._replay(version)  # the target itself must be readable
+        with self._locked():
+            later = [v for v in self._version_files() if v > version]
+            aside = self.root / "versions" / f"set-aside-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"
+            if later:
+                aside.mkdir()
+                for v in later:
+                    self._version_path(v).rename(aside / self._version_path(v).name)
+            for snapshot in (self.root / "snapshots").glob("*.jsonl"):
+                if int(snapshot.stem) > version:
+                    snapshot.unlink()
+            atomic_write_text(self.root / "HEAD", f"{version}\n")
+            self._cache = None
+        moved = f"versions {later[0]}..{later[-1]}" if len(later) > 1 else f"version {later[0]}" if later else ""
+        logger.warning("caption store %s: back at version %d%s", self.name, version,
+                       f"; {moved} set aside in {aside}" if later else "")
+        return version
 
     def _header(self, version: int) -> VersionInfo:
         data = self._read_version(version)
@@ -343,16 +457,18 @@ class CaptionStore:
                            data.get("message", ""), len(data["records"]))
 
     def _replay(self, version: int) -> dict[str, CaptionRecord]:
-        start, state = 0, {}
-        snapshots = sorted(int(p.stem) for p in (self.root / "snapshots").glob("*.jsonl"))
-        usable = [s for s in snapshots if s <= version]
-        if usable:
-            start = usable[-1]
+        snapshots = sorted(int(p.stem) for p in (self.root / "snapshots").glob("*.jsonl") if p.stem.isdigit())
+        for start in reversed([s for s in snapshots if s <= version]):
             path = self.root / "snapshots" / f"{start:06d}.jsonl"
-            for line in path.read_text(encoding="utf-8").splitlines():
-                record = CaptionRecord.from_dict(json.loads(line))
-                state[record.id] = record
-        return self._apply(state, start + 1, version)
+            try:
+                state = {r.id: r for r in (CaptionRecord.from_dict(json.loads(line))
+                                           for line in path.read_text(encoding="utf-8").splitlines())}
+            except (OSError, ValueError, KeyError) as err:  # a snapshot only speeds loading up: do without it
+                logger.warning("caption store %s: snapshot %s cannot be read (%s); replaying versions instead",
+                               self.name, path, err)
+                continue
+            return self._apply(state, start + 1, version)
+        return self._apply({}, 1, version)
 
     def _apply(self, state: dict[str, CaptionRecord], first: int, last: int) -> dict[str, CaptionRecord]:
         for v in range(first, last + 1):

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..captions.store import caption_store, caption_stores
+from ..captions.store import CaptionStoreDamaged, caption_store, caption_stores
 from ..captions.templates import DEFAULT_CLASS_TEMPLATE
 from ..core.common import Progress
 from ..core.registry import UnknownNameError
@@ -72,11 +72,18 @@ def cmd_caption(args: argparse.Namespace) -> int:
                                 num_beams=args.num_beams, prompt=args.prompt,
                                 class_template=args.class_template)
     config = CaptionConfig(dataset=dataset_config(args), captioner=captioner, store=args.store,
-                           subset=args.subset, overwrite=args.overwrite)
+                           subset=args.subset, overwrite=args.overwrite,
+                           overwrite_reviewed=args.overwrite_reviewed)
     with ProgressBars(not args.quiet) as bars:
         result = caption(config, project_of(args), progress=bars)
+    curated = ""
+    if result.curated_kept:
+        curated = (f"; kept {result.curated_kept} edited or reviewed captions "
+                   "(--overwrite-reviewed replaces them)")
+    if result.curated_replaced:
+        curated = f"; replaced {result.curated_replaced} edited or reviewed captions"
     print(f"captioned {result.captioned} images ({result.already_done} already had captions, "
-          f"{len(result.corrupt)} unreadable) -> store {result.store} version {result.version} "
+          f"{len(result.corrupt)} unreadable{curated}) -> store {result.store} version {result.version} "
           f"[run {result.run_id}, {result.seconds:.1f} s]")
     return 0
 
@@ -86,7 +93,11 @@ def cmd_captions_list(args: argparse.Namespace) -> int:
     rows = []
     for name in caption_stores(project):
         store = caption_store(project, name)
-        rows.append([name, store.head(), len(store.records()), store.meta().get("dataset", "")])
+        try:
+            rows.append([name, store.head(), len(store.records()), store.meta().get("dataset", "")])
+        except CaptionStoreDamaged as err:  # one damaged store does not hide the others
+            rows.append([name, "?", "?", store.meta().get("dataset", "")])
+            print(f"warning: {err}", file=sys.stderr)
     print_table(rows, ["store", "version", "captions", "dataset"])
     return 0
 
@@ -260,7 +271,11 @@ def _add_caption(sub: Any) -> None:
     p.add_argument("--class-template", default=DEFAULT_CLASS_TEMPLATE,
                    help="classname captioner: caption made from the class name")
     p.add_argument("--overwrite", action="store_true",
-                   help="re-caption images that already have machine captions (hand edits are kept)")
+                   help="re-caption images that already have machine captions (edited and reviewed "
+                        "captions are kept)")
+    p.add_argument("--overwrite-reviewed", action="store_true",
+                   help="re-caption every image, replacing edited and reviewed captions too (says how many "
+                        "before it starts)")
     p.set_defaults(func=cmd_caption)
 
 

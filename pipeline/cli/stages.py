@@ -230,6 +230,10 @@ def _audit_changes(args: argparse.Namespace, base: Any, run_id: str) -> dict[str
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from ..presets import quickstart_config
 
+    if getattr(args, "studio", False):  # a busy port is said before the experiment, not after it
+        from ..core.launch import check_port
+
+        check_port("studio", args.host, args.port)
     _print_plan(quickstart_config(), ["the standard preset on the built-in digits (offline, CPU)"])
     code = _run_experiment(args, quickstart_config())
     if code == 0 and getattr(args, "studio", False):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -40,7 +41,35 @@ def child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "GRADIO_ANALYTICS_ENABLED": "False"}
 
 
+def port_taken(host: str, port: int) -> str | None:
+    """Why a server cannot listen on ``host``:``port`` (another one holds it, an unknown host), from one
+    bind; None when it can."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as err:
+        return f"unknown host ({err.strerror})"
+    with socket.socket(family, kind, proto) as probe:
+        # as uvicorn and tornado do: a port whose last connections are in TIME_WAIT is free
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as err:
+            return err.strerror or str(err)
+    return None
+
+
+def check_port(what: str, host: str, port: int) -> None:
+    """Refuse, in one line and before anything starts, a port another server holds: the demo otherwise
+    fails with a Gradio traceback half a minute later."""
+    reason = port_taken(host, port)
+    if reason:
+        raise OSError(f"cannot start the {what} on {host}:{port}: {reason} (another studio or demo?); pass a "
+                      "free --port, or stop the server that holds it")
+
+
 def _run(command: list[str], what: str, host: str, port: int, grace_s: float = 10.0) -> int:
+    check_port(what, host, port)
     if host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("the %s listens on %s: anyone who can reach this machine can open it", what, host)
     logger.info("starting the %s on http://%s:%d", what, host, port)

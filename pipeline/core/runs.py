@@ -20,6 +20,7 @@ experiment's folder): archiving or deleting it takes them along. A run that anot
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -33,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from .common import to_jsonable, write_json
+
+logger = logging.getLogger(__name__)
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 LIVE = ("queued", "running")  # a process is (about to be) executing the run
@@ -259,7 +262,13 @@ class RunRegistry:
         by_run: dict[str, list[Any]] = {}
         for link in links:
             by_run.setdefault(link["run_id"], []).append(link)
-        return [_record(row, by_run.get(row["id"], [])) for row in rows]
+        records = []
+        for row in rows:
+            try:
+                records.append(_record(row, by_run.get(row["id"], [])))
+            except (ValueError, TypeError) as err:  # one damaged row does not hide every other run
+                logger.warning("skipping run %s: its row in %s cannot be read (%s)", row["id"], self.db_path, err)
+        return records
 
     def lineage(self, run_id: str) -> list[tuple[int, RunRecord | None, Link]]:
         """Every ancestor of a run, depth first: (depth, parent record or None, link)."""

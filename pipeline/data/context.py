@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .datasets import DatasetConfig, ImageDataset, MembershipSplit, load_dataset
+from .datasets import DatasetConfig, ImageDataset, MembershipSplit, check_members, load_dataset
 from .tensors import TensorData, images_to_tensor
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ class DataContext:
     def __init__(self, dataset: ImageDataset) -> None:
         self.dataset = dataset
         self.split: MembershipSplit = dataset.membership()
+        check_members(dataset, self.split)
         self._decoded: dict[int | None, _Decoded] = {}
 
     @classmethod
@@ -85,6 +86,11 @@ class DataContext:
         self._decode(cache, [i for i in dict.fromkeys(ids) if i not in cache.rows], size)
         kept = [i for i in ids if i in cache.rows]
         if not kept:
+            if ids:  # an empty batch would fail much later, in a model, with a message about kernel sizes
+                raise ValueError(f"no readable image among the {len(ids)} {part if isinstance(part, str) else 'chosen'}"
+                                 f" image(s) of dataset {self.dataset.name!r} (the first: "
+                                 f"{self.dataset.skipped.get(ids[0], 'unreadable')}); `datasets inspect --check` "
+                                 "lists the unreadable ones")
             side = size or 1
             return TensorData(torch.empty((0, 3, side, side)), torch.empty(0, dtype=torch.long), ids=[])
         index = torch.tensor([cache.rows[i] for i in kept])

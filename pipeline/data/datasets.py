@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import numbers
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +21,14 @@ from PIL import Image, UnidentifiedImageError
 
 from ..core.common import to_jsonable
 from ..core.registry import Registry
+from .images import check_pixels
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+# classes numbered by the labels themselves (no class names in the file): the most a dataset may have.
+# Checked before any per-class list is built; ImageNet-21k's 21,843 classes fit.
+MAX_CLASSES = 50_000
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,7 @@ class ImageDataset:
         try:
             data = self.read_bytes(record)
             image = self.decode(data, record)
+            check_pixels(image, "it")  # from the header: a small file can hold a huge image
             image.load()
         except Image.DecompressionBombError as err:  # not an OSError: would crash every caller
             raise CorruptImageError(f"cannot read image {record.id!r} at {where}: too large to decode safely "
@@ -214,10 +220,10 @@ class ImageDataset:
         for label in range(len(self.class_names)):
             ids = sorted(r.id for r in train if r.label == label)
             order = [ids[i] for i in rng.permutation(len(ids))]
-            n_val = int(round(cfg.val_fraction * len(ids)))
+            n_val = _share(len(ids), cfg.val_fraction)
             validation += order[:n_val]
             order = order[n_val:]
-            k = int(round(cfg.member_fraction * len(order)))
+            k = _share(len(order), cfg.member_fraction)
             members += order[:k]
             rest += order[k:]
         source = "train"
@@ -258,8 +264,49 @@ def load_dataset(config: DatasetConfig) -> ImageDataset:
     if not dataset.split("train"):
         raise ValueError(f"dataset {dataset.name!r} has no training images")
     _check_classes(dataset)
+    _check_readable(dataset)
     logger.info("loaded %s: %d images, %d classes", dataset.name, len(dataset), len(dataset.class_names))
     return dataset
+
+
+def check_members(dataset: ImageDataset, split: MembershipSplit) -> None:
+    """Refuse a split that leaves a class without a member: no model the stages train would learn it (and
+    the generator would get no prompt for it)."""
+    have = {dataset.record(i).label for i in split.members}
+    without = [name for label, name in enumerate(dataset.class_names) if label not in have]
+    if not without:
+        return
+    cfg = dataset.config
+    label = dataset.class_names.index(without[0])
+    n_train = sum(r.label == label for r in dataset.split("train"))
+    n_test = sum(r.label == label for r in dataset.split("test"))
+    need = next((f"at least {n}" for n in range(1, 10_000)
+                 if _share(n - _share(n, cfg.val_fraction), cfg.member_fraction)), "more")
+    others = f" (and {len(without) - 1} more: {', '.join(without[1:6])})" if len(without) > 1 else ""
+    fix = f"limit={cfg.limit} keeps too few images: raise it" if cfg.limit else "add images of the class or remove it"
+    raise ValueError(f"dataset {dataset.name!r}: class {without[0]!r}{others} has no MIA member, so no model would "
+                     f"learn it: {n_train} training and {n_test} test image(s), and at member_fraction "
+                     f"{cfg.member_fraction} and val_fraction {cfg.val_fraction} a class needs {need} training "
+                     f"images; {fix}")
+
+
+def _check_readable(dataset: ImageDataset) -> None:
+    """Refuse, up front, a dataset none of whose images decodes (a wrong folder, column or format); stops at
+    the first image that decodes, so a healthy dataset costs one decode."""
+    first: CorruptImageError | None = None
+    for record in dataset.records:
+        try:
+            dataset.load_image(record)
+            return
+        except CorruptImageError as err:
+            first = first or err
+    raise ValueError(f"no readable image in dataset {dataset.name!r}: none of its {len(dataset)} images decodes "
+                     f"(the first: {first}); check the files, or the image column of a table")
+
+
+def _share(n: int, fraction: float) -> int:
+    """How many of a class's ``n`` images a fraction of them is (validation, then members)."""
+    return int(round(fraction * n))
 
 
 def _hash_fraction(image_id: str) -> float:
@@ -311,15 +358,26 @@ def _check_classes(dataset: ImageDataset) -> None:
     if len(dataset.class_names) < 2:
         raise ValueError(f"dataset {dataset.name!r} has {len(dataset.class_names)} class(es) "
                          f"{dataset.class_names}; a classifier needs at least two")
+    n = len(dataset.class_names)
+    # every source's labels: the table sources refuse bad ones with file, column and row (read_labels)
+    bad = next((r for r in dataset.records if isinstance(r.label, bool) or not isinstance(r.label, numbers.Integral)
+                or not 0 <= r.label < n), None)
+    if bad is not None:
+        raise ValueError(f"{dataset.describe_location(bad)}: label {bad.label!r} is not a class number 0 to {n - 1} "
+                         f"of dataset {dataset.name!r}")
     counts = {name: 0 for name in dataset.class_names}
     for r in dataset.split("train"):
         counts[dataset.class_names[r.label]] += 1
-    empty = [name for name, n in counts.items() if n == 0]
+    empty = [name for name, k in counts.items() if k == 0]
     if empty:
         limit = dataset.config.limit if dataset.config is not None else None
+        in_test = {dataset.class_names[r.label] for r in dataset.split("test")} & set(empty)
         why = (f"limit={limit} keeps too few images for {len(counts)} classes; raise it" if limit
+               else f"the only images of {sorted(in_test)[:10]} are in the test split; add training images "
+                    "or remove the class" if in_test
                else "an empty class folder?; add images or remove the class")
-        raise ValueError(f"dataset {dataset.name!r}: class(es) {empty} have no training images ({why})")
+        shown = str(empty[:10])[:-1] + (f", ... and {len(empty) - 10:,} more]" if len(empty) > 10 else "]")
+        raise ValueError(f"dataset {dataset.name!r}: class(es) {shown} have no training images ({why})")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -422,19 +480,21 @@ def _parquet(config: DatasetConfig) -> ImageDataset:
     first = next(iter(tables.values()))
     image_col = config.image_column or _detect_image_column(first.schema.names, first.schema)
     label_col = config.label_column or _detect_label_column(first.schema.names)
-    class_names = _parquet_class_names(pq.read_schema(next(iter(files.values()))), tables, label_col)
-    columns: dict[str, list[Any]] = {}
-    raw: list[tuple[str, int, str | None]] = []
     for split, table in tables.items():
         for name in (image_col, label_col):
             if name not in table.schema.names:
                 raise ValueError(f"{files[split]} has no column {name!r}; columns: {table.schema.names}")
-        images = table.column(image_col).to_pylist()
-        labels = table.column(label_col).to_pylist()
-        for row, (image, label) in enumerate(zip(images, labels)):
+    labels, class_names = read_labels(
+        {split: table.column(label_col).to_pylist() for split, table in tables.items()},
+        _parquet_class_names(pq.read_schema(next(iter(files.values()))), label_col),
+        lambda split, row: f"{files[split]} column {label_col!r} row {row}")
+    columns: dict[str, list[Any]] = {}
+    raw: list[tuple[str, int, str | None]] = []
+    for split, table in tables.items():
+        for row, (image, label) in enumerate(zip(table.column(image_col).to_pylist(), labels[split])):
             image_id = f"{split}/{row:06d}"
             columns[image_id] = image
-            raw.append((image_id, int(label), split))
+            raw.append((image_id, label, split))
     return _cells_dataset(config, class_names, raw, columns,
                           lambda r: f"{files[r.id.split('/')[0]]} row {int(r.id.split('/')[1])}")
 
@@ -457,22 +517,23 @@ def _hf(config: DatasetConfig) -> ImageDataset:
     first = splits[config.train_split]
     image_col = config.image_column or _detect_image_column(first.column_names, first.features)
     label_col = config.label_column or _detect_label_column(first.column_names)
-    label_feature = first.features[label_col]
-    class_names = list(getattr(label_feature, "names", None) or [])
+    names = {split: name for split, name in (("train", config.train_split), ("test", config.test_split))
+             if name in splits}
+    # HF's ClassLabel stores a missing label as -1: refused like any negative label
+    labels, class_names = read_labels(
+        {split: splits[name][label_col] for split, name in names.items()},
+        list(getattr(first.features[label_col], "names", None) or []) or None,
+        lambda split, row: f"{path} split {names[split]!r} column {label_col!r} row {row}")
     columns: dict[str, Any] = {}
     raw: list[tuple[str, int, str | None]] = []
-    for split, name in (("train", config.train_split), ("test", config.test_split)):
-        if name not in splits:
-            continue
+    for split, name in names.items():
         ds = splits[name]
         if isinstance(ds.features[image_col], hf.Image):
             ds = ds.cast_column(image_col, hf.Image(decode=False))  # decode lazily, one at a time
-        for row, (image, label) in enumerate(zip(ds[image_col], ds[label_col])):
+        for row, (image, label) in enumerate(zip(ds[image_col], labels[split])):
             image_id = f"{split}/{row:06d}"
             columns[image_id] = image
-            raw.append((image_id, int(label), split if config.test_split in splits else None))
-    if not class_names:
-        class_names = [str(i) for i in range(max(label for _, label, _ in raw) + 1)]
+            raw.append((image_id, label, split if config.test_split in splits else None))
     return _cells_dataset(config, class_names, raw, columns, lambda r: f"{path} {r.id}")
 
 
@@ -520,7 +581,8 @@ def _parquet_files(root: Path, config: DatasetConfig) -> dict[str, Path]:
     return files
 
 
-def _parquet_class_names(schema: Any, tables: dict[str, Any], label_col: str) -> list[str]:
+def _parquet_class_names(schema: Any, label_col: str) -> list[str] | None:
+    """The class names a parquet file's metadata gives (``classes`` or Hugging Face features); None if none."""
     meta = schema.metadata or {}
     if b"classes" in meta:
         text = meta[b"classes"].decode()
@@ -538,8 +600,60 @@ def _parquet_class_names(schema: Any, tables: dict[str, Any], label_col: str) ->
         names = features.get(label_col, {}).get("names")
         if names:
             return list(names)
-    top = max(max(t.column(label_col).to_pylist(), default=0) for t in tables.values())
-    return [str(i) for i in range(int(top) + 1)]
+    return None
+
+
+def read_labels(columns: dict[str, list[Any]], class_names: list[str] | None,
+                where: Callable[[str, int], str]) -> tuple[dict[str, list[int]], list[str]]:
+    """The label column of each split as class indices, and the class names; a bad label is refused in
+    one line that names where it is (``where(split, row)``: file, column and row) and its value.
+
+    With ``class_names`` (from the source), a label is a class index below their number or one of the
+    names. Without, the classes come from the labels: whole numbers 0..max (below the number of rows and
+    :data:`MAX_CLASSES`, checked before any per-class list exists), or the sorted distinct strings.
+    """
+    cells = [(split, row, value) for split, values in columns.items() for row, value in enumerate(values)]
+    if class_names is None and cells and all(isinstance(v, str) for _, _, v in cells):
+        class_names = sorted({v for _, _, v in cells})
+    by_name = {name: i for i, name in enumerate(class_names or [])}
+    ceiling = len(class_names) if class_names is not None else min(len(cells), MAX_CLASSES)
+    out: dict[str, list[int]] = {split: [] for split in columns}
+    for split, row, value in cells:
+        try:
+            out[split].append(_label_index(value, by_name, ceiling, len(cells)))
+        except ValueError as err:
+            raise ValueError(f"{where(split, row)}: {err}") from None
+    if class_names is None:
+        class_names = [str(i) for i in range(max((i for ids in out.values() for i in ids), default=0) + 1)]
+    return out, class_names
+
+
+def _label_index(value: Any, by_name: dict[str, int], ceiling: int, rows: int) -> int:
+    """One label as a class index (see :func:`read_labels`); a ValueError says what is wrong with it."""
+    named = bool(by_name)
+    if isinstance(value, str):
+        if value in by_name:
+            return by_name[value]
+        known = ", ".join(list(by_name)[:10]) + (f" and {len(by_name) - 10:,} more" if len(by_name) > 10 else "")
+        raise ValueError(f"label {value!r} is not a class name" +
+                         (f"; the classes are {known}" if by_name else "; the file names no classes, so "
+                          "labels must be class numbers 0, 1, ... (or every label a class name)"))
+    if value is None or isinstance(value, float) and value != value:
+        raise ValueError("the label is missing (null); give every image a class or drop the row")
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, float)) or \
+            isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"label {value!r} is not a class number (a whole number from 0) or a class name")
+    label = int(value)
+    if label < 0:
+        raise ValueError(f"label {label} is negative; labels are class numbers from 0"
+                         + (f" to {ceiling - 1}" if named else ""))
+    if label >= ceiling:
+        if named:
+            raise ValueError(f"label {label} is beyond the {ceiling} class names (0 to {ceiling - 1})")
+        raise ValueError(f"label {label} is too large: without class names in the file the classes are "
+                         f"numbered 0..max label, so a label must be below the number of rows ({rows:,}) and "
+                         f"below {MAX_CLASSES:,} classes; fix the label or name the classes in the file")
+    return label
 
 
 def _detect_image_column(names: Sequence[str], schema_or_features: Any) -> str:

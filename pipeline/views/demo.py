@@ -19,6 +19,7 @@ from ..classifiers.models import load_classifier
 from ..classifiers.train import TrainConfig, images_to_tensor, predict_logits
 from ..core.common import from_dict, read_json
 from ..core.project import Project
+from ..data.images import open_checked
 from ..generate import SyntheticSet
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,12 @@ def load_demo(project: Project, run_id: str) -> DemoModels:
     metrics_file = run_dir / "metrics.json"
     metrics = read_json(metrics_file) if metrics_file.exists() else {}
     return DemoModels(run_id, class_names, models, input_sizes["teacher"], samples, metrics, input_sizes)
+
+
+def read_upload(path: str | Path) -> Image.Image:
+    """An image a visitor uploaded, its pixel count checked from the header before it is decoded (a 10 KB
+    PNG can hold 88 million pixels); raises ValueError or OSError in one line."""
+    return open_checked(path, "the uploaded image")
 
 
 def predict(demo: DemoModels, image: Image.Image, top_k: int = 3) -> dict[str, list[Prediction]]:

@@ -36,6 +36,7 @@ from ..core.common import (
     to_jsonable,
 )
 from ..core.project import Project
+from ..core.runs import RunRecord
 from .report import (
     ModelPoint,
     aop_iso_curve,
@@ -375,6 +376,17 @@ def _copied(path: Path) -> set[int]:
             if any(isinstance(v, dict) and v.get("copy") for v in e.values())}
 
 
+def run_folder(project: Project, record: RunRecord) -> Path:
+    """The run's folder: where the registry says, else under this project's ``runs/`` (the registry keeps
+    the absolute path of the folder it made, which a project moved or copied elsewhere no longer has)."""
+    for folder in (record.run_dir, project.runs_dir / record.id):
+        if folder.is_dir():
+            return folder
+    raise FileNotFoundError(f"the folder of run {record.id} is gone ({project.runs_dir / record.id}, registered as "
+                            f"{record.run_dir}): it was deleted, or the project moved without it; restore the folder, "
+                            f"or remove the run with `runs delete {record.id} --yes`")
+
+
 def report_content(project: Project, run_ids: Sequence[str], title: str, examples: int = 6) -> ReportContent:
     """Read the runs' metrics and synthetic rounds into what the report says."""
     registry = project.registry()
@@ -382,16 +394,20 @@ def report_content(project: Project, run_ids: Sequence[str], title: str, example
     setups, findings, shown = [], [], []
     for run_id in run_ids:
         record = registry.get(run_id)
-        path = record.run_dir / "metrics.json"
-        if record.kind != "experiment" or record.status != "done" or not path.exists():
-            raise ValueError(f"run {run_id} ({record.status} {record.kind}) has no metrics: a report needs finished "
+        if record.kind != "experiment" or record.status != "done":
+            raise ValueError(f"run {run_id} is a {record.status} {record.kind} run: a report needs finished "
                              "experiment runs (see `runs list --kind experiment --status done`)")
+        run_dir = run_folder(project, record)
+        path = run_dir / "metrics.json"
+        if not path.exists():
+            raise FileNotFoundError(f"run {run_id} finished but {path} is missing: restore it from a backup of the "
+                                    "run folder, or run the experiment again")
         metrics = json.loads(path.read_text(encoding="utf-8"))
         run_points = points_from_metrics(run_id, metrics, record.created_at)
         points += run_points
         setups.append(run_setup(run_id, metrics, run_points, record.created_at))
         findings.append((run_id, tuple(conclusions(run_points, metrics.get("memorisation")))))
-        shown += synthetic_examples(run_id, record.run_dir, examples)
+        shown += synthetic_examples(run_id, run_dir, examples)
     columns = (("run",) if len(run_ids) > 1 else ()) + REPORT_COLUMNS
     table = tuple({c: row[c] for c in columns} for row in points_table(points))
     return ReportContent(title, datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), tuple(points), table,

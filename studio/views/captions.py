@@ -19,7 +19,13 @@ import streamlit as st
 
 from pipeline.captions import curation
 from pipeline.captions.captioners import CAPTIONERS, CaptionerConfig
-from pipeline.captions.store import CaptionConflictError, CaptionRecord, CaptionStore, caption_stores
+from pipeline.captions.store import (
+    CaptionConflictError,
+    CaptionRecord,
+    CaptionStore,
+    CaptionStoreDamaged,
+    caption_stores,
+)
 from pipeline.core.project import Project
 from pipeline.data.datasets import SOURCES, DatasetConfig
 from pipeline.views.report import dataset_config_for_store
@@ -118,7 +124,12 @@ def choose_store(project: Project) -> Opened:
     top = st.columns([3, 2, 1, 2], vertical_alignment="bottom")
     name = top[0].selectbox("Caption store", names, key="cap_store")
     store = shared.store(str(project.root), name)
-    head = store.head()
+    try:
+        store.records()  # reads the version files once (the store keeps the state in memory)
+        head = store.head()
+    except CaptionStoreDamaged as err:
+        st.error(f"{err} (`python -m pipeline captions ... --project {project.root}`)")
+        st.stop()
     if head == 0:
         st.info(f"Caption store {name!r} is empty.")
         st.stop()
@@ -256,7 +267,7 @@ def save_edits(root: str, store_name: str, base_version: int, changes: dict[str,
         return
     try:
         version = shared.store(root, store_name).edit(changes, base_version=base_version, author=who)
-    except CaptionConflictError as err:
+    except (CaptionConflictError, ValueError) as err:  # a conflict, a caption too long
         shared.flash("error", f"Not saved: {err}")
         return
     st.session_state["cap_base"][store_name] = version
@@ -328,7 +339,7 @@ def save_one(root: str, store_name: str, base_version: int, image_id: str, text_
         return
     try:
         version = shared.store(root, store_name).edit({image_id: text}, base_version=base_version, author=who)
-    except CaptionConflictError as err:
+    except (CaptionConflictError, ValueError) as err:  # a conflict, a caption too long
         shared.flash("error", f"Not saved: {err}")
         return
     st.session_state["cap_base"][store_name] = version
@@ -348,7 +359,7 @@ def review_one(root: str, store_name: str, base_version: int, image_id: str, tex
         version = target.edit({image_id: text}, base_version=base_version, author=who) if text != original \
             else base_version
         version = target.review([image_id], base_version=version, reviewer=who)
-    except CaptionConflictError as err:
+    except (CaptionConflictError, ValueError) as err:  # a conflict, a caption too long
         shared.flash("error", f"Not saved: {err}")
         return
     if version == before:  # nothing written: it was reviewed already
@@ -478,7 +489,7 @@ def apply_replace(root: str, store_name: str) -> None:
         version = curation.apply_changes(shared.store(root, store_name), preview["changes"],
                                          base_version=preview["base"], author=who,
                                          message=f"find {preview['find']!r} replace {preview['replace']!r}")
-    except CaptionConflictError as err:
+    except (CaptionConflictError, ValueError) as err:  # a conflict, a caption too long
         shared.flash("error", f"Not applied: {err}")
         return
     st.session_state["cap_base"][store_name] = version
@@ -528,19 +539,26 @@ def recaption_tool(opened: Opened, shown: Shown, dataset, selected: list[str]) -
                                   disabled=captioner != "classname")
     which = cols[3].radio("Images", ["selected", "all filtered"], key="rc_which")
     targets = selected if which == "selected" else shown.ids
-    if st.button(f"Re-caption {len(targets):,} image(s)",
-                 disabled=not targets or dataset is None or not opened.editable, key="rc_run",
+    # a person's edits and reviews are replaced only when the curator ticks that they should be
+    curated = curation.curated_among(opened.store, targets, opened.base)
+    replace = bool(curated) and st.checkbox(
+        f"Also replace the {len(curated):,} edited or reviewed caption(s) among them", key="rc_replace_curated",
+        help="Unticked, captions a person edited or reviewed keep their text and status.")
+    count = len(targets) if replace else len(targets) - len(curated)
+    if st.button(f"Re-caption {count:,} image(s)",
+                 disabled=not count or dataset is None or not opened.editable, key="rc_run",
                  help=None if dataset is not None else "needs the store's dataset (see above)"):
         model_ref = shared.model_ref(opened.project, model) if captioner != "classname" else None
         try:
             if not curator_now():
                 raise ValueError(NEED_NAME)
-            with st.spinner(f"Captioning {len(targets):,} images with {captioner}..."):
+            with st.spinner(f"Captioning {count:,} images with {captioner}..."):
                 version = curation.recaption(opened.store, dataset, list(targets), CaptionerConfig(
                     name=captioner, model=model_ref, class_template=template), base_version=opened.base,
-                    author=curator_now())
+                    author=curator_now(), replace_curated=replace)
             st.session_state["cap_base"][opened.name] = version
-            shared.flash("success", f"Re-captioned {len(targets):,} image(s): version {version}.")
+            shared.flash("success", f"Re-captioned {count:,} image(s): version {version}." +
+                         (f" Kept {len(curated):,} edited or reviewed caption(s)." if curated and not replace else ""))
             st.rerun()
         except CaptionConflictError as err:
             st.error(f"Not saved: {err}")
