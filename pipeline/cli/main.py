@@ -387,11 +387,12 @@ def run_log() -> Iterator[None]:
 
 
 @contextmanager
-def interrupted_by_sigterm() -> Iterator[None]:
-    """SIGTERM (a service manager, `kill`, a shutdown) raises :class:`RunInterrupted` in the main thread, as
-    Ctrl-C raises KeyboardInterrupt: the run on its way out records itself interrupted (resumable) and
-    stops its worker processes, instead of dying as "running" with orphans. A second SIGTERM while it
-    does so kills at once. Undone on exit, so an in-process caller keeps its own handling."""
+def interrupted_by_signals() -> Iterator[None]:
+    """SIGTERM (a service manager, `kill`, a shutdown) and SIGHUP (a closed terminal) raise
+    :class:`RunInterrupted` in the main thread, as Ctrl-C raises KeyboardInterrupt: the run on its way out
+    records itself interrupted (resumable) and stops its worker processes, instead of dying as "running"
+    with orphans. A second signal while it does so kills at once. A signal the process was started to
+    ignore (``nohup``) stays ignored. Undone on exit, so an in-process caller keeps its own handling."""
     import signal
     import threading
 
@@ -400,14 +401,19 @@ def interrupted_by_sigterm() -> Iterator[None]:
         return
 
     def interrupt(signum: int, _frame: object) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        raise RunInterrupted(signal.Signals(signum).name)
+        for sig in previous:
+            signal.signal(sig, signal.SIG_DFL)
+        raise RunInterrupted(signum)
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    previous = {sig: handler for sig, handler in previous.items() if handler is not signal.SIG_IGN}
+    for sig in previous:
+        signal.signal(sig, interrupt)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: not set from Python
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -420,13 +426,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not cluster.is_main:
             processes.exit_process(_serve(cluster))
     if args.run_log:
-        with run_log(), interrupted_by_sigterm():
+        with run_log(), interrupted_by_signals():
             code = _dispatch(args)
-            logger.info("exit status %d%s", code, " (cancelled)" if code in (130, 143) else "")
+            logger.info("exit status %d%s", code, " (cancelled)" if code in (129, 130, 143) else "")
     else:
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                             format="%(levelname)s %(name)s: %(message)s")
-        with interrupted_by_sigterm():
+        with interrupted_by_signals():
             code = _dispatch(args)
     if code == 0:  # on a failure the main process exits and the launcher stops the serving ones
         processes.current().release()
@@ -462,7 +468,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             logger.warning("%s", how)
         else:
             print(how, file=sys.stderr)
-        return 143 if isinstance(err, RunInterrupted) else 130
+        return 128 + err.signum if isinstance(err, RunInterrupted) else 130
     except RunCancelled as err:  # the run noticed a cancel request before (or instead of) the SIGINT
         if not args.run_log:
             print(f"cancelled{f': {err}' if str(err) else ''}", file=sys.stderr)

@@ -91,8 +91,15 @@ class RunCancelled(Exception):
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """A signal (SIGTERM; SIGINT is Python's own KeyboardInterrupt) stopped the process: raised in its main
-    thread, so that a run records itself interrupted on its way out (the CLI installs the handler)."""
+    """A signal (SIGTERM, SIGHUP; SIGINT is Python's own KeyboardInterrupt) stopped the process: raised in
+    its main thread, so that a run records itself interrupted on its way out (the CLI installs the handler).
+    Its text is the signal's name."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 class RunBusy(ValueError):
