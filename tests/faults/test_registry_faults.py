@@ -80,6 +80,26 @@ def test_a_damaged_registry_is_one_line_and_rebuild_restores_it_from_the_run_fol
     assert "--force" in capsys.readouterr().err
 
 
+
+def test_the_studio_says_a_damaged_registry_in_one_line_and_rebuilds_it(env):
+    from streamlit.testing.v1 import AppTest
+
+    from pipeline.core.launch import STUDIO_APP
+
+    registry = env.registry()
+    _runs_of_every_shape(registry)
+    before = _shape(registry)
+    _damage(registry.db_path, "garbage")
+
+    at = AppTest.from_file(str(STUDIO_APP), default_timeout=180).run()
+    at.switch_page("views/runs.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert [e.value.count("\n") for e in at.error] == [0] and "runs rebuild" in at.error[0].value
+    at.button[0].click().run()  # "Rebuild the registry from the run folders"
+    assert not at.exception, [e.message for e in at.exception]
+    assert not at.error and any(f"from {len(before)} run folders" in m.value for m in at.success)
+    assert _shape(RunRegistry(env.root)) == before
+
 class LockHolder:
     """Another process that holds the registry's write lock until released (a backup, a sqlite3 shell)."""
 
