@@ -459,19 +459,30 @@ class RunRegistry:
 
     def _end(self, run_id: str, status: str, error: str | None = None) -> None:
         """Record how a run ended: failed always; cancelled unless it had ended; done only from running.
-        A registry that cannot take it (locked past ``LOCK_WAIT_S``, full disk, damaged) must not lose it
-        nor hide why the run ended: it goes to the run's ``run.json`` alone (:meth:`adopt_end` copies it
-        into the registry when the next command reconciles), and where that fails too it is logged."""
+        Where the run's ``run.json`` cannot be written (a full disk), the row alone is recorded: it often
+        still fits, as SQLite reuses its WAL's pages (the file follows with the run's next change). A
+        registry that cannot take it (locked past ``LOCK_WAIT_S``, full, damaged) must not lose it nor hide
+        why the run ended: it goes to the ``run.json`` alone (:meth:`adopt_end` copies it into the registry
+        when the next command reconciles), and where that fails too it is logged."""
         allowed = {"failed": STATUSES, "cancelled": LIVE, "done": ("running",)}[status]
         marks = ",".join("?" * len(allowed))
-        try:
-            with self._connect(write=True) as db:
-                db.execute(f"UPDATE runs SET status=?, finished_at=?, error=? WHERE id=? AND status IN ({marks})",
-                           (status, _now(), error, run_id, *allowed))
-                self._mirror(db, run_id)
-            return
-        except (RegistryError, OSError) as err:
-            unrecorded = err
+        update = (f"UPDATE runs SET status=?, finished_at=?, error=? WHERE id=? AND status IN ({marks})",
+                  (status, _now(), error, run_id, *allowed))
+        unrecorded: BaseException | None = None
+        for mirror in (True, False):
+            try:
+                with self._connect(write=True) as db:
+                    db.execute(*update)
+                    if mirror:
+                        self._mirror(db, run_id)
+                if unrecorded is not None:
+                    logger.info("run %s ended %s; its run.json could not say so (%s)", run_id, status, unrecorded)
+                return
+            except RegistryError as err:
+                unrecorded = err
+                break
+            except OSError as err:
+                unrecorded = unrecorded or err  # the first cause: a full disk said by the mirror, not by SQLite
         path = self.runs_dir / run_id / RUN_FILE
         try:
             recorded = read_json(path)

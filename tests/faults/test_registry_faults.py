@@ -211,12 +211,14 @@ def test_a_full_disk_is_one_line_naming_the_folder_and_the_run_stays_resumable(
         assert err.count("\n") == 1, err
         assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
-    # the registry could not record the failure either (its run.json is on the same disk): once there is
-    # space again, the next command marks the run failed, and it resumes
+    # the run's row says so at once (its run.json, on the full disk, could not), and the run resumes once
+    # there is space again
+    record = project.registry().get(run.id)
+    assert record.status == "failed" and record.error.startswith(f"disk full: no space left on the device of {run.run_dir}")
+    assert record.error.endswith(f"`python -m pipeline run --resume {run.id}` continues it")
     disk.free()
     assert main(["runs", "list", "--project", str(tmp_path)]) == 0
-    record = project.registry().get(run.id)
-    assert record.status == "failed"
+    assert project.registry().get(run.id).status == "failed"
     earlier_stages(record, tiny_config, dict((k.role, k.ref) for k in record.links)["data"], resume=True)
 
 
