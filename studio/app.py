@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `streamlit run` puts only studio/ on the path; pages import pipeline
     sys.path.insert(0, str(ROOT))
 
-from pipeline.core.disk import DiskFull  # noqa: E402
+from pipeline.core.disk import full_disk  # noqa: E402
 from pipeline.core.registry_file import RegistryError  # noqa: E402
 from studio import shared  # noqa: E402
 
@@ -35,5 +35,10 @@ if st.context.url and st.get_option("server.address") in (None, "", "0.0.0.0", "
                        "studio` (localhost only) or `--server.address 127.0.0.1`.")
 try:
     page.run()
-except (RegistryError, DiskFull) as err:  # the UI boundary: a damaged, locked or full registry is one line
+except RegistryError as err:  # the UI boundary: a damaged or locked registry is one line
     shared.registry_failure(err)
+except Exception as err:  # ... and so is a full disk, however it surfaced; anything else stays loud
+    full = full_disk(err, shared.project().root)
+    if full is None:
+        raise
+    shared.registry_failure(full)

@@ -202,8 +202,8 @@ def show_flash() -> None:
 
 
 def registry_failure(err: Exception) -> None:
-    """A page stopped by the run registry (damaged, locked, on a full disk): its one line, and for a damaged
-    one the way back, ``runs rebuild`` from the run folders, as a button."""
+    """A page stopped by the run registry (damaged, locked) or a full disk: its one line, and for a damaged
+    registry the way back, ``runs rebuild`` from the run folders, as a button."""
     st.error(str(err))
     if isinstance(err, RegistryDamaged):
         st.button("Rebuild the registry from the run folders", on_click=_rebuild, type="primary",

@@ -100,6 +100,22 @@ def test_the_studio_says_a_damaged_registry_in_one_line_and_rebuilds_it(env):
     assert not at.error and any(f"from {len(before)} run folders" in m.value for m in at.success)
     assert _shape(RunRegistry(env.root)) == before
 
+
+def test_the_studio_says_a_full_disk_in_one_line_naming_the_folder(env, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from pipeline.core.launch import STUDIO_APP
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(env.root / "runs" / "x" / "run.json"))
+
+    monkeypatch.setattr(RunRegistry, "list", full)
+    at = AppTest.from_file(str(STUDIO_APP), default_timeout=180).run()
+    at.switch_page("views/runs.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert len(at.error) == 1 and at.error[0].value.startswith(f"disk full: no space left on the device of "
+                                                               f"{env.root / 'runs' / 'x'}"), at.error
+
 class LockHolder:
     """Another process that holds the registry's write lock until released (a backup, a sqlite3 shell)."""
 
