@@ -45,6 +45,12 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
+def resume_command(kind: str, run_id: str) -> str | None:
+    """The command that continues an interrupted run of ``kind`` (None: such a run is started again)."""
+    return {"experiment": f"python -m pipeline run --resume {run_id}",
+            "finetune": f"python -m pipeline finetune --resume {run_id}"}.get(kind)
+
+
 def safe_filename(name: str, empty: str = "_") -> str:
     """A file-name-safe form of a label: letters, digits, ``-_.`` kept, anything else ``_``."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or empty
