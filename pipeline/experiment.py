@@ -517,7 +517,8 @@ def _read_model(path: Path, name: str, recipe: TrainConfig, data: DataContext, r
     model = load_classifier(path, recipe, data.num_classes, private)
     test = {"accuracy": recorded["accuracy"]} if recorded and "accuracy" in recorded else \
         evaluate_on_test(model, data.tensors("test", recipe.image_size), data.num_classes)
-    return _Tested(name, model, recipe, "", test, {})
+    # its training figures as recorded: a DP model's ε and δ (its guarantee, and the δ of its empirical ε)
+    return _Tested(name, model, recipe, "", test, dict((recorded or {}).get("train") or {}))
 
 
 # -- runs and stages ----------------------------------------------------------------------------------------------

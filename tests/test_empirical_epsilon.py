@@ -147,3 +147,19 @@ def test_dp_sgd_empirical_epsilon_stays_under_the_claim_and_a_broken_accountant_
     assert max(private.one_run.epsilon, private.roc_epsilon) <= private.claimed_epsilon
     assert broken.claimed_epsilon == 1.0 and broken.train["noise_multiplier"] == 0.0
     assert broken.one_run.epsilon > broken.claimed_epsilon and broken.roc_epsilon > broken.claimed_epsilon
+
+
+def test_an_audit_entry_names_the_formal_epsilon_or_none():
+    from pipeline.audit import AuditedModel, _model_entry
+    from pipeline.experiment import epsilon_figures
+
+    y = _labels(200)
+    scores = np.random.default_rng(2).normal(size=y.size) + y
+    mode = {"attack": "loss", "loss": {**attack_metrics(scores, y, n_boot=0, delta=1e-6), "scores": scores}}
+    dp = AuditedModel("dp-sgd ε=2", nn.Identity(), None, 0.8, ("transfer",), epsilon=1.99, delta=1e-6)
+    entry = _model_entry(0.8, {"transfer": mode}, dp)
+    assert (entry["formal_epsilon"], entry["formal_delta"]) == (1.99, 1e-6)
+    assert entry["mia"]["empirical_epsilon_delta"] == 1e-6 and entry["mia"]["empirical_epsilon"] > 0
+    plain = _model_entry(0.8, {"transfer": mode}, AuditedModel("teacher", nn.Identity(), None, 0.8, ("transfer",)))
+    assert plain["formal_epsilon"] is None and plain["formal_delta"] is None
+    assert epsilon_figures(plain) == {"formal_epsilon": "none", "empirical_epsilon": entry["mia"]["empirical_epsilon"]}
