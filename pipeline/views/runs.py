@@ -82,6 +82,11 @@ def _time(text: str) -> datetime:
     return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
 
 
+def formal_text(value: Any) -> str:
+    """A recorded formal ε: "none" (no DP guarantee) as it is, a number formatted, "–" when not recorded."""
+    return value if isinstance(value, str) else number_text(value, 2)
+
+
 def number_text(value: Any, digits: int = 4) -> str:
     """A metric with ``digits`` decimals; "–" for a missing one."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
