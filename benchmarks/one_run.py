@@ -9,6 +9,7 @@ of a DP row is a guarantee. Prints one Markdown table; asserts nothing.
 
     python -m benchmarks.one_run                      # digits, 200 canaries, no DP and ε = 8, 4 shadows
     python -m benchmarks.one_run --epsilons 1,8 --canaries 400 --shadows 8 --epochs 20
+    python -m benchmarks.one_run --mislabel        # canaries with a wrong label: easier to tell apart
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ def main() -> None:
     parser.add_argument("--shadows", type=int, default=4, help="shadows of the shadow-based audit")
     parser.add_argument("--epochs", type=int, default=15, help="epochs of every run")
     parser.add_argument("--delta", type=float, default=DEFAULT_DELTA, help="δ of the guarantee and the bounds")
+    parser.add_argument("--mislabel", action="store_true",
+                        help="give every canary a random wrong label (the audits' usual stronger canaries)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -83,12 +86,16 @@ def main() -> None:
     pool = data.tensors("nonmembers", size)
     canaries = pool.rows(torch.randperm(len(pool), generator=torch.Generator().manual_seed(args.seed))
                          [:args.canaries])
+    if args.mislabel:  # a wrong label: the model can only fit it by memorising that example
+        shift = torch.randint(1, classes, (len(canaries),), generator=torch.Generator().manual_seed(args.seed))
+        canaries = TensorData(canaries.x, (canaries.y + shift) % classes)
     reference = data.tensors("test", size).rows(range(min(200, len(data.tensors("test", size)))))
     included = draw_canaries(len(canaries), args.seed)
     shadow_in = assign_shadows(len(canaries), args.shadows, seed=args.seed + 1)
     out = Path(tempfile.mkdtemp(prefix="one-run-"))
     print(f"{spec} · {len(members)} members · {len(canaries)} canaries ({int(included.sum())} in) · "
-          f"{args.shadows} shadows · {args.epochs} epochs · δ = {args.delta:g}\n")
+          f"{args.shadows} shadows · {args.epochs} epochs · δ = {args.delta:g}"
+          + (" · mislabelled canaries" if args.mislabel else "") + "\n")
     print("| training | claimed ε (guarantee) | one-run ε (loss) | ROC ε (loss) | one-run ε (LiRA) | ROC ε (LiRA) "
           "| target s | shadows s |")
     print("|---|---|---|---|---|---|---|---|")
