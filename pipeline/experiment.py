@@ -404,6 +404,8 @@ def model_metrics(test: dict[str, Any], audited: dict[str, Any], train: dict[str
         "aop": audited["aop"],
         "mia": audited["mia"],  # the headline mode (pipeline for the student when it ran); mia.auc = headline attack
         "mia_modes": audited["mia_modes"],  # every mode, each with every attack
+        "formal_epsilon": audited.get("formal_epsilon"),  # its DP guarantee's ε (None: no guarantee)
+        "formal_delta": audited.get("formal_delta"),
         "train": {k: v for k, v in train.items() if k != "history"},
         "history": train.get("history", []),
     }
@@ -426,9 +428,18 @@ def _headline(metrics: dict[str, Any], fidelity: dict[str, Any], memorisation: d
     return {"teacher_accuracy": metrics["teacher"]["accuracy"], "student_accuracy": metrics["student"]["accuracy"],
             "teacher_auc": metrics["teacher"]["mia"]["auc"], "student_auc": metrics["student"]["mia"]["auc"],
             "student_mia_mode": metrics["student"]["mia"]["mia_mode"],
+            **{f"{m}_{k}": v for m in ("teacher", "student") for k, v in epsilon_figures(metrics[m]).items()},
             "class_fidelity": fidelity["class_fidelity"], "frechet_distance": fidelity["frechet_distance"],
             "precision": fidelity["precision"], "recall": fidelity["recall"], "cas": fidelity["cas"],
             "copies": memorisation["copies"], "copy_rate": memorisation["copy_rate"], "ct": memorisation["ct"]}
+
+
+def epsilon_figures(model: dict[str, Any]) -> dict[str, Any]:
+    """A model's formal ε (its DP guarantee; "none" without one) and empirical ε (the headline attack's lower
+    bound on ε, never a guarantee), as ``runs show`` lists them."""
+    formal = model.get("formal_epsilon")
+    return {"formal_epsilon": "none" if formal is None else formal,
+            "empirical_epsilon": model["mia"].get("empirical_epsilon")}
 
 
 # -- the audit of an experiment -----------------------------------------------------------------------------------
@@ -446,7 +457,8 @@ def audit_subject(config: ExperimentConfig, audit_config: AuditConfig, project: 
         if "pipeline" in modes and m.name != "teacher" and m.name not in shadows:
             shadows[m.name] = pipeline_shadows(recipe, population, project, audit_config, method=m.method)
         label = f"{m.name} pipeline" if is_method else "student pipeline"
-        models.append(AuditedModel(m.name, m.model, m.recipe.image_size, m.test["accuracy"], modes, label))
+        models.append(AuditedModel(m.name, m.model, m.recipe.image_size, m.test["accuracy"], modes, label,
+                                   epsilon=m.train.get("epsilon"), delta=m.train.get("delta")))
     return AuditSubject(audit_config.experiment or "", population, config.teacher, models, shadows)
 
 
@@ -505,7 +517,8 @@ def _read_model(path: Path, name: str, recipe: TrainConfig, data: DataContext, r
     model = load_classifier(path, recipe, data.num_classes, private)
     test = {"accuracy": recorded["accuracy"]} if recorded and "accuracy" in recorded else \
         evaluate_on_test(model, data.tensors("test", recipe.image_size), data.num_classes)
-    return _Tested(name, model, recipe, "", test, {})
+    # its training figures as recorded: a DP model's ε and δ (its guarantee, and the δ of its empirical ε)
+    return _Tested(name, model, recipe, "", test, dict((recorded or {}).get("train") or {}))
 
 
 # -- runs and stages ----------------------------------------------------------------------------------------------

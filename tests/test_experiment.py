@@ -32,6 +32,9 @@ def test_tiny_end_to_end_run(project, tiny_config):
         assert _counts(m["accuracy"], n_test)
         low, high = m["mia"]["auc_ci95"]
         assert low < m["mia"]["auc"] < high and abs(m["mia"]["auc"] - 0.5) < 0.1
+        # nothing leaks: the attack proves little privacy lost (empirical ε, at the default δ); no guarantee
+        assert 0.0 <= m["mia"]["empirical_epsilon"] < 1.0 and m["mia"]["empirical_epsilon_delta"] == 1e-5
+        assert m["formal_epsilon"] is None and "empirical_epsilon" in m["mia_modes"]["transfer"]["rmia"]
     # the recorded accuracy is the saved teacher's on the test split; the student agrees with the teacher
     # on its held-out synthetic images (1.0)
     assert _test_accuracy(project.runs_dir / run_id / "teacher.pt", tiny_config) == pytest.approx(
@@ -71,6 +74,8 @@ def test_tiny_end_to_end_run(project, tiny_config):
     registry = project.registry()
     run = registry.get(run_id)
     assert run.status == "done" and run.metrics["student_auc"] == metrics["student"]["mia"]["auc"]
+    assert run.metrics["student_formal_epsilon"] == "none"  # as ``runs show`` lists it
+    assert run.metrics["teacher_empirical_epsilon"] == metrics["teacher"]["mia"]["empirical_epsilon"]
     kinds = {r.kind for r in registry.list()}
     assert kinds == {"caption", "finetune", "generate", "teacher", "student", "method", "audit", "experiment"}
     lineage = {(link.role, link.ref_kind) for _, _, link in registry.lineage(run.id)}

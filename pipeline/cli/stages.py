@@ -141,6 +141,13 @@ def _print_audit_table(metrics: dict[str, Any]) -> None:
     floor = teacher["mia"].get("fpr_floor")
     print("\n* headline attack (AUC and AOP). n/a: a TPR at an FPR below 1/non-members"
           + (f" ({floor:.4f})" if floor else "") + " cannot be measured.")
+    delta = teacher["mia"].get("empirical_epsilon_delta")
+    if delta is not None:
+        print(f"emp. ε: empirical ε, an attack's lower bound on ε (95% Clopper-Pearson, δ = {delta:g} for a model "
+              "without DP, its own δ for a DP one), not a guarantee. Formal ε (a DP guarantee): "
+              + ", ".join(f"{key} {_formal_text(m.get('formal_epsilon', m.get('epsilon')))}"
+                          for key, m in [("teacher", teacher), ("student", student),
+                                         *(metrics.get("methods") or {}).items()]) + ".")
     ratio = f"{student['accuracy'] / teacher['accuracy']:.3f}" if teacher["accuracy"] > 0 else "n/a (teacher 0)"
     print(f"student / teacher accuracy: {ratio}; "
           f"MIA AUC ({teacher['mia'].get('attack', 'lira')}) teacher {teacher['mia']['auc']:.3f} "
@@ -156,10 +163,14 @@ def _print_audit_table(metrics: dict[str, Any]) -> None:
     if methods:
         print()
         print_table([[key, "real members" if m.get("reads_real_training_images") else "no (data-free)",
-                      f"{m['epsilon']:.2f}" if m.get("epsilon") is not None else "-",
+                      f"{m['epsilon']:.2f}" if m.get("epsilon") is not None else "none",
                       f"{m['accuracy'] / max(teacher['accuracy'], 1e-9):.3f}",
                       f"{m.get('train', {}).get('seconds', float('nan')):.0f}"] for key, m in methods.items()],
-                    ["method", "reads real training images", "ε", "accuracy / teacher", "seconds"])
+                    ["method", "reads real training images", "formal ε", "accuracy / teacher", "seconds"])
+
+
+def _formal_text(epsilon: float | None) -> str:
+    return "none" if epsilon is None else f"{epsilon:.2f}"
 
 
 def _run_experiment(args: argparse.Namespace, config: Any, run_id: str | None = None, resume: bool = False) -> int:

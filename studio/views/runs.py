@@ -522,8 +522,10 @@ def run_panel(project: Project, run_id: str, was_active: bool) -> None:
     if "teacher_accuracy" in metrics:
         st.dataframe(pd.DataFrame([
             {"model": role, "test accuracy": runs_view.number_text(metrics.get(f"{role}_accuracy")),
-             "MIA AUC": runs_view.number_text(metrics.get(f"{role}_auc"))} for role in ("teacher", "student")]),
-            hide_index=True)
+             "MIA AUC": runs_view.number_text(metrics.get(f"{role}_auc")),
+             "formal ε (guarantee)": runs_view.formal_text(metrics.get(f"{role}_formal_epsilon")),
+             "empirical ε (an attack's lower bound)": runs_view.number_text(metrics.get(f"{role}_empirical_epsilon"))}
+            for role in ("teacher", "student")]), hide_index=True)
         st.page_link("views/tradeoffs.py", label="See it on the trade-off plot", icon=":material/scatter_plot:")
     if "class_fidelity" in metrics:
         st.markdown("**Synthetic data** (mean over rounds; the teacher is the feature extractor)")
@@ -580,3 +582,4 @@ ids, record = runs_list(project)
 run_actions(project, record)
 show_run(project, record)
 compare_section(project, ids)
+
