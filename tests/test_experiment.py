@@ -206,7 +206,7 @@ def test_pipeline_shadows_in_worker_processes_match_one_process(tmp_path: Path, 
 
     fp32 = replace(tiny_config, teacher=replace(tiny_config.teacher, amp=False),
                    distill=replace(tiny_config.distill, student=replace(tiny_config.distill.student, amp=False)),
-                   generator_options=(*tiny_config.generator_options, ("precision", "no")))
+                   generator_options={**tiny_config.generator_options, "precision": "no"})
     logits = {}
     for workers in (1, 2):
         config = replace(fp32, audit=replace(fp32.audit, workers=workers))

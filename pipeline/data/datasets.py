@@ -20,12 +20,14 @@ from PIL import Image, UnidentifiedImageError
 
 from ..core.common import to_jsonable
 from ..core.registry import Registry
+from ..core.schema import schema
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
 
+@schema
 @dataclass(frozen=True)
 class DatasetConfig:
     """Which dataset to load and how to split it."""

@@ -25,11 +25,13 @@ from ..classifiers.models import build_classifier
 from ..classifiers.objectives import HardLabels
 from ..classifiers.train import TrainConfig, fit
 from ..core.common import ProgressFn
+from ..core.schema import schema
 from . import MethodContext, MethodResult, TransferMethod, register
 
 logger = logging.getLogger(__name__)
 
 
+@schema
 @dataclass(frozen=True)
 class DPConfig:
     """The privacy budget and the DP-SGD settings."""

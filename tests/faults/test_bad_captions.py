@@ -305,7 +305,8 @@ class _Fake(Generator):
         return {}
 
     def generate(self, prompts, labels, seeds, progress=None):
-        return [Image.new("RGB", (4, 4)) for _ in prompts]
+        # a picture (a grey ramp), not one flat colour
+        return [Image.linear_gradient("L").resize((4, 4)).convert("RGB") for _ in prompts]
 
     def save(self, directory):
         pass
