@@ -413,8 +413,8 @@ class GenerateConfig:
         if self.backend is not None:  # a base model's backend: its config is the options' schema (a saved
             # generator's options are checked against its saved config when it loads, before any image)
             backend_config(self.backend, {"base": self.generator, **self.options})
-        if not self.cardinality > 0:
-            raise ValueError(f"cardinality must be positive, got {self.cardinality}")
+        if not 0 < self.cardinality < float("inf"):
+            raise ValueError(f"cardinality must be a positive finite number, got {self.cardinality}")
         if self.num_images is not None and self.num_images < 1:  # (plan_items asks for one per class)
             raise ValueError(f"num_images must be at least 1 (one per class) or null, got {self.num_images}")
         if self.batch_size < 1:

@@ -36,8 +36,8 @@ def _options(pairs: list[str] | None) -> dict[str, Any]:
             raise ValueError(f"option {pair!r} is not KEY=VALUE")
         try:
             parsed = json.loads(value)
-        except ValueError:
-            parsed = value
+        except ValueError:  # text, or NaN / infinity as Python writes them (for the schema to refuse)
+            parsed = float(value) if value.strip().lower() in ("nan", "inf", "-inf", "infinity") else value
         out[key.strip().replace("-", "_")] = parsed
     return out
 

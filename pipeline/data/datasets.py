@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from pydantic import TypeAdapter, ValidationError
 
 from ..core.common import to_jsonable
 from ..core.registry import Registry
@@ -43,6 +44,18 @@ class DatasetConfig:
     member_fraction: float = 0.5  # share of the remaining training images that are MIA "members"
     seed: int = 0  # seeds the member / non-member split
     limit: int | None = None  # at most this many images per split: a seeded, class-stratified sample
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0.0 < self.member_fraction <= 1.0:
+            raise ValueError(f"member_fraction must be in (0, 1], got {self.member_fraction}")
+        if self.seed < 0:  # numpy's generators take no negative seed
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be at least 1 image per split or null, got {self.limit}")
 
     @property
     def name(self) -> str:
@@ -203,11 +216,7 @@ class ImageDataset:
         and the others non-members. When every remaining image is a member (fraction 1.0, TCKR's
         setting) the test split serves as non-members.
         """
-        cfg = self.config
-        if not 0.0 < cfg.member_fraction <= 1.0:
-            raise ValueError(f"member_fraction must be in (0, 1], got {cfg.member_fraction}")
-        if not 0.0 <= cfg.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {cfg.val_fraction}")
+        cfg = self.config  # (its fractions were checked when it was made)
         rng = np.random.default_rng(cfg.seed)
         members: list[str] = []
         rest: list[str] = []
@@ -436,7 +445,7 @@ def _parquet(config: DatasetConfig) -> ImageDataset:
         for row, (image, label) in enumerate(zip(images, labels)):
             image_id = f"{split}/{row:06d}"
             columns[image_id] = image
-            raw.append((image_id, int(label), split))
+            raw.append((image_id, class_index(label, f"{files[split]} column {label_col!r} row {row}"), split))
     return _cells_dataset(config, class_names, raw, columns,
                           lambda r: f"{files[r.id.split('/')[0]]} row {int(r.id.split('/')[1])}")
 
@@ -472,13 +481,26 @@ def _hf(config: DatasetConfig) -> ImageDataset:
         for row, (image, label) in enumerate(zip(ds[image_col], ds[label_col])):
             image_id = f"{split}/{row:06d}"
             columns[image_id] = image
-            raw.append((image_id, int(label), split if config.test_split in splits else None))
+            index = class_index(label, f"{path} split {name!r} column {label_col!r} row {row}")
+            raw.append((image_id, index, split if config.test_split in splits else None))
     if not class_names:
         class_names = [str(i) for i in range(max(label for _, label, _ in raw) + 1)]
     return _cells_dataset(config, class_names, raw, columns, lambda r: f"{path} {r.id}")
 
 
 # -- source helpers --------------------------------------------------------------------------------
+_CLASS_INDEX = TypeAdapter(int)  # lax: 3, 3.0 and "3" are class 3; 1.5, NaN and "cat" are not
+
+
+def class_index(label: Any, where: str) -> int:
+    """A table's label cell as a class index; a value that is no whole number (1.5 used to be read
+    as class 1) is an error naming ``where`` (file, column, row) and the value."""
+    try:
+        return _CLASS_INDEX.validate_python(label)
+    except ValidationError:
+        raise ValueError(f"{where}: label {label!r} is not a class index (a whole number 0, 1, 2, ...)") from None
+
+
 def _cells_dataset(config: DatasetConfig, class_names: list[str], raw: list[tuple[str, int, str | None]],
                    cells: dict[str, Any], describe: Callable[[ImageRecord], str]) -> ImageDataset:
     """A dataset of table rows: ``raw`` (id, label, split or None) with each id's image cell in ``cells``."""
