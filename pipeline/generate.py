@@ -177,7 +177,7 @@ def generate_set(
         logger.info("generating %d images (%d already done) into %s%s", len(todo), len(done), out_dir,
                     f" with {cluster.size} processes" if cluster.distributed else "")
     shard = manifest if not cluster.distributed else out_dir / f"manifest.rank-{cluster.rank}.jsonl"
-    where = f"round {plan.round} of {out_dir} (generator {generator_ref or type(generator).__name__})"
+    where = f"generate stage, round {plan.round} ({out_dir}, generator {generator_ref or type(generator).__name__})"
     try:
         _generate_batches(generator, pool, plan, out_dir, mine, shard, generator_ref, len(done), len(items),
                           progress if cluster.is_main else no_progress, cluster.size, where)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,7 +70,7 @@ def varied(label, seed):
 ])
 def test_a_degenerate_round_is_refused_naming_round_and_cause(tmp_path, prompt_pool, paint, cause):
     generator = _Painter(paint)
-    with pytest.raises(DegenerateRound, match=rf"round 1 of {re.escape(str(tmp_path))}.*: .*{cause}"):
+    with pytest.raises(DegenerateRound, match=rf"generate stage, round 1 \({re.escape(str(tmp_path))}, .*\): .*{cause}"):
         generate_set(generator, prompt_pool, GenerationPlan(total=40, batch_size=4, round=1), tmp_path, "gen")
     if paint is black:  # flat images stop the generation as soon as they condemn the round
         assert generator.calls < 10
@@ -93,7 +92,7 @@ def test_nan_in_the_scratch_sampler_stops_before_any_black_image(tmp_path, promp
     with pytest.raises(SamplerDiverged, match=r"scratch sampler produced NaN or infinity in 2 of 2 images"):
         generator.generate(["", ""], [0, 1], [0, 1])
     pool = replace(prompt_pool, class_names=prompt_pool.class_names[:2], prompts=prompt_pool.prompts[:2])
-    with pytest.raises(DegenerateRound, match=r"round 0 of .*: the scratch sampler produced NaN"):
+    with pytest.raises(DegenerateRound, match=r"generate stage, round 0 \(.*\): the scratch sampler produced NaN"):
         generate_set(generator, pool, GenerationPlan(total=4, batch_size=2), tmp_path / "round")
     assert not list((tmp_path / "round").glob("*.png"))  # no black image was written
 
@@ -122,7 +121,7 @@ def test_a_run_whose_round_is_degenerate_stops_before_the_student(tmp_path, caps
     project = tmp_path / "project"
     assert main(["-q", "run", "--project", str(project), str(file)]) == 2
     err = capsys.readouterr().err
-    assert re.search(r"round 0 of .*one flat colour", err) and err.count("\n") == 1, err
+    assert re.search(r"generate stage, round 0 \(.*\): .*one flat colour", err) and err.count("\n") == 1, err
     from pipeline.core.project import Project
 
     [run] = Project.open(project).registry().list(kind="experiment")
