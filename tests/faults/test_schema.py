@@ -140,7 +140,6 @@ def test_a_base_models_options_are_checked_before_it_loads(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["caption", "--batch-size", "0"], r"batch_size must be >= 1, got 0"),
     (["finetune", "--option", "guidance_scale=abc"], r'options\.guidance_scale must be a number, got "abc"'),
     (["finetune", "--option", "learning_rate=nan"], r"options\.learning_rate must be a finite number, got NaN"),
 ])
