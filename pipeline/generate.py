@@ -439,9 +439,9 @@ def synthesize(config: GenerateConfig, project: Any, progress: ProgressFn = no_p
     ``data``: the experiment's loaded data (a stage run on its own loads it)."""
     from .core.runs import Link
 
-    # 1. check inputs: the generator and its options (before the data is read); data, prompts, size
-    generator = generator or _generator(config)
+    # 1. check inputs: data, prompts, size; the generator and its options (a saved one's on loading)
     pool, total, links = _prompt_pool(config, project, data)
+    generator = generator or _generator(config)
     source = Path(config.generator)
     backend_file = source / "backend.json"
     if backend_file.exists():
