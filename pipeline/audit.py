@@ -37,6 +37,7 @@ from .core.cluster import SINGLE, Cluster
 from .core.common import ProgressFn, config_hash, no_progress, safe_filename, to_jsonable, write_json
 from .core.project import Project
 from .core.runs import Link
+from .core.schema import schema
 from .privacy.attacks import AttackInputs, attack_names, run_attack
 from .privacy.metrics import DEFAULT_DELTA, aop, attack_metrics
 from .privacy.pipeline_shadows import PipelineShadows
@@ -57,6 +58,7 @@ MODES = ("transfer", "pipeline")
 TOP_VULNERABLE = 50  # most vulnerable member ids kept per audited model
 
 
+@schema
 @dataclass(frozen=True)
 class AuditConfig:
     """How the membership-inference audit is run."""
@@ -94,6 +96,8 @@ class AuditConfig:
         if self.n_shadows < 1 or self.pipeline_shadows < 1:
             raise ValueError(f"n_shadows and pipeline_shadows must be >= 1; got {self.n_shadows}, "
                              f"{self.pipeline_shadows}")
+        if self.seed < 0:  # numpy's generators take no negative seed
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         unknown = sorted(set(self.attack_options) - set(attack_names()))
         if unknown:
             raise ValueError(f"attack_options for unknown attack(s) {unknown}; valid: {', '.join(attack_names())}")

@@ -18,32 +18,38 @@ from PIL import Image
 
 from .captions.store import caption_store
 from .captions.templates import DEFAULT_CLASS_TEMPLATE, DEFAULT_TEMPLATE, build_prompt
-from .core.common import ProgressFn, no_progress, read_json, to_jsonable, write_json
+from .core.common import ProgressFn, from_dict, no_progress, read_json, to_jsonable, write_json
 from .core.project import Project
 from .core.runs import Link, RecordedProgress, config_differences
+from .core.schema import Options, schema
 from .data.context import DataContext
 from .data.datasets import DatasetConfig
 from .data.tensors import tensor_to_images
-from .generators import Generator, generator_class, resolve_options
+from .generators import Generator, backend_config, generator_class, resolve_options
 
 logger = logging.getLogger(__name__)
 
 
+@schema
 @dataclass(frozen=True)
 class FinetuneConfig:
     """Which generator to train on which images and captions."""
 
     dataset: DatasetConfig = field(default_factory=DatasetConfig)  # the real images (members are used)
     generator: str = "scratch"  # registered backend: scratch | sd-lora
-    options: tuple[tuple[str, Any], ...] = ()  # backend config fields, e.g. (("steps", 500),)
+    options: Options = field(default_factory=dict)  # backend config fields by name, e.g. {"steps": 500}
     store: str | None = None  # caption store; None = prompts from class names only
     store_version: int | None = None  # caption version (default: newest)
     template: str = DEFAULT_TEMPLATE  # prompt template: class | caption | class_caption | format string
     class_template: str = DEFAULT_CLASS_TEMPLATE  # caption used when there is no caption store
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", dict(self.options))  # (name, value) pairs given in code too
+        self.backend_config()  # the backend's config is the options' schema: a bad one fails here
+
     def backend_config(self) -> Any:
-        cls = generator_class(self.generator)
-        return cls.config_class(**resolve_options(cls, dict(self.options)))
+        """The backend's config from the options, checked against its schema (a bad option names itself)."""
+        return backend_config(self.generator, self.options)
 
 
 @dataclass(frozen=True)
@@ -109,14 +115,13 @@ def training_examples(data: DataContext, ids: Sequence[str], captions: Mapping[s
     return tensor_to_images(tensors.x), prompts, labels
 
 
-def fit_generator(backend: str, options: Sequence[tuple[str, Any]], images: Sequence[Image.Image],
+def fit_generator(backend: str, options: Mapping[str, Any] | Sequence[tuple[str, Any]], images: Sequence[Image.Image],
                   prompts: Sequence[str], labels: Sequence[int], checkpoints: Path, out_dir: Path, run_ref: str,
                   progress: ProgressFn = no_progress) -> dict[str, Any]:
     """Train backend ``backend`` with ``options`` on the triples (resuming from ``checkpoints``) and save it
     to ``out_dir`` with its ``backend.json``; returns the training figures."""
-    cls = generator_class(backend)
     started = time.monotonic()
-    generator = cls(cls.config_class(**resolve_options(cls, dict(options))))
+    generator = generator_class(backend)(backend_config(backend, dict(options)))
     metrics = generator.fit(images, prompts, labels, Path(checkpoints), progress)
     generator.save(Path(out_dir))
     write_json(Path(out_dir) / "backend.json", {"backend": backend, "run": run_ref})
@@ -153,7 +158,8 @@ def _resumable(registry: Any, run_id: str, config: FinetuneConfig) -> Any:
     if run.status == "done":
         raise ValueError(f"run {run_id} is already finished (its generator is {run.run_dir / 'generator'}); "
                          "nothing to resume")
-    differences = config_differences(run.config, config)
+    differences = config_differences(from_dict(FinetuneConfig, run.config, source=f"the saved config of run {run_id}"),
+                                     config)
     if differences:
         raise ValueError(f"finetune --resume {run_id}: the arguments differ from the run's recorded config "
                          f"({'; '.join(differences)}); resume with the run's own config or start a new run")

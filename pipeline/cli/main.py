@@ -67,14 +67,15 @@ def cmd_datasets_inspect(args: argparse.Namespace) -> int:
 def cmd_caption(args: argparse.Namespace) -> int:
     from ..caption import CaptionConfig, caption
     from ..captions.captioners import CaptionerConfig
+    from ..core.schema import checked
 
     captioner = CaptionerConfig(name=args.captioner, model=args.model, batch_size=args.batch_size,
                                 device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
                                 num_beams=args.num_beams, prompt=args.prompt,
                                 class_template=args.class_template)
-    config = CaptionConfig(dataset=dataset_config(args), captioner=captioner, store=args.store,
-                           subset=args.subset, overwrite=args.overwrite,
-                           overwrite_reviewed=args.overwrite_reviewed)
+    config = checked(CaptionConfig(dataset=dataset_config(args), captioner=captioner, store=args.store,
+                                   subset=args.subset, overwrite=args.overwrite,
+                                   overwrite_reviewed=args.overwrite_reviewed))
     with ProgressBars(not args.quiet) as bars:
         result = caption(config, project_of(args), progress=bars)
     curated = ""

@@ -27,6 +27,7 @@ from ..classifiers.models import build_classifier
 from ..classifiers.objectives import HardLabels
 from ..classifiers.train import TrainConfig, fit
 from ..core.common import ProgressFn
+from ..core.schema import schema
 from ..data.tensors import TensorData
 from ..privacy.metrics import empirical_epsilon
 from ..privacy.one_run import OneRunBound, draw_canaries, one_run_epsilon
@@ -35,6 +36,7 @@ from . import MethodContext, MethodResult, RealData, TransferMethod, register
 logger = logging.getLogger(__name__)
 
 
+@schema
 @dataclass(frozen=True)
 class DPConfig:
     """The privacy budget and the DP-SGD settings."""

@@ -161,7 +161,7 @@ def clone(project: Project, run_id: str) -> None:
     try:
         fill_form(project, from_dict(ExperimentConfig, project.registry().get(run_id).config),
                   f"a clone of run {run_id}", [])
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, ValueError) as err:
         shared.flash("error", f"Cannot clone run {run_id}: {err}")
         return
     shared.flash("success", f"Cloned run {run_id} into the form: change what you like and start it.")
@@ -215,7 +215,7 @@ def origin_note() -> None:
         cols[1].button("Reset the form", key="run_form_reset", on_click=reset_form, icon=":material/restart_alt:")
 
 
-def generator_options(form: Form, backend: str) -> tuple[tuple[str, Any], ...] | None:
+def generator_options(form: Form, backend: str) -> dict[str, Any] | None:
     """The chosen backend's widgets (its training and sampling steps, model sizes or base model, more
     options as JSON) -> its options; None when one is invalid (said on the page)."""
     cls, cols, initial = generator_class(backend), st.columns(4), form.initial
@@ -236,7 +236,7 @@ def generator_options(form: Form, backend: str) -> tuple[tuple[str, Any], ...] |
                                                         index=form.start_index(sizes, f"run_size_{backend}"))])
     options.update(cls.comparison_options(int(steps)))
     more = more_options(form, cols[3], backend, cls.path_fields)
-    return None if more is None else tuple({**options, **more}.items())
+    return None if more is None else {**options, **more}
 
 
 def more_options(form: Form, col: Any, backend: str, path_fields: frozenset[str]) -> dict[str, Any] | None:
@@ -357,9 +357,9 @@ def experiment_form(form: Form) -> ExperimentConfig | None:
     if c["store_version"] and not c["store"].strip():
         st.error("A caption version needs the caption store it belongs to.")
         return None
-    # 3. the config (unknown generator options and bad values fail here, said on the page)
+    # 3. the config, checked against its schema as a config file would be (a bad option or value is one
+    # line naming the field, said on the page)
     try:
-        FinetuneConfig(generator=g["backend"], options=g["options"]).backend_config()
         return replace(
             base, dataset=dataset, store=c["store"].strip() or None, template=c["template"],
             store_version=int(c["store_version"]) or None,
@@ -372,8 +372,8 @@ def experiment_form(form: Form) -> ExperimentConfig | None:
             audit=replace(base.audit, n_shadows=int(m["shadows"]), pipeline_shadows=int(m["pipeline_shadows"]),
                           views=tuple(m["views"])),
             **more,
-        )
-    except (ValueError, TypeError) as err:
+        ).validate()
+    except ValueError as err:
         st.error(f"Invalid settings: {err}")
         return None
 
