@@ -162,7 +162,7 @@ def test_a_fractional_label_is_refused_naming_file_column_and_row(tmp_path, caps
     code = main(["datasets", "inspect", "--dataset", f"parquet:{tmp_path}"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
-    assert f"{tmp_path / 'train.parquet'} column 'label' row 3: label 1.5 is not a class index" in err
+    assert f"{tmp_path / 'train.parquet'} column 'label' row 3: label 1.5 is not a class number" in err
 
 
 # -- the studio's form ----------------------------------------------------------------------------------------
