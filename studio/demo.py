@@ -122,7 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     blocks = build_demo(Project.open(args.project), args.run)
-    blocks.launch(server_name=args.host, server_port=args.port, share=False, footer_links=[])
+    # quiet: Gradio's start-up lines end with "set `share=True` in `launch()`", advice a user of this
+    # command cannot act on (the demo is never shared through a public tunnel); the address is ours to say
+    blocks.launch(server_name=args.host, server_port=args.port, share=False, footer_links=[], quiet=True,
+                  prevent_thread_lock=True)
+    print(f"The demo of run {args.run} is on {blocks.local_url} (Ctrl+C stops it)", flush=True)
+    blocks.block_thread()
     return 0
 
 

@@ -161,3 +161,34 @@ def test_cli_studio_and_demo_commands(finished_run, monkeypatch):
     assert main(["demo", "--project", str(project.root), "--run", run_id]) == 0
     assert calls == [(project.root, "127.0.0.1", 8600), (project.root, run_id, "127.0.0.1", 7860)]
     assert main(["demo", "--project", str(project.root), "--run", "experiment-missing"]) == 2
+
+
+def test_demo_start_up_says_its_address_without_gradios_share_hint(tmp_path, monkeypatch, capsys):
+    """Issue 25 item 8: Gradio's "set `share=True` in `launch()`" is advice a user of `python -m pipeline
+    demo` cannot act on; the demo says where it runs instead."""
+    gr = pytest.importorskip("gradio")
+    import socket
+
+    from studio import demo
+
+    made = []
+
+    def tiny_demo(project, run_id):
+        with gr.Blocks() as blocks:
+            gr.Markdown(f"run {run_id}")
+        made.append(blocks)
+        return blocks
+
+    monkeypatch.setattr(demo, "build_demo", tiny_demo)
+    monkeypatch.setattr(gr.Blocks, "block_thread", lambda self: None)  # serve, but return at once
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    try:
+        assert demo.main(["--run", "experiment-x", "--project", str(tmp_path / "p"), "--port", str(port)]) == 0
+    finally:
+        for blocks in made:
+            blocks.close()
+    out = capsys.readouterr().out
+    assert "share=True" not in out and "public link" not in out
+    assert f"The demo of run experiment-x is on http://127.0.0.1:{port}" in out
