@@ -41,21 +41,28 @@ def test_scratch_versions_are_checkpoints_then_final(trained):
     project, run_id, generator_dir = trained
     assert compare.resolve_generator(project, run_id) == generator_dir
     variants = compare.list_variants(generator_dir)
-    assert [v.name for v in variants] == ["step 2", "step 4", "final"]
-    assert compare.default_variants(variants) == ["step 2", "step 4", "final"]
+    # issue 25 item 9: the checkpoint of the last step (4) is the final generator: listed once, as "final"
+    assert [v.name for v in variants] == ["step 2", "final"]
+    assert variants[-1].step == 4 and variants[-1].checkpoint is None
+    assert [step for step, _ in compare.checkpoints(generator_dir)] == [2, 4]  # still kept on disk
+    assert compare.default_variants(variants) == ["step 2", "final"]
     assert compare.sampling_defaults(generator_dir) == {"steps": 2, "guidance": ScratchConfig().guidance_scale}
 
 
 def test_compare_uses_the_same_seed_for_every_version(trained):
     _, _, generator_dir = trained
     result = compare.compare_generations(generator_dir, ["0", "1", "2"], [0, 1, 2], [5, 6, 7],
-                                         ["step 2", "step 4", "final"], steps=2, guidance=1.5)
-    assert result.variants == ("step 2", "step 4", "final")
+                                         ["step 2", "final"], steps=2, guidance=1.5)
+    assert result.variants == ("step 2", "final")
     assert all(len(result.images[v]) == 3 and result.images[v][0].size == (8, 8) for v in result.variants)
     pixels = {v: np.stack([np.asarray(im) for im in result.images[v]]) for v in result.variants}
-    # the last checkpoint with its EMA weights is the final generator; an earlier one is not
-    assert np.array_equal(pixels["step 4"], pixels["final"])
     assert not np.array_equal(pixels["step 2"], pixels["final"])
+    # the last checkpoint with its EMA weights is the final generator (why it is not listed as a version)
+    step, folder = compare.checkpoints(generator_dir)[-1]
+    last = compare.load_variant(compare.Variant(f"step {step}", "scratch", generator_dir, folder, step=step),
+                                sampling_steps=2, guidance_scale=1.5)
+    assert np.array_equal(np.stack([np.asarray(im) for im in last.generate(["0", "1", "2"], [0, 1, 2], [5, 6, 7])]),
+                          pixels["final"])
     with pytest.raises(ValueError, match="unknown variants"):
         compare.compare_generations(generator_dir, ["0"], [0], [0], ["base"])
     with pytest.raises(ValueError, match="as many prompts"):
@@ -97,14 +104,18 @@ def test_generations_page_side_by_side_and_grid(trained, monkeypatch):
     assert not at.exception, [e.message for e in at.exception]
     at.button(key="gen_side").click().run()
     assert not at.error, [e.value for e in at.error]
-    # 3 chosen captions x (real image + 3 versions)
-    assert len(at.get("image")) == 3 * 4
+    # 3 chosen captions x (real image + 2 versions: step 2, final)
+    assert len(at.get("image")) == 3 * 3
+    versions = next(m for m in at.multiselect if m.label == "Versions to compare")
+    assert versions.options == ["step 2", "final (step 4)"]  # the step-4 checkpoint is "final": shown once
     assert any(c.value.startswith("prompt: 0: a digit 0") for c in at.caption)
     at.slider(key="gen_per_class").set_value(2).run()
     at.button(key="gen_grid").click().run()
     assert not at.error
-    # plus one row of images per class for each of the 3 versions
-    assert len(at.get("image")) == 3 * 4 + 10 * 3
+    # plus, for each of the 2 versions, one row per class of 2 images, each in a cell of its own (issue 25
+    # item 9: a list in one st.image was drawn edge to edge), with space between the cells
+    assert len(at.get("image")) == 3 * 3 + 2 * 10 * 2
+    assert sum(len(c.get("image")) == 1 for c in at.columns) == 3 * 3 + 2 * 10 * 2
 
 
 @pytest.fixture
@@ -127,12 +138,17 @@ def test_sd_lora_versions_are_base_checkpoints_and_fine_tuned(tmp_path, one_thre
                ("num_inference_steps", 2), ("sample_batch_size", 4))
     result = finetune(FinetuneConfig(dataset=DIGITS, generator="sd-lora", options=options), project)
     variants = compare.list_variants(result.generator_dir)
-    assert [v.name for v in variants] == ["base", "step 1", "step 2", "fine-tuned"]
+    # the step-2 checkpoint is the fine-tuned LoRA itself: listed once (issue 25 item 9)
+    assert [v.name for v in variants] == ["base", "step 1", "fine-tuned"] and variants[-1].step == 2
     assert compare.default_variants(variants) == ["base", "fine-tuned"]
     out = compare.compare_generations(result.generator_dir, ["a digit 3"] * 2, [3, 3], [1, 2],
-                                      ["base", "step 2", "fine-tuned"], steps=2)
+                                      ["base", "fine-tuned"], steps=2)
     pixels = {v: np.stack([np.asarray(im) for im in out.images[v]]) for v in out.variants}
-    assert np.array_equal(pixels["step 2"], pixels["fine-tuned"])  # the last checkpoint is the final LoRA
+    step, folder = compare.checkpoints(result.generator_dir)[-1]
+    last = compare.load_variant(compare.Variant(f"step {step}", "sd-lora", result.generator_dir, folder, step=step),
+                                num_inference_steps=2)
+    assert np.array_equal(np.stack([np.asarray(im) for im in last.generate(["a digit 3"] * 2, [3, 3], [1, 2])]),
+                          pixels["fine-tuned"])  # the last checkpoint is the final LoRA
     assert not np.array_equal(pixels["base"], pixels["fine-tuned"])  # the LoRA changes the images
     base_generator = compare.load_variant(variants[0])
     assert not base_generator.has_lora

@@ -125,11 +125,28 @@ class Generator(abc.ABC):
         return []
 
     @classmethod
+    def trained_steps(cls, generator_dir: Path) -> int | None:
+        """How many training steps the saved generator finished (its config's steps field; None: not
+        recorded)."""
+        try:
+            return int(cls.saved_config(Path(generator_dir))[cls.field_of("steps")])
+        except (OSError, KeyError, TypeError, ValueError):
+            return None
+
+    @classmethod
+    def earlier_checkpoints(cls, generator_dir: Path) -> list[tuple[int, Path]]:
+        """The kept checkpoints before the final weights: the one of the last step holds the saved
+        generator's own weights, a second copy of the final version, so it is left out."""
+        last = cls.trained_steps(generator_dir)
+        return [(step, path) for step, path in cls.checkpoints(generator_dir) if step != last]
+
+    @classmethod
     def variants(cls, generator_dir: Path) -> list[Variant]:
-        """Every version of a saved generator that can be compared: its kept checkpoints, then the final one."""
+        """Every version of a saved generator that can be compared: its earlier checkpoints, then the final
+        one (with the step it was saved at)."""
         return [*(Variant(f"step {step}", cls.name, Path(generator_dir), path, step=step)
-                  for step, path in cls.checkpoints(generator_dir)),
-                Variant("final", cls.name, Path(generator_dir))]
+                  for step, path in cls.earlier_checkpoints(generator_dir)),
+                Variant("final", cls.name, Path(generator_dir), step=cls.trained_steps(generator_dir))]
 
     @classmethod
     def load_variant(cls, variant: Variant, **overrides: Any) -> Generator:

@@ -576,11 +576,12 @@ class SDLoraGenerator(Generator):
 
     @classmethod
     def variants(cls, generator_dir: Path) -> list[Variant]:
-        """The base model alone, the LoRA of each kept checkpoint, and the fine-tuned model."""
+        """The base model alone, the LoRA of each earlier checkpoint, and the fine-tuned model (the last
+        checkpoint is the fine-tuned LoRA itself: shown once)."""
         return [Variant("base", cls.name, Path(generator_dir), base_only=True),
                 *(Variant(f"step {step}", cls.name, Path(generator_dir), path, step=step)
-                  for step, path in cls.checkpoints(generator_dir)),
-                Variant("fine-tuned", cls.name, Path(generator_dir))]
+                  for step, path in cls.earlier_checkpoints(generator_dir)),
+                Variant("fine-tuned", cls.name, Path(generator_dir), step=cls.trained_steps(generator_dir))]
 
     @classmethod
     def load_variant(cls, variant: Variant, **overrides: Any) -> SDLoraGenerator:

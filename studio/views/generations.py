@@ -21,6 +21,9 @@ from studio import shared
 
 MAX_CAPTIONS = 8
 OPTIONS_SHOWN = 300
+GRID_SIDE = 64  # pixels: per-class grid thumbnails
+GRID_COLUMNS = 8  # the most images per class the grid offers; fewer leave the other cells empty
+GRID_GAP = "small"  # space between two thumbnails (1 rem)
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,11 @@ def pick_generator(project: Project) -> Generator:
     generator_dir = compare.resolve_generator(project, run_id)
     variants = compare.list_variants(generator_dir)
     names = [v.name for v in variants]
+    # the final version says its step: the checkpoint of that step is the same weights, not listed again
+    saved_at = {v.name: v.step for v in variants if v.checkpoint is None and v.step is not None}
     chosen = st.multiselect("Versions to compare", names, default=compare.default_variants(variants),
-                            key=f"gen_v_{run_id}")
+                            key=f"gen_v_{run_id}",
+                            format_func=lambda n: f"{n} (step {saved_at[n]})" if n in saved_at else n)
     sampling = compare.sampling_defaults(generator_dir)
     cols = st.columns(3)
     seed = cols[0].number_input("Seed", min_value=0, value=0, key="gen_seed")
@@ -141,7 +147,7 @@ def side_by_side(project: Project, generator: Generator) -> None:
 def class_grid(generator: Generator) -> None:
     prompts_file = generator.record.run_dir / "training_prompts.json"  # written by the fine-tuning run
     class_names = read_json(prompts_file)["class_names"] if prompts_file.exists() else None
-    per_class = st.slider("Images per class", 1, 8, 4, key="gen_per_class")
+    per_class = st.slider("Images per class", 1, GRID_COLUMNS, 4, key="gen_per_class")
     if st.button("Generate grid", type="primary", disabled=not class_names, key="gen_grid"):
         prompts, labels, seeds = compare.class_grid(class_names, per_class, int(generator.seed))
         result = generate(generator, prompts, labels, seeds)
@@ -154,8 +160,18 @@ def class_grid(generator: Generator) -> None:
         for tab, name in zip(tabs, result.variants):
             with tab:
                 for label, class_name in enumerate(class_names):
-                    row = [im for im, y in zip(result.images[name], result.labels) if y == label]
-                    st.image([shared.scaled(im, 64) for im in row], caption=[class_name] * len(row))
+                    row = [(im, seed) for im, y, seed in zip(result.images[name], result.labels, result.seeds)
+                           if y == label]
+                    grid_row(class_name, row)
+
+
+def grid_row(class_name: str, row: list[tuple[Image.Image, int]]) -> None:
+    """One class: its name, then each image in a cell of its own (a list given to one ``st.image`` is
+    drawn edge to edge, and neighbouring thumbnails read as one picture)."""
+    cells = st.columns([1] + [1] * GRID_COLUMNS, gap=GRID_GAP, vertical_alignment="center")
+    cells[0].markdown(f"**{class_name}**")
+    for cell, (image, seed) in zip(cells[1:], row):
+        cell.image(shared.scaled(image, GRID_SIDE), caption=f"seed {seed}")
 
 
 # 4. memorisation: each synthetic image next to its nearest real member and non-member ------------------------------
