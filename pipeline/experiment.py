@@ -242,6 +242,8 @@ class _Steps:
                 made = caption(CaptionConfig(dataset=self.config.dataset, captioner=self.config.captioner,
                                              store=self.config.store), self.project, self.progress, data=self.data)
                 captions = _Captions(made.store, made.version)
+                # its own stage run: archived and deleted with the experiment (the store version stays)
+                self.registry.link(self.run.id, Link("caption", "run", made.run_id))
             self.registry.link(self.run.id, Link("captions", "captions", captions.ref))
         return captions
 

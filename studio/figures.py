@@ -69,16 +69,18 @@ def per_class_figure(points: Sequence[ModelPoint], class_names: Sequence[str]) -
     return fig
 
 
-def curves_figure(rows: dict[str, list[dict[str, Any]]], metric: str, title: str) -> go.Figure:
-    """One line per training stage of ``metric`` against epoch (from ``report.epoch_rows``)."""
+def curves_figure(rows: dict[str, list[dict[str, Any]]], metric: str, title: str,
+                  axis: str | None = None) -> go.Figure:
+    """One line per training stage of ``metric`` against epoch (from ``report.epoch_rows``); ``axis``: the
+    y axis title in words (default: the metric's name with spaces, never a key like ``val_accuracy``)."""
     fig = go.Figure()
     for stage, stage_rows in rows.items():
         xs = [r["epoch"] for r in stage_rows if metric in r]
         ys = [r[metric] for r in stage_rows if metric in r]
         if xs:
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=stage))
-    fig.update_layout(title=title, xaxis_title="epoch", yaxis_title=metric, template="plotly_white",
-                      height=300, margin={"t": 40, "b": 30})
+    fig.update_layout(title=title, xaxis_title="epoch", yaxis_title=axis or metric.replace("_", " "),
+                      template="plotly_white", height=300, margin={"t": 40, "b": 30})
     return fig
 
 

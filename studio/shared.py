@@ -26,6 +26,8 @@ from pipeline.core.rebuild import rebuild_registry
 from pipeline.core.registry_file import RegistryDamaged
 from pipeline.data.datasets import DatasetConfig, ImageDataset, load_dataset
 
+# read-only tables: a cell's 14 px font is about 8 px a character; padding and the sort arrow take 32 px
+CELL_CHAR_PX, CELL_PAD_PX, CELL_MAX_PX = 8, 32, 400
 THUMB_SIZES = (64, 128, 256)  # grid thumbnail sides in pixels the Captions page offers
 THUMB = 128  # default thumbnail side: a chest X-ray or a skin lesion still shows its structure
 VIEW_SIDE = 768  # "fit to panel": the longer side of a viewer image, in pixels (a portrait X-ray fits a screen)
@@ -241,6 +243,17 @@ def model_ref(project: Project, text: str) -> str | None:
         return text
     path = confined_path(project, text)
     return str(path) if path else None
+
+
+def fitted_columns(frame: Any) -> dict[str, Any]:
+    """``column_config`` for ``st.dataframe(frame)``: each column as wide as its header or its longest cell
+    (up to :data:`CELL_MAX_PX`). Streamlit sizes a column by its cells, so a short number under a longer
+    header was cut ("student AU…")."""
+    def width(column: Any) -> int:
+        longest = max([len(str(column)), *(len(str(v)) for v in frame[column])])
+        return min(CELL_MAX_PX, CELL_PAD_PX + CELL_CHAR_PX * longest)
+
+    return {str(c): st.column_config.Column(width=width(c)) for c in frame.columns}
 
 
 def describe(config: DatasetConfig) -> str:

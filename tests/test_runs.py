@@ -227,7 +227,7 @@ def test_run_rows_show_live_stage_elapsed_and_no_none(tmp_path: Path):
     record = registry.get(run.id)
     took = (datetime.fromisoformat(record.finished_at) - datetime.fromisoformat(record.started_at)).total_seconds()
     assert runs_view.elapsed(record, now=later + timedelta(hours=5)) == pytest.approx(took)  # not the clock
-    assert runs_view.run_row(record)["stage"] == ""
+    assert runs_view.run_row(record)["stage"] == "all stages done"  # issue 25 item 7: never an empty cell
     assert [runs_view.format_duration(s) for s in (None, 0.4, 59, 61, 3600 * 2 + 7 * 60)] == \
         ["–", "0s", "59s", "1m 01s", "2h 07m"]
     assert runs_view.elapsed(replace(record, started_at="2024-01-01T00:00:00"),

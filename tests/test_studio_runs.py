@@ -160,6 +160,8 @@ def test_live_panel_shows_progress_curves_log_and_cancels(env, open_page):
         assert at.get("progress")[0].value == 50  # percent
         specs = plotly_specs(at)
         assert [t["y"] for t in specs[0]["data"]] == [[2.0, 1.5]]  # the teacher's loss per epoch
+        # issue 25 item 7: axes in words, not the event keys ("val_accuracy")
+        assert [s["layout"]["yaxis"]["title"]["text"] for s in specs] == ["training loss", "validation accuracy"]
         assert "teacher: epoch 2" in at.code[0].value
         at.button(key="run_cancel").click().run()
         assert registry.get(run.id).status == "cancelled"
@@ -169,7 +171,13 @@ def test_live_panel_shows_progress_curves_log_and_cancels(env, open_page):
 
 
 def test_finished_and_failed_runs(env, add_finished_run, fake_metrics, open_page):
-    done = add_finished_run(env, fake_metrics())
+    from pipeline.views.report import model_name
+
+    metrics = fake_metrics()
+    metrics["teacher"]["mia"]["empirical_epsilon"] = 0.42
+    # issue 25 item 7: the per-run table left out the other students (the data-free AM one)
+    metrics["methods"] = {"am": {**metrics["student"], "accuracy": 0.7, "reads_real_training_images": False}}
+    done = add_finished_run(env, metrics)
     env.registry().report(done, teacher_auc=0.6, student_accuracy=0.9, student_auc=0.52, class_fidelity=0.81,
                           frechet_distance=3.5, precision=0.7, recall=0.6, cas=0.55, teacher_formal_epsilon="none",
                           teacher_empirical_epsilon=0.42)
@@ -181,9 +189,11 @@ def test_finished_and_failed_runs(env, add_finished_run, fake_metrics, open_page
     shown = {m.label: m.value for m in at.metric}
     assert shown["Class fidelity"] == "0.810" and shown["CAS"] == "0.550" and shown["Precision / recall"] == "0.70 / 0.60"
     models = next(d.value for d in at.dataframe if "model" in d.value.columns).set_index("model")
-    assert models.loc["teacher", "formal ε (guarantee)"] == "none"
-    assert models.loc["teacher", "empirical ε (an attack's lower bound)"] == "0.4200"
-    assert models.loc["student", "formal ε (guarantee)"] == "–"  # a run from before ε was recorded
+    assert list(models.index) == [model_name(role) for role in ("teacher", "student", "am")]
+    assert models.loc[model_name("am"), "test accuracy"] == "0.7000"
+    assert models.loc[model_name("teacher"), "formal ε (guarantee)"] == "none"
+    assert models.loc[model_name("teacher"), "empirical ε (an attack's lower bound)"] == "0.42"
+    assert models.loc[model_name("student"), "empirical ε (an attack's lower bound)"] == "n/a"  # not recorded
     at.selectbox(key="runs_selected").set_value(failed.id).run()
     assert any("boom" in e.value for e in at.error)
 
@@ -340,7 +350,7 @@ def test_the_table_shows_live_status_stage_and_elapsed_and_refreshes_while_live(
     at.run()
     assert fragments["runs_table"] is None
     rows = table(at, "elapsed").set_index("run")
-    assert rows.loc[running.id, "status"] == "done" and rows.loc[running.id, "stage"] == ""
+    assert rows.loc[running.id, "status"] == "done" and rows.loc[running.id, "stage"] == "all stages done"
 
 
 def test_clone_fills_the_form_and_starts_the_same_config(env, started, tiny_config, open_page):
@@ -459,3 +469,31 @@ def test_delete_asks_for_confirmation_and_refuses_live_or_used_runs(env, add_fin
     with pytest.raises(KeyError):
         registry.get(used)
     assert not (env.runs_dir / used).exists() and used not in at.selectbox(key="runs_selected").options
+
+
+# -- issue 25 item 7: the runs page read by a new user ---------------------------------------------------------------
+def test_runs_table_headers_fit_and_one_entry_per_dataset(env, add_finished_run, fake_metrics, open_page):
+    """A finished run's stage cell says so, no header is cut ("student AU…"), and the dataset list has one
+    entry for the digits however many runs (with their limits) used them."""
+    done = add_finished_run(env, fake_metrics())
+    registry = env.registry()
+    limited = registry.create("experiment", {"dataset": {"source": "digits", "limit": 40}})
+    registry.start(limited.id)
+    registry.finish(limited.id)
+    at = open_page("runs")
+    assert set(table(at, "elapsed").set_index("run").loc[[done, limited.id], "stage"]) == {"all stages done"}
+    runs_table = next(d for d in at.dataframe if "elapsed" in d.value.columns)
+    widths = json.loads(runs_table.proto.columns)
+    for header in runs_table.value.columns:  # about 8 px a character at the table's font, plus the sort arrow
+        assert widths.get(header, {}).get("width", 0) >= 8 * len(header) + 24, header
+    options = at.selectbox(key="run_dataset").options
+    assert [o for o in options if o.startswith("digits")] == ["digits (built-in)"]
+
+
+def test_an_experiment_owns_the_caption_run_it_made(audited_run):
+    """Archiving an experiment left its caption run listed: the experiment links the caption run it made
+    as one of its stage runs, which archive (and delete) take along."""
+    project, run_id = audited_run
+    registry = project.registry()
+    made = [r.id for r in registry.list(kind="caption", limit=10_000)]
+    assert len(made) == 1 and made[0] in registry.owned(run_id)

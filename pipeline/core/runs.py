@@ -341,8 +341,8 @@ class RunRegistry:
         return [(row[0], row[1]) for row in rows]
 
     def owned(self, run_id: str) -> list[str]:
-        """The run, then the stage runs it owns: an experiment's linked runs (generator, synthetic rounds,
-        teacher, student, methods), whose artefacts mostly live in the experiment's own folder."""
+        """The run, then the stage runs it owns: an experiment's linked runs (the caption run it made, generator,
+        synthetic rounds, teacher, student, methods), whose artefacts mostly live in the experiment's own folder."""
         record = self.get(run_id)
         if record.kind != "experiment":
             return [run_id]

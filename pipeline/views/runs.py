@@ -25,8 +25,11 @@ from .report import ModelPoint, empirical_epsilon_text, formal_epsilon_text, poi
 logger = logging.getLogger(__name__)
 
 MISSING = "–"  # shown for a value a run does not have (yet)
+FINISHED = "all stages done"  # the stage cell of a finished run
 SUMMARY_METRICS = {"teacher acc": "teacher_accuracy", "student acc": "student_accuracy",
                    "teacher AUC": "teacher_auc", "student AUC": "student_auc"}
+# the per-model table of one run (every audited model: teacher, student, the other methods)
+MODEL_COLUMNS = ("model", "test accuracy", "MIA AUC", "formal ε (guarantee)", "empirical ε (an attack's lower bound)")
 
 
 # -- the runs table ------------------------------------------------------------------------------------
@@ -59,12 +62,15 @@ def format_duration(seconds: float | None) -> str:
 
 
 def stage_text(record: RunRecord) -> str:
-    """The stage a running run is in (or a failed / cancelled one stopped in), with its progress."""
+    """The stage a running run is in (or a failed / cancelled one stopped in), with its progress; never
+    empty (a finished run: "all stages done")."""
     if record.status == "queued":
         return "waiting for its process"
+    if record.status == "done":
+        return FINISHED
     progress = record.progress or {}
-    if record.status == "done" or not progress.get("stage"):
-        return "starting" if record.status == "running" else ""
+    if not progress.get("stage"):
+        return "starting" if record.status == "running" else MISSING
     done, total = progress.get("done"), progress.get("total")
     return progress["stage"] + (f" {done}/{total}" if done is not None and total else "")
 
@@ -75,6 +81,14 @@ def run_row(record: RunRecord, now: datetime | None = None) -> dict[str, Any]:
            "elapsed": format_duration(elapsed(record, now)), "created": record.created_at[:19].replace("T", " ")}
     row.update({label: number_text(record.metrics.get(key)) for label, key in SUMMARY_METRICS.items()})
     return {**row, "archived": "yes" if record.archived else "", "error": record.error or ""}
+
+
+def model_rows(record: RunRecord) -> list[dict[str, str]]:
+    """One row per audited model of a finished experiment, as its ``metrics.json`` lists them: the teacher,
+    the student, then every other method (the data-free AM student, BSS, DP-SGD ...), with the columns of
+    :data:`MODEL_COLUMNS`; [] while it has no metrics."""
+    return [dict(zip(MODEL_COLUMNS, (p.name, number_text(p.accuracy), number_text(p.auc), formal_epsilon_text(p),
+                                     empirical_epsilon_text(p)))) for p in _points(record)]
 
 
 def _time(text: str) -> datetime:

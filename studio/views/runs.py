@@ -84,9 +84,15 @@ def open_form(project: Project) -> Form:
 
 
 def dataset_choices(project: Project, config: ExperimentConfig) -> dict[str, DatasetConfig]:
-    """Datasets of the project's runs by label, the built-in digits, and ``config``'s own dataset."""
-    choices = {shared.describe(c): c for c in report.known_datasets(project)}
-    choices.setdefault("digits (built-in)", DatasetConfig())
+    """Datasets of the project's runs by label, the built-in digits, and ``config``'s own dataset: one entry
+    per dataset (the limit and the member fraction have their own widgets)."""
+    choices: dict[str, DatasetConfig] = {}
+    for known in [*report.known_datasets(project), DatasetConfig()]:
+        known = replace(known, limit=None, member_fraction=DatasetConfig.member_fraction)
+        if known in choices.values():
+            continue
+        label = f"{known.name} (built-in)" if known == DatasetConfig() else known.name
+        choices[label if label not in choices else f"{label} ({len(choices) + 1})"] = known
     if dataset_label(choices, config.dataset) is None:  # same name as a known one, other settings
         choices[f"{shared.describe(config.dataset)} (as cloned)"] = config.dataset
     return choices
@@ -408,7 +414,7 @@ def runs_table(project: Project, kind: str | None, archived: bool, shown: list[t
     if [(r.id, r.status) for r in records] != shown:
         st.rerun()  # a run started, ended or appeared: the whole page follows (panel, buttons, refresh)
     rows = pd.DataFrame([runs_view.run_row(r) for r in records])
-    st.dataframe(rows, hide_index=True, width="stretch",
+    st.dataframe(rows, hide_index=True, width="stretch", column_config=shared.fitted_columns(rows),
                  column_order=[c for c in rows.columns if archived or c != "archived"])
 
 
@@ -516,16 +522,14 @@ def run_panel(project: Project, run_id: str, was_active: bool) -> None:
     rows = report.epoch_rows(events)
     if rows:
         cols = st.columns(2)
-        cols[0].plotly_chart(figures.curves_figure(rows, "loss", "Training loss"), key="run_loss")
-        cols[1].plotly_chart(figures.curves_figure(rows, "val_accuracy", "Validation accuracy"), key="run_acc")
+        cols[0].plotly_chart(figures.curves_figure(rows, "loss", "Training loss", "training loss"), key="run_loss")
+        cols[1].plotly_chart(figures.curves_figure(rows, "val_accuracy", "Validation accuracy", "validation accuracy"),
+                             key="run_acc")
     metrics = record.metrics
-    if "teacher_accuracy" in metrics:
-        st.dataframe(pd.DataFrame([
-            {"model": role, "test accuracy": runs_view.number_text(metrics.get(f"{role}_accuracy")),
-             "MIA AUC": runs_view.number_text(metrics.get(f"{role}_auc")),
-             "formal ε (guarantee)": runs_view.formal_text(metrics.get(f"{role}_formal_epsilon")),
-             "empirical ε (an attack's lower bound)": runs_view.number_text(metrics.get(f"{role}_empirical_epsilon"))}
-            for role in ("teacher", "student")]), hide_index=True)
+    models = runs_view.model_rows(record) if record.status == "done" else []
+    if models:  # every audited model, the other methods (the data-free AM student ...) included
+        table = pd.DataFrame(models)
+        st.dataframe(table, hide_index=True, column_config=shared.fitted_columns(table))
         st.page_link("views/tradeoffs.py", label="See it on the trade-off plot", icon=":material/scatter_plot:")
     if "class_fidelity" in metrics:
         st.markdown("**Synthetic data** (mean over rounds; the teacher is the feature extractor)")
