@@ -28,7 +28,13 @@ from .data.context import DataContext
 from .distill import evaluate_on_test, train_on_labels
 from .generate import SyntheticSet, regenerate
 from .generators.fidelity import penultimate_features, synthetic_fidelity
-from .privacy.memorisation import MemorisationConfig, copy_flags, memorisation_audit
+from .privacy.memorisation import (
+    MemorisationConfig,
+    copy_flags,
+    copy_rule,
+    flagged_copies,
+    memorisation_audit,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -77,26 +83,35 @@ def round_memorisation(teacher: nn.Module, data: DataContext, rounds: list[Synth
                        config: MemorisationConfig) -> dict[str, Any]:
     """Memorisation audit of every round (``memorisation.json`` and per-image nearest real images in
     ``neighbours.jsonl`` in each round's folder) in the teacher's feature space, and in pixel space for
-    small images; the copies summed and the other figures averaged over rounds."""
+    small images. ``copies`` counts the images flagged in any space (:func:`flagged_copies`, the one copy
+    count: ``copies_by_space`` has each space's own), ``rule`` says so in words; the fresh real images'
+    flag rate uses the same rule; C_T is the feature space's, averaged over rounds."""
+    # 1. the real images in every space, once
     members, nonmembers = data.tensors("members", size), data.tensors("nonmembers", size)
     spaces = audit_spaces(teacher, members.x, config)
-    per_round = []
+    real = {space: (embed(members.x), embed(nonmembers.x)) for space, embed in spaces.items()}
+    # 2. each round: nearest real images and flags per space, and the one copy flag
+    per_round, flags = [], []
     for synthetic in rounds:
         made = synthetic.tensors(size)
-        found = {space: memorisation_audit(embed(made.x), embed(members.x), embed(nonmembers.x), members.ids,
-                                           nonmembers.ids, config) for space, embed in spaces.items()}
+        found = {space: memorisation_audit(spaces[space](made.x), *real[space], members.ids, nonmembers.ids, config)
+                 for space in spaces}
         _write_neighbours(synthetic, found)
         summary = {space: figures for space, (_, figures) in found.items()}
         write_json(synthetic.root / "memorisation.json", summary)
         per_round.append(summary)
-    features = [r["features"] for r in per_round]
-    cts = [r["ct"] for r in features if r["ct"] is not None]
-    return {"copies": int(sum(r["copies"] for r in features)),
-            "copy_rate": float(np.mean([r["copy_rate"] for r in features])),
-            "nonmember_flag_rate": float(np.mean([r["nonmember_flag_rate"] for r in features])),
-            "ct": float(np.mean(cts)) if cts else None,
-            "pixel_copies": int(sum(r["pixels"]["copies"] for r in per_round)) if "pixels" in spaces else None,
-            "rounds": per_round, "space": "teacher penultimate features" + (" and pixels" if "pixels" in spaces else "")}
+        flags.append(flagged_copies({space: [image["copy"] for image in images]
+                                     for space, (images, _) in found.items()}))
+    # 3. the set: copies by the one rule, the same rule on fresh real images
+    copied = np.concatenate(flags)
+    fresh = flagged_copies({space: copy_flags(nonmember_x, member_x, config.copy_quantile)[0]
+                            for space, (member_x, nonmember_x) in real.items()})
+    cts = [r["features"]["ct"] for r in per_round if r["features"]["ct"] is not None]
+    return {"copies": int(copied.sum()), "copy_rate": float(copied.mean()),
+            "copies_by_space": {space: int(sum(r[space]["copies"] for r in per_round)) for space in spaces},
+            "nonmember_flag_rate": float(fresh.mean()), "ct": float(np.mean(cts)) if cts else None,
+            "rule": copy_rule(config.copy_quantile, spaces), "rounds": per_round,
+            "space": "teacher penultimate features" + (" and pixels" if "pixels" in spaces else "")}
 
 
 def _write_neighbours(synthetic: SyntheticSet, found: dict[str, tuple[list[Any], Any]]) -> None:
@@ -122,14 +137,13 @@ def copy_gate(teacher: nn.Module, data: DataContext, rounds: list[SyntheticSet],
     the teacher's features and, for small images, in pixels) up to ``attempts`` times. Returns the gated
     rounds and, per round, how many were flagged, redrawn and still flagged at the end."""
     members = data.tensors("members", size)
-    spaces = list(audit_spaces(teacher, members.x, config).values())
-    references = [embed(members.x) for embed in spaces]
+    spaces = audit_spaces(teacher, members.x, config)
+    references = {space: embed(members.x) for space, embed in spaces.items()}
 
     def flagged(synthetic: SyntheticSet) -> list[int]:
         x = synthetic.tensors(size).x
-        hits = np.zeros(len(synthetic), dtype=bool)
-        for embed, reference in zip(spaces, references):
-            hits |= copy_flags(embed(x), reference, config.copy_quantile)[0]
+        hits = flagged_copies({space: copy_flags(embed(x), references[space], config.copy_quantile)[0]
+                               for space, embed in spaces.items()})
         return [synthetic.items[j].index for j in np.flatnonzero(hits)]
 
     gated, report = [], []

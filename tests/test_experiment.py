@@ -55,7 +55,13 @@ def test_tiny_end_to_end_run(project, tiny_config):
     assert len(neighbours) == metrics["synthetic"]["images_per_round"]
     members = set(json.loads((project.runs_dir / run_id / "membership.json").read_text())["members"])
     assert all(n["features"]["member"] in members and n["pixels"]["nonmember"] not in members for n in neighbours)
-    assert memorisation["copies"] == sum(r["features"]["copies"] for r in memorisation["rounds"])
+    # one copy count (issue 25 item 6): an image flagged in any space, as the studio and the copy gate count
+    flagged = [any(row[space]["copy"] for space in ("features", "pixels")) for k in (0, 1) for row in
+               (json.loads(line) for line in (project.runs_dir / run_id / "synthetic" / f"round-{k}" / "neighbours.jsonl")
+                .read_text().splitlines())]
+    assert memorisation["copies"] == sum(flagged) and memorisation["copy_rate"] == pytest.approx(sum(flagged) / len(flagged))
+    assert memorisation["copies_by_space"]["features"] == sum(r["features"]["copies"] for r in memorisation["rounds"])
+    assert "pixels" in memorisation["rule"]
     assert memorisation["ct"] is not None and 0.0 <= memorisation["nonmember_flag_rate"] <= 1.0
     # the data-free activation-maximisation student, on the same plane with the same audit: transfer mode
     # (the teacher's shadows) and its own pipeline (the GKD shadows' generators, rounds and teachers reused)

@@ -96,3 +96,53 @@ def test_the_copy_gate_redraws_flagged_images_and_keeps_the_set_whole(project):
     assert files == {i.file for i in gated.items}  # redrawn files replaced the old ones, no orphan left
     lines = [json.loads(line) for line in (gated.root / "manifest.jsonl").read_text().splitlines()]
     assert sum("replaces" in line for line in lines) == first["redrawn"]
+
+
+# -- issue 25 item 6: one copy count ---------------------------------------------------------------------------------
+def test_one_copy_flag_an_image_flagged_in_any_space():
+    from pipeline.privacy.memorisation import copy_rule, flagged_copies
+
+    flags = flagged_copies({"features": [True, False, True, False], "pixels": [False, True, True, False]})
+    assert flags.tolist() == [True, True, True, False]
+    with pytest.raises(ValueError, match="no audited space"):
+        flagged_copies({})
+    rule = copy_rule(0.01, ["features", "pixels"])
+    assert "the teacher's features or pixels" in rule and "99%" in rule
+
+
+def test_round_memorisation_counts_copies_by_the_one_rule(tmp_path, monkeypatch):
+    """The run's count (metrics, CLI, report) took the feature space alone while the studio and the copy
+    gate took an image flagged in any space (82 vs 74 copies on the quickstart): now one count, the union,
+    with each space's own beside it and the rule in words."""
+    import json
+    from types import SimpleNamespace
+
+    import torch
+
+    from pipeline import fidelity
+
+    rng = np.random.default_rng(0)
+    members = torch.from_numpy(rng.normal(size=(40, 4)).astype(np.float32))
+    nonmembers = torch.from_numpy(rng.normal(size=(40, 4)).astype(np.float32))
+    far = torch.full((2,), 50.0)
+    synthetic = torch.stack([
+        torch.cat([members[0, :2], far]),  # a copy in the first space only
+        torch.cat([far, members[1, 2:]]),  # ... in the second only
+        members[2],  # ... in both
+        torch.cat([far, far]),  # in neither
+    ])
+    # two spaces: the first two coordinates ("features") and the last two ("pixels")
+    monkeypatch.setattr(fidelity, "audit_spaces", lambda teacher, x, config: {
+        "features": lambda x: x[:, :2].numpy(), "pixels": lambda x: x[:, 2:].numpy()})
+    ids = {"members": [f"m{i}" for i in range(40)], "nonmembers": [f"n{i}" for i in range(40)]}
+    data = SimpleNamespace(tensors=lambda split, size: SimpleNamespace(
+        x={"members": members, "nonmembers": nonmembers}[split], ids=ids[split]))
+    round_0 = SimpleNamespace(root=tmp_path, tensors=lambda size: SimpleNamespace(x=synthetic),
+                              items=[SimpleNamespace(index=j, file=f"{j}.png", label=0) for j in range(4)])
+    found = fidelity.round_memorisation(None, data, [round_0], None, MemorisationConfig())
+    assert found["copies"] == 3 and found["copy_rate"] == pytest.approx(0.75)
+    assert found["copies_by_space"] == {"features": 2, "pixels": 2}
+    assert "features or pixels" in found["rule"]
+    rows = [json.loads(line) for line in (tmp_path / "neighbours.jsonl").read_text().splitlines()]
+    assert found["copies"] == sum(row["features"]["copy"] or row["pixels"]["copy"] for row in rows)
+    assert 0.0 <= found["nonmember_flag_rate"] <= 1.0

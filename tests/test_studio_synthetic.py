@@ -142,3 +142,19 @@ def test_synthetic_set_page_filters_and_shows_teacher_labels(run, monkeypatch):
         assert all("**copy**" in c.value for c in at.caption if "teacher:" in c.value)
     else:
         assert any("No synthetic image matches" in i.value for i in at.info)
+
+
+def test_the_page_counts_copies_as_the_run_and_says_what_a_copy_is(run, monkeypatch):
+    """Issue 25 item 6: the page's flagged copies are the run's (metrics.json: what the CLI and the report
+    print), and the page states the rule."""
+    project, run_id, view = run
+    memorisation = json.loads((project.runs_dir / run_id / "metrics.json").read_text())["memorisation"]
+    assert memorisation["copies"] == sum(im.copied for im in view.images)
+    assert view.copy_rule == memorisation["rule"] and "pixels" in view.copy_rule
+    monkeypatch.setenv("TCKR_PROJECT", str(project.root))
+    at = AppTest.from_file(APP, default_timeout=180).run()
+    at.switch_page("views/synthetic.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    flagged = next(m for m in at.metric if m.label == "Flagged copies")
+    assert flagged.value == str(memorisation["copies"]) and view.copy_rule in flagged.help
+    assert any(view.copy_rule in c.value for c in at.caption)

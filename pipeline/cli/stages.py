@@ -162,7 +162,8 @@ def _print_audit_table(metrics: dict[str, Any]) -> None:
         ct = memorisation.get("ct")
         print(f"memorisation of the synthetic rounds: {memorisation['copies']} copies flagged "
               f"({memorisation['copy_rate']:.2%}; fresh real images {memorisation['nonmember_flag_rate']:.2%}), "
-              "data-copying C_T " + (f"{ct:.2f}" if ct is not None else "n/a") + " (< -3: copying)")
+              "data-copying C_T " + (f"{ct:.2f}" if ct is not None else "n/a") + " (< -3: copying)"
+              + (f"; a copy: {memorisation['rule']}" if memorisation.get("rule") else ""))
     if methods:
         print()
         print_table([[key, "real members" if m.get("reads_real_training_images") else "no (data-free)",

@@ -19,6 +19,7 @@ Follows the authors' reference code (github.com/casey-meehan/data-copying, ``dat
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,8 @@ import numpy as np
 import torch
 
 from ..core.schema import schema
+
+SPACE_NAMES = {"features": "the teacher's features", "pixels": "pixels"}  # the audit's spaces in words
 
 
 @schema
@@ -132,6 +135,29 @@ def copy_flags(synthetic: np.ndarray, members: np.ndarray, quantile: float,
     if member_distance is None:
         member_distance, _ = nearest(synthetic, members)
     return member_distance <= threshold, threshold
+
+
+def flagged_copies(flags_by_space: Mapping[str, Sequence[bool]]) -> np.ndarray:
+    """The one copy flag of each synthetic image: flagged in **any** space the audit measured (the teacher's
+    features, and pixels for small images). The copy gate redraws these, the report never shows them, and
+    every count of copies (the run's metrics, the CLI, the report, the studio) counts these.
+
+    Args:
+        flags_by_space: space -> (n,) copy flags of the same n images.
+
+    Returns:
+        (n,) bool.
+    """
+    if not flags_by_space:
+        raise ValueError("no audited space: the copy flag needs at least one (features, pixels)")
+    return np.logical_or.reduce([np.asarray(flags, bool) for flags in flags_by_space.values()])
+
+
+def copy_rule(quantile: float, spaces: Iterable[str]) -> str:
+    """The copy flag of :func:`flagged_copies` in words, as every place that counts copies states it."""
+    where = " or ".join(SPACE_NAMES.get(space, space) for space in spaces)
+    return (f"a synthetic image closer to a real training image, in {where}, than {1 - quantile:.0%} of the "
+            "training images are to their nearest other one")
 
 
 def memorisation_audit(synthetic: np.ndarray, members: np.ndarray, nonmembers: np.ndarray,

@@ -30,6 +30,7 @@ from ..core.runs import RunRecord
 from ..data.datasets import DatasetConfig, ImageDataset, load_dataset
 from ..generate import SyntheticSet
 from ..generators.fidelity import penultimate_features
+from ..privacy.memorisation import MemorisationConfig, copy_rule, flagged_copies
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +69,9 @@ class SyntheticImage:
 
     @property
     def copied(self) -> bool:
-        """Flagged as a near-copy of a member in any audited space."""
-        return any(n.copy for n in self.neighbours.values())
+        """Flagged as a near-copy of a member in any audited space: the one copy flag
+        (``privacy.memorisation.flagged_copies``) that the run's metrics, the CLI and the report count."""
+        return bool(self.neighbours) and bool(flagged_copies({s: [n.copy] for s, n in self.neighbours.items()})[0])
 
 
 @dataclass
@@ -86,6 +88,7 @@ class SyntheticSetView:
     copy_thresholds: dict[tuple[int, str], float]  # (round, space) -> the memorisation audit's threshold
     teacher: nn.Module = field(repr=False)
     recipe: TrainConfig = field(repr=False)
+    copy_rule: str = ""  # what a flagged copy is, in words (``privacy.memorisation.copy_rule``)
 
     def rounds(self) -> list[int]:
         return sorted({im.round for im in self.images})
@@ -198,9 +201,12 @@ def load_synthetic_set(project: Project, run_id: str, dataset: ImageDataset | No
                 for j, im in enumerate(images)]
     # 4. the real members of each class, for the studio's side-by-side
     split = read_json(record.run_dir / "membership.json")
+    # 5. what a flagged copy is, with this run's threshold and the spaces its audit measured
+    quantile = float((record.config.get("memorisation") or {}).get("copy_quantile", MemorisationConfig.copy_quantile))
+    rule = copy_rule(quantile, [s for s in SPACES if any(s in im.neighbours for im in images)] or ["features"])
     return SyntheticSetView(run_id, config, class_names, labelled, members_by_class(dataset, split["members"]),
                             np.concatenate(features), np.concatenate(pixels) if len(pixels) == len(probs) else None,
-                            thresholds, teacher, recipe)
+                            thresholds, teacher, recipe, rule)
 
 
 # -- what to show ---------------------------------------------------------------------------------------------

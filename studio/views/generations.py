@@ -193,9 +193,10 @@ def nearest_real_images(project: Project) -> None:
         st.warning(str(err))
         st.stop()
     ct = summary.get("ct")
-    st.markdown(f"**{summary['copies']} of {summary['images']} synthetic images flagged as copies** "
-                f"(a fresh real image is flagged {summary['nonmember_flag_rate']:.1%} of the time at this "
-                "threshold); data-copying test " + (f"C_T = {ct:.2f}" if ct is not None else "not run"))
+    st.markdown(f"**{summary['copies']} of {summary['images']} synthetic images flagged as copies in {space}** "
+                f"(a fresh real image is flagged {summary['nonmember_flag_rate']:.1%} of the time at this threshold; the "
+                "run's copy count takes an image flagged in any space); data-copying test "
+                + (f"C_T = {ct:.2f}" if ct is not None else "not run"))
     st.caption("Closest to a member first. A copy is closer to a member than "
                f"{1 - summary['copy_quantile']:.0%} of members are to another member. C_T well below 0 "
                "(e.g. < -3) means synthetic images sit closer to the training images than fresh data does "

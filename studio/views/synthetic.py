@@ -47,7 +47,9 @@ def open_run(project: Project, runs: list[RunRecord]) -> SyntheticSetView:
     cols[0].metric("Synthetic images", overall["images"], help=f"{len(view.rounds())} round(s)")
     cols[1].metric("Class fidelity", f"{overall['class_fidelity']:.1%}", help="share the teacher labels as intended")
     cols[2].metric("Mean teacher confidence", f"{overall['confidence']:.1%}")
-    cols[3].metric("Flagged copies", overall["flagged"])
+    cols[3].metric("Flagged copies", overall["flagged"],
+                   help=f"A flagged copy is {view.copy_rule}.")
+    st.caption(f"**Flagged copy**: {view.copy_rule} (the count the CLI and the report give too).")
     return view
 
 
