@@ -14,6 +14,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import streamlit as st
 from PIL import Image
@@ -32,6 +33,10 @@ THUMB_SIZES = (64, 128, 256)  # grid thumbnail sides in pixels the Captions page
 THUMB = 128  # default thumbnail side: a chest X-ray or a skin lesion still shows its structure
 VIEW_SIDE = 768  # "fit to panel": the longer side of a viewer image, in pixels (a portrait X-ray fits a screen)
 CURATOR = "curator"  # session-state key: the name of who curates in this browser session
+# the browser keeps the curator's name in this cookie (of the studio's address) so that a reload (F5) or a new
+# tab starts with it; a year, renewed by every change of the name
+CURATOR_COOKIE, COOKIE_DAYS = "tckr_curator", 365
+_REMEMBERED = "_curator_cookie"  # session-state key: the name this session last asked the browser to keep
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # `name` or `owner/name` on the Hub
 
 
@@ -85,8 +90,30 @@ def progress(root: str, name: str, version: int, classes: tuple[str, ...]) -> li
 
 
 def curator() -> str:
-    """The curator's name for this browser session ("" until they give it)."""
-    return str(st.session_state.get(CURATOR, "")).strip()
+    """The curator's name: given in this browser session, else the one this browser remembers from an
+    earlier session (:func:`remember_curator`); "" until they give it."""
+    name = st.session_state.get(CURATOR)
+    return str(browser_cookie(CURATOR_COOKIE) if name is None else name).strip()
+
+
+def browser_cookie(name: str) -> str:
+    """A cookie the browser sent when it opened this session ("" without one), percent-decoded."""
+    return unquote(st.context.cookies.get(name) or "")
+
+
+def remember_curator(name: str) -> None:
+    """Have this browser keep the curator's name for its next sessions (a reload, a new tab): Streamlit
+    reads cookies but cannot set them, so a script in the page writes :data:`CURATOR_COOKIE` (an empty
+    name deletes it). Sent once per change: nothing when the browser already holds ``name``."""
+    held = st.session_state.get(_REMEMBERED, browser_cookie(CURATOR_COOKIE).strip())
+    if name == held:
+        return
+    st.session_state[_REMEMBERED] = name
+    literal = json.dumps(name).replace("<", "\\u003c")  # a JavaScript string; no "</script>" can end the tag
+    seconds = COOKIE_DAYS * 86_400 if name else 0
+    # in the sidebar: an element of its own, which would shift the Curator box in its row
+    st.sidebar.html(f"<script>document.cookie = '{CURATOR_COOKIE}=' + encodeURIComponent({literal}) + "
+                    f"'; path=/; max-age={seconds}; SameSite=Strict';</script>", unsafe_allow_javascript=True)
 
 
 # -- datasets ---------------------------------------------------------------------------------------------

@@ -374,3 +374,34 @@ def test_viewer_images_fit_the_panel_or_keep_every_pixel(captioned):
     assert (full.width, png_size(full.png)) == (8, (8, 8))
     assert shared.fit(Image.new("L", (3000, 2000)), 768).size == (768, 512)  # an X-ray, shrunk
     assert shared.fit(Image.new("L", (100, 50)), 768).size == (700, 350)  # enlarged by a whole factor
+
+
+def test_the_browser_remembers_the_curator_across_a_reload(captioned, monkeypatch):
+    """Issue 25 item 4: the name was lost on reload (F5). Typing it has the page write a cookie; a new
+    session of that browser (which sends the cookie) starts with the name, and saves need no retyping."""
+    import json
+    from urllib.parse import quote
+
+    from studio import shared
+
+    at = studio(curator=None)
+    at.text_input(key="cap_curator").input("Zoë </script>").run()
+    scripts = [h.value for h in at.get("html") if shared.CURATOR_COOKIE in h.value]
+    assert len(scripts) == 1 and runs_javascript(at, scripts[0])
+    assert f"encodeURIComponent({json.dumps('Zoë </script>').replace('<', chr(92) + 'u003c')})" in scripts[0]
+    assert "max-age=31536000" in scripts[0] and scripts[0].count("</script>") == 1
+    at.run()  # a rerun with the same name does not write it again
+    assert not [h for h in at.get("html") if shared.CURATOR_COOKIE in h.value]
+    # the reload: a new session whose browser sends the cookie (what encodeURIComponent wrote)
+    cookies = {shared.CURATOR_COOKIE: quote("Zoë </script>", safe="")}
+    monkeypatch.setattr(shared, "browser_cookie", lambda name: shared.unquote(cookies.get(name, "")))
+    again = studio(curator=None)
+    assert again.text_input(key="cap_curator").value == "Zoë </script>"
+    assert not any("Type your name under **Curator**" in i for i in texts(again.info))
+    assert not [h for h in again.get("html") if shared.CURATOR_COOKIE in h.value]  # the browser has it already
+    edit(again, {0: {"caption": "remembered"}}).button(key="cap_save").click().run()
+    assert caption_store(captioned, "digits").history()[-1].author == "Zoë </script>"
+
+
+def runs_javascript(at: AppTest, body: str) -> bool:
+    return any(h.value == body and h.proto.unsafe_allow_javascript for h in at.get("html"))

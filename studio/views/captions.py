@@ -5,7 +5,7 @@ find & replace, re-caption, per-class statistics, version history with diff and 
 
 Every save names the version this tab loaded (``base_version``): a save that would overwrite a caption
 someone else changed since is refused with the store's conflict message, never lost silently. Every save
-records the curator's name (asked once per browser session) as the author of the version it writes.
+records the curator's name (asked once; the browser remembers it) as the author of the version it writes.
 """
 
 from __future__ import annotations
@@ -142,8 +142,9 @@ def choose_store(project: Project) -> Opened:
         st.rerun()
     # its own key, copied to the session's: a widget's state is dropped while another page is shown
     top[3].text_input("Curator", value=shared.curator(), key="cap_curator", placeholder="your name",
-                      help="Recorded as the author of every version you save, once per browser session.")
+                      help="Recorded as the author of every version you save; this browser remembers it (a cookie).")
     st.session_state[shared.CURATOR] = curator_now()
+    shared.remember_curator(curator_now())  # a reload (F5) or a new tab starts with it
     if not curator_now():
         st.info(NEED_NAME)
     if head > base:
