@@ -157,6 +157,22 @@ def test_edit_a_caption_in_the_grid(studio, page):
     assert store.history()[-1].author == "dr. grid"
 
 
+def test_the_curator_name_survives_a_reload(studio, page):
+    """Issue 25 item 4: a reload (F5) lost the curator's name; the browser now keeps it in a cookie."""
+    url, _ = studio
+    open_page(page, url, "Captions")
+    curator = page.get_by_label("Curator", exact=True)
+    curator.fill("dr. reload")
+    curator.press("Enter")
+    wait_idle(page)
+    page.wait_for_function("document.cookie.includes('tckr_curator=dr.%20reload')")
+    page.reload()
+    page.get_by_role("heading", name="Captions", level=1).wait_for()
+    wait_idle(page)
+    assert page.get_by_label("Curator", exact=True).input_value() == "dr. reload"
+    assert not page.get_by_text("Type your name under").count()
+
+
 def test_curator_walks_20_captions_with_the_keyboard_and_approves_a_class(studio, page):
     url, project = studio
     store = caption_store(project, "digits")
