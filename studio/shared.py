@@ -98,7 +98,8 @@ def curator() -> str:
 
 def browser_cookie(name: str) -> str:
     """A cookie the browser sent when it opened this session ("" without one), percent-decoded."""
-    return unquote(st.context.cookies.get(name) or "")
+    value = st.context.cookies.get(name)
+    return unquote(value) if isinstance(value, str) else ""  # AppTest's stand-in client has no real cookies
 
 
 def remember_curator(name: str) -> None:
