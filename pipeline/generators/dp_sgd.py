@@ -104,7 +104,7 @@ class DPStep:
         losses = []
         for k, chunk in enumerate(chunks or [None]):
             if chunk is None:  # an empty Poisson batch: a zero gradient, the noise is still added
-                for name, p in params.items():
+                for p in params.values():
                     p.grad_sample = torch.zeros((1, *p.shape), device=p.device, dtype=p.dtype)
             else:
                 grads, values = per_example(detached, *(t[chunk] for t in example_data))

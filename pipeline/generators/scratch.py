@@ -161,6 +161,7 @@ class ScratchGenerator(Generator):
     option_aliases = {"steps": "train_steps", "lr": "learning_rate", "num_inference_steps": "sampling_steps"}
     sampling_fields = {"steps": "sampling_steps", "guidance": "guidance_scale"}
     config_file = CONFIG_FILE
+    dp_fields = {"epsilon": "dp_epsilon", "delta": "dp_delta"}
     form_sizes = {"default": {}, "tiny (smoke test)": {"block_out_channels": [8, 16], "norm_groups": 4, "batch_size": 16}}
 
     def __init__(self, config: ScratchConfig | None = None) -> None:
