@@ -76,8 +76,28 @@ def _finetune_config(args: argparse.Namespace) -> Any:
         value = getattr(args, key, None)
         if value is not None:
             options.append((key, value))
+    privacy = _privacy_fields(args)
     return FinetuneConfig(dataset=dataset_config(args), generator=args.generator, options=tuple(options),
-                          store=args.store, store_version=args.store_version, template=args.template)
+                          store=args.store, store_version=args.store_version, template=args.template, **privacy)
+
+
+def _privacy_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """--privacy / --epsilon / --delta / --epsilon-budget as config fields."""
+    privacy = getattr(args, "privacy", None) or "none"
+    if privacy == "none" and (getattr(args, "epsilon", None) is not None or getattr(args, "delta", None) is not None):
+        raise ValueError("--epsilon / --delta need --privacy dp")
+    return {"privacy": privacy, "epsilon": getattr(args, "epsilon", None), "delta": getattr(args, "delta", None),
+            "epsilon_budget": getattr(args, "epsilon_budget", None)}
+
+
+def _add_privacy_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--privacy", default=None, choices=("none", "dp"),
+                   help="dp: train the generator with DP-SGD (Opacus) at --epsilon / --delta, prompt it with "
+                        "class names only, label the student with the generated classes")
+    p.add_argument("--epsilon", type=float, default=None, help="DP: the generator's target ε")
+    p.add_argument("--delta", type=float, default=None, help="DP: target δ (default 1 / (10 · members))")
+    p.add_argument("--epsilon-budget", type=float, default=None,
+                   help="the dataset's ε budget in the project's privacy ledger: a warning once runs spend past it")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -278,6 +298,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         raise ValueError("give --dataset SPEC (a preset is chosen from the data), a config file "
                          "(see --print-config) or --queued RUN_ID")
+    privacy = _privacy_fields(args)
+    if privacy["privacy"] == "dp" or privacy["epsilon_budget"] is not None:
+        if privacy["privacy"] == "dp":  # class prompts only, no copy gate (see ExperimentConfig)
+            privacy.update(store=None, store_version=None, copy_gate=0)
+            why = [*why, f"privacy: DP-SGD generator at ε={privacy['epsilon']:g}; class prompts; student labelled "
+                         "by the generated classes"]
+        config = replace(config, **{k: v for k, v in privacy.items() if v is not None and v != "none"})
     if getattr(args, "methods", None) is not None:
         config = replace(config, methods=_methods(args.methods))
         why = [*why, f"methods: gkd (the student) + {', '.join(n + (f' {o}' if o else '') for n, o in config.methods) or 'none'}"]
@@ -477,6 +504,7 @@ def _add_finetune(sub: Any) -> None:
     p.add_argument("--resume", default=None, metavar="RUN_ID",
                    help="continue an interrupted finetune run from its newest checkpoint, with its recorded "
                         "config (other arguments must match it)")
+    _add_privacy_args(p)
     p.set_defaults(func=cmd_finetune, parser=p)
 
 
@@ -547,6 +575,7 @@ def _add_run(sub: Any) -> None:
                    help="continue an interrupted experiment with its recorded config: finished stages are "
                         "reused, the interrupted one continues from its checkpoint")
     _add_methods_arg(p, None)
+    _add_privacy_args(p)
     p.set_defaults(func=cmd_run)
 
 

@@ -9,7 +9,7 @@ accountant's history, so that ε of a generator and of a DP teacher compose as t
 
 The ledger (``<project>/privacy_ledger.json``) is what a data owner reads: for each dataset
 fingerprint, the ε every DP training on it spent and an optional budget. Across runs ε is summed (basic
-composition: each run is an independent release of the same data, so the sum is a valid, conservative
+composition: each run is an independent release of the same data, so (Σε, Σδ) is a valid, conservative
 total; an accountant composition across runs would need every run's δ to be equal).
 """
 
@@ -173,7 +173,7 @@ def _summary(fingerprint: str, entry: dict[str, Any]) -> dict[str, Any]:
     total = float(sum(s["epsilon"] for s in entry["spends"]))
     budget = entry.get("budget")
     return {"fingerprint": fingerprint, "dataset": entry.get("dataset", ""), "total_epsilon": total,
-            "max_delta": max((s["delta"] for s in entry["spends"]), default=None),
+            "total_delta": float(sum(s["delta"] for s in entry["spends"])),
             "runs": sorted({s["run"] for s in entry["spends"]}), "spends": entry["spends"], "budget": budget,
             "over_budget": budget is not None and total > budget}
 
