@@ -176,3 +176,36 @@ def test_student_learns_the_generated_classes_without_a_teacher(tmp_path, fake_g
     recipe = TrainConfig(epochs=1, batch_size=4, image_size=8, min_steps=0, patience_share=None, device="cpu")
     result = train_student(None, [synthetic], DistillConfig(student=recipe, labels="class"), 2, tmp_path)
     assert result.metrics["labels"] == "class" and result.checkpoint.exists()
+
+
+# -- the whole loop in DP mode -----------------------------------------------------------------------------------------
+def _dp_experiment(tiny_config, **fields):
+    options = dict(tiny_config.generator_options)
+    options.update(block_out_channels=[8, 16], norm_groups=4, train_steps=3, batch_size=16, dp_noise_multiplicity=2)
+    return replace(tiny_config, generator_options=tuple(options.items()), privacy="dp", epsilon=8.0,
+                   methods=(), **fields)
+
+
+@pytest.mark.slow  # the tiny experiment with DP generators in the run and its 2 pipeline shadows (~1-2 min alone)
+def test_dp_experiment_records_the_guarantee_and_keeps_real_images_off_the_student_path(tmp_path, tiny_config):
+    from pipeline.experiment import ExperimentConfig, run_experiment
+
+    with pytest.raises(ValueError, match="copy gate"):
+        replace(tiny_config, privacy="dp", epsilon=1.0, copy_gate=1)
+    with pytest.raises(ValueError, match="class names only"):
+        replace(tiny_config, privacy="dp", epsilon=1.0, store="digits")
+    config = _dp_experiment(tiny_config)
+    assert isinstance(config, ExperimentConfig) and config.student_distill().labels == "class"
+    project = Project.open(tmp_path / "project")
+    result = run_experiment(config, project)
+    privacy = result.metrics["privacy"]
+    generator = privacy["parts"]["generator"]
+    assert generator["epsilon"] <= 8.0 and generator["steps"] == 3 and generator["accountant"] == "rdp"
+    assert privacy["student"]["epsilon"] == generator["epsilon"] and privacy["student"]["labels"] == "class"
+    assert result.metrics["student"]["train"]["labels"] == "class"
+    assert privacy["ledger"]["total_epsilon"] == pytest.approx(generator["epsilon"])
+    record = project.registry().get(result.run_id)
+    assert not [link for link in record.links if link.role == "captions"]  # nothing was captioned
+    manifest = (record.run_dir / "synthetic" / "round-0" / "manifest.jsonl").read_text().splitlines()
+    assert {json.loads(line)["prompt"] for line in manifest} <= {f"a photo of a {k}" for k in range(10)}
+    assert record.metrics["student_epsilon"] == generator["epsilon"]
