@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from .core import checkpoints
 from .core.common import ProgressFn, no_progress, write_json
 from .data.tensors import TensorData
 from .generate import SyntheticSet
-from .methods.dp import DPConfig, OpacusPrivacy
+from .methods.dp import DPConfig, OpacusPrivacy, dp_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -103,14 +103,6 @@ def train_private_teacher(members: TensorData, validation: TensorData | None, co
     part = DPPart("teacher", privacy.epoch_info()["epsilon"], delta, dp.accountant,
                   float(privacy.optimizer.noise_multiplier), sample_rate, steps, dp.max_grad_norm, dp.epsilon)
     return _saved(result, Path(out_dir) / "teacher.pt", {"train_images": len(members), "privacy": part.to_dict()})
-
-
-def dp_recipe(config: TrainConfig, dp: DPConfig, n: int) -> TrainConfig:
-    """A classifier recipe under DP-SGD: 4x the batch (DP prefers large batches), no augmentation or weight
-    decay, float32 (per-example gradients), exactly the planned epochs (the noise is calibrated to them)."""
-    return replace(config, epochs=dp.epochs or config.epochs, batch_size=min(dp.batch_size or 4 * config.batch_size, n),
-                   lr=dp.lr or config.lr, weight_decay=0.0, augment=(), patience=None, patience_share=None,
-                   min_steps=0, max_steps=None, amp=False)
 
 
 def train_student(teacher: nn.Module, rounds: Sequence[SyntheticSet], config: DistillConfig, num_classes: int,

@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from test_scratch_generator import TINY, fit, grey_digits
 
 from pipeline.core.project import Project
 from pipeline.data.datasets import DatasetConfig
@@ -26,7 +27,6 @@ from pipeline.privacy.accounting import (
     set_budget,
     spent,
 )
-from test_scratch_generator import TINY, fit, grey_digits
 
 DP_TINY = replace(TINY, dp_epsilon=8.0, dp_noise_multiplicity=2, dp_physical_batch=5, checkpoint_every=0)
 TINY_OPTIONS = (("train_steps", 3), ("batch_size", 8), ("block_out_channels", [8, 16]), ("norm_groups", 4),
@@ -209,3 +209,25 @@ def test_dp_experiment_records_the_guarantee_and_keeps_real_images_off_the_stude
     manifest = (record.run_dir / "synthetic" / "round-0" / "manifest.jsonl").read_text().splitlines()
     assert {json.loads(line)["prompt"] for line in manifest} <= {f"a photo of a {k}" for k in range(10)}
     assert record.metrics["student_epsilon"] == generator["epsilon"]
+
+
+def test_dp_teacher_records_its_part_and_composes_with_the_generator(tmp_path):
+    """dp_labels="dp-teacher": the teacher's own DP-SGD record, and the student's total composed by the
+    accountant over generator and teacher: more than either, less than their sum."""
+    from pipeline.classifiers.train import TrainConfig
+    from pipeline.data.tensors import TensorData
+    from pipeline.distill import train_private_teacher
+    from pipeline.methods.dp import DPConfig
+
+    gen = torch.Generator().manual_seed(0)
+    members = TensorData(torch.rand(64, 3, 8, 8, generator=gen), torch.arange(64) % 2)
+    recipe = TrainConfig(epochs=2, batch_size=8, min_steps=0, patience_share=None, device="cpu")
+    trained = train_private_teacher(members, None, recipe, 2, tmp_path, DPConfig(epsilon=3.0, accountant="rdp"))
+    teacher = DPPart(**{k: v for k, v in trained.metrics["privacy"].items() if k in DPPart.__dataclass_fields__})
+    assert teacher.part == "teacher" and teacher.epsilon <= 3.0 and teacher.delta == pytest.approx(1 / 640)
+    assert teacher.sample_rate == pytest.approx(32 / 64) and teacher.steps >= 2  # 4x the recipe's batch
+    sigma = calibrate(4.0, teacher.delta, 0.25, 10)
+    generator = DPPart("generator", spent([(sigma, 0.25, 10)], teacher.delta), teacher.delta, "rdp", sigma, 0.25,
+                       10, 1.0)
+    total = composed([generator, teacher])
+    assert max(generator.epsilon, teacher.epsilon) < total["epsilon"] < generator.epsilon + teacher.epsilon
