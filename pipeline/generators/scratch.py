@@ -255,6 +255,8 @@ class ScratchGenerator(Generator):
         import torch
 
         cfg = replace(self.config, train_steps=1, checkpoint_every=0)
+        if cfg.dp_epsilon is not None:  # a DP step costs the same whatever the noise: time it at a budget one step meets
+            cfg = replace(cfg, dp_epsilon=max(cfg.dp_epsilon, 10.0), dp_delta=None)
         resolution = cfg.resolution or side
         resolution -= resolution % cfg.patch
         state = {"num_classes": num_classes, "channels": cfg.channels or channels, "resolution": resolution,
