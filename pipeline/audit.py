@@ -13,6 +13,10 @@ builds nothing of the pipeline itself. Two modes, each labelled in every output:
   describe the student's real training process. Few are affordable, so RMIA, built for few reference
   models, is the headline attack.
 
+Every attack's metrics carry, beside its AUC, the *empirical ε* its ROC implies (an attack's lower bound,
+:func:`pipeline.privacy.metrics.empirical_epsilon`, at the model's own δ when it is DP, else
+``DEFAULT_DELTA``); each model's entry names its *formal ε* (its DP guarantee, or None: no guarantee).
+
 The audit is its own run (``runs/<id>/``) with lineage to the audited experiment; it saves every
 population example's attack scores and the most vulnerable members per audited model.
 """
@@ -33,8 +37,9 @@ from .core.cluster import SINGLE, Cluster
 from .core.common import ProgressFn, config_hash, no_progress, safe_filename, to_jsonable, write_json
 from .core.project import Project
 from .core.runs import Link
+from .core.schema import schema
 from .privacy.attacks import AttackInputs, attack_names, run_attack
-from .privacy.metrics import aop, attack_metrics
+from .privacy.metrics import DEFAULT_DELTA, aop, attack_metrics
 from .privacy.pipeline_shadows import PipelineShadows
 from .privacy.population import Population
 from .privacy.shadows import (
@@ -53,6 +58,7 @@ MODES = ("transfer", "pipeline")
 TOP_VULNERABLE = 50  # most vulnerable member ids kept per audited model
 
 
+@schema
 @dataclass(frozen=True)
 class AuditConfig:
     """How the membership-inference audit is run."""
@@ -90,6 +96,8 @@ class AuditConfig:
         if self.n_shadows < 1 or self.pipeline_shadows < 1:
             raise ValueError(f"n_shadows and pipeline_shadows must be >= 1; got {self.n_shadows}, "
                              f"{self.pipeline_shadows}")
+        if self.seed < 0:  # numpy's generators take no negative seed
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         unknown = sorted(set(self.attack_options) - set(attack_names()))
         if unknown:
             raise ValueError(f"attack_options for unknown attack(s) {unknown}; valid: {', '.join(attack_names())}")
@@ -115,6 +123,8 @@ class AuditedModel:
     accuracy: float  # on the real test split (measured once, by the caller), for AOP
     modes: tuple[str, ...]  # "transfer" (the teacher's shadows) and/or "pipeline" (its own shadows)
     pipeline_label: str = ""  # how its pipeline shadows are named in the outputs ("student pipeline", ...)
+    epsilon: float | None = None  # its formal DP guarantee's ε (None: no guarantee)
+    delta: float | None = None  # that guarantee's δ, also the δ of its empirical ε (None: DEFAULT_DELTA)
 
 
 @dataclass
@@ -157,13 +167,15 @@ def audit(config: AuditConfig, subject: AuditSubject, project: Project, progress
                                                   pipelines.get(audited.name))
         # 4. metrics, per-example scores and the most vulnerable members
         accuracy = {m.name: m.accuracy for m in subject.models}
-        metrics: dict[str, Any] = {name: _model_entry(accuracy[name], modes) for name, modes in results.items()}
+        metrics: dict[str, Any] = {m.name: _model_entry(accuracy[m.name], results[m.name], m) for m in subject.models}
         metrics["shadows"] = {"transfer": _shadow_summary(transfer),
                               **{_shadow_key(name): _shadow_summary(s) for name, s in pipelines.items()}}
         metrics.update(vulnerable=str(run.run_dir / "vulnerable.json"), processes=cluster.size,
                        seconds=round(time.monotonic() - started, 2))
         _save_outputs(run.run_dir, population, views, results, metrics)
         registry.report(run.id, **{f"{m}_auc": metrics[m]["mia"]["auc"] for m in ("teacher", "student") if m in metrics},
+                        **{f"{m}_empirical_epsilon": metrics[m]["mia"]["empirical_epsilon"]
+                           for m in ("teacher", "student") if m in metrics},
                         headline=config.headline,
                         **({"student_mode": metrics["student"]["mia"]["mia_mode"]} if "student" in metrics else {}))
     return AuditResult(run.id, _strip_scores(metrics), time.monotonic() - started)
@@ -210,15 +222,17 @@ def _attack_modes(config: AuditConfig, audited: AuditedModel, target: tuple[np.n
                   population: Population, transfer: ShadowLogits, pipeline: ShadowLogits | None) -> dict[str, Any]:
     """One model's attacks: against the transfer shadows and, when it has them, its own pipeline's."""
     out = {}
+    delta = audited.delta if audited.delta is not None else DEFAULT_DELTA
     if "transfer" in audited.modes:
-        out["transfer"] = _attack_all(config, target, transfer, population, "transfer", "teacher")
+        out["transfer"] = _attack_all(config, target, transfer, population, "transfer", "teacher", delta)
     if "pipeline" in audited.modes and pipeline is not None:
-        out["pipeline"] = _attack_all(config, target, pipeline, population, "pipeline", audited.pipeline_label)
+        out["pipeline"] = _attack_all(config, target, pipeline, population, "pipeline", audited.pipeline_label, delta)
     return out
 
 
 def _attack_all(config: AuditConfig, target: tuple[np.ndarray, np.ndarray], shadows: ShadowLogits,
-                population: Population, mode: str, shadow_recipe: str) -> dict[str, Any]:
+                population: Population, mode: str, shadow_recipe: str, delta: float = DEFAULT_DELTA
+                ) -> dict[str, Any]:
     """Every configured attack on one model; an attack the shadows cannot support is recorded as skipped."""
     inputs = AttackInputs(population.population.y.numpy(), target[0], shadows.logits, shadows.shadow_in,
                           population.z.y.numpy(), target[1], shadows.z_logits, online=config.online)
@@ -232,8 +246,8 @@ def _attack_all(config: AuditConfig, target: tuple[np.ndarray, np.ndarray], shad
         except ValueError as err:  # e.g. LiRA with fewer than two in/out shadows per example
             entry[name] = {"skipped": str(err)}
             continue
-        entry[name] = {**attack_metrics(scores, population.is_member, n_boot=config.bootstrap, seed=config.seed),
-                       "scores": scores}
+        entry[name] = {**attack_metrics(scores, population.is_member, n_boot=config.bootstrap, seed=config.seed,
+                                        delta=delta), "scores": scores}
     usable = [n for n in (config.headline, *config.attacks) if "auc" in entry[n]]
     if not usable:
         raise RuntimeError(f"no attack could run in {mode} mode: "
@@ -245,16 +259,20 @@ def _attack_all(config: AuditConfig, target: tuple[np.ndarray, np.ndarray], shad
     return entry
 
 
-def _model_entry(accuracy: float, by_mode: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _model_entry(accuracy: float, by_mode: dict[str, dict[str, Any]], audited: AuditedModel | None = None
+                 ) -> dict[str, Any]:
     """One audited model's metrics: the headline mode (pipeline when present) flattened into ``mia``
-    (so older readers find ``mia.auc``), every mode under ``mia_modes``, AOP of the headline."""
+    (so older readers find ``mia.auc`` and ``mia.empirical_epsilon``), every mode under ``mia_modes``,
+    AOP of the headline, and the formal guarantee (``formal_epsilon`` None: the model has none)."""
     modes = {}
     for mode, entry in by_mode.items():
         headline = entry[entry["attack"]]
         flat = {k: v for k, v in headline.items() if k != "scores"}
         modes[mode] = {**flat, **entry, "aop": aop(accuracy, headline["auc"])}
     lead = "pipeline" if "pipeline" in modes else "transfer"
-    return {"accuracy": accuracy, "aop": modes[lead]["aop"], "mia": modes[lead], "mia_modes": modes}
+    formal = {"formal_epsilon": audited.epsilon if audited else None,
+              "formal_delta": audited.delta if audited and audited.epsilon is not None else None}
+    return {"accuracy": accuracy, "aop": modes[lead]["aop"], "mia": modes[lead], "mia_modes": modes, **formal}
 
 
 def _shadow_key(name: str) -> str:

@@ -14,6 +14,7 @@ from .captions.store import CaptionRecord, CaptionStore, caption_store
 from .core.common import Progress, ProgressFn, config_hash, no_progress, write_json
 from .core.project import Project
 from .core.runs import Link, RecordedProgress
+from .core.schema import schema
 from .data.context import DataContext
 from .data.datasets import DatasetConfig, ImageDataset, ImageRecord
 
@@ -22,6 +23,7 @@ logger = logging.getLogger(__name__)
 SUBSETS = ("train", "members", "all")
 
 
+@schema
 @dataclass(frozen=True)
 class CaptionConfig:
     """What to caption, with which captioner, into which store."""

@@ -23,6 +23,7 @@ from .classifiers.objectives import HardLabels, SoftLabels
 from .classifiers.train import TrainConfig, TrainResult, evaluate, fit, predict_logits
 from .core import checkpoints
 from .core.common import ProgressFn, no_progress, write_json
+from .core.schema import schema
 from .data.tensors import TensorData
 from .generate import SyntheticSet
 from .methods.dp import DPConfig, OpacusPrivacy, dp_recipe
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 STUDENT_LABELS = ("teacher", "class")
 
 
+@schema
 @dataclass(frozen=True)
 class DistillConfig:
     """How the student learns from the teacher on synthetic data."""

@@ -31,6 +31,7 @@ from .core.cluster import SINGLE, Cluster
 from .core.common import ProgressFn, from_dict, no_progress, read_json, safe_filename, to_jsonable, write_json
 from .core.project import Project
 from .core.runs import Link, RecordedProgress, config_differences
+from .core.schema import Options, checked, schema
 from .data.context import DataContext
 from .data.datasets import DatasetConfig, skipped_images
 from .distill import (
@@ -53,6 +54,7 @@ from .finetune import (
     spend_on_ledger,
 )
 from .generate import GenerateConfig, SyntheticSet, synthesize
+from .generators import backend_config
 from .methods import create_method
 from .methods.dp import DPConfig
 from .privacy.accounting import DPPart, composed, ledger_summary
@@ -66,6 +68,7 @@ logger = logging.getLogger(__name__)
 DP_LABELS = ("class", "dp-teacher")
 
 
+@schema
 @dataclass(frozen=True)
 class ExperimentConfig:
     """Everything one end-to-end run needs; saved resolved into the run folder."""
@@ -76,7 +79,7 @@ class ExperimentConfig:
     store_version: int | None = None  # use this curated caption version as is (None: caption, use newest)
     template: str = DEFAULT_TEMPLATE  # prompt template for training and generation
     generator: str = "scratch"  # step 2 backend: scratch | sd-lora
-    generator_options: tuple[tuple[str, Any], ...] = ()  # backend config fields
+    generator_options: Options = field(default_factory=dict)  # backend config fields by name (its config's schema)
     cardinality: float = 1.0  # step 3: synthetic images per round, x the number of members
     rounds: int = 2  # synthetic rounds generated for recycling
     generation_batch: int = 256  # images per generator call
@@ -116,17 +119,21 @@ class ExperimentConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.cas_epochs < 0 or self.copy_gate < 0:
             raise ValueError(f"cas_epochs and copy_gate must be >= 0, got {self.cas_epochs}, {self.copy_gate}")
+        if self.seed < 0:  # numpy's seed sequences take no negative seed
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        # the backend's own config is the options' schema (types, ranges, names): checked here, not in a stage
+        object.__setattr__(self, "generator_options", dict(self.generator_options))
+        backend_config(self.generator, self.generator_options, path="generator_options")
         object.__setattr__(self, "methods", tuple((str(n), dict(o or {})) for n, o in self.methods))
-        labels = [create_method(n, o).label() for n, o in self.methods]  # unknown names / options fail here
+        labels = [create_method(n, o, path=f"methods.{i}.{n}").label()  # unknown names / options fail here
+                  for i, (n, o) in enumerate(self.methods)]
         if len(set(labels)) != len(labels):
             raise ValueError(f"methods {labels} contain the same method twice")
 
-    def validate(self) -> None:
-        """Everything that can be checked before a stage runs: the generator backend and its options
-        (built, not trained); raises ValueError naming the field."""
-        from .generators import create_generator
-
-        create_generator(self.generator, **self.backend_options())
+    def validate(self) -> ExperimentConfig:
+        """This config checked against its schema as a config file would be (a config built in code
+        from arguments or a form: NaN, out-of-range values, a bad option); raises :class:`ConfigError`."""
+        return checked(self)
 
     @property
     def private(self) -> bool:
@@ -152,10 +159,11 @@ class ExperimentConfig:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except ValueError as err:
             raise ValueError(f"{path} is not valid JSON: {err}") from None
-        return from_dict(cls, data)
+        return from_dict(cls, data, source=str(path))
 
     def pipeline_recipe(self, captions: str | None) -> PipelineRecipe:
         """What a pipeline-mode shadow replays (trained on the captions ``<store>@<version>``)."""
+        # the options as the pairs the shadows' cache key has always held (with the DP budget in DP mode)
         return PipelineRecipe(self.dataset, captions, self.template, self.generator,
                               tuple(self.backend_options().items()), self.cardinality, self.rounds,
                               self.generation_batch, self.seed, self.teacher, self.student_distill())
@@ -180,7 +188,7 @@ def run_experiment(config: ExperimentConfig, project: Project, progress: Progres
     interrupted one continues from its checkpoint or manifest, with the caption version it started with.
     """
     started = time.monotonic()
-    config.validate()  # a bad option fails now, not after the generator trained
+    config = config.validate()  # a bad field or option fails now, not after the generator trained
     # 1. the data, loaded, fingerprinted and split once for every stage; the run
     data = DataContext.open(config.dataset)
     registry = project.registry()
@@ -496,6 +504,8 @@ def model_metrics(test: dict[str, Any], audited: dict[str, Any], train: dict[str
         "aop": audited["aop"],
         "mia": audited["mia"],  # the headline mode (pipeline for the student when it ran); mia.auc = headline attack
         "mia_modes": audited["mia_modes"],  # every mode, each with every attack
+        "formal_epsilon": audited.get("formal_epsilon"),  # its DP guarantee's ε (None: no guarantee)
+        "formal_delta": audited.get("formal_delta"),
         "train": {k: v for k, v in train.items() if k != "history"},
         "history": train.get("history", []),
     }
@@ -518,9 +528,18 @@ def _headline(metrics: dict[str, Any], fidelity: dict[str, Any], memorisation: d
     return {"teacher_accuracy": metrics["teacher"]["accuracy"], "student_accuracy": metrics["student"]["accuracy"],
             "teacher_auc": metrics["teacher"]["mia"]["auc"], "student_auc": metrics["student"]["mia"]["auc"],
             "student_mia_mode": metrics["student"]["mia"]["mia_mode"],
+            **{f"{m}_{k}": v for m in ("teacher", "student") for k, v in epsilon_figures(metrics[m]).items()},
             "class_fidelity": fidelity["class_fidelity"], "frechet_distance": fidelity["frechet_distance"],
             "precision": fidelity["precision"], "recall": fidelity["recall"], "cas": fidelity["cas"],
             "copies": memorisation["copies"], "copy_rate": memorisation["copy_rate"], "ct": memorisation["ct"]}
+
+
+def epsilon_figures(model: dict[str, Any]) -> dict[str, Any]:
+    """A model's formal ε (its DP guarantee; "none" without one) and empirical ε (the headline attack's lower
+    bound on ε, never a guarantee), as ``runs show`` lists them."""
+    formal = model.get("formal_epsilon")
+    return {"formal_epsilon": "none" if formal is None else formal,
+            "empirical_epsilon": model["mia"].get("empirical_epsilon")}
 
 
 # -- the audit of an experiment -----------------------------------------------------------------------------------
@@ -538,7 +557,8 @@ def audit_subject(config: ExperimentConfig, audit_config: AuditConfig, project: 
         if "pipeline" in modes and m.name != "teacher" and m.name not in shadows:
             shadows[m.name] = pipeline_shadows(recipe, population, project, audit_config, method=m.method)
         label = f"{m.name} pipeline" if is_method else "student pipeline"
-        models.append(AuditedModel(m.name, m.model, m.recipe.image_size, m.test["accuracy"], modes, label))
+        models.append(AuditedModel(m.name, m.model, m.recipe.image_size, m.test["accuracy"], modes, label,
+                                   epsilon=m.train.get("epsilon"), delta=m.train.get("delta")))
     return AuditSubject(audit_config.experiment or "", population, config.teacher, models, shadows)
 
 
@@ -575,7 +595,8 @@ def _finished(project: Project, run_id: str | None) -> tuple[ExperimentConfig, l
     missing = [f for f in ("teacher.pt", "student.pt") if not (record.run_dir / f).exists()]
     if missing:
         raise ValueError(f"experiment {run_id} has no {', '.join(missing)} yet; finish (or resume) it first")
-    config = from_dict(ExperimentConfig, {k: v for k, v in record.config.items() if k != "audit"})
+    config = from_dict(ExperimentConfig, {k: v for k, v in record.config.items() if k != "audit"},
+                       source=f"the saved config of run {run_id}")
     data = DataContext.open(config.dataset)
     recorded = read_json(record.run_dir / "metrics.json") if (record.run_dir / "metrics.json").exists() else {}
     tested = [_read_model(record.run_dir / f"{name}.pt", name, recipe, data, recorded.get(name))
@@ -597,7 +618,8 @@ def _read_model(path: Path, name: str, recipe: TrainConfig, data: DataContext, r
     model = load_classifier(path, recipe, data.num_classes, private)
     test = {"accuracy": recorded["accuracy"]} if recorded and "accuracy" in recorded else \
         evaluate_on_test(model, data.tensors("test", recipe.image_size), data.num_classes)
-    return _Tested(name, model, recipe, "", test, {})
+    # its training figures as recorded: a DP model's ε and δ (its guarantee, and the δ of its empirical ε)
+    return _Tested(name, model, recipe, "", test, dict((recorded or {}).get("train") or {}))
 
 
 # -- runs and stages ----------------------------------------------------------------------------------------------
@@ -613,7 +635,8 @@ def earlier_stages(record: Any, config: ExperimentConfig, fingerprint: str, resu
         raise ValueError(f"run {record.id} is a {record.kind} run; `run --resume` takes an experiment run id")
     if record.status == "done":
         raise ValueError(f"run {record.id} is already finished; nothing to resume")
-    differences = config_differences(from_dict(ExperimentConfig, record.config), config)  # defaults filled
+    saved = from_dict(ExperimentConfig, record.config, source=f"the saved config of run {record.id}")
+    differences = config_differences(saved, config)  # defaults filled
     if differences:
         raise ValueError(f"run {record.id} was started with another config ({'; '.join(differences)})")
     earlier = {link.role: link.ref for link in record.links}

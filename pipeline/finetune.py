@@ -18,25 +18,27 @@ from PIL import Image
 
 from .captions.store import caption_store
 from .captions.templates import DEFAULT_CLASS_TEMPLATE, DEFAULT_TEMPLATE, build_prompt
-from .core.common import ProgressFn, no_progress, read_json, to_jsonable, write_json
+from .core.common import ProgressFn, from_dict, no_progress, read_json, to_jsonable, write_json
 from .core.project import Project
 from .core.runs import Link, RecordedProgress, config_differences
+from .core.schema import Options, schema
 from .data.context import DataContext
 from .data.datasets import DatasetConfig
 from .data.tensors import tensor_to_images
-from .generators import Generator, generator_class, generator_names, resolve_options
+from .generators import Generator, backend_config, generator_class, generator_names, resolve_options
 from .privacy.accounting import DPPart, record_spend, set_budget
 
 logger = logging.getLogger(__name__)
 
 
+@schema
 @dataclass(frozen=True)
 class FinetuneConfig:
     """Which generator to train on which images and captions."""
 
     dataset: DatasetConfig = field(default_factory=DatasetConfig)  # the real images (members are used)
     generator: str = "scratch"  # registered backend: scratch | sd-lora
-    options: tuple[tuple[str, Any], ...] = ()  # backend config fields, e.g. (("steps", 500),)
+    options: Options = field(default_factory=dict)  # backend config fields by name, e.g. {"steps": 500}
     store: str | None = None  # caption store; None = prompts from class names only
     store_version: int | None = None  # caption version (default: newest)
     template: str = DEFAULT_TEMPLATE  # prompt template: class | caption | class_caption | format string
@@ -47,18 +49,20 @@ class FinetuneConfig:
     epsilon_budget: float | None = None  # the dataset's ε budget in the project's ledger (a warning past it)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "options", dict(self.options))  # (name, value) pairs given in code too
         check_privacy(self.privacy, self.epsilon, self.delta)
         if self.privacy == "dp" and self.store:
             raise ValueError("privacy='dp' prompts the generator with class names only (per-image captions of "
                              "private images are private data); drop the caption store")
+        self.backend_config()  # the backend's config is the options' schema: a bad one fails here
 
     def backend_options(self) -> dict[str, Any]:
         """The backend's options, with the DP-SGD budget when ``privacy`` is dp."""
         return backend_options(self.generator, self.options, self.privacy, self.epsilon, self.delta)
 
     def backend_config(self) -> Any:
-        cls = generator_class(self.generator)
-        return cls.config_class(**resolve_options(cls, self.backend_options()))
+        """The backend's config from the options (and the DP budget), checked against its schema."""
+        return backend_config(self.generator, self.backend_options())
 
 
 PRIVACY_MODES = ("none", "dp")
@@ -74,7 +78,7 @@ def check_privacy(privacy: str, epsilon: float | None, delta: float | None) -> N
         raise ValueError("epsilon / delta are only used with privacy='dp' (--privacy dp)")
 
 
-def backend_options(generator: str, options: Sequence[tuple[str, Any]], privacy: str, epsilon: float | None,
+def backend_options(generator: str, options: Mapping[str, Any], privacy: str, epsilon: float | None,
                     delta: float | None) -> dict[str, Any]:
     """``options`` as a dict, plus the backend's DP fields in DP mode (refused for a backend without DP-SGD)."""
     values = dict(options)
@@ -162,14 +166,13 @@ def training_examples(data: DataContext, ids: Sequence[str], captions: Mapping[s
     return tensor_to_images(tensors.x), prompts, labels
 
 
-def fit_generator(backend: str, options: Sequence[tuple[str, Any]], images: Sequence[Image.Image],
+def fit_generator(backend: str, options: Mapping[str, Any] | Sequence[tuple[str, Any]], images: Sequence[Image.Image],
                   prompts: Sequence[str], labels: Sequence[int], checkpoints: Path, out_dir: Path, run_ref: str,
                   progress: ProgressFn = no_progress) -> dict[str, Any]:
     """Train backend ``backend`` with ``options`` on the triples (resuming from ``checkpoints``) and save it
     to ``out_dir`` with its ``backend.json``; returns the training figures."""
-    cls = generator_class(backend)
     started = time.monotonic()
-    generator = cls(cls.config_class(**resolve_options(cls, dict(options))))
+    generator = generator_class(backend)(backend_config(backend, dict(options)))
     metrics = generator.fit(images, prompts, labels, Path(checkpoints), progress)
     generator.save(Path(out_dir))
     write_json(Path(out_dir) / "backend.json", {"backend": backend, "run": run_ref})
@@ -206,7 +209,8 @@ def _resumable(registry: Any, run_id: str, config: FinetuneConfig) -> Any:
     if run.status == "done":
         raise ValueError(f"run {run_id} is already finished (its generator is {run.run_dir / 'generator'}); "
                          "nothing to resume")
-    differences = config_differences(run.config, config)
+    differences = config_differences(from_dict(FinetuneConfig, run.config, source=f"the saved config of run {run_id}"),
+                                     config)
     if differences:
         raise ValueError(f"finetune --resume {run_id}: the arguments differ from the run's recorded config "
                          f"({'; '.join(differences)}); resume with the run's own config or start a new run")

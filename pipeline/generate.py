@@ -35,12 +35,27 @@ from .core.common import (
     safe_filename,
     write_json,
 )
+from .core.schema import Options, schema
 from .data.context import DataContext
 from .data.datasets import DatasetConfig
 from .data.tensors import TensorData, images_to_tensor
-from .generators import Generator
+from .generators import Generator, SamplerDiverged, backend_config
 
 logger = logging.getLogger(__name__)
+
+# What makes a generated round no training set, in grey levels of 0-255 pixels (thresholds of
+# check_round). A sampler that produced NaN writes all-black images, a diverged one a saturated colour:
+# no variation inside an image. A standard deviation of 1 grey level is below what any picture keeps
+# after PNG rounding and far below what even a barely trained generator makes (the tests' scratch
+# model after 6 training steps makes noise of about 75).
+FLAT_STD = 1.0  # an image whose pixels vary less than this is one flat colour
+MAX_FLAT_SHARE = 0.5  # more flat images than this share of a round: the generator is broken, not a seed
+SAME_STD = 1.0  # a round whose pixels vary less than this across its images is one picture repeated
+
+
+class DegenerateRound(RuntimeError):
+    """A synthetic round that holds no usable picture: the message names the round, its folder, the
+    generator and what is wrong (flat images, one picture repeated, NaN in the sampler)."""
 
 
 @dataclass(frozen=True)
@@ -162,13 +177,42 @@ def generate_set(
         logger.info("generating %d images (%d already done) into %s%s", len(todo), len(done), out_dir,
                     f" with {cluster.size} processes" if cluster.distributed else "")
     shard = manifest if not cluster.distributed else out_dir / f"manifest.rank-{cluster.rank}.jsonl"
-    _generate_batches(generator, pool, plan, out_dir, mine, shard, generator_ref, len(done), len(items),
-                      progress if cluster.is_main else no_progress, cluster.size)
+    where = f"generate stage, round {plan.round} ({out_dir}, generator {generator_ref or type(generator).__name__})"
+    try:
+        _generate_batches(generator, pool, plan, out_dir, mine, shard, generator_ref, len(done), len(items),
+                          progress if cluster.is_main else no_progress, cluster.size, where)
+    except SamplerDiverged as err:
+        raise DegenerateRound(f"{where}: {err}") from None
     cluster.wait()
     if cluster.distributed and cluster.is_main:
         _merge_manifests(out_dir)
     cluster.wait()
-    return SyntheticSet.load(out_dir)
+    synthetic = SyntheticSet.load(out_dir)
+    if cluster.is_main:  # every round is checked before anything trains on it
+        check_round(synthetic, where)
+    return synthetic
+
+
+def check_round(synthetic: SyntheticSet, where: str = "") -> None:
+    """Raise :class:`DegenerateRound` when a finished round is no training set: more than
+    ``MAX_FLAT_SHARE`` of its images one flat colour, or its images (nearly) one picture repeated.
+    Reads each image once, keeping running sums only."""
+    n, flat, sums, squares, one_size = len(synthetic), 0, 0.0, 0.0, True
+    for item in synthetic.items:
+        pixels = np.asarray(synthetic.image(item), dtype=np.float64)
+        flat += bool(pixels.std() < FLAT_STD)
+        one_size = one_size and np.shape(sums) in ((), pixels.shape)  # (a generator makes one size)
+        if one_size:
+            sums, squares = sums + pixels, squares + pixels ** 2
+    where = where or f"synthetic set {synthetic.root}"
+    if flat > MAX_FLAT_SHARE * n:
+        raise DegenerateRound(f"{where}: {n:,} images of which {flat:,} are one flat colour: the generator "
+                              "produced no picture (NaN in the sampler? guidance_scale?)")
+    if one_size and n > 1:
+        spread = np.sqrt(np.maximum(squares / n - (sums / n) ** 2, 0)).mean()  # per-pixel std across the round
+        if spread < SAME_STD:
+            raise DegenerateRound(f"{where}: its {n:,} images are nearly one picture repeated (they differ by "
+                                  f"{spread:.2f} grey levels per pixel on average): the generator collapsed")
 
 
 def _prepare_folder(out_dir: Path, pool: PromptPool, plan: GenerationPlan, items: list[SyntheticItem],
@@ -210,15 +254,21 @@ def _merge_manifests(out_dir: Path) -> None:
 
 def _generate_batches(generator: Generator, pool: PromptPool, plan: GenerationPlan, out_dir: Path,
                       batches: list[list[SyntheticItem]], manifest: Path, generator_ref: str, n_done: int,
-                      n_items: int, progress: ProgressFn, processes: int) -> None:
+                      n_items: int, progress: ProgressFn, processes: int, where: str) -> None:
     """Batch by batch: image files first, then their manifest lines (flushed to disk). The progress
-    counts this process's images times the number of processes (the shares are equal)."""
-    started, made, todo = time.monotonic(), 0, sum(len(b) for b in batches)
+    counts this process's images times the number of processes (the shares are equal). Stops as soon
+    as the flat images made already condemn the round (see :func:`check_round`)."""
+    started, made, todo, flat = time.monotonic(), 0, sum(len(b) for b in batches), 0
     progress(Progress("generate", n_done, n_items, {}))
     with open(manifest, "a", encoding="utf-8") as log:
         for batch in batches:
             images = generator.generate([i.prompt for i in batch], [i.label for i in batch],
                                         [i.seed for i in batch])
+            flat += sum(bool(np.asarray(image, dtype=np.float32).std() < FLAT_STD) for image in images)
+            if flat > MAX_FLAT_SHARE * n_items:
+                raise DegenerateRound(f"{where}: {flat:,} of its {n_items:,} images are one flat colour already "
+                                      "(stopped there): the generator produced no picture (NaN in the sampler? "
+                                      "guidance_scale?)")
             for item, image in zip(batch, images):
                 atomic_write_bytes(out_dir / item.file, _png_bytes(image))
             for item in batch:
@@ -339,13 +389,14 @@ def balanced_total(n_real: int, cardinality: float, n_classes: int) -> int:
 
 
 # -- the stage entry: a registered generation run ------------------------------------------------------
+@schema
 @dataclass(frozen=True)
 class GenerateConfig:
     """Which generator makes how many images from which prompts."""
 
     generator: str  # a saved generator folder (runs/<id>/generator), or a base model for `backend`
     backend: str | None = None  # backend name when `generator` is not a saved folder (e.g. sd-lora + hub id)
-    options: tuple[tuple[str, Any], ...] = ()  # backend overrides: num_inference_steps, guidance_scale, ...
+    options: Options = field(default_factory=dict)  # backend overrides: num_inference_steps, guidance_scale, ...
     prompts: str = "classnames"  # store:NAME[@VERSION] | a .jsonl / .csv / TCKR .json / .txt file | classnames
     allow_nonmember_prompts: bool = False  # accept a .json / .txt file: no ids, not limited to the members
     template: str = "class_caption"  # prompt template (see pipeline.caption.TEMPLATES)
@@ -356,6 +407,21 @@ class GenerateConfig:
     seed: int = 0  # base seed
     batch_size: int = 64  # images per generator call
     out_dir: str | None = None  # output folder (default: the run folder); reuse it to resume
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", dict(self.options))  # (name, value) pairs given in code too
+        if self.backend is not None:  # a base model's backend: its config is the options' schema (a saved
+            # generator's options are checked against its saved config when it loads, before any image)
+            backend_config(self.backend, {"base": self.generator, **self.options})
+        if not 0 < self.cardinality < float("inf"):
+            raise ValueError(f"cardinality must be a positive finite number, got {self.cardinality}")
+        if self.num_images is not None and self.num_images < 1:  # (plan_items asks for one per class)
+            raise ValueError(f"num_images must be at least 1 (one per class) or null, got {self.num_images}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        for name in ("round", "seed"):  # numpy's seed sequences take no negative number
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -373,7 +439,7 @@ def synthesize(config: GenerateConfig, project: Any, progress: ProgressFn = no_p
     ``data``: the experiment's loaded data (a stage run on its own loads it)."""
     from .core.runs import Link
 
-    # 1. check inputs: data, prompts, size; the generator
+    # 1. check inputs: data, prompts, size; the generator and its options (a saved one's on loading)
     pool, total, links = _prompt_pool(config, project, data)
     generator = generator or _generator(config)
     source = Path(config.generator)
@@ -424,7 +490,8 @@ def _prompt_pool(config: GenerateConfig, project: Any, data: DataContext | None 
     links = [Link("data", "dataset", data.fingerprint)]
     if pool.source.startswith("store:"):
         links.append(Link("captions", "captions", pool.source[len("store:"):]))
-    total = config.num_images or balanced_total(len(members), config.cardinality, data.num_classes)
+    total = config.num_images if config.num_images is not None else \
+        balanced_total(len(members), config.cardinality, data.num_classes)
     return pool, total, links
 
 

@@ -93,7 +93,7 @@ def preset_config(dataset: DatasetConfig, profile: DataProfile, preset: str = "s
                f"{regen} epochs: {student.plan(per_round)}")
     audit_config = _audit_config(profile, quick, why)
     config = ExperimentConfig(
-        dataset=dataset, generator_options=tuple(options.items()), cardinality=cardinality, rounds=rounds,
+        dataset=dataset, generator_options=options, cardinality=cardinality, rounds=rounds,
         teacher=recipe,
         distill=DistillConfig(student=student, temperature=4.0, alpha=1.0, regen_every=regen),
         audit=audit_config, cas_epochs=0 if quick else 15,
@@ -182,10 +182,10 @@ def _paper_config(dataset: DatasetConfig, profile: DataProfile) -> ExperimentCon
         captioner=CaptionerConfig(name="blip2", model=PAPER_CAPTIONER),
         template="{caption}",
         generator="sd-lora",
-        generator_options=(("base", PAPER_BASE), ("rank", 4), ("alpha", 4.0), ("lr", 1e-4),
-                           ("steps", lora_steps), ("batch_size", PAPER_LORA_BATCH), ("resolution", 224),
-                           ("snr_gamma", None), ("mixed_precision", "bf16"), ("num_inference_steps", 20),
-                           ("guidance_scale", 2.0), ("sample_batch_size", 32)),
+        generator_options={"base": PAPER_BASE, "rank": 4, "alpha": 4.0, "lr": 1e-4, "steps": lora_steps,
+                           "batch_size": PAPER_LORA_BATCH, "resolution": 224, "snr_gamma": None,
+                           "mixed_precision": "bf16", "num_inference_steps": 20, "guidance_scale": 2.0,
+                           "sample_batch_size": 32},
         cardinality=20.0,
         rounds=5,
         generation_batch=64,
@@ -211,7 +211,7 @@ def with_models(config: ExperimentConfig, base: str | None = None, captioner_mod
         if field is None:
             raise ValueError(f"--base needs a generator that fine-tunes a base model ({', '.join(base_model_backends())}, "
                              f"as the paper preset's); this config trains the {config.generator!r} generator from scratch")
-        config = replace(config, generator_options=tuple({**dict(config.generator_options), field: base}.items()))
+        config = replace(config, generator_options={**dict(config.generator_options), field: base})
         why.append(f"generator base: {base}")
     if captioner_model is not None:
         if config.captioner.name == "classname":
@@ -355,6 +355,26 @@ def estimated_wall(stages: list[StageEstimate], cores: int | None = None) -> flo
     if any(s.seconds is None for s in stages):
         return None
     return sum(s.seconds for s in stages)
+
+
+# A run estimated to take longer than this is refused before it starts unless the limit is raised
+# (`run --max-hours`): generous for any real run on one machine (the standard preset takes minutes to
+# hours), while a typo (10^12 rounds, a million epochs) stops at once instead of filling the registry.
+MAX_HOURS = 72.0
+
+
+def check_plan(stages: list[StageEstimate], max_hours: float = MAX_HOURS) -> None:
+    """Refuse a plan estimated to take longer than ``max_hours`` in one line naming the longest stage,
+    what it would do and the limit; stages that cannot be estimated count as nothing."""
+    if not 0 < max_hours < float("inf"):
+        raise ValueError(f"--max-hours must be a positive number of hours, got {max_hours}")
+    known = [s for s in stages if s.seconds is not None]
+    total = sum(s.seconds for s in known)
+    if total <= max_hours * 3600:
+        return
+    top = max(known, key=lambda s: s.seconds)
+    raise ValueError(f"the plan would take about {total / 3600:,.0f} h, beyond the limit of {max_hours:g} h (the "
+                     f"longest stage: {top.stage}, {top.what}): shrink it, or raise the limit with --max-hours")
 
 
 def dominant(stages: list[StageEstimate]) -> str:

@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `streamlit run` puts only studio/ on the path; pages import pipeline
     sys.path.insert(0, str(ROOT))
 
+from pipeline.core.disk import full_disk  # noqa: E402
+from pipeline.core.registry_file import RegistryError  # noqa: E402
 from studio import shared  # noqa: E402
 
 VIEWS = Path(__file__).resolve().parent / "views"
@@ -31,4 +33,12 @@ st.sidebar.caption(f"Project: `{shared.project().root}`")
 if st.context.url and st.get_option("server.address") in (None, "", "0.0.0.0", "::"):
     st.sidebar.warning("This studio listens on every network interface. Start it with `python -m pipeline "
                        "studio` (localhost only) or `--server.address 127.0.0.1`.")
-page.run()
+try:
+    page.run()
+except RegistryError as err:  # the UI boundary: a damaged or locked registry is one line
+    shared.registry_failure(err)
+except Exception as err:  # ... and so is a full disk, however it surfaced; anything else stays loud
+    full = full_disk(err, shared.project().root)
+    if full is None:
+        raise
+    shared.registry_failure(full)

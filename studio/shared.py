@@ -22,6 +22,8 @@ from pipeline.captions.curation import ReviewProgress, curators, filter_records,
 from pipeline.captions.store import CaptionRecord, CaptionStore, caption_store
 from pipeline.core.common import from_dict
 from pipeline.core.project import Project, default_project_dir
+from pipeline.core.rebuild import rebuild_registry
+from pipeline.core.registry_file import RegistryDamaged
 from pipeline.data.datasets import DatasetConfig, ImageDataset, load_dataset
 
 THUMB_SIZES = (64, 128, 256)  # grid thumbnail sides in pixels the Captions page offers
@@ -197,6 +199,22 @@ def flash(kind: str, text: str) -> None:
 def show_flash() -> None:
     for kind, text in st.session_state.pop("_flash", []):
         {"success": st.success, "error": st.error, "warning": st.warning}.get(kind, st.info)(text)
+
+
+def registry_failure(err: Exception) -> None:
+    """A page stopped by the run registry (damaged, locked) or a full disk: its one line, and for a damaged
+    registry the way back, ``runs rebuild`` from the run folders, as a button."""
+    st.error(str(err))
+    if isinstance(err, RegistryDamaged):
+        st.button("Rebuild the registry from the run folders", on_click=_rebuild, type="primary",
+                  help="Each run folder's run.json and config.json hold its status, metrics, config and "
+                       "lineage; the damaged file is kept beside the new one as registry.sqlite.<time>.bak")
+
+
+def _rebuild() -> None:
+    done = rebuild_registry(project().root)
+    flash("success", f"Rebuilt the run registry from {done.runs} run folders"
+                     + (f"; the damaged file is kept as {done.kept.name}" if done.kept else ""))
 
 
 def confined_path(project: Project, text: str) -> Path | None:

@@ -179,7 +179,8 @@ def _fake_generator_class():
     from pipeline.generators import Generator
 
     class FakeGenerator(Generator):
-        """Deterministic stand-in: the image's pixels encode its label and seed; can die mid-run."""
+        """Deterministic stand-in: the image's pixels encode its label and seed (pixel (0, 0); the blue
+        channel is a gradient, so that each image is a picture, not one flat colour); can die mid-run."""
 
         name = "fake"
         config_class = dict
@@ -196,8 +197,9 @@ def _fake_generator_class():
                 raise KeyboardInterrupt("killed")
             self.calls += 1
             self.generated += list(seeds)
-            return [Image.fromarray(np.full((4, 4, 3), [label * 20, seed % 251, 7], np.uint8))
-                    for label, seed in zip(labels, seeds)]
+            gradient = 7 + 16 * np.add.outer(np.arange(4), np.arange(4))
+            return [Image.fromarray(np.dstack([np.full((4, 4), label * 20), np.full((4, 4), seed % 251),
+                                               gradient]).astype(np.uint8)) for label, seed in zip(labels, seeds)]
 
         def save(self, directory):
             pass

@@ -35,7 +35,8 @@ class ColourGenerator(Generator):
 
     def generate(self, prompts, labels, seeds, progress=None):
         colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
-        return [Image.new("RGB", (8, 8), colours[y]) for y in labels]
+        shade = np.add.outer(np.arange(8), np.arange(8))[..., None]  # a picture, not one flat colour
+        return [Image.fromarray((np.array(colours[y]) + shade).astype(np.uint8)) for y in labels]
 
     def save(self, directory):  # pragma: no cover - not used
         pass

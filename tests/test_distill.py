@@ -159,7 +159,8 @@ def test_the_teacher_labels_synthetic_images_at_its_own_size(tmp_path):
             return {}
 
         def generate(self, prompts, labels, seeds):
-            return [Image.new("L", (8, 8), 20 * int(label)) for label in labels]
+            shade = np.add.outer(np.arange(8), np.arange(8))  # a picture, not one flat colour
+            return [Image.fromarray((20 * int(label) + shade).astype(np.uint8)) for label in labels]
 
         def save(self, directory):
             pass

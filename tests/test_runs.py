@@ -249,7 +249,9 @@ def test_metric_rows_side_by_side_hand_values():
     assert rows[("teacher", "AOP")] == (f"{0.9 / 1.44:.4f}", "0.8000", f"{0.8 - 0.9 / 1.44:+.4f}")
     assert rows[("teacher", "audit")] == ("transfer · rmia", "transfer · rmia", "")
     assert rows[("bss", "accuracy")] == ("–", "0.7000", "")
-    assert [m for m, _ in rows][::5] == ["teacher", "student", "bss"]
+    assert rows[("teacher", "formal ε (guarantee)")] == ("none", "none", "")  # no DP model: no guarantee
+    assert rows[("teacher", "empirical ε (an attack's lower bound)")] == ("n/a", "n/a", "")  # not recorded
+    assert [m for m, _ in rows][::7] == ["teacher", "student", "bss"]
 
 
 def test_cli_archives_and_deletes_with_confirmation(project, capsys):

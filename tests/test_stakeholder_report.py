@@ -31,8 +31,9 @@ PLANTED = "digit-0042"  # the real image planted in the synthetic round as a fla
 
 
 def model(acc: float, auc: float, ci: tuple[float, float], mode: str = "transfer", n_nonmembers: int = 50,
-          tpr1: float | None = None, **extra) -> dict:
+          tpr1: float | None = None, empirical_epsilon: float = 0.25, **extra) -> dict:
     mia = {"auc": auc, "auc_ci95": list(ci), "attack": "rmia", "mia_mode": mode, "n_members": 60,
+           "empirical_epsilon": empirical_epsilon, "empirical_epsilon_delta": 1e-5,
            "n_nonmembers": n_nonmembers, "fpr_floor": 1 / n_nonmembers, "tpr_at_1pct_fpr": tpr1,
            "tpr_at_0.1pct_fpr": None, "roc": {"fpr": [0.0, 0.02, 0.5, 1.0], "tpr": [0.0, 1 / 60, 0.6, 1.0]}}
     return {"accuracy": acc, "aop": acc / (2 * auc) ** 2, "per_class_accuracy": [acc] * 10, "mia": mia,
@@ -186,7 +187,9 @@ def test_html_has_the_table_values_setup_and_conclusions_of_the_metrics(built):
     assert "<td>8.00</td>" in page and "<td>GKD student</td>" in page and "<td>pipeline</td>" in page
     for text in ("60 members (training images), 50 non-members", "scratch, 6 training steps", "transfer: 4, pipeline: 2",
                  "keeps 99.2 % of the teacher", "lowers the RMIA AUC from 0.634 to 0.588", "do not overlap",
-                 "Best accuracy–privacy trade-off: dp-sgd ε=8 (AOP 0.740", "DP-SGD at ε=8 gives up more accuracy than the GKD student"):
+                 "Best accuracy–privacy trade-off: dp-sgd ε=8 (AOP 0.740", "DP-SGD at ε=8 gives up more accuracy than the GKD student",
+                 "Guarantee (formal ε, proven by differential privacy): dp-sgd ε=8 ε = 8.00",
+                 "Empirical ε is an attack's lower bound, not a guarantee", "Empirical ε: an attack's lower bound"):
         assert text in page.replace("&#x27;", "'"), text
 
 
@@ -235,6 +238,19 @@ def test_conclusions_follow_the_numbers():
     assert "No synthetic image was flagged" in changed
     best = max(points_from_metrics("r", other), key=lambda p: p.aop)
     assert f"Best accuracy–privacy trade-off: {best.name} (AOP {best.aop:.3f}" in changed
+
+
+def test_epsilon_findings_say_which_figure_is_a_guarantee_and_flag_a_broken_claim():
+    metrics = run_metrics()
+    found = stakeholder.epsilon_findings(points_from_metrics("r", metrics))
+    assert found[0] == ("Guarantee (formal ε, proven by differential privacy): dp-sgd ε=8 ε = 8.00. No guarantee: "
+                        "teacher, GKD student, am, bss.")
+    assert found[1].startswith("Empirical ε is an attack's lower bound, not a guarantee") and len(found) == 2
+    metrics["methods"]["dp-sgd ε=8"]["mia"]["empirical_epsilon"] = 9.1  # the attack proves more than the claim
+    found = stakeholder.epsilon_findings(points_from_metrics("r", metrics))
+    assert "exceeds the claimed guarantee of dp-sgd ε=8 (9.10 > 8.00)" in found[2]
+    metrics["methods"] = {}
+    assert stakeholder.epsilon_findings(points_from_metrics("r", metrics))[0].startswith("No model here has a privacy")
 
 
 def test_best_trade_off_and_chance_findings():
@@ -323,8 +339,10 @@ def test_tradeoffs_page_zooms_and_builds_the_report(project, monkeypatch):
     at.toggle(key="to_zoom").set_value(False).run()
     assert x_range() == [0.0, 1.0]
     table = at.dataframe[0].value
-    assert {"audit mode", "attack", "AUC 95% CI", "TPR@1%FPR", "ε"} <= set(table.columns)
-    assert table.loc[table["model"] == "dp-sgd ε=8", "ε"].item() == "8.00"
+    assert {"audit mode", "attack", "AUC 95% CI", "TPR@1%FPR", "formal ε", "empirical ε"} <= set(table.columns)
+    assert table.loc[table["model"] == "dp-sgd ε=8", "formal ε"].item() == "8.00"
+    assert table.loc[table["model"] == "teacher", "formal ε"].item() == "none"
+    assert table.loc[table["model"] == "teacher", "empirical ε"].item() == "0.25"
 
     assert not [d for d in at.get("download_button") if d.proto.label.startswith("Report")]
     at.button(key="to_report").click().run()

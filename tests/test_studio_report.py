@@ -172,7 +172,8 @@ def test_points_table_says_na_below_the_fpr_floor_and_shows_epsilon(fake_metrics
     assert teacher["TPR@1%FPR"] == "0.0500" and teacher["TPR@0.1%FPR"] == "0.0100"  # 1000 non-members
     assert student["TPR@1%FPR"] == "n/a" and student["model"] == "GKD student"  # 10: floor 10% FPR
     assert (teacher["audit mode"], teacher["attack"]) == ("transfer", "rmia")
-    assert teacher["AUC 95% CI"] == "[0.580, 0.620]" and teacher["ε"] == "" and dp["ε"] == "8.00"
+    assert teacher["AUC 95% CI"] == "[0.580, 0.620]" and teacher["formal ε"] == "none" and dp["formal ε"] == "8.00"
+    assert teacher["empirical ε"] == "n/a"  # an audit from before empirical ε was recorded
     assert report.tpr_text(float("nan"), 0.01, 0.001) == "n/a"
 
 

@@ -188,7 +188,8 @@ def test_live_panel_shows_progress_curves_log_and_cancels(env, open_page):
 def test_finished_and_failed_runs(env, add_finished_run, fake_metrics, open_page):
     done = add_finished_run(env, fake_metrics())
     env.registry().report(done, teacher_auc=0.6, student_accuracy=0.9, student_auc=0.52, class_fidelity=0.81,
-                          frechet_distance=3.5, precision=0.7, recall=0.6, cas=0.55)
+                          frechet_distance=3.5, precision=0.7, recall=0.6, cas=0.55, teacher_formal_epsilon="none",
+                          teacher_empirical_epsilon=0.42)
     failed = env.registry().create("experiment", {})
     env.registry().fail(failed.id, "ValueError: boom")
     at = open_page("runs")
@@ -196,6 +197,10 @@ def test_finished_and_failed_runs(env, add_finished_run, fake_metrics, open_page
     assert at.get("page_link")
     shown = {m.label: m.value for m in at.metric}
     assert shown["Class fidelity"] == "0.810" and shown["CAS"] == "0.550" and shown["Precision / recall"] == "0.70 / 0.60"
+    models = next(d.value for d in at.dataframe if "model" in d.value.columns).set_index("model")
+    assert models.loc["teacher", "formal ε (guarantee)"] == "none"
+    assert models.loc["teacher", "empirical ε (an attack's lower bound)"] == "0.4200"
+    assert models.loc["student", "formal ε (guarantee)"] == "–"  # a run from before ε was recorded
     at.selectbox(key="runs_selected").set_value(failed.id).run()
     assert any("boom" in e.value for e in at.error)
 

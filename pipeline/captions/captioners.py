@@ -26,11 +26,13 @@ from PIL import Image
 from ..core.common import resolve_device, resolve_dtype
 from ..core.machine import hub_unreachable
 from ..core.registry import Registry
+from ..core.schema import schema
 from .templates import DEFAULT_CLASS_TEMPLATE
 
 logger = logging.getLogger(__name__)
 
 
+@schema
 @dataclass(frozen=True)
 class CaptionerConfig:
     """Which captioner to run and how it generates."""

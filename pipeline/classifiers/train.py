@@ -29,6 +29,7 @@ from torch import nn
 from ..core import checkpoints
 from ..core.common import Progress, ProgressFn, check_loss, no_progress, resolve_device
 from ..core.precision import autocast
+from ..core.schema import schema
 from ..data.tensors import TensorData, images_to_tensor  # noqa: F401  (images_to_tensor: re-exported)
 from .augment import AUGMENTATIONS, Augment
 from .batches import Sampler
@@ -37,6 +38,7 @@ from .objectives import Batch, Objective
 logger = logging.getLogger(__name__)
 
 
+@schema
 @dataclass(frozen=True)
 class TrainConfig:
     """One classifier training recipe (teacher, student and shadows share it)."""
@@ -79,6 +81,8 @@ class TrainConfig:
             raise ValueError(f"patience must be >= 0 or null, got {self.patience}")
         if self.patience_share is not None and not 0 < self.patience_share <= 1:
             raise ValueError(f"patience_share must be in (0, 1] or null, got {self.patience_share}")
+        if self.seed < 0:  # shadows' seeds derive from it through numpy, which takes no negative seed
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
 
 
     def planned_epochs(self, steps_per_epoch: int) -> int:

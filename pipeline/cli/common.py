@@ -135,11 +135,13 @@ def add_dataset_args(p: argparse.ArgumentParser) -> None:
 
 
 def dataset_config(args: argparse.Namespace):
+    """The dataset options as a DatasetConfig, checked against its schema (``--val-fraction nan`` is refused)."""
+    from ..core.schema import checked
     from ..data.datasets import parse_dataset_spec
 
-    return parse_dataset_spec(args.dataset, image_column=args.image_column, label_column=args.label_column,
-                              val_fraction=args.val_fraction, member_fraction=args.member_fraction,
-                              seed=args.seed, limit=args.limit)
+    return checked(parse_dataset_spec(args.dataset, image_column=args.image_column, label_column=args.label_column,
+                                      val_fraction=args.val_fraction, member_fraction=args.member_fraction,
+                                      seed=args.seed, limit=args.limit))
 
 
 def project_of(args: argparse.Namespace):

@@ -13,8 +13,9 @@ from typing import Any
 from ..captions.store import CaptionStoreDamaged, caption_store, caption_stores
 from ..captions.templates import DEFAULT_CLASS_TEMPLATE
 from ..core.common import Progress
+from ..core.disk import full_disk
 from ..core.registry import UnknownNameError
-from ..core.runs import RunCancelled
+from ..core.runs import RunCancelled, RunInterrupted
 from .common import (
     ProgressBars,
     _short,
@@ -66,14 +67,15 @@ def cmd_datasets_inspect(args: argparse.Namespace) -> int:
 def cmd_caption(args: argparse.Namespace) -> int:
     from ..caption import CaptionConfig, caption
     from ..captions.captioners import CaptionerConfig
+    from ..core.schema import checked
 
     captioner = CaptionerConfig(name=args.captioner, model=args.model, batch_size=args.batch_size,
                                 device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
                                 num_beams=args.num_beams, prompt=args.prompt,
                                 class_template=args.class_template)
-    config = CaptionConfig(dataset=dataset_config(args), captioner=captioner, store=args.store,
-                           subset=args.subset, overwrite=args.overwrite,
-                           overwrite_reviewed=args.overwrite_reviewed)
+    config = checked(CaptionConfig(dataset=dataset_config(args), captioner=captioner, store=args.store,
+                                   subset=args.subset, overwrite=args.overwrite,
+                                   overwrite_reviewed=args.overwrite_reviewed))
     with ProgressBars(not args.quiet) as bars:
         result = caption(config, project_of(args), progress=bars)
     curated = ""
@@ -238,6 +240,22 @@ def cmd_runs_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs_rebuild(args: argparse.Namespace) -> int:
+    from ..core.rebuild import rebuild_registry
+
+    done = rebuild_registry(project_of(args).root, force=args.force)
+    print(f"rebuilt {done.path} from {done.runs} run folders (their run.json and config.json)")
+    if done.guessed:
+        print(f"{len(done.guessed)} of them had no run.json (made before it was kept): status taken as done where "
+              f"they wrote metrics.json, else failed ({', '.join(done.guessed[:5])}"
+              f"{', ...' if len(done.guessed) > 5 else ''})")
+    for skipped in done.skipped:
+        print(f"skipped {skipped}")
+    if done.kept:
+        print(f"the previous file is kept as {done.kept}")
+    return 0
+
+
 def _metric_summary(metrics: dict[str, Any]) -> str:
     flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
     return ", ".join(f"{k}={_short(v)}" for k, v in list(flat.items())[:4])
@@ -349,7 +367,7 @@ def _add_captions(sub: Any) -> None:
 
 
 def _add_runs(sub: Any) -> None:
-    runs = sub.add_parser("runs", help="list, show, cancel, archive or delete runs")
+    runs = sub.add_parser("runs", help="list, show, cancel, archive, delete or rebuild runs")
     runs_sub = runs.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = runs_sub.add_parser("list", help="runs, newest first")
     add_project_arg(p)
@@ -377,6 +395,11 @@ def _add_runs(sub: Any) -> None:
     p.add_argument("run_id")
     p.add_argument("--yes", action="store_true", help="confirm: the files are gone for good")
     p.set_defaults(func=cmd_runs_delete)
+    p = runs_sub.add_parser("rebuild", help="build a damaged or lost registry.sqlite again from the run folders "
+                                            "(each one's run.json and config.json)")
+    add_project_arg(p)
+    p.add_argument("--force", action="store_true", help="rebuild a registry that reads whole too (kept as .bak)")
+    p.set_defaults(func=cmd_runs_rebuild)
 
 
 @contextmanager
@@ -399,6 +422,36 @@ def run_log() -> Iterator[None]:
         root.removeHandler(handler)
 
 
+@contextmanager
+def interrupted_by_signals() -> Iterator[None]:
+    """SIGTERM (a service manager, `kill`, a shutdown) and SIGHUP (a closed terminal) raise
+    :class:`RunInterrupted` in the main thread, as Ctrl-C raises KeyboardInterrupt: the run on its way out
+    records itself interrupted (resumable) and stops its worker processes, instead of dying as "running"
+    with orphans. A second signal while it does so kills at once. A signal the process was started to
+    ignore (``nohup``) stays ignored. Undone on exit, so an in-process caller keeps its own handling."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread takes signals
+        yield
+        return
+
+    def interrupt(signum: int, _frame: object) -> None:
+        for sig in previous:
+            signal.signal(sig, signal.SIG_DFL)
+        raise RunInterrupted(signum)
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    previous = {sig: handler for sig, handler in previous.items() if handler is not signal.SIG_IGN}
+    for sig in previous:
+        signal.signal(sig, interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: not set from Python
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from ..core import cluster as processes
 
@@ -409,13 +462,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not cluster.is_main:
             processes.exit_process(_serve(cluster))
     if args.run_log:
-        with run_log():
+        with run_log(), interrupted_by_signals():
             code = _dispatch(args)
-            logger.info("exit status %d%s", code, " (cancelled)" if code == 130 else "")
+            logger.info("exit status %d%s", code, " (cancelled)" if code in (129, 130, 143) else "")
     else:
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                             format="%(levelname)s %(name)s: %(message)s")
-        code = _dispatch(args)
+        with interrupted_by_signals():
+            code = _dispatch(args)
     if code == 0:  # on a failure the main process exits and the launcher stops the serving ones
         processes.current().release()
     if processes.launched():
@@ -444,25 +498,46 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except KeyboardInterrupt:
-        if not args.run_log:
-            print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        how = f"interrupted by {err}" if isinstance(err, RunInterrupted) else "interrupted"
+        if args.run_log:
+            logger.warning("%s", how)
+        else:
+            print(how, file=sys.stderr)
+        return 128 + err.signum if isinstance(err, RunInterrupted) else 130
     except RunCancelled as err:  # the run noticed a cancel request before (or instead of) the SIGINT
         if not args.run_log:
             print(f"cancelled{f': {err}' if str(err) else ''}", file=sys.stderr)
         return 130
-    except (UnknownNameError, ValueError, KeyError, FileNotFoundError, RuntimeError, OSError) as err:
-        # the CLI boundary: one line for the user, the traceback only with --verbose or in a run log
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        if args.run_log:
-            logger.error("%s: %s", type(err).__name__, message, exc_info=True)
-        else:
-            logger.debug("command failed", exc_info=True)
-            print(f"error: {message}", file=sys.stderr)
-        return 2
     except Exception as err:
+        # the CLI boundary: one line for the user, the traceback only with --verbose or in a run log; a full
+        # disk, however it surfaced (OSError, SafetensorError, sqlite's "disk I/O error"), says where
+        full = full_disk(err, _project_folder(args))
+        if full is not None:
+            return _one_line(args, full, traceback=False)
+        if isinstance(err, (UnknownNameError, ValueError, KeyError, FileNotFoundError, RuntimeError, OSError)):
+            return _one_line(args, err.args[0] if isinstance(err, KeyError) and err.args else err)
         if not args.run_log:
             raise  # an unexpected error: Python's own traceback
         logger.error("%s: %s", type(err).__name__, err, exc_info=True)
         return 1
+
+
+def _project_folder(args: argparse.Namespace) -> Path | None:
+    """The command's project folder (without creating it), or None for a command without one."""
+    from ..core.project import default_project_dir
+
+    if not hasattr(args, "project"):
+        return None
+    return Path(args.project) if args.project else default_project_dir()
+
+
+def _one_line(args: argparse.Namespace, message: Any, traceback: bool = True) -> int:
+    """An error as one line: on stderr (the traceback with --verbose), or in a run log as an ERROR line
+    (with the traceback, unless it adds nothing to the line)."""
+    if args.run_log:
+        logger.error("%s: %s", type(message).__name__, message, exc_info=traceback)
+    else:
+        logger.debug("command failed", exc_info=True)
+        print(f"error: {message}", file=sys.stderr)
+    return 2

@@ -26,19 +26,20 @@ PRESET_NAMES = ("quick", "standard", "paper")  # presets.PRESETS, without import
 PROMPT_FILE_SUFFIXES = (".jsonl", ".csv", ".json", ".txt")  # what captions.prompts.pool_from_file reads
 
 
-def _options(pairs: list[str] | None) -> tuple[tuple[str, Any], ...]:
-    """KEY=VALUE strings -> typed pairs (JSON values where they parse, else strings)."""
-    out = []
+def _options(pairs: list[str] | None) -> dict[str, Any]:
+    """KEY=VALUE strings -> options by name (JSON values where they parse, else strings; the backend's
+    schema then says which type each takes)."""
+    out = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep:
             raise ValueError(f"option {pair!r} is not KEY=VALUE")
         try:
             parsed = json.loads(value)
-        except ValueError:
-            parsed = value
-        out.append((key.strip().replace("-", "_"), parsed))
-    return tuple(out)
+        except ValueError:  # text, or NaN / infinity as Python writes them (for the schema to refuse)
+            parsed = float(value) if value.strip().lower() in ("nan", "inf", "-inf", "infinity") else value
+        out[key.strip().replace("-", "_")] = parsed
+    return out
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -69,16 +70,18 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _finetune_config(args: argparse.Namespace) -> Any:
+    from ..core.schema import checked
     from ..finetune import FinetuneConfig
 
-    options = list(_options(args.option))
+    options = _options(args.option)
     for key in ("base", "steps", "lr", "batch_size", "resolution", "rank"):
         value = getattr(args, key, None)
         if value is not None:
-            options.append((key, value))
+            options[key] = value
     privacy = _privacy_fields(args)
-    return FinetuneConfig(dataset=dataset_config(args), generator=args.generator, options=tuple(options),
-                          store=args.store, store_version=args.store_version, template=args.template, **privacy)
+    return checked(FinetuneConfig(dataset=dataset_config(args), generator=args.generator, options=options,
+                                  store=args.store, store_version=args.store_version, template=args.template,
+                                  **privacy))
 
 
 def _privacy_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -101,23 +104,24 @@ def _add_privacy_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from ..core.schema import checked
     from ..generate import GenerateConfig, synthesize
 
-    options = list(_options(args.option))
+    options = _options(args.option)
     if args.lora:
-        options.append(("lora_path", args.lora))
+        options["lora_path"] = args.lora
     if args.fuse:
-        options.append(("fuse", True))
+        options["fuse"] = True
     for key, value in (("num_inference_steps", args.steps), ("guidance_scale", args.guidance)):
         if value is not None:
-            options.append((key, value))
+            options[key] = value
     if args.size:
         if not args.base:
             raise ValueError("--size applies to a base model (--base); a saved generator generates at "
                              "the size it was trained at")
         if args.size[0] != args.size[1]:
             raise ValueError(f"--size {args.size[0]} {args.size[1]}: only square images are supported")
-        options.append(("resolution", args.size[0]))
+        options["resolution"] = args.size[0]
     source = args.generator or args.base
     if not source:
         raise ValueError("give --generator (a saved generator folder, runs/<id>/generator) or --base (an SD model)")
@@ -128,11 +132,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if Path(prompts).suffix.lower() in PROMPT_FILE_SUFFIXES or "/" in prompts:
             raise FileNotFoundError(f"--prompts {prompts}: no such file")
         prompts = f"store:{prompts}"  # a bare name means a caption store
-    config = GenerateConfig(generator=args.generator or args.base, backend=_base_backend(args) if args.base else None,
-                            options=tuple(options), prompts=prompts or "classnames", template=args.template,
-                            allow_nonmember_prompts=args.allow_nonmember_prompts,
-                            dataset=dataset_config(args), cardinality=args.cardinality, num_images=args.num,
-                            round=args.round, seed=args.gen_seed, batch_size=args.batch_size, out_dir=args.out)
+    config = checked(GenerateConfig(
+        generator=args.generator or args.base, backend=_base_backend(args) if args.base else None, options=options,
+        prompts=prompts or "classnames", template=args.template, allow_nonmember_prompts=args.allow_nonmember_prompts,
+        dataset=dataset_config(args), cardinality=args.cardinality, num_images=args.num, round=args.round,
+        seed=args.gen_seed, batch_size=args.batch_size, out_dir=args.out))
     with ProgressBars(not args.quiet) as bars:
         result = synthesize(config, project_of(args), progress=bars, cluster=current_cluster())
     print(f"{len(result.synthetic)} images in {result.synthetic.root} ({result.images_per_s:.1f} images/s) "
@@ -161,6 +165,13 @@ def _print_audit_table(metrics: dict[str, Any]) -> None:
     floor = teacher["mia"].get("fpr_floor")
     print("\n* headline attack (AUC and AOP). n/a: a TPR at an FPR below 1/non-members"
           + (f" ({floor:.4f})" if floor else "") + " cannot be measured.")
+    delta = teacher["mia"].get("empirical_epsilon_delta")
+    if delta is not None:
+        print(f"emp. ε: empirical ε, an attack's lower bound on ε (95% Clopper-Pearson, δ = {delta:g} for a model "
+              "without DP, its own δ for a DP one), not a guarantee. Formal ε (a DP guarantee): "
+              + ", ".join(f"{key} {_formal_text(m.get('formal_epsilon', m.get('epsilon')))}"
+                          for key, m in [("teacher", teacher), ("student", student),
+                                         *(metrics.get("methods") or {}).items()]) + ".")
     ratio = f"{student['accuracy'] / teacher['accuracy']:.3f}" if teacher["accuracy"] > 0 else "n/a (teacher 0)"
     print(f"student / teacher accuracy: {ratio}; "
           f"MIA AUC ({teacher['mia'].get('attack', 'lira')}) teacher {teacher['mia']['auc']:.3f} "
@@ -176,10 +187,14 @@ def _print_audit_table(metrics: dict[str, Any]) -> None:
     if methods:
         print()
         print_table([[key, "real members" if m.get("reads_real_training_images") else "no (data-free)",
-                      f"{m['epsilon']:.2f}" if m.get("epsilon") is not None else "-",
+                      f"{m['epsilon']:.2f}" if m.get("epsilon") is not None else "none",
                       f"{m['accuracy'] / max(teacher['accuracy'], 1e-9):.3f}",
                       f"{m.get('train', {}).get('seconds', float('nan')):.0f}"] for key, m in methods.items()],
-                    ["method", "reads real training images", "ε", "accuracy / teacher", "seconds"])
+                    ["method", "reads real training images", "formal ε", "accuracy / teacher", "seconds"])
+
+
+def _formal_text(epsilon: float | None) -> str:
+    return "none" if epsilon is None else f"{epsilon:.2f}"
 
 
 def _run_experiment(args: argparse.Namespace, config: Any, run_id: str | None = None, resume: bool = False) -> int:
@@ -208,6 +223,7 @@ def _run_experiment(args: argparse.Namespace, config: Any, run_id: str | None = 
 def cmd_audit(args: argparse.Namespace) -> int:
     from ..audit import AuditConfig
     from ..core.common import from_dict, read_json
+    from ..core.schema import checked
     from ..experiment import audit_experiment
 
     project = project_of(args)
@@ -215,8 +231,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if record.kind != "experiment":
         raise ValueError(f"run {args.run} is a {record.kind} run; `audit --run` takes an experiment run id")
     saved = record.config.get("audit", {})
-    base = from_dict(AuditConfig, {k: v for k, v in saved.items() if k in AuditConfig.__dataclass_fields__})
-    config = replace(base, **_audit_changes(args, base, record.id))
+    base = from_dict(AuditConfig, {k: v for k, v in saved.items() if k in AuditConfig.__dataclass_fields__},
+                     source=f"the saved audit config of run {record.id}")
+    config = checked(replace(base, **_audit_changes(args, base, record.id)))
     with ProgressBars(not args.quiet) as bars:
         result = audit_experiment(config, project, progress=bars, cluster=current_cluster())
     experiment = read_json(record.run_dir / "metrics.json") if (record.run_dir / "metrics.json").exists() else {}
@@ -254,7 +271,8 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
         from ..core.launch import check_port
 
         check_port("studio", args.host, args.port)
-    _print_plan(quickstart_config(), ["the standard preset on the built-in digits (offline, CPU)"])
+    _print_plan(quickstart_config(), ["the standard preset on the built-in digits (offline, CPU)"],
+                max_hours=args.max_hours)
     code = _run_experiment(args, quickstart_config())
     if code == 0 and getattr(args, "studio", False):
         from ..core.launch import launch_studio
@@ -274,7 +292,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         signal.signal(signal.SIGINT, signal.default_int_handler)
         record = project_of(args).registry().get(args.queued)
-        return _run_experiment(args, from_dict(ExperimentConfig, record.config), run_id=record.id)
+        config = from_dict(ExperimentConfig, record.config, source=f"the saved config of run {record.id}")
+        return _run_experiment(args, config, run_id=record.id)
     models = _model_flags(args)
     if args.resume:
         if args.config or args.dataset or args.preset or models:
@@ -285,7 +304,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         reconcile(project_of(args))  # a killed attempt still marked running is failed first
         record = project_of(args).registry().get(args.resume)
         print(f"resuming {record.id} (was {record.status}); finished stages are reused", file=sys.stderr)
-        return _run_experiment(args, from_dict(ExperimentConfig, record.config), run_id=record.id, resume=True)
+        config = from_dict(ExperimentConfig, record.config, source=f"the saved config of run {record.id}")
+        return _run_experiment(args, config, run_id=record.id, resume=True)
     if args.config and args.dataset:
         raise ValueError("give a config file or --dataset, not both (edit the dataset in the config file)")
     if args.config:
@@ -308,13 +328,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if getattr(args, "methods", None) is not None:
         config = replace(config, methods=_methods(args.methods))
         why = [*why, f"methods: gkd (the student) + {', '.join(n + (f' {o}' if o else '') for n, o in config.methods) or 'none'}"]
+    config = config.validate()  # what the arguments made of the preset, checked as a config file would be
     if args.print_config:
         for line in why:
             print(f"# {line}", file=sys.stderr)
         print(config_json(config))
         return 0
     quick = _quick_alternative(args, config, profile)
-    _print_plan(config, why, profile, quick)
+    _print_plan(config, why, profile, quick, max_hours=args.max_hours)
     return _run_experiment(args, config)
 
 
@@ -373,7 +394,7 @@ def _preset(args: argparse.Namespace) -> tuple[Any, list[str], Any]:
     if args.device != "auto":  # asked for a device: every stage runs there, not only the plan
         config = replace(config, teacher=replace(config.teacher, device=args.device),
                          distill=replace(config.distill, student=replace(config.distill.student, device=args.device)),
-                         generator_options=tuple({**dict(config.generator_options), "device": args.device}.items()))
+                         generator_options={**config.generator_options, "device": args.device})
     return config, why, profile
 
 
@@ -394,12 +415,15 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "pretrained weights, where the preset asks for them, come from the Hub or its local cache")
 
 
-def _print_plan(config: Any, why: list[str], profile: Any = None, quick: Any = None) -> None:
+def _print_plan(config: Any, why: list[str], profile: Any = None, quick: Any = None, *, max_hours: float) -> None:
     """What the run will do and, from a few timed steps, about how long each stage takes (``profile``:
     the data's, when the caller has it already; else the dataset is read for it); which stage dominates,
-    and what the ``quick`` preset's config would take instead."""
+    and what the ``quick`` preset's config would take instead. A plan estimated to take more than
+    ``max_hours`` is refused (after it is printed), before anything runs."""
     from ..data.datasets import load_dataset
-    from ..presets import DataProfile, dominant, estimate_stages, estimated_wall
+    from ..presets import DataProfile, check_plan, dominant, estimate_stages, estimated_wall
+
+    check_plan([], max_hours)  # a bad limit fails before the timed steps
 
     print("plan:")
     for line in why:
@@ -418,6 +442,7 @@ def _print_plan(config: Any, why: list[str], profile: Any = None, quick: Any = N
             print(f"  --preset quick would take about {_duration(faster)} (saving {_duration(total - faster)}: half "
                   "the training, the student audited in transfer mode only, no CAS)")
     sys.stdout.flush()
+    check_plan(stages, max_hours)
 
 
 def _duration(seconds: float | None) -> str:
@@ -433,6 +458,14 @@ def _add_methods_arg(p: argparse.ArgumentParser, default: str | None) -> None:
                         "synthetic rounds, data-free), bss (boundary samples on the real members: a non-private "
                         "reference), dp-sgd (real members with DP; ε 1 and 8, or dp-sgd@EPS)"
                         + (f" (default: {default})" if default else ""))
+
+
+def _add_max_hours_arg(p: argparse.ArgumentParser) -> None:
+    from ..presets import MAX_HOURS
+
+    p.add_argument("--max-hours", type=float, default=MAX_HOURS, metavar="H",
+                   help="refuse to start a run whose estimated time (the plan printed before it starts) is "
+                        f"longer than this (default {MAX_HOURS:g} h): a typo such as 10^12 rounds stops at once")
 
 
 def cmd_studio(args: argparse.Namespace) -> int:
@@ -545,6 +578,7 @@ def _add_generate(sub: Any) -> None:
 def _add_quickstart(sub: Any) -> None:
     p = sub.add_parser("quickstart", help="the whole loop on the built-in dataset (offline, CPU, about 4 min)")
     add_project_arg(p)
+    _add_max_hours_arg(p)
     p.add_argument("--studio", action="store_true", help="then open the studio on the results")
     p.add_argument("--host", default="127.0.0.1", help="studio address (default localhost only)")
     p.add_argument("--port", type=int, default=8501)
@@ -569,6 +603,7 @@ def _add_run(sub: Any) -> None:
     _add_model_args(p)
     p.add_argument("--device", default="auto", help="device the preset plans for: auto | cpu | cuda")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    _add_max_hours_arg(p)
     p.add_argument("--queued", default=None, metavar="RUN_ID",
                    help="execute a run queued by the studio (its config is in the registry)")
     p.add_argument("--resume", default=None, metavar="RUN_ID",
@@ -592,6 +627,7 @@ def _add_compare_methods(sub: Any) -> None:
     _add_model_args(p)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    _add_max_hours_arg(p)
     _add_methods_arg(p, "gkd,am,bss,gkd+bss,dp-sgd")
     p.set_defaults(func=cmd_run)
 

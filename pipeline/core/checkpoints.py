@@ -17,10 +17,14 @@ def save(path: Path, state: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    with open(tmp, "rb") as f:  # on disk before the rename
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    try:
+        torch.save(state, tmp)
+        with open(tmp, "rb") as f:  # on disk before the rename
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # half a file (a full disk, an interrupt) would hold its space
+        raise
 
 
 def load(path: Path, device: Any = "cpu") -> Any:

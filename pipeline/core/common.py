@@ -45,6 +45,12 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
+def resume_command(kind: str, run_id: str) -> str | None:
+    """The command that continues an interrupted run of ``kind`` (None: such a run is started again)."""
+    return {"experiment": f"python -m pipeline run --resume {run_id}",
+            "finetune": f"python -m pipeline finetune --resume {run_id}"}.get(kind)
+
+
 def safe_filename(name: str, empty: str = "_") -> str:
     """A file-name-safe form of a label: letters, digits, ``-_.`` kept, anything else ``_``."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or empty
@@ -156,34 +162,13 @@ def resolve_dtype(dtype: str, device: str):
     return names[dtype]
 
 
-def from_dict(cls: type, data: Any) -> Any:
-    """Build a (nested) config dataclass from plain JSON data; unknown keys are an error.
+def from_dict(cls: type, data: Any, source: str = "") -> Any:
+    """A config dataclass from plain JSON data (a file, a run's saved config), checked against its schema
+    (:func:`pipeline.core.schema.parse`): wrong types, NaN, unknown fields and broken rules are a
+    one-line :class:`~pipeline.core.schema.ConfigError`; ``source`` names where the data came from."""
+    from .schema import parse
 
-    Lists become tuples where the field is a tuple, nested dataclass fields are built recursively.
-    """
-    import typing
-
-    if not dataclasses.is_dataclass(cls):
-        return data
-    if not isinstance(data, dict):
-        raise ValueError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown fields {unknown}; valid: {', '.join(sorted(names))}")
-    kwargs = {}
-    for key, value in data.items():
-        hint = hints[key]
-        target = next((a for a in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(a)), None)
-        if target is not None and isinstance(value, dict):
-            kwargs[key] = from_dict(target, value)
-        elif isinstance(value, list) and (typing.get_origin(hint) is tuple or tuple in typing.get_args(hint)
-                                          or "tuple" in str(hint)):
-            kwargs[key] = tuple(tuple(v) if isinstance(v, list) else v for v in value)
-        else:
-            kwargs[key] = value
-    return cls(**kwargs)
+    return parse(cls, data, source=source)
 
 
 class TrainingDiverged(RuntimeError):

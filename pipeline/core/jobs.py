@@ -72,7 +72,8 @@ def cancel(project: Project, run_id: str) -> None:
 
 
 def reconcile(project: Project) -> list[str]:
-    """Mark as failed the running runs whose process is gone (killed, machine restarted).
+    """Mark as failed the running runs whose process is gone (killed, machine restarted); a run whose
+    ``run.json`` says how it ended (the registry could not take it then) is recorded as it says.
 
     A running run holds its lock file while it lives (``RunRegistry.claim``), which is exact even
     when its process id has been reused; a queued run (not claimed yet, or requeued for a resume) and
@@ -84,6 +85,8 @@ def reconcile(project: Project) -> list[str]:
             gone = not registry.is_locked(record.id)
         else:
             gone = bool(record.pid) and not _alive(record.pid)
+        if gone and registry.adopt_end(record.id):  # it ended, but could only say so in its run.json
+            continue
         # the status is re-checked in the same transaction: a run that finished meanwhile stays done
         if gone and registry.fail_unfinished(record.id, "the run's process ended without recording a result "
                                              "(killed or the machine restarted)"

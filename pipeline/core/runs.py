@@ -1,6 +1,6 @@
 """Run registry: every stage run recorded in SQLite with its config, status, metrics and lineage.
 
-Schema (``<project>/registry.sqlite``, WAL mode so readers never block the writer)::
+Schema (``<project>/registry.sqlite``; the file, its waits and its errors: :mod:`.registry_file`)::
 
     runs(id TEXT PRIMARY KEY, kind TEXT, status TEXT, config TEXT (JSON), metrics TEXT (JSON),
          progress TEXT (JSON: latest progress event), error TEXT, pid INTEGER, run_dir TEXT,
@@ -15,6 +15,10 @@ Artefacts of a run live in ``<project>/runs/<id>/``. An experiment *owns* the st
 (generator, synthetic rounds, teacher, student, methods; their images and weights mostly live in the
 experiment's folder): archiving or deleting it takes them along. A run that another run was made from
 (a link to it, or to a stage run it owns) is never deleted.
+
+The run folders are the source of truth: ``config.json`` (kind, config, first links) is written when
+the run is created, ``run.json`` (status, metrics, error, times, links, archived) with every change of
+them, in the transaction that makes it; :func:`rebuild_registry` builds the file again from them.
 """
 
 from __future__ import annotations
@@ -33,40 +37,26 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .common import to_jsonable, write_json
+from .common import read_json, resume_command, to_jsonable, write_json
+from .disk import full_disk
+from .registry_file import (
+    RUN_FILE,
+    SCHEMA_VERSION,  # noqa: F401 - part of this module's interface
+    RegistryError,
+    RegistryLocked,
+    connect,
+    ensure_schema,
+)
+
+logger = logging.getLogger(__name__)
 
 logger = logging.getLogger(__name__)
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 LIVE = ("queued", "running")  # a process is (about to be) executing the run
-SCHEMA_VERSION = "1"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('queued','running','done','failed','cancelled')),
-    config TEXT NOT NULL,
-    metrics TEXT NOT NULL DEFAULT '{}',
-    progress TEXT,
-    error TEXT,
-    pid INTEGER,
-    run_dir TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    started_at TEXT,
-    finished_at TEXT
-);
-CREATE INDEX IF NOT EXISTS runs_kind ON runs(kind, created_at);
-CREATE TABLE IF NOT EXISTS links (
-    run_id TEXT NOT NULL REFERENCES runs(id),
-    role TEXT NOT NULL,
-    ref_kind TEXT NOT NULL CHECK (ref_kind IN ('dataset','captions','run')),
-    ref TEXT NOT NULL,
-    PRIMARY KEY (run_id, role, ref)
-);
-CREATE TABLE IF NOT EXISTS archived (run_id TEXT PRIMARY KEY REFERENCES runs(id), archived_at TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
+ENDED = ("done", "failed", "cancelled")
+PROGRESS_WAIT_S = 0.5  # a progress report waits this long for the registry's lock, then is dropped
+PROGRESS_PAUSE_S = 10.0  # after a dropped report, progress is not offered to a locked registry for this long
 
 
 @dataclass(frozen=True)
@@ -102,6 +92,18 @@ class RunCancelled(Exception):
     """Raised inside a run when someone asked for it to be cancelled."""
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """A signal (SIGTERM, SIGHUP; SIGINT is Python's own KeyboardInterrupt) stopped the process: raised in
+    its main thread, so that a run records itself interrupted on its way out (the CLI installs the handler).
+    Its text is the signal's name."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 class RunBusy(ValueError):
     """Another process is executing this run (it holds the run's lock)."""
 
@@ -118,38 +120,22 @@ _HELD: dict[str, list[Any]] = {}
 
 class RunRegistry:
     """Runs of one project. Each call opens its own short transaction, so several processes can
-    write at once (SQLite serialises them; ``busy_timeout`` makes writers wait, not fail)."""
+    write at once (SQLite serialises them; a writer waits for another's lock, saying so in the log)."""
 
     def __init__(self, project_dir: Path) -> None:
         self.project_dir = Path(project_dir)
         self.db_path = self.project_dir / "registry.sqlite"
         self.runs_dir = self.project_dir / "runs"
         self.project_dir.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.db_path, timeout=30.0)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")  # persistent: readers never block the writer
-            db.executescript(_SCHEMA)
-            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
-            db.commit()
-        finally:
-            db.close()
+        ensure_schema(self.db_path, self.runs_dir)  # a read when the file has its tables
+        self._progress_paused_until = float("-inf")
 
     @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
-        try:
-            db.execute("PRAGMA busy_timeout=30000")
-            db.execute("PRAGMA foreign_keys=ON")
-            db.row_factory = sqlite3.Row
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-        finally:
-            db.close()
+    def _connect(self, write: bool = False, wait: float | None = None,
+                 step: float | None = None) -> Iterator[sqlite3.Connection]:
+        """One transaction (:func:`.registry_file.connect`): reads never wait, writes wait for the lock."""
+        with connect(self.db_path, write, wait, step) as db:
+            yield db
 
     # -- writing --------------------------------------------------------------------------------
     def create(self, kind: str, config: Any, links: list[Link] | tuple[Link, ...] = ()) -> RunRecord:
@@ -160,13 +146,14 @@ class RunRegistry:
         config_json = to_jsonable(config)
         write_json(run_dir / "config.json", {"kind": kind, "config": config_json,
                                              "links": [to_jsonable(link) for link in links]})
-        with self._connect() as db:
+        with self._connect(write=True) as db:
             db.execute(
                 "INSERT INTO runs (id, kind, status, config, run_dir, created_at) VALUES (?,?,?,?,?,?)",
                 (run_id, kind, "queued", json.dumps(config_json), str(run_dir), _now()),
             )
             db.executemany("INSERT OR IGNORE INTO links VALUES (?,?,?,?)",
                            [(run_id, k.role, k.ref_kind, k.ref) for k in links])
+            self._mirror(db, run_id)
         return self.get(run_id)
 
     def set_pid(self, run_id: str, pid: int) -> None:
@@ -177,18 +164,43 @@ class RunRegistry:
         self._update(run_id, status="running", started_at=_now(), pid=os.getpid())
 
     def report(self, run_id: str, progress: dict[str, Any] | None = None, **metrics: Any) -> None:
-        """Store the latest progress event and/or merge metrics into the run's metrics."""
-        with self._connect() as db:
-            row = db.execute("SELECT metrics, status FROM runs WHERE id=?", (run_id,)).fetchone()
-            if row is None:
-                raise KeyError(f"no run {run_id!r}")
-            if row["status"] == "cancelled":
-                raise RunCancelled(run_id)
-            merged = {**json.loads(row["metrics"]), **to_jsonable(metrics)}
+        """Store the latest progress event and/or merge metrics into the run's metrics; raises
+        :class:`RunCancelled` once someone asked the run to stop."""
+        if not metrics:
+            self._report_progress(run_id, progress)
+            return
+        with self._connect(write=True) as db:
+            merged = {**json.loads(self._status(db, run_id)["metrics"]), **to_jsonable(metrics)}
             db.execute("UPDATE runs SET metrics=? WHERE id=?", (json.dumps(merged), run_id))
             if progress is not None:
                 db.execute("UPDATE runs SET progress=? WHERE id=?",
                            (json.dumps(to_jsonable(progress)), run_id))
+            self._mirror(db, run_id)
+
+    def _report_progress(self, run_id: str, progress: dict[str, Any] | None) -> None:
+        """A progress event: dropped, not waited for, while another process holds the registry's lock (a
+        live run must not stall on its progress bar; the next event goes through once the lock is free).
+        A cancel request is read first, which never waits."""
+        with self._connect() as db:
+            self._status(db, run_id)
+        if progress is None or time.monotonic() < self._progress_paused_until:
+            return
+        try:
+            with self._connect(write=True, wait=0.0, step=PROGRESS_WAIT_S) as db:
+                db.execute("UPDATE runs SET progress=? WHERE id=?", (json.dumps(to_jsonable(progress)), run_id))
+        except RegistryLocked:
+            self._progress_paused_until = time.monotonic() + PROGRESS_PAUSE_S
+            logger.info("progress of run %s not recorded for %.0f s: the run registry is locked by another "
+                        "process", run_id, PROGRESS_PAUSE_S)
+
+    @staticmethod
+    def _status(db: sqlite3.Connection, run_id: str) -> sqlite3.Row:
+        row = db.execute("SELECT metrics, status FROM runs WHERE id=?", (run_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no run {run_id!r}")
+        if row["status"] == "cancelled":
+            raise RunCancelled(run_id)
+        return row
 
     def finish(self, run_id: str, **metrics: Any) -> None:
         if metrics:
@@ -204,35 +216,70 @@ class RunRegistry:
 
     def fail_unfinished(self, run_id: str, error: str) -> bool:
         """Mark a queued or running run failed; False (and no change) if it ended meanwhile."""
-        with self._connect() as db:
+        with self._connect(write=True) as db:
             cursor = db.execute("UPDATE runs SET status='failed', finished_at=?, error=? "
                                 "WHERE id=? AND status IN ('queued','running')", (_now(), error, run_id))
+            self._mirror(db, run_id)
             return cursor.rowcount > 0
 
-    def cancel(self, run_id: str) -> None:
+    def adopt_end(self, run_id: str) -> str | None:
+        """The status a live run's ``run.json`` says it ended with, recorded in the registry now (the run
+        could not record it there: the registry stayed locked, or was full); None if the file says none."""
+        try:
+            recorded = read_json(self.runs_dir / run_id / RUN_FILE)
+        except (OSError, ValueError):
+            return None
+        status = recorded.get("status") if isinstance(recorded, dict) else None
+        if status not in ENDED:
+            return None
+        with self._connect(write=True) as db:
+            cursor = db.execute("UPDATE runs SET status=?, finished_at=?, error=? WHERE id=? AND status IN "
+                                "('queued','running')", (status, recorded.get("finished_at"), recorded.get("error"),
+                                                         run_id))
+            self._mirror(db, run_id)
+        return status if cursor.rowcount else None
+
+    def cancel(self, run_id: str, reason: str | None = None) -> None:
         """Mark a run cancelled; a running job notices at its next progress report and stops."""
         record = self.get(run_id)
-        if record.status in ("done", "failed", "cancelled"):
+        if record.status in ENDED:
             return
-        self._update(run_id, status="cancelled", finished_at=_now())
+        self._update(run_id, status="cancelled", finished_at=_now(), **({"error": reason} if reason else {}))
 
     def link(self, run_id: str, *links: Link) -> None:
-        with self._connect() as db:
+        with self._connect(write=True) as db:
             db.executemany("INSERT OR IGNORE INTO links VALUES (?,?,?,?)",
                            [(run_id, k.role, k.ref_kind, k.ref) for k in links])
+            self._mirror(db, run_id)
 
     def relink(self, run_id: str, link: Link) -> None:
         """Make ``link`` the run's only link in its role (a resumed stage replaces the interrupted one)."""
-        with self._connect() as db:
+        with self._connect(write=True) as db:
             db.execute("DELETE FROM links WHERE run_id=? AND role=?", (run_id, link.role))
             db.execute("INSERT INTO links VALUES (?,?,?,?)", (run_id, link.role, link.ref_kind, link.ref))
+            self._mirror(db, run_id)
 
     def _update(self, run_id: str, **values: Any) -> None:
         columns = ", ".join(f"{k}=?" for k in values)
-        with self._connect() as db:
+        with self._connect(write=True) as db:
             cursor = db.execute(f"UPDATE runs SET {columns} WHERE id=?", (*values.values(), run_id))
             if cursor.rowcount == 0:
                 raise KeyError(f"no run {run_id!r}")
+            self._mirror(db, run_id)
+
+    def _mirror(self, db: sqlite3.Connection, run_id: str) -> None:
+        """The run's row as its folder's ``run.json``, written in the transaction that changed the row (so
+        the file follows the commits in their order; a write that fails undoes the change)."""
+        folder = self.runs_dir / run_id
+        row = db.execute(f"{_SELECT} WHERE runs.id=?", (run_id,)).fetchone()
+        if row is None or not folder.is_dir():
+            return
+        links = db.execute("SELECT role, ref_kind, ref FROM links WHERE run_id=?", (run_id,)).fetchall()
+        write_json(folder / RUN_FILE, {
+            **{key: row[key] for key in ("id", "kind", "status", "error", "pid", "created_at", "started_at",
+                                         "finished_at", "archived_at")},
+            "metrics": json.loads(row["metrics"]),
+            "links": [{"role": k["role"], "ref_kind": k["ref_kind"], "ref": k["ref"]} for k in links]})
 
     # -- reading --------------------------------------------------------------------------------
     def get(self, run_id: str) -> RunRecord:
@@ -309,16 +356,20 @@ class RunRegistry:
         """Hide a run and the stage runs it owns from the default lists (``list(archived=False)``);
         returns their ids. Refused for a live run: cancel it or let it end first."""
         ids = self.owned(run_id)
-        with self._connect() as db:
+        with self._connect(write=True) as db:
             _refuse_live(db, run_id, ids, "archiving")
             db.executemany("INSERT OR IGNORE INTO archived VALUES (?,?)", [(i, _now()) for i in ids])
+            for i in ids:
+                self._mirror(db, i)
         return ids
 
     def unarchive(self, run_id: str) -> list[str]:
         """Show an archived run (and the stage runs it owns) in the default lists again."""
         ids = self.owned(run_id)
-        with self._connect() as db:
+        with self._connect(write=True) as db:
             db.executemany("DELETE FROM archived WHERE run_id=?", [(i,) for i in ids])
+            for i in ids:
+                self._mirror(db, i)
         return ids
 
     def deletable(self, run_id: str) -> list[str]:
@@ -344,7 +395,7 @@ class RunRegistry:
                     stack.enter_context(self.claim(rid))
             # 3. the rows, in one transaction that checks again (a resume may have requeued one)
             marks = ",".join("?" * len(ids))
-            with self._connect() as db:
+            with self._connect(write=True) as db:
                 _refuse_live(db, run_id, ids, "deleting")
                 _refuse_used(db, run_id, ids)
                 for table, column in (("links", "run_id"), ("archived", "run_id"), ("runs", "id")):
@@ -388,32 +439,72 @@ class RunRegistry:
 
     def is_locked(self, run_id: str) -> bool:
         """Whether some live process (this one included) holds the run's lock."""
-        path = self.get(run_id).run_dir / ".lock"
-        if str(path) in _HELD:
-            return True
-        if not path.exists():
-            return False
-        with open(path, "a+") as handle:
-            if _try_lock(handle):
-                return False  # nobody held it; closing the file releases our probe
-            return True
+        return _locked(self.get(run_id).run_dir / ".lock")
 
     @contextmanager
     def track(self, run_id: str) -> Iterator[RunRecord]:
         """Claim the run's lock and mark it running; on exit mark it done, failed (with the error) or
-        cancelled. A run that another process holds raises :class:`RunBusy` and is left as it was."""
+        cancelled (with the reason: a request, or the signal that interrupted it). A run that another
+        process holds raises :class:`RunBusy` and is left as it was. A full disk comes out as
+        :class:`~.disk.DiskFull` (one line naming the folder, and how to continue the run)."""
         with self.claim(run_id):
-            self.start(run_id)
+            record = self.get(run_id)
             try:
+                self.start(run_id)  # inside: a signal that lands while it writes still ends the run
                 yield self.get(run_id)
-            except (RunCancelled, KeyboardInterrupt):
-                self.cancel(run_id)
+            except (RunCancelled, KeyboardInterrupt) as err:
+                self._end(run_id, "cancelled", _interruption(err, record))
                 raise
             except BaseException as err:
-                self.fail(run_id, f"{type(err).__name__}: {err}")
-                raise
-            if self.get(run_id).status == "running":
-                self._update(run_id, status="done", finished_at=_now())
+                full = full_disk(err, record.run_dir)
+                if full is None:
+                    self._end(run_id, "failed", f"{type(err).__name__}: {err}")
+                    raise
+                full = full.for_run(run_id, record.kind)
+                self._end(run_id, "failed", str(full))
+                raise full from err
+            self._end(run_id, "done")
+
+    def _end(self, run_id: str, status: str, error: str | None = None) -> None:
+        """Record how a run ended: failed always; cancelled unless it had ended; done only from running.
+        Where the run's ``run.json`` cannot be written (a full disk), the row alone is recorded: it often
+        still fits, as SQLite reuses its WAL's pages (the file follows with the run's next change). A
+        registry that cannot take it (locked past ``LOCK_WAIT_S``, full, damaged) must not lose it nor hide
+        why the run ended: it goes to the ``run.json`` alone (:meth:`adopt_end` copies it into the registry
+        when the next command reconciles), and where that fails too it is logged."""
+        allowed = {"failed": STATUSES, "cancelled": LIVE, "done": ("running",)}[status]
+        marks = ",".join("?" * len(allowed))
+        update = (f"UPDATE runs SET status=?, finished_at=?, error=? WHERE id=? AND status IN ({marks})",
+                  (status, _now(), error, run_id, *allowed))
+        unrecorded: BaseException | None = None
+        for mirror in (True, False):
+            try:
+                with self._connect(write=True) as db:
+                    db.execute(*update)
+                    if mirror:
+                        self._mirror(db, run_id)
+                if unrecorded is not None:
+                    logger.info("run %s ended %s; its run.json could not say so (%s)", run_id, status, unrecorded)
+                return
+            except RegistryError as err:
+                unrecorded = err
+                break
+            except OSError as err:
+                unrecorded = unrecorded or err  # the first cause: a full disk said by the mirror, not by SQLite
+        path = self.runs_dir / run_id / RUN_FILE
+        try:
+            recorded = read_json(path)
+            if recorded.get("status") in allowed:
+                write_json(path, {**recorded, "status": status, "finished_at": _now(), "error": error})
+            logger.warning("run %s ended %s; the run registry could not record it (%s), its run.json did (the "
+                           "next command copies it into the registry)", run_id, status, unrecorded)
+        except (OSError, ValueError) as err:
+            # on a full disk the error the caller raises says so, and the next command marks the run failed
+            log = logger.info if full_disk(unrecorded) is not None and status != "done" else logger.error
+            log("run %s ended %s, but neither the run registry nor its run.json could record it (%s); the next "
+                "command marks it failed", run_id, status, unrecorded)
+            if status == "done":
+                raise unrecorded from err
 
 
 _SELECT = "SELECT runs.*, archived.archived_at FROM runs LEFT JOIN archived ON archived.run_id = runs.id"
@@ -428,6 +519,18 @@ def _record(row: sqlite3.Row, links: list[Any]) -> RunRecord:
         links=tuple(Link(k["role"], k["ref_kind"], k["ref"]) for k in links),
         archived=row["archived_at"] is not None,
     )
+
+
+def _interruption(err: BaseException, record: RunRecord) -> str:
+    """Why a run was cancelled, and how it goes on."""
+    if isinstance(err, RunCancelled):
+        why = "cancelled on request"
+    elif isinstance(err, RunInterrupted):
+        why = f"interrupted by {err}"
+    else:
+        why = "interrupted (SIGINT / Ctrl-C)"
+    resume = resume_command(record.kind, record.id)
+    return why + (f"; `{resume}` continues it" if resume else "")
 
 
 def _refuse_live(db: sqlite3.Connection, run_id: str, ids: list[str], doing: str) -> None:
@@ -463,6 +566,16 @@ def config_changes(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any
 def config_differences(recorded: Any, given: Any) -> list[str]:
     """``field: recorded -> given`` for every leaf where two configs (dataclasses or JSON) differ."""
     return [f"{name}: {a!r} -> {b!r}" for name, a, b in config_changes(recorded, given)]
+
+
+def _locked(path: Path) -> bool:
+    """Whether some live process (this one included) holds the lock file ``path``."""
+    if str(path) in _HELD:
+        return True
+    if not path.exists():
+        return False
+    with open(path, "a+") as handle:
+        return not _try_lock(handle)  # closing the file releases our probe
 
 
 def _try_lock(handle: Any, attempts: int = 1) -> bool:

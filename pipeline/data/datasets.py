@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..core.common import to_jsonable
 from ..core.registry import Registry
+from ..core.schema import schema
 from .images import check_pixels
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".
 MAX_CLASSES = 50_000
 
 
+@schema
 @dataclass(frozen=True)
 class DatasetConfig:
     """Which dataset to load and how to split it."""
@@ -46,6 +48,18 @@ class DatasetConfig:
     member_fraction: float = 0.5  # share of the remaining training images that are MIA "members"
     seed: int = 0  # seeds the member / non-member split
     limit: int | None = None  # at most this many images per split: a seeded, class-stratified sample
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0.0 < self.member_fraction <= 1.0:
+            raise ValueError(f"member_fraction must be in (0, 1], got {self.member_fraction}")
+        if self.seed < 0:  # numpy's generators take no negative seed
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be at least 1 image per split or null, got {self.limit}")
 
     @property
     def name(self) -> str:
@@ -207,11 +221,7 @@ class ImageDataset:
         and the others non-members. When every remaining image is a member (fraction 1.0, TCKR's
         setting) the test split serves as non-members.
         """
-        cfg = self.config
-        if not 0.0 < cfg.member_fraction <= 1.0:
-            raise ValueError(f"member_fraction must be in (0, 1], got {cfg.member_fraction}")
-        if not 0.0 <= cfg.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {cfg.val_fraction}")
+        cfg = self.config  # (its fractions were checked when it was made)
         rng = np.random.default_rng(cfg.seed)
         members: list[str] = []
         rest: list[str] = []
@@ -538,6 +548,8 @@ def _hf(config: DatasetConfig) -> ImageDataset:
 
 
 # -- source helpers --------------------------------------------------------------------------------
+
+
 def _cells_dataset(config: DatasetConfig, class_names: list[str], raw: list[tuple[str, int, str | None]],
                    cells: dict[str, Any], describe: Callable[[ImageRecord], str]) -> ImageDataset:
     """A dataset of table rows: ``raw`` (id, label, split or None) with each id's image cell in ``cells``."""

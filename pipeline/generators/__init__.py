@@ -22,8 +22,14 @@ from PIL import Image
 
 from ..core.common import ProgressFn, no_progress, read_json
 from ..core.registry import Registry
+from ..core.schema import ConfigError, parse
 
 _BUILT_IN = ("scratch", "sd_lora")
+
+
+class SamplerDiverged(RuntimeError):
+    """A backend's sampler produced NaN or infinity: its images would be black or one flat colour, so
+    none is returned. The message names the backend, how many images and the sampling settings."""
 
 
 @dataclass(frozen=True)
@@ -158,7 +164,7 @@ def base_model_backends() -> list[str]:
     return [n for n in generator_names() if generator_class(n).base_field]
 
 
-def resolve_options(cls: type[Generator], options: dict[str, Any]) -> dict[str, Any]:
+def resolve_options(cls: type[Generator], options: dict[str, Any], path: str = "") -> dict[str, Any]:
     """Map common option names to ``cls``'s config fields; an unknown name is an error listing the
     valid ones (so ``--steps`` means training steps for every backend, whatever the field is called)."""
     import dataclasses
@@ -169,15 +175,22 @@ def resolve_options(cls: type[Generator], options: dict[str, Any]) -> dict[str, 
         field = cls.field_of(key)
         if field not in fields:
             valid = sorted(fields | set(cls.option_aliases))
-            raise ValueError(f"generator {cls.name!r} has no option {key!r}; valid: {', '.join(valid)}")
+            raise ConfigError(path, f": generator {cls.name!r} has no option {key!r}; valid: {', '.join(valid)}")
         resolved[field] = value
     return resolved
 
 
+def backend_config(name: str, options: dict[str, Any], path: str = "options") -> Any:
+    """Backend ``name``'s config from ``options`` (its fields or their aliases), checked against the
+    config dataclass as its schema: a wrong type, NaN, an out-of-range value or an unknown name is a
+    :class:`ConfigError` naming ``path.field``."""
+    cls = generator_class(name)
+    return parse(cls.config_class, resolve_options(cls, dict(options), path), path=path)
+
+
 def create_generator(name: str, **options: Any) -> Generator:
     """Build a backend by name; ``options`` are fields of its config dataclass (or their aliases)."""
-    cls = generator_class(name)
-    return cls(cls.config_class(**resolve_options(cls, options)))
+    return generator_class(name)(backend_config(name, options))
 
 
 def _import_backends() -> None:

@@ -25,7 +25,6 @@ and sampling uses DPM-Solver++ with CFG 2; presets use it.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import logging
 import re
@@ -51,7 +50,8 @@ from ..core.common import (
     write_json,
 )
 from ..core.precision import autocast
-from . import GENERATORS, Generator
+from ..core.schema import parse, schema
+from . import GENERATORS, Generator, SamplerDiverged
 from .dp_sgd import DPSettings, DPStep
 
 if TYPE_CHECKING:  # torch and diffusers load lazily: importing this module stays cheap
@@ -70,6 +70,7 @@ _RESUMABLE_FIELDS = frozenset({
 })
 
 
+@schema
 @dataclass(frozen=True)
 class ScratchConfig:
     """Size, training and sampling settings of the scratch diffusion generator."""
@@ -144,12 +145,9 @@ _SAMPLER_NAMES = ("ddim", "dpm")
 
 
 def config_from_dict(values: dict[str, Any]) -> ScratchConfig:
-    """A :class:`ScratchConfig` from JSON values; unknown keys raise an error listing the valid ones."""
-    valid = {f.name for f in dataclasses.fields(ScratchConfig)}
-    unknown = sorted(set(values) - valid)
-    if unknown:
-        raise ValueError(f"unknown ScratchConfig field(s) {unknown}; valid: {', '.join(sorted(valid))}")
-    return ScratchConfig(**values)
+    """A :class:`ScratchConfig` from JSON values (a saved config and its overrides), checked against its
+    schema: an unknown key, a wrong type or NaN is a one-line error naming the field."""
+    return parse(ScratchConfig, values, path="options")
 
 
 @GENERATORS.register("scratch", help="small class-conditioned diffusion UNet trained from scratch (CPU friendly)")
@@ -346,6 +344,13 @@ class ScratchGenerator(Generator):
                 eps_c, eps_u = eps.chunk(2)
                 eps = eps_u + cfg.guidance_scale * (eps_c - eps_u)
             x = scheduler.step(eps, t, x).prev_sample
+        # NaN would be written as black images (clamp keeps NaN, uint8 makes it 0): stop instead
+        broken = int((~torch.isfinite(x.flatten(1)).all(1)).sum())
+        if broken:
+            raise SamplerDiverged(
+                f"the scratch sampler produced NaN or infinity in {broken} of {len(x)} images ({cfg.sampler}, "
+                f"{cfg.sampling_steps} steps, guidance_scale {cfg.guidance_scale:g}): lower guidance_scale, or "
+                "retrain the generator if its loss diverged")
         return x
 
     # -- self-description ----------------------------------------------------------------------

@@ -37,7 +37,8 @@ from ..core.common import (
     write_json,
 )
 from ..core.precision import PRECISIONS, autocast, compute_dtype
-from . import GENERATORS, Generator, Variant
+from ..core.schema import parse, schema
+from . import GENERATORS, Generator, SamplerDiverged, Variant
 from .dp_sgd import DPSettings, DPStep
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ SCHEDULERS = {
 }
 
 
+@schema
 @dataclass(frozen=True)
 class SDLoraConfig:
     """Fine-tuning and sampling settings of the ``sd-lora`` backend."""
@@ -538,9 +540,12 @@ class SDLoraGenerator(Generator):
 
             def on_step_end(pipe, step, timestep, callback_kwargs, done=done, b=b):
                 info = {"batch": b + 1, "batches": n_batches, "step": step + 1, "steps": pipe.num_timesteps}
+                if not torch.isfinite(callback_kwargs["latents"]).all():  # stop at the step, not after decoding
+                    raise SamplerDiverged(self._diverged(f"latents at step {step + 1} of {pipe.num_timesteps}"))
                 progress(Progress("generate", done, len(prompts), info))
                 return callback_kwargs
 
+            # PIL images are made here from the decoded arrays, so that NaN (black in PIL) is seen first
             result = self.pipe(
                 prompt=list(prompts[chunk]),
                 height=cfg.resolution,
@@ -548,11 +553,16 @@ class SDLoraGenerator(Generator):
                 num_inference_steps=cfg.num_inference_steps,
                 guidance_scale=cfg.guidance_scale,
                 generator=generators,
-                output_type=output_type,
+                output_type="np" if output_type == "pil" else output_type,
                 cross_attention_kwargs=lora_kwargs,
                 callback_on_step_end=on_step_end,
+                callback_on_step_end_tensor_inputs=["latents"],
             )
-            outputs.append(result.images)
+            images = result.images
+            finite = np.isfinite(images).all() if output_type != "pt" else bool(torch.isfinite(images).all())
+            if not finite:  # the VAE's decoding overflowed (fp16) or NaN came through
+                raise SamplerDiverged(self._diverged("the decoded images"))
+            outputs.append(self.pipe.numpy_to_pil(images) if output_type == "pil" else images)
             finished = min(len(prompts), (b + 1) * batch)
             rate = finished / (time.perf_counter() - started)
             progress(Progress("generate", finished, len(prompts), {"images_per_s": rate}))
@@ -562,6 +572,12 @@ class SDLoraGenerator(Generator):
         if output_type == "pt":
             return torch.cat(outputs) if outputs else torch.zeros(0, 3, cfg.resolution, cfg.resolution)
         return [image for images in outputs for image in images]
+
+    def _diverged(self, where: str) -> str:
+        cfg = self.config
+        return (f"the sd-lora sampler produced NaN or infinity in {where} ({cfg.scheduler or 'its scheduler'}, "
+                f"{cfg.num_inference_steps} steps, guidance_scale {cfg.guidance_scale:g}, dtype {cfg.dtype}): lower "
+                "guidance_scale, or sample in float32 (dtype fp32) if the VAE overflows in float16")
 
     def generate(
         self,
@@ -628,7 +644,7 @@ class SDLoraGenerator(Generator):
         fields = read_json(directory / CONFIG_FILE)["config"]
         if (directory / LORA_FILE).exists():
             fields["lora_path"] = str(directory / LORA_FILE)
-        return cls(SDLoraConfig(**{**fields, **overrides}))
+        return cls(parse(SDLoraConfig, {**fields, **overrides}, path="options"))
 
 
 @dataclass

@@ -26,6 +26,7 @@ from ..classifiers.train import TrainConfig, TrainResult
 from ..core import checkpoints
 from ..core.common import ProgressFn
 from ..core.registry import Registry
+from ..core.schema import ConfigError, parse
 from ..data.tensors import TensorData
 
 
@@ -102,15 +103,16 @@ def register(cls: type[TransferMethod]) -> type[TransferMethod]:
     return cls
 
 
-def create_method(name: str, options: dict[str, Any] | None = None) -> TransferMethod:
-    """A method by name with its config options (an unknown option is an error listing the valid ones)."""
+def create_method(name: str, options: dict[str, Any] | None = None, path: str = "") -> TransferMethod:
+    """A method by name with its config options, checked against its config dataclass as its schema (an
+    unknown option lists the valid ones; a wrong type or NaN names ``path.option``)."""
     _import_methods()
     cls = METHODS.get(name)
     fields = {f.name for f in dataclasses.fields(cls.config_class)}
     unknown = sorted(set(options or {}) - fields)
     if unknown:
-        raise ValueError(f"method {name!r} has no option(s) {unknown}; valid: {', '.join(sorted(fields))}")
-    return cls(cls.config_class(**(options or {})))
+        raise ConfigError(path, f": method {name!r} has no option(s) {unknown}; valid: {', '.join(sorted(fields))}")
+    return cls(parse(cls.config_class, options or {}, path=path))
 
 
 def method_names() -> list[str]:

@@ -29,12 +29,14 @@ from ..classifiers.objectives import OnlineTeacher, SoftLabels
 from ..classifiers.train import fit, predict_logits
 from ..core import checkpoints
 from ..core.common import Progress, ProgressFn, check_loss, no_progress, resolve_device
+from ..core.schema import schema
 from ..data.tensors import TensorData
 from . import MethodContext, MethodResult, TransferMethod, register
 
 logger = logging.getLogger(__name__)
 
 
+@schema
 @dataclass(frozen=True)
 class AMConfig:
     """How the activation-maximisation images are made."""

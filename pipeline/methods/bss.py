@@ -28,10 +28,12 @@ from ..classifiers.models import build_classifier
 from ..classifiers.objectives import Batch
 from ..classifiers.train import fit
 from ..core.common import ProgressFn
+from ..core.schema import schema
 from ..data.tensors import TensorData
 from . import MethodContext, MethodResult, TransferMethod, register
 
 
+@schema
 @dataclass(frozen=True)
 class BSSConfig:
     """Boundary-supporting samples and the distillation that uses them."""

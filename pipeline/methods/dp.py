@@ -14,22 +14,29 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ..classifiers.models import build_classifier
 from ..classifiers.objectives import HardLabels
 from ..classifiers.train import TrainConfig, fit
 from ..core.common import ProgressFn
-from . import MethodContext, MethodResult, TransferMethod, register
+from ..core.schema import schema
+from ..data.tensors import TensorData
+from ..privacy.metrics import empirical_epsilon
+from ..privacy.one_run import OneRunBound, draw_canaries, one_run_epsilon
+from . import MethodContext, MethodResult, RealData, TransferMethod, register
 
 logger = logging.getLogger(__name__)
 
 
+@schema
 @dataclass(frozen=True)
 class DPConfig:
     """The privacy budget and the DP-SGD settings."""
@@ -132,3 +139,62 @@ class DPSGD(TransferMethod):
         return MethodResult.saved(result, out_dir, epsilon=spent, target_epsilon=cfg.epsilon, delta=delta,
                                   accountant=cfg.accountant, noise_multiplier=noise, max_grad_norm=cfg.max_grad_norm,
                                   batch_size=recipe.batch_size)
+
+
+# -- the one-run audit of a DP-SGD run --------------------------------------------------------------------
+@dataclass(frozen=True)
+class CanaryAudit:
+    """A DP-SGD run audited with canaries (Steinke, Nasr & Jagielski 2023): its claimed guarantee beside two
+    attacks' lower bounds on the same canaries' scores. Only ``claimed_epsilon`` is a guarantee."""
+
+    claimed_epsilon: float  # the accountant's ε (a guarantee, if the accountant and the code are right)
+    delta: float  # δ of the guarantee and of both bounds
+    one_run: OneRunBound  # the one-run bound (top/bottom guesses, binomial tail)
+    roc_epsilon: float  # the ROC bound of the same loss scores (Clopper-Pearson, max over thresholds)
+    canaries: int  # m
+    included: int  # canaries that went into training
+    train: dict[str, Any] = field(default_factory=dict)  # the DP-SGD run's figures (MethodResult.metrics)
+
+
+def canary_scores(model: nn.Module, canaries: TensorData, batch_size: int = 256) -> np.ndarray:
+    """Minus each canary's cross-entropy loss under ``model`` (higher = more likely trained on). (m,)"""
+    device = next(model.parameters()).device
+    out = []
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(canaries), batch_size):
+            x = canaries.x[start:start + batch_size].to(device)
+            y = canaries.y[start:start + batch_size].to(device)
+            out.append(-F.cross_entropy(model(x).float(), y, reduction="none").cpu())
+    return torch.cat(out).numpy().astype(np.float64)
+
+
+def one_run_audit(config: DPConfig, context: MethodContext, pool: TensorData, out_dir: Path,
+                  progress: ProgressFn = lambda _: None, seed: int = 0, alpha: float = 0.05,
+                  method: type[DPSGD] | None = None) -> CanaryAudit:
+    """Train the DP-SGD classifier once on the members plus a random half of ``pool`` (the canaries, each
+    in with probability 1/2) and bound ε from the canaries' losses, at the run's own δ.
+
+    Cheap beside a shadow audit (one training run, no shadows); the bound is loose for a black-box loss
+    attack on a model trained this way (the paper's input-space canaries give ε well below the claim).
+    ``method``: the class that trains (tests pass a deliberately broken one).
+    """
+    if context.real is None:
+        raise ValueError("the one-run audit trains on the real members; the context has none")
+    # 1. draw which canaries go in, before training (the theorem needs the independent coin flips)
+    included = draw_canaries(len(pool), seed)
+    members = context.real.members
+    inserted = pool.rows(np.flatnonzero(included))
+    train_set = TensorData(torch.cat([members.x, inserted.x]), torch.cat([members.y, inserted.y]))
+    # 2. one DP-SGD run on members + included canaries
+    trainer = (method or DPSGD)(config)
+    result = trainer.train(replace(context, real=RealData(train_set, context.real.validation)), out_dir, progress)
+    # 3. score every canary by its loss; the two bounds at the run's δ
+    scores = canary_scores(result.model, pool)
+    delta = float(result.metrics["delta"])
+    bound = one_run_epsilon(scores, included, delta=delta, alpha=alpha)
+    roc = empirical_epsilon(scores, included, delta=delta, alpha=alpha)
+    logger.info("one-run audit: claimed ε = %.3g, one-run bound %.3g, ROC bound %.3g (δ = %.2g, %d canaries)",
+                result.metrics["epsilon"], bound.epsilon, roc, delta, len(pool))
+    return CanaryAudit(float(result.metrics["epsilon"]), delta, bound, roc, len(pool), int(included.sum()),
+                       {k: v for k, v in result.metrics.items() if k != "history"})

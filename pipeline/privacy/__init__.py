@@ -1,5 +1,6 @@
 """Membership-inference audit parts: attacks (``attacks/``: lira, rmia, loss, by name), their metrics
-(ROC, TPR at FPR, AUC intervals, AOP) and shadow models (``shadows``).
+(ROC, TPR at FPR, AUC intervals, AOP, the empirical ε an attack's ROC implies), shadow models (``shadows``)
+and the one-run audit of Steinke et al. 2023 (``one_run``: canaries, one training run, a bound on ε).
 
 ``from pipeline.privacy import lira_scores, rmia_scores`` gives the pure scoring functions; names are
 imported lazily (SciPy is slow to import).
@@ -15,6 +16,7 @@ _EXPORTS = {
     "rmia_scores": ".attacks.rmia", "loss_threshold_scores": ".attacks.loss",
     "ATTACKS": ".attacks", "AttackInputs": ".attacks", "run_attack": ".attacks", "attack_names": ".attacks",
     "attack_metrics": ".metrics", "aop": ".metrics", "roc_curve": ".metrics", "tpr_at_fpr": ".metrics",
+    "empirical_epsilon": ".metrics", "clopper_pearson": ".metrics", "one_run_epsilon": ".one_run",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -25,7 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core.schema import schema
 
+
+@schema
 @dataclass(frozen=True)
 class MemorisationConfig:
     """How the memorisation audit judges a synthetic set."""
@@ -41,6 +44,8 @@ class MemorisationConfig:
             raise ValueError(f"copy_quantile must be in (0, 1), got {self.copy_quantile}")
         if self.cells < 1:
             raise ValueError(f"cells must be at least 1, got {self.cells}")
+        if self.seed < 0:  # k-means' random state takes no negative seed
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
 
 
 def nearest(query: np.ndarray, reference: np.ndarray, exclude_self: bool = False,

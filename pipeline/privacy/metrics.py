@@ -1,5 +1,5 @@
-"""Membership-inference metrics: ROC, TPR at a fixed FPR, AUC with a bootstrap interval, and TCKR's
-Accuracy Over Privacy.
+"""Membership-inference metrics: ROC, TPR at a fixed FPR, AUC with a bootstrap interval, TCKR's
+Accuracy Over Privacy, and the empirical ε an attack's ROC implies (a lower bound, never a guarantee).
 
 Pure NumPy/SciPy functions on arrays (no I/O, no torch), in the manner of TF-Privacy's
 ``advanced_mia.py``. Convention throughout: a *higher* membership score means "more likely a member".
@@ -14,6 +14,8 @@ import numpy as np
 from scipy import stats
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_DELTA = 1e-5  # δ of the empirical-ε bound for a model without a DP guarantee (one of its own)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,6 +163,69 @@ def bootstrap_auc_ci(scores: np.ndarray, is_member: np.ndarray, n_boot: int = 10
     return float(low), float(high)
 
 
+def clopper_pearson(k: np.ndarray, n: np.ndarray | int, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """Exact (Clopper-Pearson) two-sided ``1 - alpha`` intervals for binomial proportions k / n.
+
+    The Beta-quantile form of ``scipy.stats.binomtest(k, n).proportion_ci(method="exact")``,
+    vectorised over thresholds: low = Beta(alpha/2; k, n-k+1) (0 at k = 0), high =
+    Beta(1-alpha/2; k+1, n-k) (1 at k = n).
+
+    Args:
+        k: (p,) successes, 0 <= k <= n.
+        n: trials, scalar or (p,).
+        alpha: 1 - confidence, e.g. 0.05 for 95%.
+
+    Returns:
+        low (p,), high (p,).
+    """
+    k = np.asarray(k, dtype=np.float64)
+    n = np.broadcast_to(np.asarray(n, dtype=np.float64), k.shape)
+    if np.any(k < 0) or np.any(k > n) or np.any(n < 1):
+        raise ValueError("need 0 <= k <= n and n >= 1")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must lie in (0, 1); got {alpha}")
+    with np.errstate(invalid="ignore"):  # the k = 0 / k = n edges are set below
+        low = np.where(k > 0, stats.beta.ppf(alpha / 2.0, k, n - k + 1), 0.0)
+        high = np.where(k < n, stats.beta.ppf(1.0 - alpha / 2.0, k + 1, n - k), 1.0)
+    return low, high
+
+
+def empirical_epsilon(scores: np.ndarray, is_member: np.ndarray, delta: float = DEFAULT_DELTA,
+                      alpha: float = 0.05) -> float:
+    """The lower bound on ε that an attack's ROC implies (Jagielski et al. 2020, Nasr et al. 2021).
+
+    An (ε, δ)-DP training run bounds every membership test: TPR <= e^ε FPR + δ and, swapping the
+    roles, TNR <= e^ε FNR + δ. At every threshold of the rule "member iff score >= t", with the
+    Clopper-Pearson ``1 - alpha`` bounds TPR_lo and FPR_hi, so
+
+        ε >= max( log((TPR_lo - δ) / FPR_hi), log((1 - FPR_hi - δ) / (1 - TPR_lo)) ),
+
+    and the bound is the largest over thresholds (0 when no threshold beats chance). An attack's
+    lower bound on the ε the training run spends, never a guarantee: a weak attack gives a small
+    figure whatever the model leaks. The max over thresholds is picked on the same scores (as the
+    papers' threshold sweeps do), so the confidence is per threshold, not simultaneous.
+
+    Args:
+        scores: (n,) membership scores, higher = more likely member.
+        is_member: (n,) bool ground truth.
+        delta: the δ of the (ε, δ) pair bounded (the run's own δ when it is DP).
+        alpha: 1 - confidence of the Clopper-Pearson intervals (0.05: 95%).
+    """
+    if not 0.0 <= delta < 1.0:
+        raise ValueError(f"delta must lie in [0, 1); got {delta}")
+    scores, is_member = _check_scores(scores, is_member)
+    fpr, tpr, _ = roc_curve(scores, is_member)
+    n_pos, n_neg = int(is_member.sum()), int((~is_member).sum())
+    tpr_lo, _ = clopper_pearson(np.rint(tpr * n_pos), n_pos, alpha)
+    _, fpr_hi = clopper_pearson(np.rint(fpr * n_neg), n_neg, alpha)
+    with np.errstate(divide="ignore", invalid="ignore"):  # numerators <= 0 give no bound
+        forward = np.log((tpr_lo - delta) / fpr_hi)
+        backward = np.log((1.0 - fpr_hi - delta) / (1.0 - tpr_lo))
+    bounds = np.concatenate([forward, backward])
+    bounds = bounds[np.isfinite(bounds)]
+    return float(max(0.0, bounds.max())) if bounds.size else 0.0
+
+
 def aop(accuracy: float, auc: float) -> float:
     """TCKR's Accuracy Over Privacy: accuracy / (2 * AUC)^2.
 
@@ -219,7 +284,8 @@ def _downsample_roc(fpr: np.ndarray, tpr: np.ndarray, max_points: int = 500,
 
 
 def attack_metrics(scores: np.ndarray, is_member: np.ndarray, accuracy: float | None = None,
-                   n_boot: int = 1000, seed: int = 0, max_roc_points: int = 500) -> dict[str, Any]:
+                   n_boot: int = 1000, seed: int = 0, max_roc_points: int = 500,
+                   delta: float = DEFAULT_DELTA) -> dict[str, Any]:
     """Every figure a privacy report needs, as plain JSON-serialisable Python values.
 
     With N non-members the smallest false-positive rate a threshold can have above zero is 1/N
@@ -234,12 +300,14 @@ def attack_metrics(scores: np.ndarray, is_member: np.ndarray, accuracy: float | 
         n_boot: bootstrap replicates for ``auc_ci95``; 0 skips it (value None).
         seed: seed of the bootstrap.
         max_roc_points: about how many points ``roc`` keeps (low-FPR end kept exact).
+        delta: δ of the empirical-ε bound (the model's own when it is DP; else ``DEFAULT_DELTA``).
 
     Returns:
         dict with ``auc``, ``auc_ci95`` [low, high] (or None), ``tpr_at_0.1pct_fpr`` and
         ``tpr_at_1pct_fpr`` (None below ``fpr_floor``), ``fpr_floor``, ``balanced_accuracy``,
-        ``n_members``, ``n_nonmembers``, ``roc`` {"fpr": [...], "tpr": [...]}, and ``aop`` when
-        ``accuracy`` is given.
+        ``n_members``, ``n_nonmembers``, ``empirical_epsilon`` (the attack's lower bound on ε, at
+        ``empirical_epsilon_delta``), ``roc`` {"fpr": [...], "tpr": [...]}, and ``aop`` when ``accuracy``
+        is given.
     """
     fpr, tpr, _ = roc_curve(scores, is_member)
     area = auc(fpr, tpr)
@@ -257,6 +325,8 @@ def attack_metrics(scores: np.ndarray, is_member: np.ndarray, accuracy: float | 
         "balanced_accuracy": balanced_attack_accuracy(fpr, tpr),
         "n_members": n_members,
         "n_nonmembers": n_nonmembers,
+        "empirical_epsilon": empirical_epsilon(scores, is_member, delta),
+        "empirical_epsilon_delta": delta,
         "roc": {"fpr": [float(v) for v in roc_fpr], "tpr": [float(v) for v in roc_tpr]},
     }
     if accuracy is not None:

@@ -7,12 +7,20 @@ This module only decides where and when jobs run: in this process, or in worker 
 (``python -m pipeline.privacy.pipeline_shadows JOB.pkl``: progress as JSON lines on stdout, the
 result in ``result.npz``) so that on a multi-core CPU they train beside the main work; shadows
 already cached are read, not retrained (:func:`~.shadows.load_or_train_shadows`).
+
+A worker dies with the process that started it, however that one ends: the parent holds the only
+write end of the worker's stdin, which the operating system closes when the parent exits, even by
+``kill -9``; a thread in the worker waits for that end-of-file and exits. (``prctl(PR_SET_PDEATHSIG)``
+is Linux-only and fires when the *thread* that started the worker ends; a process group needs the
+parent alive to kill it; polling the parent's pid is late by its interval.) On SIGTERM or a failure
+the parent also kills its workers itself (:meth:`PipelineShadows.stop`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
 import queue
 import subprocess
@@ -145,8 +153,9 @@ def _start_worker(job: ShadowJob, env: dict[str, str], events: queue.Queue) -> s
     (directory / "job.pkl").write_bytes(pickle.dumps(job))
     (directory / "result.npz").unlink(missing_ok=True)
     log = open(directory / "worker.log", "ab")  # noqa: SIM115 (closed by the reader thread)
+    # stdin: the worker's lifeline (module docstring); nothing is ever written to it
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.privacy.pipeline_shadows", str(directory / "job.pkl")],
-                            env=env, stdout=subprocess.PIPE, stderr=log, text=True)
+                            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
 
     def read() -> None:
         for line in proc.stdout:
@@ -155,6 +164,7 @@ def _start_worker(job: ShadowJob, env: dict[str, str], events: queue.Queue) -> s
             except ValueError:
                 pass
         proc.wait()
+        proc.stdin.close()
         log.close()
         events.put(("done", job.index, None))
 
@@ -164,6 +174,7 @@ def _start_worker(job: ShadowJob, env: dict[str, str], events: queue.Queue) -> s
 
 def worker_main(job_file: str) -> None:
     """A worker process: run one job, progress as JSON lines on stdout, logits to ``result.npz``."""
+    threading.Thread(target=_exit_with_parent, daemon=True, name="lifeline").start()
     import torch
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
@@ -177,6 +188,16 @@ def worker_main(job_file: str) -> None:
     tmp = output / ".result.tmp.npz"
     np.savez(tmp, logits=logits, z_logits=z_logits)
     tmp.replace(output / "result.npz")
+
+
+def _exit_with_parent() -> None:
+    """Wait for end-of-file on stdin, which comes when the parent is gone (it never writes), then exit.
+    The file descriptor itself, not ``sys.stdin``: a daemon thread blocked inside the buffered reader
+    holds its lock, and the interpreter's shutdown after a finished job would abort on it."""
+    while os.read(0, 4096):
+        pass
+    print("pipeline-shadow worker: the process that started it is gone; stopping", file=sys.stderr, flush=True)
+    os._exit(1)  # at once, from this thread: the job's result is written by rename, never half
 
 
 if __name__ == "__main__":

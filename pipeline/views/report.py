@@ -53,7 +53,9 @@ class ModelPoint:
     attack: str = "lira"  # attack of ``auc``: lira | rmia | loss
     n_members: int = 0  # audited members (0: not recorded); the smallest measurable TPR is 1 / n_members
     n_nonmembers: int = 0  # audited non-members; the smallest measurable FPR is 1 / n_nonmembers
-    epsilon: float | None = None  # DP-SGD's spent ε (None: not a DP model)
+    epsilon: float | None = None  # formal ε: the DP guarantee's spent ε (None: no guarantee)
+    empirical_epsilon: float | None = None  # the headline attack's lower bound on ε (None: not recorded); never
+    # a guarantee
     reads_real: bool = True  # whether training read real training images (the GKD student does not)
 
     @property
@@ -78,6 +80,20 @@ def model_name(role: str) -> str:
 
 def _number(value: Any) -> float:
     return float("nan") if value is None else float(value)
+
+
+def _optional(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def formal_epsilon_text(p: ModelPoint) -> str:
+    """The guarantee: its ε, or "none" for a model trained without differential privacy."""
+    return "none" if p.epsilon is None else f"{p.epsilon:.2f}"
+
+
+def empirical_epsilon_text(p: ModelPoint) -> str:
+    """The attack's lower bound on ε (n/a: an audit from before it was recorded)."""
+    return "n/a" if p.empirical_epsilon is None else f"{p.empirical_epsilon:.2f}"
 
 
 def points_from_metrics(run_id: str, metrics: dict[str, Any], created_at: str = "") -> list[ModelPoint]:
@@ -109,7 +125,8 @@ def points_from_metrics(run_id: str, metrics: dict[str, Any], created_at: str = 
             audit=f"{mia.get('mia_mode', 'transfer')} · {mia.get('attack', 'lira')}",
             mia_mode=str(mia.get("mia_mode", "transfer")), attack=str(mia.get("attack", "lira")),
             n_members=int(mia.get("n_members") or 0), n_nonmembers=int(mia.get("n_nonmembers") or 0),
-            epsilon=None if m.get("epsilon") is None else float(m["epsilon"]),
+            epsilon=_optional(m.get("formal_epsilon", m.get("epsilon"))),
+            empirical_epsilon=_optional(mia.get("empirical_epsilon")),
             reads_real=bool(m.get("reads_real_training_images", role == "teacher")),
         ))
     return points
@@ -194,7 +211,8 @@ def ci_text(ci: tuple[float, float] | None) -> str:
 
 def points_table(points: Sequence[ModelPoint]) -> list[dict[str, Any]]:
     """Rows for a table widget, a CSV or the stakeholder report: per model its accuracy, the audit
-    (mode and attack) its AUC comes from, the AUC with its 95% interval, TPR at 1% FPR, AOP and ε.
+    (mode and attack) its AUC comes from, the AUC with its 95% interval, TPR at 1% FPR, AOP, its formal ε
+    (the DP guarantee, "none" without one) and its empirical ε (the attack's lower bound, not a guarantee).
     Columns that can say "n/a" are text (a table column holds one type)."""
     optimal = pareto_front([p.accuracy for p in points], [p.auc for p in points]) if points else []
     return [{"run": p.run_id, "model": p.name, "dataset": p.dataset, "generator": p.generator,
@@ -202,7 +220,7 @@ def points_table(points: Sequence[ModelPoint]) -> list[dict[str, Any]]:
              "attack": p.attack, "MIA AUC": round(p.auc, 4), "AUC 95% CI": ci_text(p.auc_ci95),
              "TPR@1%FPR": tpr_text(p.tpr_at_1pct, 0.01, p.fpr_floor),
              "TPR@0.1%FPR": tpr_text(p.tpr_at_01pct, 0.001, p.fpr_floor), "AOP": round(p.aop, 4),
-             "ε": "" if p.epsilon is None else f"{p.epsilon:.2f}", "Pareto": bool(on_front)}
+             "formal ε": formal_epsilon_text(p), "empirical ε": empirical_epsilon_text(p), "Pareto": bool(on_front)}
             for p, on_front in zip(points, optimal)]
 
 

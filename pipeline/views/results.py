@@ -6,7 +6,8 @@ from typing import Any
 
 from ..privacy.attacks import attack_names
 
-SUMMARY_HEADER = ["model", "accuracy", "audit mode", "attack", "AUC", "95% CI", "TPR@1%FPR", "TPR@0.1%FPR", "AOP"]
+SUMMARY_HEADER = ["model", "accuracy", "audit mode", "attack", "AUC", "95% CI", "TPR@1%FPR", "TPR@0.1%FPR", "AOP",
+                  "emp. ε"]
 
 
 def summary_rows(metrics: dict[str, Any]) -> list[list[str]]:
@@ -28,12 +29,13 @@ def summary_rows(metrics: dict[str, Any]) -> list[list[str]]:
 def _row(name: str, m: dict[str, Any], mode: str, attack: str, entry: dict[str, Any]) -> list[str]:
     res = entry.get(attack, entry)
     if "auc" not in res:
-        return [name, _fmt(m["accuracy"]), mode, attack, "skipped", "-", "-", "-", "-"]
+        return [name, _fmt(m["accuracy"]), mode, attack, "skipped", "-", "-", "-", "-", "-"]
     ci = res.get("auc_ci95")
     headline = attack == entry.get("attack")
     return [name, _fmt(m["accuracy"]), mode, attack + (" *" if headline else ""), _fmt(res["auc"]),
             f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-", _fmt(res.get("tpr_at_1pct_fpr")),
-            _fmt(res.get("tpr_at_0.1pct_fpr")), _fmt(entry["aop"]) if headline and "aop" in entry else "-"]
+            _fmt(res.get("tpr_at_0.1pct_fpr")), _fmt(entry["aop"]) if headline and "aop" in entry else "-",
+            _fmt(res.get("empirical_epsilon"), 2)]
 
 
 def _fmt(value: Any, digits: int = 4) -> str:

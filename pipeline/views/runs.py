@@ -20,7 +20,7 @@ from typing import Any
 from ..core.jobs import reconcile
 from ..core.project import Project
 from ..core.runs import LIVE, RunInUse, RunRecord, config_changes
-from .report import ModelPoint, points_from_metrics
+from .report import ModelPoint, empirical_epsilon_text, formal_epsilon_text, points_from_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,11 @@ def run_row(record: RunRecord, now: datetime | None = None) -> dict[str, Any]:
 def _time(text: str) -> datetime:
     stamp = datetime.fromisoformat(text)
     return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
+
+
+def formal_text(value: Any) -> str:
+    """A recorded formal ε: "none" (no DP guarantee) as it is, a number formatted, "–" when not recorded."""
+    return value if isinstance(value, str) else number_text(value, 2)
 
 
 def number_text(value: Any, digits: int = 4) -> str:
@@ -173,6 +178,8 @@ _METRICS = (  # (label, number for the difference, text)
     ("MIA AUC [95% CI]", lambda p: p.auc, _auc_text),
     ("TPR @ 1% FPR", lambda p: p.tpr_at_1pct, lambda p: number_text(p.tpr_at_1pct)),
     ("AOP", lambda p: p.aop, lambda p: number_text(p.aop)),
+    ("formal ε (guarantee)", lambda p: p.epsilon, formal_epsilon_text),
+    ("empirical ε (an attack's lower bound)", lambda p: p.empirical_epsilon, empirical_epsilon_text),
     ("audit", lambda p: None, lambda p: p.audit),
 )
 

@@ -41,6 +41,8 @@ from .report import (
     ModelPoint,
     aop_iso_curve,
     axis_ranges,
+    empirical_epsilon_text,
+    formal_epsilon_text,
     front_line,
     model_name,
     points_from_metrics,
@@ -57,7 +59,8 @@ ROLE_STYLE = {"teacher": {"symbol": "circle", "color": "#1f77b4"}, "student": {"
 METHOD_STYLE = {"am": {"symbol": "square", "color": "#ff7f0e"}, "gkd+bss": {"symbol": "star", "color": "#9467bd"},
                 "bss": {"symbol": "triangle-up", "color": "#7f7f7f"}, "dp-sgd": {"symbol": "x", "color": "#17becf"}}
 SPARE_COLORS = ("#e377c2", "#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39", "#5254a3", "#7b4173")
-REPORT_COLUMNS = ("model", "accuracy", "audit mode", "attack", "MIA AUC", "AUC 95% CI", "TPR@1%FPR", "AOP", "ε")
+REPORT_COLUMNS = ("model", "accuracy", "audit mode", "attack", "MIA AUC", "AUC 95% CI", "TPR@1%FPR", "AOP", "formal ε",
+                  "empirical ε")
 IMAGE_SIDE = 256  # synthetic examples larger than this are embedded as thumbnails of this side
 # a Unicode TrueType font for the PDF (ε, ×, –); without one the PDF falls back to Helvetica and Latin-1
 FONT_CANDIDATES = ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/dejavu/DejaVuSans.ttf",
@@ -71,7 +74,11 @@ GLOSSARY = (
     "TPR@1%FPR: the share of members the attack finds while wrongly flagging 1% of non-members; n/a when the "
     "audit has too few non-members (under 100) to measure a 1% false-positive rate.",
     "AOP = accuracy / (2·AUC)²: one number for the trade-off; higher is better.",
-    "ε: the privacy budget of a DP-SGD model (smaller is a stronger guarantee).",
+    "Formal ε: the guarantee — the privacy budget a model trained with differential privacy (DP-SGD) is proven to "
+    "spend (smaller is stronger); none: the model has no guarantee.",
+    "Empirical ε: an attack's lower bound on ε, read from its ROC with 95% Clopper–Pearson bounds — not a "
+    "guarantee. It shows how much privacy the attack proves lost; a weak attack gives a small figure whatever "
+    "the model leaks. For a DP model it must stay at or below the formal ε.",
     "Audit modes: transfer — the attacker's shadow models are trained like the teacher, on real data; "
     "pipeline — the attacker reruns the whole synthetic-data pipeline for every shadow model.",
 )
@@ -99,7 +106,7 @@ def marker_styles(roles: Sequence[str]) -> dict[str, dict[str, str]]:
 
 def _hover(p: ModelPoint) -> str:
     ci = f" [{p.auc_ci95[0]:.3f}, {p.auc_ci95[1]:.3f}]" if p.auc_ci95 else ""
-    eps = f"<br>ε {p.epsilon:.2f}" if p.epsilon is not None else ""
+    eps = f"<br>formal ε {formal_epsilon_text(p)} · empirical ε {empirical_epsilon_text(p)} (attack's lower bound)"
     return (f"<b>{p.run_id}</b> {p.name}<br>accuracy {p.accuracy:.4f}<br>MIA AUC {p.auc:.4f}{ci}"
             f"<br>audit {p.mia_mode} · {p.attack}<br>TPR@1%FPR {tpr_text(p.tpr_at_1pct, 0.01, p.fpr_floor)}"
             f"<br>AOP {p.aop:.4f}{eps}<br>{p.dataset} · {p.generator} · ×{p.cardinality:g}")
@@ -291,6 +298,28 @@ def dp_finding(dp: ModelPoint, reference: ModelPoint) -> str:
             f"{_attack_auc(dp, reference)} is {dp.auc:.3f} against {reference.auc:.3f}.")
 
 
+def epsilon_findings(points: Sequence[ModelPoint]) -> list[str]:
+    """Which models carry a guarantee (formal ε) and what the attack's lower bounds (empirical ε) say; a DP
+    model whose empirical ε exceeds its formal ε is named: its training or its accounting is broken."""
+    measured = [p for p in points if p.empirical_epsilon is not None]
+    if not measured:
+        return []
+    guaranteed = [p for p in points if p.epsilon is not None]
+    found = [("Guarantee (formal ε, proven by differential privacy): "
+              + ", ".join(f"{p.name} ε = {formal_epsilon_text(p)}" for p in guaranteed)
+              + f". No guarantee: {', '.join(p.name for p in points if p.epsilon is None) or 'none'}.")
+             if guaranteed else "No model here has a privacy guarantee (formal ε: none for every model).",
+             "Empirical ε is an attack's lower bound, not a guarantee: the attack proves at least this much "
+             "privacy lost (" + ", ".join(f"{p.name} {empirical_epsilon_text(p)}" for p in measured)
+             + "); a stronger attack could prove more."]
+    broken = [p for p in measured if p.epsilon is not None and p.empirical_epsilon > p.epsilon + 1e-9]
+    if broken:
+        found.append("The attack's lower bound exceeds the claimed guarantee of "
+                     + ", ".join(f"{p.name} ({empirical_epsilon_text(p)} > {formal_epsilon_text(p)})" for p in broken)
+                     + ": that model's DP training or its privacy accounting is wrong; do not rely on its ε.")
+    return found
+
+
 def conclusions(points: Sequence[ModelPoint], memorisation: dict[str, Any] | None = None) -> list[str]:
     """Plain-language findings of one run's models, computed from their numbers."""
     if not points:
@@ -327,7 +356,9 @@ def conclusions(points: Sequence[ModelPoint], memorisation: dict[str, Any] | Non
         free = [p.name for p in points if not p.reads_real]
         found.append(f"Read the real training images, like the teacher: {', '.join(real)}. Learned from the "
                      f"teacher and synthetic images only: {', '.join(free) or 'none'}.")
-    # 6. memorisation of the synthetic set
+    # 6. which figure is a guarantee and which an attack's lower bound
+    found += epsilon_findings(points)
+    # 7. memorisation of the synthetic set
     if memorisation and memorisation.get("copies") is not None:
         copies = int(memorisation["copies"])
         found.append("No synthetic image was flagged as a near-copy of a training image." if not copies else

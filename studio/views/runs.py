@@ -162,7 +162,7 @@ def clone(project: Project, run_id: str) -> None:
     try:
         fill_form(project, from_dict(ExperimentConfig, project.registry().get(run_id).config),
                   f"a clone of run {run_id}", [])
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, ValueError) as err:
         shared.flash("error", f"Cannot clone run {run_id}: {err}")
         return
     shared.flash("success", f"Cloned run {run_id} into the form: change what you like and start it.")
@@ -216,7 +216,7 @@ def origin_note() -> None:
         cols[1].button("Reset the form", key="run_form_reset", on_click=reset_form, icon=":material/restart_alt:")
 
 
-def generator_options(form: Form, backend: str) -> tuple[tuple[str, Any], ...] | None:
+def generator_options(form: Form, backend: str) -> dict[str, Any] | None:
     """The chosen backend's widgets (its training and sampling steps, model sizes or base model, more
     options as JSON) -> its options; None when one is invalid (said on the page)."""
     cls, cols, initial = generator_class(backend), st.columns(4), form.initial
@@ -237,7 +237,7 @@ def generator_options(form: Form, backend: str) -> tuple[tuple[str, Any], ...] |
                                                         index=form.start_index(sizes, f"run_size_{backend}"))])
     options.update(cls.comparison_options(int(steps)))
     more = more_options(form, cols[3], backend, cls.path_fields)
-    return None if more is None else tuple({**options, **more}.items())
+    return None if more is None else {**options, **more}
 
 
 def more_options(form: Form, col: Any, backend: str, path_fields: frozenset[str]) -> dict[str, Any] | None:
@@ -364,7 +364,8 @@ def experiment_form(form: Form) -> ExperimentConfig | None:
     if c["store_version"] and not c["store"].strip():
         st.error("A caption version needs the caption store it belongs to.")
         return None
-    # 3. the config (unknown generator options and bad values fail here, said on the page)
+    # 3. the config, checked against its schema as a config file would be (a bad option or value is one
+    # line naming the field, said on the page)
     try:
         FinetuneConfig(generator=g["backend"], options=g["options"], privacy=more["privacy"],
                        epsilon=more["epsilon"]).backend_config()
@@ -381,8 +382,8 @@ def experiment_form(form: Form) -> ExperimentConfig | None:
             audit=replace(base.audit, n_shadows=int(m["shadows"]), pipeline_shadows=int(m["pipeline_shadows"]),
                           views=tuple(m["views"])),
             **more,
-        )
-    except (ValueError, TypeError) as err:
+        ).validate()
+    except ValueError as err:
         st.error(f"Invalid settings: {err}")
         return None
 
@@ -531,8 +532,10 @@ def run_panel(project: Project, run_id: str, was_active: bool) -> None:
     if "teacher_accuracy" in metrics:
         st.dataframe(pd.DataFrame([
             {"model": role, "test accuracy": runs_view.number_text(metrics.get(f"{role}_accuracy")),
-             "MIA AUC": runs_view.number_text(metrics.get(f"{role}_auc"))} for role in ("teacher", "student")]),
-            hide_index=True)
+             "MIA AUC": runs_view.number_text(metrics.get(f"{role}_auc")),
+             "formal ε (guarantee)": runs_view.formal_text(metrics.get(f"{role}_formal_epsilon")),
+             "empirical ε (an attack's lower bound)": runs_view.number_text(metrics.get(f"{role}_empirical_epsilon"))}
+            for role in ("teacher", "student")]), hide_index=True)
         st.page_link("views/tradeoffs.py", label="See it on the trade-off plot", icon=":material/scatter_plot:")
     if "class_fidelity" in metrics:
         st.markdown("**Synthetic data** (mean over rounds; the teacher is the feature extractor)")
@@ -589,3 +592,4 @@ ids, record = runs_list(project)
 run_actions(project, record)
 show_run(project, record)
 compare_section(project, ids)
+

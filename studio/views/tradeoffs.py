@@ -50,7 +50,9 @@ def show_tradeoff(shown: list[ModelPoint]) -> bool:
     st.plotly_chart(fig, key="to_scatter")
     st.caption("Each run's teacher (real data) and GKD student (synthetic data only) are joined by a line; bars "
                "are the AUC's 95% interval. AOP = accuracy / (2·AUC)²; the green step line is the Pareto front "
-               "(higher accuracy, lower AUC). TPR@1%FPR is n/a when the audit has under 100 non-members.")
+               "(higher accuracy, lower AUC). TPR@1%FPR is n/a when the audit has under 100 non-members. "
+               "Formal ε is a guarantee (differential privacy; none: the model has none). Empirical ε is an "
+               "attack's lower bound on ε, never a guarantee; for a DP model it must not exceed the formal ε.")
     table = pd.DataFrame(report.points_table(shown))
     st.dataframe(table, hide_index=True, width="stretch")
     export_buttons(fig, "tradeoff", "to_export")

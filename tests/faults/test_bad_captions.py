@@ -305,7 +305,9 @@ class _Fake(Generator):
         return {}
 
     def generate(self, prompts, labels, seeds, progress=None):
-        return [Image.new("RGB", (4, 4)) for _ in prompts]
+        # pictures (a grey ramp, brighter with the seed): neither one flat colour nor one picture repeated
+        ramp = Image.linear_gradient("L").resize((4, 4))
+        return [ramp.point(lambda v, s=seed: (v + 37 * s) % 256).convert("RGB") for seed in seeds]
 
     def save(self, directory):
         pass
