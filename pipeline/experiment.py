@@ -207,6 +207,10 @@ def run_experiment(config: ExperimentConfig, project: Project, progress: Progres
         teacher = steps.teacher()
         rounds = steps.copy_gate(teacher, rounds, trained)
         student = steps.student(teacher, rounds)
+        # the formal guarantee of a DP run (None without DP): the student carries it into the audit
+        privacy = steps.privacy(trained, teacher)
+        if privacy:
+            student.train["privacy"] = privacy["student"]
         # 6. the other transfer methods on the same teacher (and rounds), each its own run
         methods = steps.methods(teacher, rounds)
         # 7. fidelity and memorisation of every round, the teacher as the feature extractor
@@ -216,7 +220,7 @@ def run_experiment(config: ExperimentConfig, project: Project, progress: Progres
         tested = steps.test(teacher, student, methods)
         audited = steps.audit(tested, captions)
         # 10. metrics
-        metrics = steps.finish(tested, audited, rounds, trained, fidelity, memorisation, resume, started)
+        metrics = steps.finish(tested, audited, rounds, trained, fidelity, memorisation, privacy, resume, started)
     return ExperimentResult(run.id, metrics, time.monotonic() - started)
 
 
@@ -464,8 +468,8 @@ class _Steps:
                 "ledger": ledger_summary(self.project.root, self.data.fingerprint)}
 
     def finish(self, tested: list[_Tested], audited: AuditResult, rounds: list[SyntheticSet],
-               trained: FinetuneResult, fidelity: dict[str, Any], memorisation: dict[str, Any], resume: bool,
-               started: float) -> dict[str, Any]:
+               trained: FinetuneResult, fidelity: dict[str, Any], memorisation: dict[str, Any],
+               privacy: dict[str, Any] | None, resume: bool, started: float) -> dict[str, Any]:
         """``metrics.json`` and the run's headline figures in the registry."""
         by_name = {m.name: m for m in tested}
         metrics = {
@@ -480,7 +484,7 @@ class _Steps:
                                  "label": m.name, "reads_real_training_images": m.reads_real,
                                  "epsilon": m.train.get("epsilon")} for m in tested if m.method is not None},
             "timings": self.timings, "seconds": round(time.monotonic() - started, 2), "resumed": resume,
-            "privacy": self.privacy(trained, by_name["teacher"]),
+            "privacy": privacy,
         }
         unreadable = skipped_images(self.data.dataset)
         metrics["dataset"]["unreadable"] = len(unreadable)
@@ -557,9 +561,26 @@ def audit_subject(config: ExperimentConfig, audit_config: AuditConfig, project: 
         if "pipeline" in modes and m.name != "teacher" and m.name not in shadows:
             shadows[m.name] = pipeline_shadows(recipe, population, project, audit_config, method=m.method)
         label = f"{m.name} pipeline" if is_method else "student pipeline"
+        epsilon, delta = formal_guarantee(m.train)
         models.append(AuditedModel(m.name, m.model, m.recipe.image_size, m.test["accuracy"], modes, label,
-                                   epsilon=m.train.get("epsilon"), delta=m.train.get("delta")))
+                                   epsilon=epsilon, delta=delta))
     return AuditSubject(audit_config.experiment or "", population, config.teacher, models, shadows)
+
+
+def formal_guarantee(train: dict[str, Any]) -> tuple[float | None, float | None]:
+    """A model's DP guarantee (ε, δ) from its training figures: a DP-SGD method's ``epsilon`` / ``delta``, or
+    a ``privacy`` record (a DP teacher's own part; a DP run's student: the total composed over the parts
+    that reached it); (None, None) for a model without one."""
+    if train.get("epsilon") is not None:
+        return float(train["epsilon"]), _float_or_none(train.get("delta"))
+    record = train.get("privacy")
+    if isinstance(record, dict) and record.get("epsilon") is not None:
+        return float(record["epsilon"]), _float_or_none(record.get("delta"))
+    return None, None
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def audit_experiment(audit_config: AuditConfig, project: Project, progress: ProgressFn = no_progress,
@@ -601,6 +622,8 @@ def _finished(project: Project, run_id: str | None) -> tuple[ExperimentConfig, l
     recorded = read_json(record.run_dir / "metrics.json") if (record.run_dir / "metrics.json").exists() else {}
     tested = [_read_model(record.run_dir / f"{name}.pt", name, recipe, data, recorded.get(name))
               for name, recipe in (("teacher", config.teacher), ("student", config.distill.student))]
+    if (recorded.get("privacy") or {}).get("student"):  # a DP run's student: its guarantee (older runs kept it here only)
+        tested[1].train.setdefault("privacy", recorded["privacy"]["student"])
     listing = read_json(record.run_dir / "methods.json") if (record.run_dir / "methods.json").exists() else {}
     for key, entry in listing.items():
         recipe = from_dict(TrainConfig, entry["recipe"])
