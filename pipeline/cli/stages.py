@@ -198,6 +198,12 @@ def _formal_text(epsilon: float | None) -> str:
 
 
 def _run_experiment(args: argparse.Namespace, config: Any, run_id: str | None = None, resume: bool = False) -> int:
+    _experiment(args, config, run_id, resume)
+    return 0
+
+
+def _experiment(args: argparse.Namespace, config: Any, run_id: str | None = None, resume: bool = False) -> Any:
+    """Run one experiment with progress bars; print its audit table; return its result."""
     from ..core.runs import RunCancelled
     from ..experiment import run_experiment
 
@@ -217,7 +223,54 @@ def _run_experiment(args: argparse.Namespace, config: Any, run_id: str | None = 
     _print_audit_table(result.metrics)
     print(f"run {result.run_id} finished in {result.seconds:.0f} s; metrics in "
           f"{project_of(args).runs_dir / result.run_id / 'metrics.json'}")
-    return 0
+    return result
+
+
+def cmd_compare_methods(args: argparse.Namespace) -> int:
+    """The methods run, then one DP run per ε of --dp-epsilons (DP generator + DP-SGD at the same ε), then
+    one table of every model with its formal and empirical ε."""
+    from ..comparison import parse_epsilons, plan_comparison, plan_summary
+    from ..core.common import to_jsonable
+    from ..privacy.accounting import BudgetError
+
+    # 1. the plan: the preset's config with the methods, one DP run per ε
+    epsilons = parse_epsilons(args.dp_epsilons)
+    config, why, profile = _preset(args)
+    config = replace(config, methods=_methods(args.methods, epsilons or DP_EPSILONS))
+    plan = plan_comparison(config.validate(), epsilons, profile.members)
+    plan = [replace(p, config=p.config.validate()) for p in plan]
+    if args.print_config:
+        for line in [*why, *(json.dumps(to_jsonable(row), ensure_ascii=False) for row in plan_summary(plan))]:
+            print(f"# {line}", file=sys.stderr)
+        print(json.dumps({p.label: to_jsonable(p.config) for p in plan}, indent=2, ensure_ascii=False))
+        return 0
+    # 2. each run in turn (a DP budget the planned steps cannot meet is said and skipped)
+    results, skipped = [], []
+    for planned in plan:
+        print(f"\n== {planned.label} ==")
+        _print_plan(planned.config, [*why, f"run {len(results) + len(skipped) + 1} of {len(plan)}: {planned.label}"],
+                    profile, max_hours=args.max_hours)
+        try:
+            results.append(_experiment(args, planned.config))
+        except BudgetError as err:
+            skipped.append(f"{planned.label}: {err}")
+            print(f"skipped {planned.label}: {err}", file=sys.stderr)
+    # 3. one table over the runs
+    _print_comparison(results)
+    for line in skipped:
+        print(f"not run: {line}")
+    return 0 if results else 2
+
+
+def _print_comparison(results: list[Any]) -> None:
+    from ..views.report import points_from_metrics, points_table
+
+    rows = points_table([p for r in results for p in points_from_metrics(r.run_id, r.metrics)])
+    print()
+    print_table([[r["run"], r["model"], r["accuracy"], f"{r['MIA AUC']:.3f} {r['AUC 95% CI']}", r["audit mode"],
+                  r["formal ε"], r["empirical ε"]] for r in rows],
+                ["run", "model", "accuracy", "MIA AUC [95% CI]", "mode", "formal ε (guarantee)",
+                 "empirical ε (attack's lower bound)"])
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -354,8 +407,9 @@ def _quick_alternative(args: argparse.Namespace, config: Any, profile: Any) -> A
 DP_EPSILONS = (1.0, 8.0)  # `dp-sgd` without @EPS: the two budgets of the comparison
 
 
-def _methods(text: str) -> tuple[tuple[str, dict[str, Any]], ...]:
-    """``gkd,am,bss,gkd+bss,dp-sgd[@EPS]`` -> the config's other methods (GKD is always the student)."""
+def _methods(text: str, dp_default: tuple[float, ...] = DP_EPSILONS) -> tuple[tuple[str, dict[str, Any]], ...]:
+    """``gkd,am,bss,gkd+bss,dp-sgd[@EPS]`` -> the config's other methods (GKD is always the student); a bare
+    ``dp-sgd`` at each ε of ``dp_default``."""
     from ..methods import method_names
 
     out: list[tuple[str, dict[str, Any]]] = []
@@ -367,7 +421,7 @@ def _methods(text: str) -> tuple[tuple[str, dict[str, Any]], ...]:
             raise ValueError(f"unknown method {name!r}; valid: gkd, {', '.join(method_names())} (dp-sgd@EPS for one ε)")
         if name == "dp-sgd":
             try:
-                budgets = (float(eps),) if eps else DP_EPSILONS
+                budgets = (float(eps),) if eps else dp_default
             except ValueError:
                 raise ValueError(f"{item}: the ε after @ must be a number") from None
             out += [(name, {"epsilon": e}) for e in budgets]
@@ -616,10 +670,14 @@ def _add_run(sub: Any) -> None:
 
 def _add_compare_methods(sub: Any) -> None:
     p = sub.add_parser("compare-methods", help="every way to a private student on one plane: GKD, activation "
-                                               "maximisation, BSS, GKD+BSS, DP-SGD, with the same teacher and audit",
+                                               "maximisation, BSS, GKD+BSS, and the DP generator beside DP-SGD at "
+                                               "each ε",
                        description="`run --dataset SPEC --methods ...` with every method by default: one teacher, "
-                                   "one split, one set of shadows; prints one table (accuracy, MIA AUC with CI, "
-                                   "TPR@1% FPR, AOP per method) and puts every method on the Trade-offs plot.")
+                                   "one split, one set of shadows; then, for each ε of --dp-epsilons, a DP run: the "
+                                   "generator trained with DP-SGD at ε (class prompts, class-labelled student) and "
+                                   "the DP-SGD classifier at the same (ε, δ), audited together. Prints each run's "
+                                   "table, then one table of every model with its formal ε (the guarantee) and "
+                                   "empirical ε (an attack's lower bound); every model is on the Trade-offs plot.")
     add_project_arg(p)
     add_dataset_args(p)
     p.set_defaults(dataset="digits", config=None, queued=None, resume=None)
@@ -629,7 +687,11 @@ def _add_compare_methods(sub: Any) -> None:
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     _add_max_hours_arg(p)
     _add_methods_arg(p, "gkd,am,bss,gkd+bss,dp-sgd")
-    p.set_defaults(func=cmd_run)
+    p.add_argument("--dp-epsilons", default="1,4,10", metavar="LIST",
+                   help="ε of the DP generator, comma-separated (default 1,4,10): one DP run each, with dp-sgd at the "
+                        "same ε beside it (a bare dp-sgd in --methods takes these ε); none: no DP run (dp-sgd at 1 "
+                        "and 8 in the methods run)")
+    p.set_defaults(func=cmd_compare_methods)
 
 
 def _add_audit(sub: Any) -> None:
