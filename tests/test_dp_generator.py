@@ -209,6 +209,11 @@ def test_dp_experiment_records_the_guarantee_and_keeps_real_images_off_the_stude
     manifest = (record.run_dir / "synthetic" / "round-0" / "manifest.jsonl").read_text().splitlines()
     assert {json.loads(line)["prompt"] for line in manifest} <= {f"a photo of a {k}" for k in range(10)}
     assert record.metrics["student_epsilon"] == generator["epsilon"]
+    # the audit names the student's guarantee (formal ε beside its empirical ε on the plane and in `runs show`)
+    student = result.metrics["student"]
+    assert student["formal_epsilon"] == generator["epsilon"] and student["formal_delta"] == generator["delta"]
+    assert record.metrics["student_formal_epsilon"] == generator["epsilon"]
+    assert student["mia"]["empirical_epsilon_delta"] == generator["delta"]
 
 
 def test_dp_teacher_records_its_part_and_composes_with_the_generator(tmp_path):
