@@ -74,6 +74,10 @@ def test_the_report_says_which_figure_is_a_guarantee(fake_metrics):
             "ε = 3.97. No guarantee: teacher.") in found
     assert any(f.startswith("Empirical ε is an attack's lower bound, not a guarantee") for f in found)
     assert any(g.startswith("DP-generator student:") for g in stakeholder.GLOSSARY)
+    setup = stakeholder.run_setup("dp-run", _dp_run(fake_metrics), points)
+    assert setup.generator == ("scratch, with differential privacy (DP-SGD, ε = 3.98, δ = 0.0001; prompted with class "
+                               "names only), trained on the members only")
+    assert "DP-generator student ε=4" in setup.models
 
 
 def test_the_dp_student_and_a_dp_teacher_carry_their_guarantee_into_the_audit(tiny_config, project):

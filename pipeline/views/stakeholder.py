@@ -262,6 +262,10 @@ def run_setup(run_id: str, metrics: dict[str, Any], points: Sequence[ModelPoint]
             shadows, key=lambda m: (m != "transfer", m)) if isinstance(shadows[mode], dict))
     real = [p.name for p in points if p.reads_real]
     steps = f", {generator['steps']} training steps" if generator.get("steps") else ""
+    part = ((metrics.get("privacy") or {}).get("parts") or {}).get("generator") or {}
+    if part.get("epsilon") is not None:  # a DP run: what the generator's training is guaranteed
+        steps += (f", with differential privacy (DP-SGD, ε = {part['epsilon']:.2f}, δ = {part.get('delta', 0):.2g}; "
+                  "prompted with class names only)")
     return RunSetup(
         run_id=run_id, created_at=created_at,
         dataset=f"{data.get('name', '?')}: {data.get('members', '?')} members (training images), "
