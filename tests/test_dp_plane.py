@@ -162,3 +162,22 @@ def test_the_dp_benchmark_runs_tiny(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| dataset | target ε | model | formal ε (guarantee) |" in out
     assert "| digits | 10 | DP-generator student |" in out and "| digits | 10 | DP-SGD classifier (dp-sgd ε=10) |" in out
+
+
+def test_the_tradeoffs_page_shows_a_dp_run_with_its_epsilons(env, add_finished_run, fake_metrics, open_page):
+    """The studio: the DP run's student in the table with both ε, and the ε labels on the plot (a toggle)."""
+    add_finished_run(env, _dp_run(fake_metrics, 3.98))
+    at = open_page("tradeoffs")
+    table = at.dataframe[0].value
+    row = table[table["model"] == "DP-generator student ε=4"].iloc[0]
+    assert (row["formal ε"], row["empirical ε"]) == ("3.98", "0.12")
+    assert table.loc[table["model"] == "teacher", "formal ε"].item() == "none"
+
+    def text_traces() -> list[dict]:
+        spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+        return [t for t in spec["data"] if t.get("mode") == "text"]
+
+    assert "ε 3.98 · emp. 0.12" in text_traces()[0]["text"]
+    assert any("never a guarantee" in c.value for c in at.caption)
+    at.toggle(key="to_eps_labels").set_value(False).run()
+    assert not text_traces()
