@@ -4,6 +4,7 @@ compare-methods' DP-generator runs beside DP-SGD at the same ε, and the DP benc
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -73,6 +74,10 @@ def test_the_report_says_which_figure_is_a_guarantee(fake_metrics):
     assert ("Guarantee (formal ε, proven by differential privacy): DP-generator student ε=4 ε = 3.98, dp-sgd ε=4 "
             "ε = 3.97. No guarantee: teacher.") in found
     assert any(f.startswith("Empirical ε is an attack's lower bound, not a guarantee") for f in found)
+    teacher = next(p for p in points if p.role == "teacher")
+    dp_teacher = stakeholder.dp_generator_finding(points[1], replace(teacher, epsilon=2.5))
+    assert dp_teacher.endswith("Its labels came from a teacher trained with DP-SGD (formal ε = 2.50), composed into "
+                               "that guarantee by the accountant.")
     assert any(g.startswith("DP-generator student:") for g in stakeholder.GLOSSARY)
     setup = stakeholder.run_setup("dp-run", _dp_run(fake_metrics), points)
     assert setup.generator == ("scratch, with differential privacy (DP-SGD, ε = 3.98, δ = 0.0001; prompted with class "
@@ -113,8 +118,6 @@ def test_compare_methods_parses_the_epsilon_list():
 
 
 def test_compare_methods_plans_a_dp_generator_run_beside_dp_sgd_at_each_epsilon(tiny_config):
-    from dataclasses import replace
-
     from pipeline.cli.stages import _methods
     from pipeline.comparison import plan_comparison
 

@@ -319,12 +319,16 @@ def dp_finding(dp: ModelPoint, reference: ModelPoint) -> str:
             f"{_attack_auc(dp, reference)} is {dp.auc:.3f} against {reference.auc:.3f}.")
 
 
-def dp_generator_finding(student: ModelPoint) -> str:
+def dp_generator_finding(student: ModelPoint, teacher: ModelPoint | None = None) -> str:
     """What the guarantee of a DP run's student covers, and what it does not."""
-    return (f"The {student.name} learned only from images of a generator trained with differential privacy "
+    text = (f"The {student.name} learned only from images of a generator trained with differential privacy "
             f"(DP-SGD) on the training images and prompted with class names: its formal ε = "
-            f"{formal_epsilon_text(student)} is a guarantee for everything that reached it. The run's teacher, "
-            "trained on the real images, is shown for reference; it is not covered by that guarantee.")
+            f"{formal_epsilon_text(student)} is a guarantee for everything that reached it.")
+    if teacher is not None and teacher.epsilon is not None:  # dp-teacher labels: composed into the student's ε
+        return text + (f" Its labels came from a teacher trained with DP-SGD (formal ε = {formal_epsilon_text(teacher)}"
+                       "), composed into that guarantee by the accountant.")
+    return text + (" The run's teacher, trained on the real images, is shown for reference; it is not covered by "
+                   "that guarantee.")
 
 
 def epsilon_findings(points: Sequence[ModelPoint]) -> list[str]:
@@ -377,7 +381,7 @@ def conclusions(points: Sequence[ModelPoint], memorisation: dict[str, Any] | Non
     # 4. differential privacy: what a DP run's student is guaranteed; DP-SGD against the (GKD or DP-generator)
     # student of the same run
     if student and student.dp_generator is not None:
-        found.append(dp_generator_finding(student))
+        found.append(dp_generator_finding(student, teacher))
     reference = student or teacher
     for p in points:
         if reference and p is not reference and p.role.startswith("dp-sgd"):
