@@ -156,6 +156,20 @@ def test_compare_methods_prints_its_plan(tmp_path, capsys):
     assert main(["compare-methods", "--project", str(tmp_path), "--print-config", "--dp-epsilons", "1,-4"]) == 2
 
 
+def test_compare_methods_closing_table_shows_both_epsilons(fake_metrics, capsys):
+    from types import SimpleNamespace
+
+    from pipeline.cli.stages import _print_comparison
+
+    _print_comparison([SimpleNamespace(run_id="plain", metrics=fake_metrics()),
+                       SimpleNamespace(run_id="dp", metrics=_dp_run(fake_metrics, 3.98))])
+    out = capsys.readouterr().out
+    assert "formal ε (guarantee)" in out and "empirical ε (attack's lower bound)" in out
+    student = next(line for line in out.splitlines() if "DP-generator student ε=4" in line).split()
+    assert student[0] == "dp" and student[-2:] == ["3.98", "0.12"]
+    assert next(line for line in out.splitlines() if "GKD student" in line).split()[-2:] == ["none", "n/a"]
+
+
 # -- the benchmark ------------------------------------------------------------------------------------------------
 @pytest.mark.slow  # one tiny DP run with its DP-SGD classifier and 2 pipeline shadows
 def test_the_dp_benchmark_runs_tiny(tmp_path, capsys):
