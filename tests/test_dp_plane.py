@@ -4,6 +4,7 @@ compare-methods' DP-generator runs beside DP-SGD at the same ε, and the DP benc
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 
 import pytest
@@ -171,7 +172,9 @@ def test_compare_methods_closing_table_shows_both_epsilons(fake_metrics, capsys)
 
 
 # -- the benchmark ------------------------------------------------------------------------------------------------
-@pytest.mark.slow  # one tiny DP run with its DP-SGD classifier and 2 pipeline shadows
+@pytest.mark.slow  # one tiny DP run with its DP-SGD classifier and 2 pipeline shadows: about 90 s on 2 cores
+@pytest.mark.skipif(not os.environ.get("TCKR_DP_BENCH"), reason="benchmarks.dp --tiny takes ~90 s on a 2-core CPU; "
+                    "set TCKR_DP_BENCH=1 to run it")
 def test_the_dp_benchmark_runs_tiny(tmp_path, capsys):
     from benchmarks.dp import main
 
