@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", nargs="+", default=None, metavar="SPEC[@LIMIT]",
                         help="default: digits and the Fashion subset (--tiny: digits)")
     parser.add_argument("--epsilons", default=None, help="comma-separated ε (default 1,4,10; --tiny: 10)")
-    parser.add_argument("--tiny", action="store_true", help="a smoke test: 240 digits, tiny models (about a minute)")
+    parser.add_argument("--tiny", action="store_true", help="a smoke test: 240 digits, tiny models (about 90 s on 2 CPU cores)")
     parser.add_argument("--out", type=Path, default=None, help="keep the projects here (default: a temp folder)")
     args = parser.parse_args(argv)
     epsilons = parse_epsilons(args.epsilons or ("10" if args.tiny else "1,4,10"))
