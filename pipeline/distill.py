@@ -26,8 +26,12 @@ from .core.common import ProgressFn, no_progress, write_json
 from .core.schema import schema
 from .data.tensors import TensorData
 from .generate import SyntheticSet
+from .methods.dp import DPConfig, OpacusPrivacy, dp_recipe
 
 logger = logging.getLogger(__name__)
+
+
+STUDENT_LABELS = ("teacher", "class")
 
 
 @schema
@@ -40,8 +44,14 @@ class DistillConfig:
     alpha: float = 1.0  # weight of the KD term; 1 - alpha weighs cross-entropy with the generated class
     regen_every: int = 5  # epochs on one synthetic round before moving to the next (recycling period)
     val_fraction: float = 0.1  # share of each synthetic round held out for the student's early stopping
+    # teacher: GKD, the teacher's soft labels | class: the class each image was generated for, hard (smoothed
+    # by the recipe's label_smoothing); no model of the real members is consulted (a DP run: student ε =
+    # generator ε, by post-processing)
+    labels: str = "teacher"
 
     def __post_init__(self) -> None:
+        if self.labels not in STUDENT_LABELS:
+            raise ValueError(f"unknown student labels {self.labels!r}; valid: {', '.join(STUDENT_LABELS)}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if not 0.0 <= self.alpha <= 1.0:
@@ -73,6 +83,30 @@ def train_teacher(members: TensorData, validation: TensorData | None, config: Tr
     return _saved(result, Path(out_dir) / "teacher.pt", {"train_images": len(members)})
 
 
+def train_private_teacher(members: TensorData, validation: TensorData | None, config: TrainConfig, num_classes: int,
+                          out_dir: Path, dp: DPConfig, progress: ProgressFn = no_progress) -> ModelResult:
+    """The teacher trained on the members with DP-SGD (the ``dp-sgd`` method's recipe and Opacus wrapper):
+    its soft labels then carry its own (ε, δ), which composes with the generator's. ``metrics["privacy"]``
+    is its :class:`~pipeline.privacy.accounting.DPPart`. The weights go to ``out_dir/teacher.pt``."""
+    from opacus.validators import ModuleValidator
+
+    from .privacy.accounting import DPPart
+
+    # 1. the recipe under DP (as methods/dp.py): larger batches, no augmentation, float32, the planned epochs
+    delta = dp.delta if dp.delta is not None else 1.0 / (10 * len(members))
+    recipe = dp_recipe(config, dp, len(members))
+    model = ModuleValidator.fix(build_classifier(recipe, num_classes))
+    # 2. the one loop with Opacus' wrapper (no checkpoint: the noise is calibrated to one uninterrupted run)
+    privacy = OpacusPrivacy(dp, delta, recipe.seed)
+    result = fit(model, members, HardLabels(), recipe, val=validation, progress=progress, stage="dp teacher",
+                 private=privacy)
+    sample_rate = float(privacy.optimizer.expected_batch_size / len(members))
+    steps = int(sum(h[2] for h in privacy.engine.accountant.history))
+    part = DPPart("teacher", privacy.epoch_info()["epsilon"], delta, dp.accountant,
+                  float(privacy.optimizer.noise_multiplier), sample_rate, steps, dp.max_grad_norm, dp.epsilon)
+    return _saved(result, Path(out_dir) / "teacher.pt", {"train_images": len(members), "privacy": part.to_dict()})
+
+
 def train_student(teacher: nn.Module, rounds: Sequence[SyntheticSet], config: DistillConfig, num_classes: int,
                   out_dir: Path, progress: ProgressFn = no_progress,
                   teacher_recipe: TrainConfig | None = None) -> ModelResult:
@@ -80,41 +114,48 @@ def train_student(teacher: nn.Module, rounds: Sequence[SyntheticSet], config: Di
 
     Epoch e uses round ``(e // regen_every) % len(rounds)``. ``teacher_recipe`` gives the teacher's
     input size (default: the student's). Early stopping (if the recipe asks for it) watches a
-    synthetic validation split labelled by the teacher, never real images.
+    synthetic validation split labelled by the teacher, never real images. With ``config.labels ==
+    "class"`` the teacher is not consulted at all (it may be None): the labels are the generated classes.
     """
     if not rounds:
         raise ValueError("the student needs at least one synthetic round")
     recipe = config.student
-    # 1. every round with the teacher's soft labels; a slice of each held out for validation
+    # 1. every round with the teacher's soft labels (or its generated classes); a slice of each held out
     teacher_size = teacher_recipe.image_size if teacher_recipe is not None else recipe.image_size
-    labelled, val = label_rounds(teacher, rounds, config, teacher_size)
+    labelled, val = label_rounds(None if config.labels == "class" else teacher, rounds, config, teacher_size)
 
     def data_for_epoch(epoch: int) -> TensorData:
         return labelled[(epoch // config.regen_every) % len(labelled)]
 
     # 2. train the student
     model = build_classifier(recipe, num_classes)
-    objective = SoftLabels(config.temperature, config.alpha, recipe.label_smoothing)
+    objective = SoftLabels(config.temperature, config.alpha, recipe.label_smoothing) if config.labels == "teacher" \
+        else HardLabels(recipe.label_smoothing)
     result = fit(model, data_for_epoch, objective, recipe, val=val, checkpoint=Path(out_dir) / "student.ckpt",
                  progress=progress, stage="student")
     return _saved(result, Path(out_dir) / "student.pt",
-                  {"synthetic_images": sum(len(r) for r in rounds), "rounds": len(rounds)})
+                  {"synthetic_images": sum(len(r) for r in rounds), "rounds": len(rounds), "labels": config.labels})
 
 
-def label_rounds(teacher: nn.Module, rounds: Sequence[SyntheticSet], config: DistillConfig,
+def label_rounds(teacher: nn.Module | None, rounds: Sequence[SyntheticSet], config: DistillConfig,
                  teacher_size: int | None) -> tuple[list[TensorData], TensorData | None]:
     """Each round at the student's input size with the teacher's logits (the teacher sees each image
     at its own input size), less a seeded ``val_fraction`` slice per round; the slices, labelled with
-    the teacher's class, are the validation set."""
+    the teacher's class, are the validation set. Without a teacher, the generated classes label both."""
     recipe = config.student
     gen = torch.Generator().manual_seed(recipe.seed)
     labelled, val_parts = [], []
     for synthetic in rounds:
         data = synthetic.tensors(recipe.image_size)
-        logits = predict_logits(teacher, synthetic.tensors(teacher_size).x, device=recipe.device)
+        logits = None if teacher is None else predict_logits(teacher, synthetic.tensors(teacher_size).x,
+                                                             device=recipe.device)
         order = torch.randperm(len(data), generator=gen)
         n_val = int(round(config.val_fraction * len(data)))
         val_idx, train_idx = order[:n_val], order[n_val:]
+        if logits is None:
+            labelled.append(TensorData(data.x[train_idx], data.y[train_idx]))
+            val_parts.append(TensorData(data.x[val_idx], data.y[val_idx]))
+            continue
         labelled.append(TensorData(data.x[train_idx], data.y[train_idx], logits[train_idx]))
         val_parts.append(TensorData(data.x[val_idx], logits[val_idx].argmax(1)))
     val = TensorData(torch.cat([v.x for v in val_parts]), torch.cat([v.y for v in val_parts])) \

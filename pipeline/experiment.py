@@ -34,18 +34,38 @@ from .core.runs import Link, RecordedProgress, config_differences
 from .core.schema import Options, checked, schema
 from .data.context import DataContext
 from .data.datasets import DatasetConfig, skipped_images
-from .distill import DistillConfig, ModelResult, evaluate_on_test, train_student, train_teacher
+from .distill import (
+    DistillConfig,
+    ModelResult,
+    evaluate_on_test,
+    train_private_teacher,
+    train_student,
+    train_teacher,
+)
 from .fidelity import cas_recipe, copy_gate, round_fidelity, round_memorisation
-from .finetune import FinetuneConfig, FinetuneResult, finetune, finished_generator, load_generator
+from .finetune import (
+    FinetuneConfig,
+    FinetuneResult,
+    backend_options,
+    check_privacy,
+    finetune,
+    finished_generator,
+    load_generator,
+    spend_on_ledger,
+)
 from .generate import GenerateConfig, SyntheticSet, synthesize
 from .generators import backend_config
 from .methods import create_method
+from .methods.dp import DPConfig
+from .privacy.accounting import DPPart, composed, ledger_summary
 from .privacy.memorisation import MemorisationConfig
 from .privacy.pipeline_shadows import PipelineShadows
 from .privacy.population import Population
 from .replay import PipelineRecipe, method_context, pipeline_shadows
 
 logger = logging.getLogger(__name__)
+
+DP_LABELS = ("class", "dp-teacher")
 
 
 @schema
@@ -72,8 +92,26 @@ class ExperimentConfig:
     methods: tuple[tuple[str, dict[str, Any]], ...] = ()  # other students on the same plane: (name, options),
     # e.g. (("am", {}), ("gkd+bss", {}), ("bss", {}), ("dp-sgd", {"epsilon": 1})); see pipeline.methods
     seed: int = 0  # seeds generation
+    # a formal guarantee (see pipeline/privacy/accounting.py): privacy="dp" trains the generator with DP-SGD at
+    # (epsilon, delta), prompts it with class names only, and labels the student without the real members
+    privacy: str = "none"  # none | dp
+    epsilon: float | None = None  # DP: the generator's target ε
+    delta: float | None = None  # DP: target δ (None: 1 / (10 · members))
+    dp_labels: str = "class"  # DP: the student's labels: class (generated class; student ε = generator ε) |
+    # dp-teacher (soft labels of a DP-SGD teacher; ε composed over generator and teacher by the accountant)
+    teacher_epsilon: float | None = None  # DP with dp-teacher: the teacher's target ε (None: epsilon)
+    epsilon_budget: float | None = None  # the dataset's ε budget in the project's ledger (a warning past it)
 
     def __post_init__(self) -> None:
+        check_privacy(self.privacy, self.epsilon, self.delta)
+        if self.dp_labels not in DP_LABELS:
+            raise ValueError(f"unknown dp_labels {self.dp_labels!r}; valid: {', '.join(DP_LABELS)}")
+        if self.privacy == "dp" and (self.store or self.store_version is not None):
+            raise ValueError("privacy='dp' prompts the generator with class names only (per-image captions of "
+                             "private images are private data); drop store / store_version")
+        if self.privacy == "dp" and self.copy_gate:
+            raise ValueError("privacy='dp' cannot use the copy gate: redrawing images that look like members "
+                             "hands the student a decision made on the real members; set copy_gate to 0")
         if not self.cardinality > 0:
             raise ValueError(f"cardinality must be positive, got {self.cardinality}")
         for name in ("rounds", "generation_batch"):
@@ -97,6 +135,24 @@ class ExperimentConfig:
         from arguments or a form: NaN, out-of-range values, a bad option); raises :class:`ConfigError`."""
         return checked(self)
 
+    @property
+    def private(self) -> bool:
+        return self.privacy == "dp"
+
+    def backend_options(self) -> dict[str, Any]:
+        """The generator's options, with its DP-SGD budget in DP mode."""
+        return backend_options(self.generator, self.generator_options, self.privacy, self.epsilon, self.delta)
+
+    def teacher_dp(self) -> DPConfig:
+        """The DP-SGD teacher's budget (dp_labels="dp-teacher"): its own target ε, the generator's δ."""
+        return DPConfig(epsilon=self.teacher_epsilon or self.epsilon or 1.0, delta=self.delta, accountant="rdp")
+
+    def student_distill(self) -> DistillConfig:
+        """The student's distillation settings: in DP mode with class labels, the generated classes."""
+        if self.private and self.dp_labels == "class":
+            return replace(self.distill, labels="class")
+        return self.distill
+
     @classmethod
     def from_file(cls, path: Path) -> ExperimentConfig:
         try:
@@ -107,11 +163,10 @@ class ExperimentConfig:
 
     def pipeline_recipe(self, captions: str | None) -> PipelineRecipe:
         """What a pipeline-mode shadow replays (trained on the captions ``<store>@<version>``)."""
-        # the options as the pairs the shadows' cache key has always held
+        # the options as the pairs the shadows' cache key has always held (with the DP budget in DP mode)
         return PipelineRecipe(self.dataset, captions, self.template, self.generator,
-                              tuple(self.generator_options.items()),
-                              self.cardinality, self.rounds, self.generation_batch, self.seed, self.teacher,
-                              self.distill)
+                              tuple(self.backend_options().items()), self.cardinality, self.rounds,
+                              self.generation_batch, self.seed, self.teacher, self.student_distill())
 
 
 @dataclass(frozen=True)
@@ -152,6 +207,10 @@ def run_experiment(config: ExperimentConfig, project: Project, progress: Progres
         teacher = steps.teacher()
         rounds = steps.copy_gate(teacher, rounds, trained)
         student = steps.student(teacher, rounds)
+        # the formal guarantee of a DP run (None without DP): the student carries it into the audit
+        privacy = steps.privacy(trained, teacher)
+        if privacy:
+            student.train["privacy"] = privacy["student"]
         # 6. the other transfer methods on the same teacher (and rounds), each its own run
         methods = steps.methods(teacher, rounds)
         # 7. fidelity and memorisation of every round, the teacher as the feature extractor
@@ -161,7 +220,7 @@ def run_experiment(config: ExperimentConfig, project: Project, progress: Progres
         tested = steps.test(teacher, student, methods)
         audited = steps.audit(tested, captions)
         # 10. metrics
-        metrics = steps.finish(tested, audited, rounds, trained, fidelity, memorisation, resume, started)
+        metrics = steps.finish(tested, audited, rounds, trained, fidelity, memorisation, privacy, resume, started)
     return ExperimentResult(run.id, metrics, time.monotonic() - started)
 
 
@@ -228,7 +287,9 @@ class _Steps:
         self.registry.link(self.run.id, Link("data", "dataset", self.data.fingerprint))
         write_json(self.run.run_dir / "membership.json", self.data.split.to_dict())
 
-    def captions(self) -> _Captions:
+    def captions(self) -> _Captions | None:
+        if self.config.private:  # class prompts only: no caption of a private image is made or used
+            return None
         with self.timed("caption"):
             if "captions" in self.earlier:
                 store, _, version = self.earlier["captions"].rpartition("@")
@@ -247,19 +308,22 @@ class _Steps:
             self.registry.link(self.run.id, Link("captions", "captions", captions.ref))
         return captions
 
-    def generator(self, captions: _Captions) -> FinetuneResult:
+    def generator(self, captions: _Captions | None) -> FinetuneResult:
         config = self.config
         with self.timed("generator"):
             previous = self.earlier.get("generator")
             if previous and self.registry.get(previous).status == "done":
                 return finished_generator(self.registry, previous)
             finetune_config = FinetuneConfig(dataset=config.dataset, generator=config.generator,
-                                             options=config.generator_options, store=captions.store,
-                                             store_version=captions.version, template=config.template)
+                                             options=config.generator_options,
+                                             store=captions.store if captions else None,
+                                             store_version=captions.version if captions else None,
+                                             template=config.template, privacy=config.privacy, epsilon=config.epsilon,
+                                             delta=config.delta, epsilon_budget=config.epsilon_budget)
             return finetune(finetune_config, self.project, self.progress, resume=previous, data=self.data,
                             registered=lambda rid: self.registry.relink(self.run.id, Link("generator", "run", rid)))
 
-    def rounds(self, trained: FinetuneResult, captions: _Captions) -> list[SyntheticSet]:
+    def rounds(self, trained: FinetuneResult, captions: _Captions | None) -> list[SyntheticSet]:
         config, rounds = self.config, []
         with self.timed("generate"):
             for k in range(config.rounds):
@@ -270,7 +334,8 @@ class _Steps:
                     self.round_runs.append(previous)
                     continue
                 made = synthesize(GenerateConfig(
-                    generator=str(trained.generator_dir), prompts=f"store:{captions.ref}", template=config.template,
+                    generator=str(trained.generator_dir), prompts=f"store:{captions.ref}" if captions else "classnames",
+                    template=config.template,
                     dataset=config.dataset, cardinality=config.cardinality, round=k, seed=config.seed,
                     batch_size=config.generation_batch, out_dir=str(out_dir)), self.project, self.progress,
                     cluster=self.cluster, data=self.data)
@@ -285,8 +350,12 @@ class _Steps:
                                               [Link("data", "dataset", data.fingerprint)],
                                               self.earlier.get("teacher")) as teacher_run:
             val = data.tensors("validation", recipe.image_size) if data.split.validation else None
-            trained = train_teacher(data.tensors("members", recipe.image_size), val, recipe, data.num_classes,
-                                    self.run.run_dir, self.progress)
+            members = data.tensors("members", recipe.image_size)
+            if self.config.private and self.config.dp_labels == "dp-teacher":  # its labels reach the student
+                trained = train_private_teacher(members, val, recipe, data.num_classes, self.run.run_dir,
+                                                self.config.teacher_dp(), self.progress)
+            else:
+                trained = train_teacher(members, val, recipe, data.num_classes, self.run.run_dir, self.progress)
         return _Tested("teacher", trained.model, recipe, teacher_run, {}, trained.metrics)
 
     def copy_gate(self, teacher: _Tested, rounds: list[SyntheticSet], trained: FinetuneResult) -> list[SyntheticSet]:
@@ -311,7 +380,7 @@ class _Steps:
             [Link(f"synthetic round {k}", "run", rid) for k, rid in enumerate(self.round_runs)]
         with self.timed("student"), stage_run(self.registry, self.run.id, "student", config.distill, links,
                                               self.earlier.get("student")) as student_run:
-            trained: ModelResult = train_student(teacher.model, rounds, config.distill, self.data.num_classes,
+            trained: ModelResult = train_student(teacher.model, rounds, config.student_distill(), self.data.num_classes,
                                                  self.run.run_dir, self.progress, teacher_recipe=config.teacher)
         return _Tested("student", trained.model, config.distill.student, student_run, {}, trained.metrics)
 
@@ -371,16 +440,38 @@ class _Steps:
                                  weights=str(self.run.run_dir / f"{model.name}.pt"))
         return tested
 
-    def audit(self, tested: list[_Tested], captions: _Captions) -> AuditResult:
+    def audit(self, tested: list[_Tested], captions: _Captions | None) -> AuditResult:
         config = replace(self.config.audit, experiment=self.run.id)
         with self.timed("audit"):
-            subject = audit_subject(self.config, config, self.project, self.population, tested, captions.ref)
+            subject = audit_subject(self.config, config, self.project, self.population, tested,
+                                    captions.ref if captions else None)
             self.cluster.assign("audit-shadows", config=config, project_root=str(self.project.root))
             return audit(config, subject, self.project, self.progress, self.cluster)
 
+    def privacy(self, trained: FinetuneResult, teacher: _Tested) -> dict[str, Any] | None:
+        """The formal guarantee of a DP run: each trained part's record, the student's total (composed by
+        the accountant over the parts whose outputs reach it) and the dataset's ledger; None for a run
+        without DP. Evaluation (fidelity, memorisation, CAS, the audit) reads the real members and is
+        reported apart: it is not part of the student's path."""
+        if not self.config.private:
+            return None
+        parts = {"generator": trained.metrics.get("privacy")}
+        if self.config.dp_labels == "dp-teacher":
+            parts["teacher"] = teacher.train.get("privacy")
+            if parts["teacher"]:
+                spend_on_ledger(self.project, self.data, teacher.run, parts["teacher"])
+        missing = [name for name, part in parts.items() if not part]
+        if missing:
+            raise ValueError(f"DP run without the privacy record of its {', '.join(missing)}; rerun that stage")
+        records = [DPPart(**{k: v for k, v in p.items() if k in DPPart.__dataclass_fields__}) for p in parts.values()]
+        return {"parts": parts, "student": {**composed(records), "labels": self.config.dp_labels},
+                "guarantee": "the student's (ε, δ) is a DP-SGD guarantee from the accountant; the audit's "
+                             "figures are attacks' empirical results, not guarantees",
+                "ledger": ledger_summary(self.project.root, self.data.fingerprint)}
+
     def finish(self, tested: list[_Tested], audited: AuditResult, rounds: list[SyntheticSet],
-               trained: FinetuneResult, fidelity: dict[str, Any], memorisation: dict[str, Any], resume: bool,
-               started: float) -> dict[str, Any]:
+               trained: FinetuneResult, fidelity: dict[str, Any], memorisation: dict[str, Any],
+               privacy: dict[str, Any] | None, resume: bool, started: float) -> dict[str, Any]:
         """``metrics.json`` and the run's headline figures in the registry."""
         by_name = {m.name: m for m in tested}
         metrics = {
@@ -395,6 +486,7 @@ class _Steps:
                                  "label": m.name, "reads_real_training_images": m.reads_real,
                                  "epsilon": m.train.get("epsilon")} for m in tested if m.method is not None},
             "timings": self.timings, "seconds": round(time.monotonic() - started, 2), "resumed": resume,
+            "privacy": privacy,
         }
         unreadable = skipped_images(self.data.dataset)
         metrics["dataset"]["unreadable"] = len(unreadable)
@@ -403,7 +495,10 @@ class _Steps:
             logger.warning("%d unreadable images were skipped in every stage; listed in %s", len(unreadable),
                            self.run.run_dir / "unreadable_images.json")
         write_json(self.run.run_dir / "metrics.json", metrics)
-        self.registry.report(self.run.id, **_headline(metrics, fidelity, memorisation))
+        headline = _headline(metrics, fidelity, memorisation)
+        if metrics["privacy"]:
+            headline["student_epsilon"] = metrics["privacy"]["student"]["epsilon"]
+        self.registry.report(self.run.id, **headline)
         return metrics
 
 
@@ -468,9 +563,26 @@ def audit_subject(config: ExperimentConfig, audit_config: AuditConfig, project: 
         if "pipeline" in modes and m.name != "teacher" and m.name not in shadows:
             shadows[m.name] = pipeline_shadows(recipe, population, project, audit_config, method=m.method)
         label = f"{m.name} pipeline" if is_method else "student pipeline"
+        epsilon, delta = formal_guarantee(m.train)
         models.append(AuditedModel(m.name, m.model, m.recipe.image_size, m.test["accuracy"], modes, label,
-                                   epsilon=m.train.get("epsilon"), delta=m.train.get("delta")))
+                                   epsilon=epsilon, delta=delta))
     return AuditSubject(audit_config.experiment or "", population, config.teacher, models, shadows)
+
+
+def formal_guarantee(train: dict[str, Any]) -> tuple[float | None, float | None]:
+    """A model's DP guarantee (ε, δ) from its training figures: a DP-SGD method's ``epsilon`` / ``delta``, or
+    a ``privacy`` record (a DP teacher's own part; a DP run's student: the total composed over the parts
+    that reached it); (None, None) for a model without one."""
+    if train.get("epsilon") is not None:
+        return float(train["epsilon"]), _float_or_none(train.get("delta"))
+    record = train.get("privacy")
+    if isinstance(record, dict) and record.get("epsilon") is not None:
+        return float(record["epsilon"]), _float_or_none(record.get("delta"))
+    return None, None
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def audit_experiment(audit_config: AuditConfig, project: Project, progress: ProgressFn = no_progress,
@@ -512,6 +624,8 @@ def _finished(project: Project, run_id: str | None) -> tuple[ExperimentConfig, l
     recorded = read_json(record.run_dir / "metrics.json") if (record.run_dir / "metrics.json").exists() else {}
     tested = [_read_model(record.run_dir / f"{name}.pt", name, recipe, data, recorded.get(name))
               for name, recipe in (("teacher", config.teacher), ("student", config.distill.student))]
+    if (recorded.get("privacy") or {}).get("student"):  # a DP run's student: its guarantee (older runs kept it here only)
+        tested[1].train.setdefault("privacy", recorded["privacy"]["student"])
     listing = read_json(record.run_dir / "methods.json") if (record.run_dir / "methods.json").exists() else {}
     for key, entry in listing.items():
         recipe = from_dict(TrainConfig, entry["recipe"])

@@ -25,7 +25,8 @@ from .core.schema import Options, schema
 from .data.context import DataContext
 from .data.datasets import DatasetConfig
 from .data.tensors import tensor_to_images
-from .generators import Generator, backend_config, generator_class, resolve_options
+from .generators import Generator, backend_config, generator_class, generator_names, resolve_options
+from .privacy.accounting import DPPart, record_spend, set_budget
 
 logger = logging.getLogger(__name__)
 
@@ -42,14 +43,52 @@ class FinetuneConfig:
     store_version: int | None = None  # caption version (default: newest)
     template: str = DEFAULT_TEMPLATE  # prompt template: class | caption | class_caption | format string
     class_template: str = DEFAULT_CLASS_TEMPLATE  # caption used when there is no caption store
+    privacy: str = "none"  # none | dp: DP-SGD training of the generator at (epsilon, delta), class prompts only
+    epsilon: float | None = None  # DP target ε (privacy="dp")
+    delta: float | None = None  # DP target δ (None: 1 / (10 · members))
+    epsilon_budget: float | None = None  # the dataset's ε budget in the project's ledger (a warning past it)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", dict(self.options))  # (name, value) pairs given in code too
+        check_privacy(self.privacy, self.epsilon, self.delta)
+        if self.privacy == "dp" and self.store:
+            raise ValueError("privacy='dp' prompts the generator with class names only (per-image captions of "
+                             "private images are private data); drop the caption store")
         self.backend_config()  # the backend's config is the options' schema: a bad one fails here
 
+    def backend_options(self) -> dict[str, Any]:
+        """The backend's options, with the DP-SGD budget when ``privacy`` is dp."""
+        return backend_options(self.generator, self.options, self.privacy, self.epsilon, self.delta)
+
     def backend_config(self) -> Any:
-        """The backend's config from the options, checked against its schema (a bad option names itself)."""
-        return backend_config(self.generator, self.options)
+        """The backend's config from the options (and the DP budget), checked against its schema."""
+        return backend_config(self.generator, self.backend_options())
+
+
+PRIVACY_MODES = ("none", "dp")
+
+
+def check_privacy(privacy: str, epsilon: float | None, delta: float | None) -> None:
+    """A privacy mode and its budget, checked before anything runs."""
+    if privacy not in PRIVACY_MODES:
+        raise ValueError(f"unknown privacy mode {privacy!r}; valid: {', '.join(PRIVACY_MODES)}")
+    if privacy == "dp" and (epsilon is None or not epsilon > 0):
+        raise ValueError("privacy='dp' needs a positive epsilon (--epsilon E)")
+    if privacy == "none" and (epsilon is not None or delta is not None):
+        raise ValueError("epsilon / delta are only used with privacy='dp' (--privacy dp)")
+
+
+def backend_options(generator: str, options: Mapping[str, Any], privacy: str, epsilon: float | None,
+                    delta: float | None) -> dict[str, Any]:
+    """``options`` as a dict, plus the backend's DP fields in DP mode (refused for a backend without DP-SGD)."""
+    values = dict(options)
+    if privacy != "dp":
+        return values
+    cls = generator_class(generator)
+    if not cls.dp_fields:
+        raise ValueError(f"generator {generator!r} cannot train with DP-SGD; backends that can: "
+                         f"{', '.join(n for n in generator_names() if generator_class(n).dp_fields)}")
+    return {**values, cls.dp_fields["epsilon"]: epsilon, cls.dp_fields["delta"]: delta}
 
 
 @dataclass(frozen=True)
@@ -94,11 +133,23 @@ def finetune(config: FinetuneConfig, project: Project, progress: ProgressFn = no
         write_json(run.run_dir / "training_prompts.json", {"class_names": data.class_names,
                                                            "prompts": prompts, "labels": labels})
         # 5. train (resuming from the newest checkpoint in the run folder) and save the generator
-        metrics = fit_generator(config.generator, config.options, images, prompts, labels,
+        metrics = fit_generator(config.generator, tuple(config.backend_options().items()), images, prompts, labels,
                                 run.run_dir / "checkpoints", run.run_dir / "generator", run.id, report)
         write_json(run.run_dir / "metrics.json", metrics)
         registry.report(run.id, **metrics)
+        # 6. a DP generator's spend goes into the dataset's ledger (a warning past its budget)
+        spend_on_ledger(project, data, run.id, metrics.get("privacy"), config.epsilon_budget)
     return FinetuneResult(run.id, run.run_dir / "generator", metrics)
+
+
+def spend_on_ledger(project: Project, data: DataContext, run_id: str, privacy: dict[str, Any] | None,
+                    budget: float | None = None) -> None:
+    """Record a DP part's ε in the project's ledger under the data's fingerprint; set the budget if given."""
+    if budget is not None:
+        set_budget(project.root, data.fingerprint, budget, data.dataset.name)
+    if privacy:
+        part = DPPart(**{k: v for k, v in privacy.items() if k in DPPart.__dataclass_fields__})
+        record_spend(project.root, data.fingerprint, run_id, part, data.dataset.name)
 
 
 def training_examples(data: DataContext, ids: Sequence[str], captions: Mapping[str, str], template: str,

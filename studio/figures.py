@@ -63,7 +63,7 @@ def per_class_figure(points: Sequence[ModelPoint], class_names: Sequence[str]) -
     fig = go.Figure()
     for p in points:
         fig.add_trace(go.Bar(x=list(class_names)[:len(p.per_class_accuracy)], y=list(p.per_class_accuracy),
-                             name=p.label, marker_color=role_style(p.role)["color"]))
+                             name=p.label, marker_color=role_style(p.series)["color"]))
     fig.update_layout(title="Per-class test accuracy", barmode="group", template="plotly_white", height=380,
                       yaxis={"range": [0, 1], "title": "accuracy"}, xaxis_title="class", margin={"t": 50})
     return fig

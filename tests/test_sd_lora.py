@@ -359,3 +359,23 @@ def test_fit_fails_fast_on_bad_input(trained, base_dir, tmp_path):
         generator.sample(PROMPTS, [1])
     with pytest.raises(ValueError, match="already carries a LoRA"):
         trained[0].fit(training_images(), PROMPTS, [0, 1, 2, 3], tmp_path)
+
+
+def test_dp_fine_tuning_trains_only_the_lora_with_the_accountants_noise(base_dir, tmp_path):
+    """DP-SGD on the LoRA parameters only (per-example gradients through the diffusers UNet with torch.func):
+    the base UNet is untouched, ε spent stays within the target, the noise is the accountant's."""
+    from pipeline.privacy.accounting import calibrate
+
+    pipe = plain_pipeline(base_dir)
+    base = {k: v.detach().clone() for k, v in pipe.unet.state_dict().items()}
+    generator = SDLoraGenerator.from_pipeline(pipe, config(base_dir, steps=2, checkpoint_every=0, batch_size=2,
+                                                           dp_epsilon=8.0, dp_noise_multiplicity=2))
+    metrics = generator.fit(training_images(), PROMPTS, [0, 1, 2, 3], tmp_path)
+    record = metrics["privacy"]
+    assert record["epsilon"] <= 8.0 and record["steps"] == 2 and record["sample_rate"] == 0.5
+    assert record["noise_multiplier"] == pytest.approx(calibrate(8.0, record["delta"], 0.5, 2))
+    lora_b = [v for k, v in lora_weights(generator.pipe).items() if "lora_B" in k]
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # B starts at zero: the noisy steps moved it
+    frozen = {k: v for k, v in generator.pipe.unet.state_dict().items() if "lora" not in k}
+    assert all(torch.equal(frozen[k], base[k.replace(".base_layer", "")]) for k in frozen if
+               k.replace(".base_layer", "") in base)

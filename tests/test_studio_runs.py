@@ -131,6 +131,23 @@ def test_a_curated_caption_version_can_be_pinned(env, monkeypatch, open_page):
     assert config.store == "digits" and config.store_version == 3
 
 
+def test_a_dp_generator_epsilon_starts_a_dp_run(env, monkeypatch, open_page):
+    started = []
+    monkeypatch.setattr("pipeline.core.jobs.start_experiment",
+                        lambda project, config: started.append(config) or
+                        project.registry().create("experiment", config).id)
+    at = open_page("runs")
+    at.number_input(key="run_gate").set_value(1)
+    at.number_input(key="run_dp_epsilon").set_value(4.0).run()
+    assert any("copy gate" in e.value for e in at.error)  # DP refuses the copy gate, said on the page
+    at.number_input(key="run_gate").set_value(0).run()
+    at.button(key="run_start").click().run()
+    assert not at.error
+    [config] = started
+    assert config.privacy == "dp" and config.epsilon == 4.0 and config.store is None
+    assert config.student_distill().labels == "class"
+
+
 def test_bad_generator_option_is_refused_before_start(env, open_page):
     at = open_page("runs")
     at.text_input(key="run_extra_scratch").input('{"no_such_field": 1}').run()

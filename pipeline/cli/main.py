@@ -190,7 +190,27 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
     print_json({**record.__dict__, "lineage": [
         {"depth": d, "role": link.role, "kind": link.ref_kind, "ref": link.ref,
          "status": parent.status if parent else None} for d, parent, link in registry.lineage(record.id)]})
+    _print_ledger(project_of(args).root, record)
     return 0
+
+
+def _print_ledger(root: Any, record: Any) -> None:
+    """The privacy ledger of the run's dataset: ε spent across runs, the budget, a warning past it."""
+    from ..privacy.accounting import budget_warning, ledger_summary
+
+    fingerprint = next((link.ref for link in record.links if link.role == "data"), None)
+    summary = ledger_summary(root, fingerprint) if fingerprint else None
+    if summary is None:
+        return
+    budget = f" of budget {summary['budget']:g}" if summary["budget"] is not None else " (no budget set)"
+    print(f"privacy ledger of dataset {summary['dataset'] or fingerprint[:12]}: ε spent {summary['total_epsilon']:.3g}"
+          f"{budget} over {len(summary['runs'])} run(s) (ε and δ summed across runs: δ {summary['total_delta']:.2g})")
+    for spend in summary["spends"]:
+        print(f"  {spend['run']}  {spend['part']:<9}  ε={spend['epsilon']:.3g}  δ={spend['delta']:.2g}  "
+              f"σ={spend['noise_multiplier']:.3g}  q={spend['sample_rate']:.3g}  steps={spend['steps']}  "
+              f"{spend['accountant']}")
+    if summary["over_budget"]:
+        print(f"warning: {budget_warning(summary)}", file=sys.stderr)
 
 
 def cmd_runs_cancel(args: argparse.Namespace) -> int:

@@ -78,8 +78,29 @@ def _finetune_config(args: argparse.Namespace) -> Any:
         value = getattr(args, key, None)
         if value is not None:
             options[key] = value
+    privacy = _privacy_fields(args)
     return checked(FinetuneConfig(dataset=dataset_config(args), generator=args.generator, options=options,
-                                  store=args.store, store_version=args.store_version, template=args.template))
+                                  store=args.store, store_version=args.store_version, template=args.template,
+                                  **privacy))
+
+
+def _privacy_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """--privacy / --epsilon / --delta / --epsilon-budget as config fields."""
+    privacy = getattr(args, "privacy", None) or "none"
+    if privacy == "none" and (getattr(args, "epsilon", None) is not None or getattr(args, "delta", None) is not None):
+        raise ValueError("--epsilon / --delta need --privacy dp")
+    return {"privacy": privacy, "epsilon": getattr(args, "epsilon", None), "delta": getattr(args, "delta", None),
+            "epsilon_budget": getattr(args, "epsilon_budget", None)}
+
+
+def _add_privacy_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--privacy", default=None, choices=("none", "dp"),
+                   help="dp: train the generator with DP-SGD (Opacus) at --epsilon / --delta, prompt it with "
+                        "class names only, label the student with the generated classes")
+    p.add_argument("--epsilon", type=float, default=None, help="DP: the generator's target ε")
+    p.add_argument("--delta", type=float, default=None, help="DP: target δ (default 1 / (10 · members))")
+    p.add_argument("--epsilon-budget", type=float, default=None,
+                   help="the dataset's ε budget in the project's privacy ledger: a warning once runs spend past it")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -178,6 +199,12 @@ def _formal_text(epsilon: float | None) -> str:
 
 
 def _run_experiment(args: argparse.Namespace, config: Any, run_id: str | None = None, resume: bool = False) -> int:
+    _experiment(args, config, run_id, resume)
+    return 0
+
+
+def _experiment(args: argparse.Namespace, config: Any, run_id: str | None = None, resume: bool = False) -> Any:
+    """Run one experiment with progress bars; print its audit table; return its result."""
     from ..core.runs import RunCancelled
     from ..experiment import run_experiment
 
@@ -197,7 +224,54 @@ def _run_experiment(args: argparse.Namespace, config: Any, run_id: str | None = 
     _print_audit_table(result.metrics)
     print(f"run {result.run_id} finished in {result.seconds:.0f} s; metrics in "
           f"{project_of(args).runs_dir / result.run_id / 'metrics.json'}")
-    return 0
+    return result
+
+
+def cmd_compare_methods(args: argparse.Namespace) -> int:
+    """The methods run, then one DP run per ε of --dp-epsilons (DP generator + DP-SGD at the same ε), then
+    one table of every model with its formal and empirical ε."""
+    from ..comparison import parse_epsilons, plan_comparison, plan_summary
+    from ..core.common import to_jsonable
+    from ..privacy.accounting import BudgetError
+
+    # 1. the plan: the preset's config with the methods, one DP run per ε
+    epsilons = parse_epsilons(args.dp_epsilons)
+    config, why, profile = _preset(args)
+    config = replace(config, methods=_methods(args.methods, epsilons or DP_EPSILONS))
+    plan = plan_comparison(config.validate(), epsilons, profile.members)
+    plan = [replace(p, config=p.config.validate()) for p in plan]
+    if args.print_config:
+        for line in [*why, *(json.dumps(to_jsonable(row), ensure_ascii=False) for row in plan_summary(plan))]:
+            print(f"# {line}", file=sys.stderr)
+        print(json.dumps({p.label: to_jsonable(p.config) for p in plan}, indent=2, ensure_ascii=False))
+        return 0
+    # 2. each run in turn (a DP budget the planned steps cannot meet is said and skipped)
+    results, skipped = [], []
+    for planned in plan:
+        print(f"\n== {planned.label} ==")
+        _print_plan(planned.config, [*why, f"run {len(results) + len(skipped) + 1} of {len(plan)}: {planned.label}"],
+                    profile, max_hours=args.max_hours)
+        try:
+            results.append(_experiment(args, planned.config))
+        except BudgetError as err:
+            skipped.append(f"{planned.label}: {err}")
+            print(f"skipped {planned.label}: {err}", file=sys.stderr)
+    # 3. one table over the runs
+    _print_comparison(results)
+    for line in skipped:
+        print(f"not run: {line}")
+    return 0 if results else 2
+
+
+def _print_comparison(results: list[Any]) -> None:
+    from ..views.report import points_from_metrics, points_table
+
+    rows = points_table([p for r in results for p in points_from_metrics(r.run_id, r.metrics)])
+    print()
+    print_table([[r["run"], r["model"], r["accuracy"], f"{r['MIA AUC']:.3f} {r['AUC 95% CI']}", r["audit mode"],
+                  r["formal ε"], r["empirical ε"]] for r in rows],
+                ["run", "model", "accuracy", "MIA AUC [95% CI]", "mode", "formal ε (guarantee)",
+                 "empirical ε (attack's lower bound)"])
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -298,6 +372,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         raise ValueError("give --dataset SPEC (a preset is chosen from the data), a config file "
                          "(see --print-config) or --queued RUN_ID")
+    privacy = _privacy_fields(args)
+    if privacy["privacy"] == "dp" or privacy["epsilon_budget"] is not None:
+        if privacy["privacy"] == "dp":  # class prompts only, no copy gate (see ExperimentConfig)
+            privacy.update(store=None, store_version=None, copy_gate=0)
+            why = [*why, f"privacy: DP-SGD generator at ε={privacy['epsilon']:g}; class prompts; student labelled "
+                         "by the generated classes"]
+        config = replace(config, **{k: v for k, v in privacy.items() if v is not None and v != "none"})
     if getattr(args, "methods", None) is not None:
         config = replace(config, methods=_methods(args.methods))
         why = [*why, f"methods: gkd (the student) + {', '.join(n + (f' {o}' if o else '') for n, o in config.methods) or 'none'}"]
@@ -327,8 +408,9 @@ def _quick_alternative(args: argparse.Namespace, config: Any, profile: Any) -> A
 DP_EPSILONS = (1.0, 8.0)  # `dp-sgd` without @EPS: the two budgets of the comparison
 
 
-def _methods(text: str) -> tuple[tuple[str, dict[str, Any]], ...]:
-    """``gkd,am,bss,gkd+bss,dp-sgd[@EPS]`` -> the config's other methods (GKD is always the student)."""
+def _methods(text: str, dp_default: tuple[float, ...] = DP_EPSILONS) -> tuple[tuple[str, dict[str, Any]], ...]:
+    """``gkd,am,bss,gkd+bss,dp-sgd[@EPS]`` -> the config's other methods (GKD is always the student); a bare
+    ``dp-sgd`` at each ε of ``dp_default``."""
     from ..methods import method_names
 
     out: list[tuple[str, dict[str, Any]]] = []
@@ -340,7 +422,7 @@ def _methods(text: str) -> tuple[tuple[str, dict[str, Any]], ...]:
             raise ValueError(f"unknown method {name!r}; valid: gkd, {', '.join(method_names())} (dp-sgd@EPS for one ε)")
         if name == "dp-sgd":
             try:
-                budgets = (float(eps),) if eps else DP_EPSILONS
+                budgets = (float(eps),) if eps else dp_default
             except ValueError:
                 raise ValueError(f"{item}: the ε after @ must be a number") from None
             out += [(name, {"epsilon": e}) for e in budgets]
@@ -510,6 +592,7 @@ def _add_finetune(sub: Any) -> None:
     p.add_argument("--resume", default=None, metavar="RUN_ID",
                    help="continue an interrupted finetune run from its newest checkpoint, with its recorded "
                         "config (other arguments must match it)")
+    _add_privacy_args(p)
     p.set_defaults(func=cmd_finetune, parser=p)
 
 
@@ -582,15 +665,20 @@ def _add_run(sub: Any) -> None:
                    help="continue an interrupted experiment with its recorded config: finished stages are "
                         "reused, the interrupted one continues from its checkpoint")
     _add_methods_arg(p, None)
+    _add_privacy_args(p)
     p.set_defaults(func=cmd_run)
 
 
 def _add_compare_methods(sub: Any) -> None:
     p = sub.add_parser("compare-methods", help="every way to a private student on one plane: GKD, activation "
-                                               "maximisation, BSS, GKD+BSS, DP-SGD, with the same teacher and audit",
+                                               "maximisation, BSS, GKD+BSS, and the DP generator beside DP-SGD at "
+                                               "each ε",
                        description="`run --dataset SPEC --methods ...` with every method by default: one teacher, "
-                                   "one split, one set of shadows; prints one table (accuracy, MIA AUC with CI, "
-                                   "TPR@1% FPR, AOP per method) and puts every method on the Trade-offs plot.")
+                                   "one split, one set of shadows; then, for each ε of --dp-epsilons, a DP run: the "
+                                   "generator trained with DP-SGD at ε (class prompts, class-labelled student) and "
+                                   "the DP-SGD classifier at the same (ε, δ), audited together. Prints each run's "
+                                   "table, then one table of every model with its formal ε (the guarantee) and "
+                                   "empirical ε (an attack's lower bound); every model is on the Trade-offs plot.")
     add_project_arg(p)
     add_dataset_args(p)
     p.set_defaults(dataset="digits", config=None, queued=None, resume=None)
@@ -600,7 +688,11 @@ def _add_compare_methods(sub: Any) -> None:
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     _add_max_hours_arg(p)
     _add_methods_arg(p, "gkd,am,bss,gkd+bss,dp-sgd")
-    p.set_defaults(func=cmd_run)
+    p.add_argument("--dp-epsilons", default="1,4,10", metavar="LIST",
+                   help="ε of the DP generator, comma-separated (default 1,4,10): one DP run each, with dp-sgd at the "
+                        "same ε beside it (a bare dp-sgd in --methods takes these ε); none: no DP run (dp-sgd at 1 "
+                        "and 8 in the methods run)")
+    p.set_defaults(func=cmd_compare_methods)
 
 
 def _add_audit(sub: Any) -> None:

@@ -57,6 +57,9 @@ class Generator(abc.ABC):
     base_field: ClassVar[str | None] = None  # a config field naming a pretrained base model (hub id or folder)
     path_fields: ClassVar[frozenset[str]] = frozenset()  # config fields that name a model or a file
     form_sizes: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}  # model sizes the studio's form offers
+    # DP-SGD training: "epsilon" / "delta" -> config fields of the target budget (empty: no DP training);
+    # fit() then returns metrics["privacy"], a pipeline.privacy.accounting.DPPart as a dict
+    dp_fields: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config: Any) -> None:
         self.config = config

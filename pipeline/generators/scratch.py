@@ -52,6 +52,7 @@ from ..core.common import (
 from ..core.precision import autocast
 from ..core.schema import parse, schema
 from . import GENERATORS, Generator, SamplerDiverged
+from .dp_sgd import DPSettings, DPStep
 
 if TYPE_CHECKING:  # torch and diffusers load lazily: importing this module stays cheap
     import torch
@@ -103,6 +104,14 @@ class ScratchConfig:
     seed: int = 0  # seeds weights, batches, noise and label dropout
     threads: int = 0  # torch CPU threads in fit / generate (0: torch's default, every core: nothing runs beside it)
     precision: str = "auto"  # the product's precision policy: auto (bf16 autocast on CUDA) | no | bf16 | fp16
+    # DP-SGD (see generators/dp_sgd.py): batch_size is then the expected Poisson batch, grad_clip is
+    # replaced by per-example clipping, training runs in float32
+    dp_epsilon: float | None = None  # target ε of DP-SGD training (None: no DP)
+    dp_delta: float | None = None  # target δ (None: 1 / (10 N))
+    dp_max_grad_norm: float = 1.0  # per-example gradient clipping bound
+    dp_noise_multiplicity: int = 4  # noise / timestep draws per example averaged before clipping (DPDM)
+    dp_accountant: str = "rdp"  # Opacus accountant: rdp (as DPDM) | prv (tighter, slower to calibrate) | gdp
+    dp_physical_batch: int = 64  # examples per forward / backward chunk under DP (memory only)
 
     def __post_init__(self) -> None:
         # JSON and CLI options give lists; keep the frozen config hashable and comparable
@@ -122,6 +131,14 @@ class ScratchConfig:
         for name in ("train_steps", "batch_size", "sampling_steps", "generate_batch_size", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        self.dp_settings(1)  # a bad DP field fails now
+
+    def dp_settings(self, n: int) -> DPSettings | None:
+        """The DP-SGD settings for ``n`` training images (None when not trained with DP)."""
+        if self.dp_epsilon is None:
+            return None
+        return DPSettings(self.dp_epsilon, self.dp_delta, self.dp_max_grad_norm, self.dp_noise_multiplicity,
+                          self.dp_accountant, self.dp_physical_batch)
 
 
 _SAMPLER_NAMES = ("ddim", "dpm")
@@ -142,6 +159,7 @@ class ScratchGenerator(Generator):
     option_aliases = {"steps": "train_steps", "lr": "learning_rate", "num_inference_steps": "sampling_steps"}
     sampling_fields = {"steps": "sampling_steps", "guidance": "guidance_scale"}
     config_file = CONFIG_FILE
+    dp_fields = {"epsilon": "dp_epsilon", "delta": "dp_delta"}
     form_sizes = {"default": {}, "tiny (smoke test)": {"block_out_channels": [8, 16], "norm_groups": 4, "batch_size": 16}}
 
     def __init__(self, config: ScratchConfig | None = None) -> None:
@@ -177,7 +195,7 @@ class ScratchGenerator(Generator):
         with _torch_threads(cfg.threads):
             # 2. model, EMA, optimiser, noise schedule and the seeded random stream, resumed from the
             # newest checkpoint if there is one
-            run = _Training.start(cfg, state, out_dir)
+            run = _Training.start(cfg, state, out_dir, n=len(pixels))
             # 3. train: noise a batch at random timesteps, predict the noise / v (DDPM, eq. 14)
             data = (torch.from_numpy(pixels), torch.as_tensor(np.asarray(labels, dtype=np.int64)))
             sps = run.train(data, state, out_dir, progress)
@@ -186,13 +204,17 @@ class ScratchGenerator(Generator):
             run.unet.eval()
         self.unet = run.unet
         self.state = {**state, "steps": cfg.train_steps}
-        return {
+        metrics = {
             "final_loss": float(np.mean(run.recent_losses)) if run.recent_losses else None,
             "seconds_per_step": sps,
             "steps": self.state["steps"],
             "resumed_from": run.resumed_from,
             "params": sum(p.numel() for p in run.unet.parameters()),
         }
+        if run.dp is not None:  # what the accountant says the whole training spent
+            metrics["privacy"] = {**run.dp.record(cfg.train_steps).to_dict(),
+                                  "noise_multiplicity": cfg.dp_noise_multiplicity}
+        return metrics
 
     # -- presets and estimates -------------------------------------------------------------------
     @classmethod
@@ -231,6 +253,8 @@ class ScratchGenerator(Generator):
         import torch
 
         cfg = replace(self.config, train_steps=1, checkpoint_every=0)
+        if cfg.dp_epsilon is not None:  # a DP step costs the same whatever the noise: time it at a budget one step meets
+            cfg = replace(cfg, dp_epsilon=max(cfg.dp_epsilon, 10.0), dp_delta=None)
         resolution = cfg.resolution or side
         resolution -= resolution % cfg.patch
         state = {"num_classes": num_classes, "channels": cfg.channels or channels, "resolution": resolution,
@@ -238,7 +262,7 @@ class ScratchGenerator(Generator):
         shape = (16, state["channels"] * cfg.patch ** 2, resolution // cfg.patch, resolution // cfg.patch)
         data = (torch.randn(shape), torch.randint(0, num_classes, (shape[0],)))
         with _torch_threads(cfg.threads), tempfile.TemporaryDirectory() as out:
-            run = _Training.start(cfg, state, Path(out))
+            run = _Training.start(cfg, state, Path(out), n=max(shape[0], cfg.batch_size))
             times = []
             for step in range(1, 5):  # the first step warms up and is not counted
                 start = time.perf_counter()
@@ -412,10 +436,12 @@ class _Training:
     recent_losses: list[float]
     resumed_from: int = 0
     stored_sps: float | None = None
+    dp: DPStep | None = None  # DP-SGD's sampler, clipping, noise and accounting (None: plain training)
 
     @classmethod
-    def start(cls, cfg: ScratchConfig, state: dict[str, Any], out_dir: Path) -> _Training:
-        """Everything built from the config's seed, then resumed from the newest checkpoint in ``out_dir``."""
+    def start(cls, cfg: ScratchConfig, state: dict[str, Any], out_dir: Path, n: int | None = None) -> _Training:
+        """Everything built from the config's seed, then resumed from the newest checkpoint in ``out_dir``;
+        ``n``: the number of training images (DP-SGD's sampling rate and δ depend on it)."""
         import torch
         from diffusers.training_utils import EMAModel
 
@@ -434,6 +460,10 @@ class _Training:
         if run.resumed_from > cfg.train_steps:
             raise ValueError(f"{out_dir} holds a checkpoint at step {run.resumed_from}, past train_steps="
                              f"{cfg.train_steps}; raise train_steps or use a new out_dir")
+        settings = cfg.dp_settings(n or cfg.batch_size)
+        if settings is not None:  # the noise is calibrated to every planned step, the resumed ones included
+            run.dp = DPStep(unet, optimizer, settings, n or cfg.batch_size, cfg.batch_size, cfg.train_steps, cfg.seed)
+            run.dp.steps_taken = run.resumed_from
         return run
 
     def train(self, data: tuple[torch.Tensor, torch.Tensor], state: dict[str, Any], out_dir: Path,
@@ -459,6 +489,8 @@ class _Training:
         ``cfg_dropout`` share of the labels replaced by the null class)."""
         import torch
 
+        if self.dp is not None:
+            return self.dp_step(data, null_class, step)
         cfg, (x_all, y_all) = self.cfg, data
         idx = torch.randint(0, len(x_all), (cfg.batch_size,), generator=self.rng)
         x0, y = x_all[idx], y_all[idx].clone()
@@ -481,6 +513,43 @@ class _Training:
         self.optimizer.step()
         self.ema.step(self.unet.parameters())
         self.recent_losses = (self.recent_losses + [value])[-50:]
+        return value
+
+    def dp_step(self, data: tuple[torch.Tensor, torch.Tensor], null_class: int, step: int) -> float:
+        """One DP-SGD step: a Poisson batch, K noise / timestep draws per image whose losses are averaged
+        before that image's gradient is clipped (DPDM sec. 4), Opacus' noise on the sum; float32."""
+        import torch
+
+        cfg, (x_all, y_all), k = self.cfg, data, self.cfg.dp_noise_multiplicity
+        # 1. the batch and every random draw, outside the per-example map (same seeded stream)
+        idx = self.dp.sample(self.rng)
+        b = len(idx)
+        x0 = x_all[idx].unsqueeze(1).expand(b, k, *x_all.shape[1:])
+        y = y_all[idx].unsqueeze(1).expand(b, k).clone()
+        noise = torch.randn(x0.shape, generator=self.rng)
+        t = torch.randint(0, cfg.num_train_timesteps, (b, k), generator=self.rng)
+        y[torch.rand((b, k), generator=self.rng) < cfg.cfg_dropout] = null_class
+        x0, y, noise, t = x0.to(self.device), y.to(self.device), noise.to(self.device), t.to(self.device)
+        flat = (b * k, *x_all.shape[1:])
+        noisy = self.noise_schedule.add_noise(x0.reshape(flat), noise.reshape(flat), t.reshape(-1)).reshape(x0.shape)
+        target, weights = _loss_target(x0.reshape(flat), noise.reshape(flat), t.reshape(-1), self.noise_schedule, cfg)
+        target = target.reshape(x0.shape)
+        weights = torch.ones(b, k, device=self.device) if weights is None else weights.reshape(b, k)
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.learning_rate * min(1.0, step / max(1, cfg.warmup_steps))
+
+        # 2. one image's loss: its K draws averaged (weighted MSE), through the functional UNet
+        def loss_fn(unet, noisy_k, t_k, y_k, target_k, weights_k):
+            pred = unet(noisy_k, t_k, class_labels=y_k).sample
+            return (((pred - target_k) ** 2).mean(dim=(1, 2, 3)) * weights_k).mean()
+
+        # 3. per-example gradients, clipping, noise, the optimiser step; EMA of the noisy weights
+        value = self.dp.step(loss_fn, (noisy, t, y, target, weights))
+        if value == value:  # NaN for an empty Poisson batch
+            check_loss(value, self.recent_losses[0] if self.recent_losses else None, "generator", f"step {step}",
+                       cfg.learning_rate)
+            self.recent_losses = (self.recent_losses + [value])[-50:]
+        self.ema.step(self.unet.parameters())
         return value
 
     def save(self, out_dir: Path, step: int, state: dict[str, Any], sps: float | None) -> None:
@@ -532,16 +601,25 @@ def _diffusion_loss(pred, x0, noise, t, noise_schedule, cfg: ScratchConfig):
     ``diffusers.training_utils``): min(SNR, gamma) / SNR for epsilon, min(SNR, gamma) / (SNR + 1) for v.
     """
     import torch
+
+    target, weights = _loss_target(x0, noise, t, noise_schedule, cfg)
+    if weights is None:
+        return torch.nn.functional.mse_loss(pred, target)
+    per_image = torch.nn.functional.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
+    return (per_image * weights).mean()
+
+
+def _loss_target(x0, noise, t, noise_schedule, cfg: ScratchConfig):
+    """The prediction target (noise or v) and the per-image Min-SNR weights (None: plain MSE)."""
+    import torch
     from diffusers.training_utils import compute_snr
 
     target = noise if cfg.prediction == "epsilon" else noise_schedule.get_velocity(x0, noise, t)
     if cfg.snr_gamma is None:
-        return torch.nn.functional.mse_loss(pred, target)
+        return target, None
     snr = compute_snr(noise_schedule, t)
     clipped = torch.clamp(snr, max=cfg.snr_gamma)
-    weights = clipped / snr if cfg.prediction == "epsilon" else clipped / (snr + 1)
-    per_image = torch.nn.functional.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
-    return (per_image * weights).mean()
+    return target, clipped / snr if cfg.prediction == "epsilon" else clipped / (snr + 1)
 
 
 def _build_sampler(cfg: ScratchConfig):

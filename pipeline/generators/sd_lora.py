@@ -39,6 +39,7 @@ from ..core.common import (
 from ..core.precision import PRECISIONS, autocast, compute_dtype
 from ..core.schema import parse, schema
 from . import GENERATORS, Generator, SamplerDiverged, Variant
+from .dp_sgd import DPSettings, DPStep
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
@@ -95,6 +96,14 @@ class SDLoraConfig:
     lora_scale: float = 1.0  # strength of the LoRA when sampling (fused or not)
     channels_last: bool = False  # UNet and VAE in channels-last memory layout (faster convolutions on GPUs)
     compile: bool = False  # torch.compile the UNet and the VAE decoder (fuses the LoRA first; minutes to warm up)
+    # DP-SGD on the LoRA parameters only (Lyu et al., DP-LDM; see generators/dp_sgd.py): batch_size is then
+    # the expected Poisson batch, max_grad_norm is replaced by per-example clipping, training runs in float32
+    dp_epsilon: float | None = None  # target ε of DP-SGD fine-tuning (None: no DP)
+    dp_delta: float | None = None  # target δ (None: 1 / (10 N))
+    dp_max_grad_norm: float = 1.0  # per-example gradient clipping bound
+    dp_noise_multiplicity: int = 4  # noise / timestep draws per example averaged before clipping (DPDM)
+    dp_accountant: str = "rdp"  # Opacus accountant: rdp | prv | gdp
+    dp_physical_batch: int = 8  # examples per forward / backward chunk under DP (memory only)
 
     def __post_init__(self) -> None:
         if self.mixed_precision not in PRECISIONS:
@@ -109,6 +118,14 @@ class SDLoraConfig:
             raise ValueError("steps and checkpoint_every must not be negative")
         if self.snr_gamma is not None and self.snr_gamma <= 0:
             raise ValueError(f"snr_gamma must be positive or None, not {self.snr_gamma}")
+        self.dp_settings()  # a bad DP field fails now
+
+    def dp_settings(self) -> DPSettings | None:
+        """The DP-SGD settings (None when not fine-tuned with DP)."""
+        if self.dp_epsilon is None:
+            return None
+        return DPSettings(self.dp_epsilon, self.dp_delta, self.dp_max_grad_norm, self.dp_noise_multiplicity,
+                          self.dp_accountant, self.dp_physical_batch)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -247,6 +264,7 @@ class SDLoraGenerator(Generator):
 
     name = "sd-lora"
     config_class = SDLoraConfig
+    dp_fields = {"epsilon": "dp_epsilon", "delta": "dp_delta"}
     sampling_fields = {"steps": "num_inference_steps", "guidance": "guidance_scale"}
     config_file = CONFIG_FILE
     base_field = "base"
@@ -322,26 +340,32 @@ class SDLoraGenerator(Generator):
                              "fine-tune from a fresh generator on the base model")
         out_dir = Path(out_dir)
         # 2. frozen base in the policy's weight dtype, a fresh seeded LoRA kept in float32, its optimiser
-        training = self._start_training()
+        training = self._start_training(len(images))
         # 3. resume from the latest checkpoint in out_dir, if any
         start = self._resume(out_dir / "checkpoints", training.optimizer, training.scaler)
         # 4. the training loop
         losses: list[float] = []
         started = time.perf_counter()
+        if training.dp is not None:
+            training.dp.steps_taken = start
         for step in range(start, cfg.steps):
             parts = training.step(images, prompts, step)
-            losses.append(float(parts["loss"].detach()))
+            if parts["loss"] == parts["loss"]:  # NaN: an empty Poisson batch under DP
+                losses.append(float(parts["loss"].detach()))
             done = step + 1
             if cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
                 self._save_checkpoint(out_dir / "checkpoints", done, training.optimizer, training.scaler)
-            progress(Progress("finetune", done, cfg.steps, {"loss": losses[-1], "mse": float(parts["mse"])}))
+            progress(Progress("finetune", done, cfg.steps, {"loss": losses[-1] if losses else None,
+                                                            "mse": float(parts["mse"])}))
         # 5. back to inference; the final LoRA and config go to out_dir
         if cfg.gradient_checkpointing:
             self.pipe.unet.disable_gradient_checkpointing()
         self.pipe.unet.eval()
         seconds = time.perf_counter() - started
         lora_file = self.save(out_dir)
-        return {
+        privacy = {} if training.dp is None else {"privacy": {**training.dp.record(cfg.steps).to_dict(),
+                                                              "noise_multiplicity": cfg.dp_noise_multiplicity}}
+        return {**privacy,
             "final_loss": losses[-1] if losses else None,
             "mean_loss": float(np.mean(losses)) if losses else None,
             "steps": cfg.steps,
@@ -352,13 +376,14 @@ class SDLoraGenerator(Generator):
             "prediction_type": training.noise_scheduler.config.prediction_type,  # the base model's
         }
 
-    def _start_training(self) -> _LoraTraining:
+    def _start_training(self, n: int) -> _LoraTraining:
         from diffusers import DDPMScheduler
         from diffusers.training_utils import cast_training_params
         from peft import LoraConfig
 
         cfg, device = self.config, self.device
-        precision = cfg.mixed_precision if device.startswith("cuda") else "no"
+        # per-example gradients under DP in float32 (as Opacus); otherwise the precision policy on CUDA
+        precision = cfg.mixed_precision if device.startswith("cuda") and cfg.dp_epsilon is None else "no"
         if precision != cfg.mixed_precision and cfg.mixed_precision != "auto":
             logger.info("mixed_precision=%s ignored on %s; training in float32", cfg.mixed_precision, device)
         dtype = compute_dtype(device, precision)
@@ -387,8 +412,11 @@ class SDLoraGenerator(Generator):
             raise ValueError(f"cannot train a {noise_scheduler.config.prediction_type!r} model; need epsilon or "
                              "v_prediction")
         logger.info("sd-lora: %s base, training target %s", cfg.base, noise_scheduler.config.prediction_type)
-        return _LoraTraining(cfg, pipe, params, torch.optim.AdamW(params, lr=cfg.lr),
-                             torch.amp.GradScaler("cuda", enabled=dtype is torch.float16), noise_scheduler, precision)
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr)
+        settings = cfg.dp_settings()  # DP-SGD on the LoRA parameters only: the base stays frozen
+        dp = None if settings is None else DPStep(unet, optimizer, settings, n, cfg.batch_size, cfg.steps, cfg.seed)
+        return _LoraTraining(cfg, pipe, params, optimizer, torch.amp.GradScaler("cuda", enabled=dtype is torch.float16),
+                             noise_scheduler, precision, dp)
 
     def _save_checkpoint(self, root: Path, step: int, optimizer: torch.optim.Optimizer,
                          scaler: torch.amp.GradScaler) -> None:
@@ -631,9 +659,12 @@ class _LoraTraining:
     scaler: torch.amp.GradScaler
     noise_scheduler: Any
     precision: str  # the precision policy's name for the UNet's forward pass ("no": float32)
+    dp: DPStep | None = None  # DP-SGD's sampler, clipping, noise and accounting (None: plain fine-tuning)
 
     def step(self, images: Sequence[Image.Image], prompts: Sequence[str], step: int) -> dict[str, torch.Tensor]:
         """Training step ``step``: its batch, flips, noise and timesteps all drawn from ``(seed, step)``."""
+        if self.dp is not None:
+            return self.dp_step(images, prompts, step)
         cfg, pipe, device = self.cfg, self.pipe, self.pipe.unet.device
         rng = step_generator(cfg.seed, step)
         index = batch_indices(len(images), cfg.batch_size, step, cfg.seed)
@@ -659,6 +690,45 @@ class _LoraTraining:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return parts
+
+    def dp_step(self, images: Sequence[Image.Image], prompts: Sequence[str], step: int) -> dict[str, torch.Tensor]:
+        """One DP-SGD step on the LoRA parameters: a Poisson batch, K flip / latent / noise / timestep draws per
+        image averaged before its gradient is clipped (DPDM sec. 4), Opacus' noise on the sum."""
+        cfg, pipe, device, k = self.cfg, self.pipe, self.pipe.unet.device, self.cfg.dp_noise_multiplicity
+        # 1. the batch and every draw, from (seed, step); the frozen VAE and text encoder outside the map
+        rng = step_generator(cfg.seed, step)
+        index = self.dp.sample(rng).tolist()
+        rows = [i for i in index for _ in range(k)]
+        flips = (torch.rand(len(rows), generator=rng) < 0.5).tolist()
+        with torch.no_grad():
+            if rows:
+                pixels = torch.stack([image_to_tensor(images[i], cfg.resolution, cfg.random_flip and f)
+                                      for i, f in zip(rows, flips, strict=True)])
+                latents = pipe.vae.encode(pixels.to(device, pipe.vae.dtype)).latent_dist.sample(rng)
+                latents = latents.float() * pipe.vae.config.scaling_factor
+                noise = torch.randn(latents.shape, generator=rng).to(device)
+                timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(rows),),
+                                          generator=rng).to(device)
+                noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+                cond = pipe.encode_prompt([prompts[i] for i in rows], device, 1, False)[0].float()
+                target, weights = self.target(latents, noise, timesteps)
+            else:  # an empty Poisson batch: still a noisy step
+                latents = noise = noisy = target = cond = torch.zeros(0, device=device)
+                timesteps = torch.zeros(0, dtype=torch.long, device=device)
+                weights = None
+        weights = torch.ones(len(rows), device=device) if weights is None else weights
+
+        def per_example(x: torch.Tensor) -> torch.Tensor:  # (B*K, ...) -> (B, K, ...)
+            return x.reshape(len(index), k, *x.shape[1:])
+
+        # 2. one image's loss: its K draws averaged, through the functional UNet (LoRA weights trainable)
+        def loss_fn(unet, noisy_k, t_k, cond_k, target_k, weights_k):
+            return diffusion_loss(unet(noisy_k, t_k, cond_k, return_dict=False)[0], target_k, weights_k)["loss"]
+
+        data = (noisy, timesteps, cond, target, weights)
+        value = self.dp.step(loss_fn, tuple(per_example(x) for x in data) if rows else tuple(x[:0] for x in data))
+        loss = torch.tensor(value)
+        return {"loss": loss, "mse": loss}
 
     def target(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -96,6 +96,15 @@ class OpacusPrivacy:
         return {"epsilon": float(self.engine.get_epsilon(self.delta))}
 
 
+def dp_recipe(config: TrainConfig, dp: DPConfig, n: int) -> TrainConfig:
+    """A classifier recipe under DP-SGD: 4x the batch (DP prefers large batches), no augmentation or weight
+    decay, float32 (per-example gradients), exactly the planned epochs (the noise is calibrated to them).
+    The DP-SGD student here and the DP teacher of a DP experiment (``distill.train_private_teacher``)."""
+    return replace(config, epochs=dp.epochs or config.epochs, batch_size=min(dp.batch_size or 4 * config.batch_size, n),
+                   lr=dp.lr or config.lr, weight_decay=0.0, augment=(), patience=None, patience_share=None,
+                   min_steps=0, max_steps=None, amp=False)
+
+
 @register
 class DPSGD(TransferMethod):
     """The classifier trained on the real members with DP-SGD (Opacus), at a target ε"""
@@ -118,11 +127,7 @@ class DPSGD(TransferMethod):
         delta = cfg.delta if cfg.delta is not None else 1.0 / (2 * len(members))
         # 1. the recipe under DP: larger batches, no augmentation, no weight decay, float32 (per-example
         # gradients), exactly the planned epochs (the noise is calibrated to them), a DP-compatible model
-        recipe = replace(context.student_recipe, epochs=cfg.epochs or context.student_recipe.epochs,
-                         batch_size=min(cfg.batch_size or 4 * context.student_recipe.batch_size, len(members)),
-                         lr=cfg.lr or context.student_recipe.lr, weight_decay=0.0, augment=(), patience=None,
-                         patience_share=None, min_steps=0, max_steps=None,
-                         amp=False)
+        recipe = dp_recipe(context.student_recipe, cfg, len(members))
         model = ModuleValidator.fix(build_classifier(recipe, context.num_classes))
         # 2. train through the one loop, Opacus wrapping model, optimiser and sampler
         privacy = OpacusPrivacy(cfg, delta, recipe.seed)

@@ -57,15 +57,23 @@ class ModelPoint:
     empirical_epsilon: float | None = None  # the headline attack's lower bound on ε (None: not recorded); never
     # a guarantee
     reads_real: bool = True  # whether training read real training images (the GKD student does not)
+    dp_generator: float | None = None  # a DP run's student: its generator's target ε (None: not a DP run's)
 
     @property
     def label(self) -> str:
         return f"{self.run_id} {self.role}"
 
     @property
+    def series(self) -> str:
+        """Which family of points it is drawn with: its role, or ``dp-generator ε=E`` for a DP run's student."""
+        if self.role == "student" and self.dp_generator is not None:
+            return f"dp-generator ε={self.dp_generator:g}"
+        return self.role
+
+    @property
     def name(self) -> str:
-        """The model as a reader knows it: the student is the GKD student."""
-        return model_name(self.role)
+        """The model as a reader knows it: the student is the GKD student, a DP run's the DP-generator student."""
+        return model_name(self.series)
 
     @property
     def fpr_floor(self) -> float:
@@ -74,7 +82,10 @@ class ModelPoint:
 
 
 def model_name(role: str) -> str:
-    """Display name of a role: ``student`` is the GKD student; methods keep their label (``dp-sgd ε=8``)."""
+    """Display name of a role: ``student`` is the GKD student, ``dp-generator ε=4`` the DP-generator student
+    ε=4 (a DP run's); methods keep their label (``dp-sgd ε=8``)."""
+    if role.startswith("dp-generator"):
+        return "DP-generator student" + role[len("dp-generator"):]
     return {"student": "GKD student"}.get(role, role)
 
 
@@ -103,11 +114,15 @@ def points_from_metrics(run_id: str, metrics: dict[str, Any], created_at: str = 
 
     points = []
     synthetic = metrics.get("synthetic", {})
+    guarantee = dp_run_guarantee(metrics)
     models = [(role, metrics[role]) for role in ROLES] + list(metrics.get("methods", {}).items())
     for role, m in models:
         mia = m["mia"]
         roc = mia.get("roc") or {}
         ci = mia.get("auc_ci95")
+        formal = m.get("formal_epsilon", m.get("epsilon"))
+        if formal is None and role == "student" and guarantee:  # a DP run audited before the student carried it
+            formal = guarantee[0]
         points.append(ModelPoint(
             run_id=run_id, role=role, accuracy=float(m["accuracy"]), auc=float(mia["auc"]),
             auc_ci95=(float(ci[0]), float(ci[1])) if ci else None,
@@ -125,11 +140,23 @@ def points_from_metrics(run_id: str, metrics: dict[str, Any], created_at: str = 
             audit=f"{mia.get('mia_mode', 'transfer')} · {mia.get('attack', 'lira')}",
             mia_mode=str(mia.get("mia_mode", "transfer")), attack=str(mia.get("attack", "lira")),
             n_members=int(mia.get("n_members") or 0), n_nonmembers=int(mia.get("n_nonmembers") or 0),
-            epsilon=_optional(m.get("formal_epsilon", m.get("epsilon"))),
+            epsilon=_optional(formal),
             empirical_epsilon=_optional(mia.get("empirical_epsilon")),
             reads_real=bool(m.get("reads_real_training_images", role == "teacher")),
+            dp_generator=guarantee[1] if guarantee and role == "student" else None,
         ))
     return points
+
+
+def dp_run_guarantee(metrics: dict[str, Any]) -> tuple[float, float] | None:
+    """A DP run's (student ε, the generator's target ε) from ``metrics["privacy"]``; None for a run without DP."""
+    privacy = metrics.get("privacy") or {}
+    student = privacy.get("student") or {}
+    if student.get("epsilon") is None:
+        return None
+    generator = (privacy.get("parts") or {}).get("generator") or {}
+    target = generator.get("target_epsilon", generator.get("epsilon", student["epsilon"]))
+    return float(student["epsilon"]), float(target if target is not None else student["epsilon"])
 
 
 def collect_points(project: Project, archived: bool = False) -> list[ModelPoint]:

@@ -57,7 +57,8 @@ AOP_LEVELS = (0.25, 0.5, 0.75, 1.0)
 ROLE_STYLE = {"teacher": {"symbol": "circle", "color": "#1f77b4"}, "student": {"symbol": "diamond", "color": "#d62728"}}
 # other transfer methods, by the family of their label: data-free students, real-data references, DP
 METHOD_STYLE = {"am": {"symbol": "square", "color": "#ff7f0e"}, "gkd+bss": {"symbol": "star", "color": "#9467bd"},
-                "bss": {"symbol": "triangle-up", "color": "#7f7f7f"}, "dp-sgd": {"symbol": "x", "color": "#17becf"}}
+                "bss": {"symbol": "triangle-up", "color": "#7f7f7f"}, "dp-sgd": {"symbol": "x", "color": "#17becf"},
+                "dp-generator": {"symbol": "diamond-open", "color": "#e6550d"}}  # a DP run's student
 SPARE_COLORS = ("#e377c2", "#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39", "#5254a3", "#7b4173")
 REPORT_COLUMNS = ("model", "accuracy", "audit mode", "attack", "MIA AUC", "AUC 95% CI", "TPR@1%FPR", "AOP", "formal ε",
                   "empirical ε")
@@ -79,6 +80,10 @@ GLOSSARY = (
     "Empirical ε: an attack's lower bound on ε, read from its ROC with 95% Clopper–Pearson bounds — not a "
     "guarantee. It shows how much privacy the attack proves lost; a weak attack gives a small figure whatever "
     "the model leaks. For a DP model it must stay at or below the formal ε.",
+    "DP-generator student: the student of a run whose generator was trained with differential privacy "
+    "(DP-SGD) on the training images, prompted with class names only; its formal ε covers everything that "
+    "reached it. The teacher of such a run is trained on the real images without that guarantee and is shown "
+    "for reference only.",
     "Audit modes: transfer — the attacker's shadow models are trained like the teacher, on real data; "
     "pipeline — the attacker reruns the whole synthetic-data pipeline for every shadow model.",
 )
@@ -104,6 +109,11 @@ def marker_styles(roles: Sequence[str]) -> dict[str, dict[str, str]]:
     return styles
 
 
+def epsilon_label(p: ModelPoint) -> str:
+    """The ε text beside a point on the plane: the guarantee first, then the attack's lower bound."""
+    return f"ε {formal_epsilon_text(p)} · emp. {empirical_epsilon_text(p)}"
+
+
 def _hover(p: ModelPoint) -> str:
     ci = f" [{p.auc_ci95[0]:.3f}, {p.auc_ci95[1]:.3f}]" if p.auc_ci95 else ""
     eps = f"<br>formal ε {formal_epsilon_text(p)} · empirical ε {empirical_epsilon_text(p)} (attack's lower bound)"
@@ -113,9 +123,10 @@ def _hover(p: ModelPoint) -> str:
 
 
 def tradeoff_figure(points: Sequence[ModelPoint], zoom: bool = True,
-                    aop_levels: Sequence[float] = AOP_LEVELS) -> go.Figure:
+                    aop_levels: Sequence[float] = AOP_LEVELS, epsilon_labels: bool = True) -> go.Figure:
     """Test accuracy against MIA AUC with its 95% interval as error bars, a marker per method, teacher →
-    student of a run linked, iso-AOP curves and the Pareto front; axes zoomed to the data or fixed 0–1."""
+    student of a run linked, iso-AOP curves and the Pareto front; axes zoomed to the data or fixed 0–1.
+    With ``epsilon_labels`` every point is labelled with its formal ε (or none) and empirical ε."""
     fig = go.Figure()
     ranges = axis_ranges(points, zoom)
     grid = np.linspace(*ranges.auc, 160)
@@ -139,8 +150,8 @@ def tradeoff_figure(points: Sequence[ModelPoint], zoom: bool = True,
                                  mode="lines", line={"color": "#bbb", "width": 1.5}, hoverinfo="skip",
                                  showlegend=False))
     # 3. the models: one trace (legend entry, marker) per role, the AUC's 95% interval as a horizontal bar
-    for role, style in marker_styles([p.role for p in points]).items():
-        chosen = [p for p in points if p.role == role]
+    for role, style in marker_styles([p.series for p in points]).items():
+        chosen = [p for p in points if p.series == role]
         fig.add_trace(go.Scatter(
             x=[p.auc for p in chosen], y=[p.accuracy for p in chosen], mode="markers", name=model_name(role),
             marker={"size": 11, "symbol": style["symbol"], "color": style["color"], "line": {"width": 1}},
@@ -149,7 +160,13 @@ def tradeoff_figure(points: Sequence[ModelPoint], zoom: bool = True,
                      "array": [p.auc_ci95[1] - p.auc if p.auc_ci95 else 0 for p in chosen],
                      "arrayminus": [p.auc - p.auc_ci95[0] if p.auc_ci95 else 0 for p in chosen]},
             customdata=[p.run_id for p in chosen]))
-    # 4. the Pareto front (higher accuracy, lower AUC)
+    # 4. ε beside every point: formal (the guarantee, or none) · empirical (an attack's lower bound)
+    if epsilon_labels and points:
+        fig.add_trace(go.Scatter(x=[p.auc for p in points], y=[p.accuracy for p in points], mode="text",
+                                 text=[epsilon_label(p) for p in points], textposition="top center",
+                                 textfont={"size": 9, "color": "#555"}, hoverinfo="skip",
+                                 name="ε: formal · empirical"))
+    # 5. the Pareto front (higher accuracy, lower AUC)
     front = front_line(points)
     if front:
         fig.add_trace(go.Scatter(x=[p.auc for p in front], y=[p.accuracy for p in front], mode="lines+markers",
@@ -245,6 +262,10 @@ def run_setup(run_id: str, metrics: dict[str, Any], points: Sequence[ModelPoint]
             shadows, key=lambda m: (m != "transfer", m)) if isinstance(shadows[mode], dict))
     real = [p.name for p in points if p.reads_real]
     steps = f", {generator['steps']} training steps" if generator.get("steps") else ""
+    part = ((metrics.get("privacy") or {}).get("parts") or {}).get("generator") or {}
+    if part.get("epsilon") is not None:  # a DP run: what the generator's training is guaranteed
+        steps += (f", with differential privacy (DP-SGD, ε = {part['epsilon']:.2f}, δ = {part.get('delta', 0):.2g}; "
+                  "prompted with class names only)")
     return RunSetup(
         run_id=run_id, created_at=created_at,
         dataset=f"{data.get('name', '?')}: {data.get('members', '?')} members (training images), "
@@ -275,7 +296,7 @@ def student_finding(teacher: ModelPoint, student: ModelPoint) -> str:
     kept = f"keeps {share:.1f} % of" if share <= 100 else f"exceeds ({share:.1f} %)"
     moved = ("lowers" if student.auc < teacher.auc - 5e-4 else "raises" if student.auc > teacher.auc + 5e-4
              else "leaves unchanged")
-    text = (f"The GKD student, trained on synthetic images only, {kept} the teacher's accuracy ({student.accuracy:.3f}"
+    text = (f"The {student.name}, trained on synthetic images only, {kept} the teacher's accuracy ({student.accuracy:.3f}"
             f" vs {teacher.accuracy:.3f}) and {moved} the {_attack_auc(teacher, student)} from {teacher.auc:.3f} "
             f"to {student.auc:.3f}")
     if not (teacher.auc_ci95 and student.auc_ci95):
@@ -296,6 +317,18 @@ def dp_finding(dp: ModelPoint, reference: ModelPoint) -> str:
         verdict = f"matches the {reference.name}'s accuracy"
     return (f"DP-SGD at {eps} {verdict} ({dp.accuracy:.3f} vs {reference.accuracy:.3f}); its "
             f"{_attack_auc(dp, reference)} is {dp.auc:.3f} against {reference.auc:.3f}.")
+
+
+def dp_generator_finding(student: ModelPoint, teacher: ModelPoint | None = None) -> str:
+    """What the guarantee of a DP run's student covers, and what it does not."""
+    text = (f"The {student.name} learned only from images of a generator trained with differential privacy "
+            f"(DP-SGD) on the training images and prompted with class names: its formal ε = "
+            f"{formal_epsilon_text(student)} is a guarantee for everything that reached it.")
+    if teacher is not None and teacher.epsilon is not None:  # dp-teacher labels: composed into the student's ε
+        return text + (f" Its labels came from a teacher trained with DP-SGD (formal ε = {formal_epsilon_text(teacher)}"
+                       "), composed into that guarantee by the accountant.")
+    return text + (" The run's teacher, trained on the real images, is shown for reference; it is not covered by "
+                   "that guarantee.")
 
 
 def epsilon_findings(points: Sequence[ModelPoint]) -> list[str]:
@@ -345,10 +378,13 @@ def conclusions(points: Sequence[ModelPoint], memorisation: dict[str, Any] | Non
     else:
         found.append(f"Best accuracy–privacy trade-off: {best.name} (AOP {best.aop:.3f}"
                      + (f"; the teacher's is {teacher.aop:.3f})." if teacher else ")."))
-    # 4. differential privacy against the GKD student
+    # 4. differential privacy: what a DP run's student is guaranteed; DP-SGD against the (GKD or DP-generator)
+    # student of the same run
+    if student and student.dp_generator is not None:
+        found.append(dp_generator_finding(student, teacher))
     reference = student or teacher
     for p in points:
-        if reference and (p.epsilon is not None or p.role.startswith("dp-sgd")):
+        if reference and p is not reference and p.role.startswith("dp-sgd"):
             found.append(dp_finding(p, reference))
     # 5. who saw real training images
     real = [p.name for p in points if p.reads_real and p.role != "teacher"]

@@ -144,6 +144,7 @@ def form_state(config: ExperimentConfig, choices: dict[str, DatasetConfig]) -> d
         "run_floor": config.teacher.min_steps,
         "run_pipeline_shadows": config.audit.pipeline_shadows, "run_views": list(config.audit.views),
         "run_methods": [method_label(m) for m in config.methods], "run_gate": config.copy_gate,
+        "run_dp_epsilon": float(config.epsilon or 0.0) if config.privacy == "dp" else 0.0,
     }
     for backend in BACKENDS:  # the other backends' widgets start at their defaults
         state.update(generator_state(backend, dict(config.generator_options) if backend == config.generator else {}))
@@ -336,7 +337,7 @@ def model_widgets(form: Form) -> dict[str, Any]:
 
 
 def method_widgets(form: Form) -> dict[str, Any]:
-    cols = st.columns([3, 1])
+    cols = st.columns([3, 1, 1])
     method_choices = {**METHOD_CHOICES, **{method_label(m): m for m in form.base.methods}}
     initial = form.initial
     methods = cols[0].multiselect(  # opt-in: each costs a training
@@ -346,7 +347,13 @@ def method_widgets(form: Form) -> dict[str, Any]:
     copy_gate = cols[1].number_input("Copy gate (redraws)", min_value=0, key="run_gate", value=initial["run_gate"],
                                      help="redraw synthetic images flagged as near-copies of a member, up to N "
                                           "times, before the student sees them (0: off)")
-    return {"methods": tuple(method_choices[m] for m in methods), "copy_gate": int(copy_gate)}
+    epsilon = cols[2].number_input(
+        "DP generator ε (0: off)", min_value=0.0, step=1.0, key="run_dp_epsilon", value=initial["run_dp_epsilon"],
+        help="train the generator with DP-SGD at this ε (δ = 1 / (10 · members)), prompt it with class names only "
+             "(no captions) and label the student with the generated classes: a formal guarantee for the student. "
+             "Needs the copy gate off.")
+    privacy = {"privacy": "dp", "epsilon": float(epsilon)} if epsilon > 0 else {"privacy": "none", "epsilon": None}
+    return {"methods": tuple(method_choices[m] for m in methods), "copy_gate": int(copy_gate), **privacy}
 
 
 def experiment_form(form: Form) -> ExperimentConfig | None:
@@ -366,9 +373,12 @@ def experiment_form(form: Form) -> ExperimentConfig | None:
     # 3. the config, checked against its schema as a config file would be (a bad option or value is one
     # line naming the field, said on the page)
     try:
+        FinetuneConfig(generator=g["backend"], options=g["options"], privacy=more["privacy"],
+                       epsilon=more["epsilon"]).backend_config()
+        private = more["privacy"] == "dp"  # class prompts only: the caption fields are not used
         return replace(
-            base, dataset=dataset, store=c["store"].strip() or None, template=c["template"],
-            store_version=int(c["store_version"]) or None,
+            base, dataset=dataset, store=None if private else c["store"].strip() or None, template=c["template"],
+            store_version=None if private else int(c["store_version"]) or None,
             captioner=replace(base.captioner, name=c["captioner"], class_template=c["class_template"]),
             generator=g["backend"], generator_options=g["options"], cardinality=float(g["cardinality"]),
             rounds=int(g["rounds"]),

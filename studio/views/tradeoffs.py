@@ -44,15 +44,20 @@ def filter_points(points: list[ModelPoint]) -> list[ModelPoint]:
 def show_tradeoff(shown: list[ModelPoint]) -> bool:
     """The trade-off plot and its table, with their exports; returns whether the plot is zoomed (the
     report draws it the same way)."""
-    zoom = st.toggle("Zoom to the data", value=True, key="to_zoom",
-                     help="On: the axes fit the models and their AUC intervals. Off: both axes from 0 to 1.")
-    fig = figures.tradeoff_figure(shown, zoom=zoom)
+    cols = st.columns(2)
+    zoom = cols[0].toggle("Zoom to the data", value=True, key="to_zoom",
+                          help="On: the axes fit the models and their AUC intervals. Off: both axes from 0 to 1.")
+    labels = cols[1].toggle("ε labels", value=True, key="to_eps_labels",
+                            help="Each point labelled with its formal ε (the DP guarantee, or none) and its empirical "
+                                 "ε (emp.: an attack's lower bound).")
+    fig = figures.tradeoff_figure(shown, zoom=zoom, epsilon_labels=labels)
     st.plotly_chart(fig, key="to_scatter")
     st.caption("Each run's teacher (real data) and GKD student (synthetic data only) are joined by a line; bars "
                "are the AUC's 95% interval. AOP = accuracy / (2·AUC)²; the green step line is the Pareto front "
                "(higher accuracy, lower AUC). TPR@1%FPR is n/a when the audit has under 100 non-members. "
-               "Formal ε is a guarantee (differential privacy; none: the model has none). Empirical ε is an "
-               "attack's lower bound on ε, never a guarantee; for a DP model it must not exceed the formal ε.")
+               "Formal ε is a guarantee (differential privacy; none: the model has none). Empirical ε (emp.) is "
+               "an attack's lower bound on ε, never a guarantee; for a DP model it must not exceed the formal ε. "
+               "A DP-generator student (open diamond) comes from a run whose generator trained with DP-SGD.")
     table = pd.DataFrame(report.points_table(shown))
     st.dataframe(table, hide_index=True, width="stretch")
     export_buttons(fig, "tradeoff", "to_export")
