@@ -373,9 +373,10 @@ def experiment_form(form: Form) -> ExperimentConfig | None:
     # 3. the config, checked against its schema as a config file would be (a bad option or value is one
     # line naming the field, said on the page)
     try:
-        FinetuneConfig(generator=g["backend"], options=g["options"], privacy=more["privacy"],
-                       epsilon=more["epsilon"]).backend_config()
         private = more["privacy"] == "dp"  # class prompts only: the caption fields are not used
+        if private:  # the backend must train with DP-SGD (the options themselves: the experiment's schema below)
+            FinetuneConfig(generator=g["backend"], options=g["options"], privacy=more["privacy"],
+                           epsilon=more["epsilon"]).backend_config()
         return replace(
             base, dataset=dataset, store=None if private else c["store"].strip() or None, template=c["template"],
             store_version=None if private else int(c["store_version"]) or None,
