@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -13,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .jsonable import to_jsonable  # noqa: F401  (re-exported: schema.py needs it without this module)
 
 
 @dataclass(frozen=True)
@@ -30,19 +31,6 @@ ProgressFn = Callable[[Progress], None]
 
 def no_progress(_: Progress) -> None:
     """The default progress callback: reports nothing."""
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Dataclasses, paths and tuples to plain JSON types (for saving resolved configs)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 def resume_command(kind: str, run_id: str) -> str | None:

@@ -26,7 +26,7 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, ConfigDict, TypeAdapter, ValidationError, with_config
 
-from .common import to_jsonable
+from .jsonable import to_jsonable
 
 SCHEMA = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
 schema = with_config(SCHEMA)  # the decorator every config dataclass carries (nested ones inherit it)
