@@ -377,6 +377,13 @@ def check_plan(stages: list[StageEstimate], max_hours: float = MAX_HOURS) -> Non
                      f"longest stage: {top.stage}, {top.what}): shrink it, or raise the limit with --max-hours")
 
 
+def duration_text(seconds: float | None) -> str:
+    """'42 s', '3.5 min' or '?' (not estimated)."""
+    if seconds is None:
+        return "?"
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
 def dominant(stages: list[StageEstimate]) -> str:
     """'the pipeline shadows (41 % of the total)': the stage that takes longest."""
     known = [s for s in stages if s.seconds is not None]

@@ -123,7 +123,8 @@ def add_project_arg(p: argparse.ArgumentParser) -> None:
 def add_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="digits",
                    help="dataset spec: digits (built-in), imagefolder:DIR, parquet:FILE_OR_DIR, "
-                        "hf:HUB_ID_OR_DIR (default: digits)")
+                        "hf:HUB_ID_OR_DIR, or the NAME of a dataset registered with `datasets add` "
+                        "(default: digits)")
     p.add_argument("--image-column", default=None, help="image column of parquet / HF data (default: detect)")
     p.add_argument("--label-column", default=None, help="label column of parquet / HF data (default: detect)")
     p.add_argument("--val-fraction", type=float, default=0.1,
@@ -135,13 +136,36 @@ def add_dataset_args(p: argparse.ArgumentParser) -> None:
 
 
 def dataset_config(args: argparse.Namespace):
-    """The dataset options as a DatasetConfig, checked against its schema (``--val-fraction nan`` is refused)."""
-    from ..core.schema import checked
-    from ..data.datasets import parse_dataset_spec
+    """The dataset options as a DatasetConfig, checked against its schema (``--val-fraction nan`` is refused).
+    A spec without a source (``--dataset NAME``) names a dataset registered with the project."""
+    from dataclasses import replace
 
+    from ..core.schema import checked
+    from ..data.datasets import SOURCES, parse_dataset_spec
+
+    split = {"val_fraction": args.val_fraction, "member_fraction": args.member_fraction, "seed": args.seed,
+             "limit": args.limit}
+    if ":" not in args.dataset and args.dataset not in SOURCES:
+        known = registered_datasets(args)
+        if args.dataset not in known:
+            raise ValueError(f"unknown dataset {args.dataset!r}: not a source ({', '.join(SOURCES.names())}) nor a "
+                             f"dataset registered with this project ({', '.join(known) or 'none yet'}; "
+                             "add one with `datasets add NAME SPEC`)")
+        columns = {k: v for k, v in (("image_column", args.image_column), ("label_column", args.label_column)) if v}
+        return checked(replace(known[args.dataset], **columns, **split))
     return checked(parse_dataset_spec(args.dataset, image_column=args.image_column, label_column=args.label_column,
-                                      val_fraction=args.val_fraction, member_fraction=args.member_fraction,
-                                      seed=args.seed, limit=args.limit))
+                                      **split))
+
+
+def registered_datasets(args: argparse.Namespace) -> dict:
+    """The datasets registered with the project of ``args`` (its folder is not created to find out)."""
+    from pathlib import Path
+
+    from ..core.project import default_project_dir
+    from ..data.catalog import registered
+
+    project = getattr(args, "project", None)
+    return registered(Path(project) if project is not None else default_project_dir())
 
 
 def project_of(args: argparse.Namespace):

@@ -25,6 +25,7 @@ from .common import (
     print_json,
     print_table,
     project_of,
+    registered_datasets,
 )
 from .stages import add_stage_commands
 
@@ -36,6 +37,47 @@ def cmd_datasets_list(args: argparse.Namespace) -> int:
     from ..data.datasets import SOURCES
 
     print_table(list(SOURCES.describe().items()), ["source", "description"])
+    known = registered_datasets(args)
+    print(f"\nregistered with this project ({len(known)}; add one with `datasets add NAME SPEC`)")
+    if known:
+        print_table([(name, c.source, c.path) for name, c in known.items()], ["name", "source", "path"])
+    return 0
+
+
+def cmd_datasets_add(args: argparse.Namespace) -> int:
+    """Register a dataset (anywhere on disk) with the project by name, after a confirmation naming it."""
+    from dataclasses import replace
+
+    from ..data.catalog import check_name, register, resolved
+    from ..data.datasets import load_dataset, parse_dataset_spec
+
+    check_name(args.name)
+    if args.name in registered_datasets(args) and not args.replace:
+        raise ValueError(f"a dataset called {args.name!r} is already registered; pass --replace or pick another name")
+    config = resolved(parse_dataset_spec(args.spec, image_column=args.image_column, label_column=args.label_column))
+    dataset = load_dataset(replace(config, limit=None))  # it must load: classes, splits, readable images
+    splits = ", ".join(f"{split} {sum(n.values()):,}" for split, n in dataset.summary()["per_split"].items())
+    where = config.path or "(built in)"
+    print(f"{args.name}: {config.source} data at {where}\n  {len(dataset):,} images ({splits}), "
+          f"{len(dataset.class_names)} classes ({', '.join(map(str, dataset.class_names[:8]))}"
+          f"{', ...' if len(dataset.class_names) > 8 else ''})\n"
+          f"Runs and the studio of this project will read images from {where}; nothing there is changed.")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise ValueError("confirm with --yes (no terminal to ask on)")
+        if input("Register it? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("not registered")
+            return 1
+    register(project_of(args).root, args.name, config, replace_existing=args.replace)
+    print(f"registered {args.name!r}: use it with --dataset {args.name} or pick it in the studio")
+    return 0
+
+
+def cmd_datasets_remove(args: argparse.Namespace) -> int:
+    from ..data.catalog import unregister
+
+    unregister(project_of(args).root, args.name)
+    print(f"forgot {args.name!r} (its files are untouched; runs made with it keep their records)")
     return 0
 
 
@@ -282,10 +324,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_datasets(sub: Any) -> None:
-    ds = sub.add_parser("datasets", help="list dataset sources or inspect a dataset")
+    ds = sub.add_parser("datasets", help="list dataset sources, register your own data by name, inspect a dataset")
     ds_sub = ds.add_subparsers(dest="action", metavar="ACTION", required=True)
-    ds_sub.add_parser("list", help="list dataset sources").set_defaults(func=cmd_datasets_list)
+    p = ds_sub.add_parser("list", help="list dataset sources and the datasets registered with the project")
+    add_project_arg(p)
+    p.set_defaults(func=cmd_datasets_list)
+    p = ds_sub.add_parser("add", help="register a dataset anywhere on disk with the project by name",
+                          description="Register a dataset once, then pick it by name (--dataset NAME, the studio's "
+                                      "dataset list). The data is checked (it must load) and stays where it is.")
+    add_project_arg(p)
+    p.add_argument("name", help="the name to pick it by (letters, digits, '.', '_', '-')")
+    p.add_argument("spec", help="imagefolder:DIR, parquet:FILE_OR_DIR or hf:HUB_ID_OR_DIR")
+    p.add_argument("--image-column", default=None, help="image column of parquet / HF data (default: detect)")
+    p.add_argument("--label-column", default=None, help="label column of parquet / HF data (default: detect)")
+    p.add_argument("--yes", action="store_true", help="register without asking")
+    p.add_argument("--replace", action="store_true", help="replace a dataset registered under the same name")
+    p.set_defaults(func=cmd_datasets_add)
+    p = ds_sub.add_parser("remove", help="forget a registered dataset (its files are not touched)")
+    add_project_arg(p)
+    p.add_argument("name")
+    p.set_defaults(func=cmd_datasets_remove)
     p = ds_sub.add_parser("inspect", help="classes, counts, fingerprint and MIA split of a dataset")
+    add_project_arg(p)
     add_dataset_args(p)
     p.add_argument("--check", action="store_true", help="decode every image and report unreadable ones")
     p.set_defaults(func=cmd_datasets_inspect)

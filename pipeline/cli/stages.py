@@ -476,7 +476,7 @@ def _print_plan(config: Any, why: list[str], profile: Any = None, quick: Any = N
     and what the ``quick`` preset's config would take instead. A plan estimated to take more than
     ``max_hours`` is refused (after it is printed), before anything runs."""
     from ..data.datasets import load_dataset
-    from ..presets import DataProfile, check_plan, dominant, estimate_stages, estimated_wall
+    from ..presets import DataProfile, check_plan, dominant, duration_text, estimate_stages, estimated_wall
 
     check_plan([], max_hours)  # a bad limit fails before the timed steps
 
@@ -488,22 +488,17 @@ def _print_plan(config: Any, why: list[str], profile: Any = None, quick: Any = N
     stages = estimate_stages(config, profile)
     print("estimated time per stage (from a few timed steps on this machine):")
     for s in stages:
-        print(f"  {s.stage:<17} {_duration(s.seconds):>8}  {s.what}")
+        print(f"  {s.stage:<17} {duration_text(s.seconds):>8}  {s.what}")
     total = estimated_wall(stages)
-    print(f"  {'total (wall)':<17} {_duration(total):>8}  the longest: {dominant(stages)}")
+    print(f"  {'total (wall)':<17} {duration_text(total):>8}  the longest: {dominant(stages)}")
     if quick is not None and total is not None:
         faster = estimated_wall(estimate_stages(quick, profile))
         if faster is not None:
-            print(f"  --preset quick would take about {_duration(faster)} (saving {_duration(total - faster)}: half "
+            print(f"  --preset quick would take about {duration_text(faster)} (saving "
+                  f"{duration_text(total - faster)}: half "
                   "the training, the student audited in transfer mode only, no CAS)")
     sys.stdout.flush()
     check_plan(stages, max_hours)
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 def _add_methods_arg(p: argparse.ArgumentParser, default: str | None) -> None:

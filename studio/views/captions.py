@@ -11,7 +11,7 @@ records the curator's name (asked once; the browser remembers it) as the author 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pandas as pd
@@ -27,6 +27,7 @@ from pipeline.captions.store import (
     caption_stores,
 )
 from pipeline.core.project import Project
+from pipeline.data import catalog
 from pipeline.data.datasets import SOURCES, DatasetConfig
 from pipeline.views.report import dataset_config_for_store
 from studio import shared
@@ -167,20 +168,23 @@ def pick_dataset(opened: Opened) -> tuple[DatasetConfig | None, bool]:
         chosen = dataset_config_for_store(project, name)
     with st.expander("Dataset of this store" + (f": {shared.describe(chosen)}" if chosen else " (not found)"),
                      expanded=chosen is None):
-        st.caption("Taken from the newest run that used this store. Choose another if the images moved; "
-                   "paths are relative to the project folder and must stay inside it.")
+        st.caption("Taken from the newest run that used this store. Choose another if the images moved: the name "
+                   "of a dataset registered with the project (Runs → Start a run, or `datasets add`), or a path "
+                   "relative to the project folder that stays inside it.")
         cols = st.columns([1, 3, 1, 1], vertical_alignment="bottom")
         source = cols[0].selectbox("Source", SOURCES.names(), key=f"cap_src_{name}",
                                    index=SOURCES.names().index(chosen.source if chosen else "digits"))
-        path_text = cols[1].text_input("Path (inside the project)", key=f"cap_path_{name}")
+        path_text = cols[1].text_input("Registered name, or path inside the project", key=f"cap_path_{name}")
         limit = cols[2].number_input("Limit", min_value=0, value=(chosen.limit or 0) if chosen else 0,
                                      key=f"cap_limit_{name}", help="0: all images")
         if cols[3].button("Use", key=f"cap_use_{name}"):
-            path = shared.confined_path(project, path_text)
-            if source != "digits" and path is None:
-                st.error("this source needs a path inside the project folder")
+            registered = catalog.registered(project.root).get(path_text.strip())
+            path = None if registered is not None else shared.confined_path(project, path_text)
+            if registered is None and source != "digits" and path is None:
+                st.error("this source needs a registered dataset's name or a path inside the project folder")
             else:
-                chosen = DatasetConfig(source=source, path=str(path) if path else None, limit=int(limit) or None)
+                chosen = replace(registered, limit=int(limit) or None) if registered is not None else \
+                    DatasetConfig(source=source, path=str(path) if path else None, limit=int(limit) or None)
                 st.session_state[f"cap_dataset_{name}"] = chosen
                 by_hand = True
     return chosen, by_hand

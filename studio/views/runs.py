@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -19,11 +20,21 @@ from pipeline.core import jobs
 from pipeline.core.common import from_dict, to_jsonable
 from pipeline.core.project import Project
 from pipeline.core.runs import RunRecord
+from pipeline.data import catalog
 from pipeline.data.datasets import SOURCES, DatasetConfig
 from pipeline.experiment import ExperimentConfig
 from pipeline.finetune import FinetuneConfig
 from pipeline.generators import generator_class, generator_names
-from pipeline.presets import PRESETS, DataProfile, preset_config, quickstart_config
+from pipeline.presets import (
+    PRESETS,
+    DataProfile,
+    dominant,
+    duration_text,
+    estimate_stages,
+    estimated_wall,
+    preset_config,
+    quickstart_config,
+)
 from pipeline.privacy.shadows import VIEWS
 from pipeline.views import report
 from pipeline.views import runs as runs_view
@@ -58,15 +69,60 @@ class Form:
 def start_run_form(project: Project) -> None:
     """The "Start a run" expander (open at first while the project has no experiment) and its Start button."""
     experiments = runs_view.list_runs(project, kind="experiment")  # reconciled: dead runs are failed first
+    follow_dataset(project)
     form = open_form(project)
     st.session_state.setdefault("run_form_open", not experiments)
     with st.expander("Start a run", key="run_form_open", on_change="rerun", icon=":material/add:"):
         config = experiment_form(form)
+        if config is not None:
+            estimate_panel(config)
         if st.button("Start run", type="primary", disabled=config is None, key="run_start"):
             run_id = jobs.start_experiment(project, config)
             st.session_state["runs_selected"] = run_id
             shared.flash("success", f"Started run {run_id} in the background; it keeps running if you close the page.")
             st.rerun()
+
+
+PRESET_FOR = "run_preset_for"  # session state: the (dataset label, preset) the form was last filled for
+
+
+def follow_dataset(project: Project) -> None:
+    """The form holds the preset of the dataset it shows: the project's newest at first, then whichever is
+    picked (or the preset picked for it). A clone keeps its own config until another dataset is picked.
+    Runs before the form's widgets, like their callbacks."""
+    base: ExperimentConfig = st.session_state.get(FORM_BASE) or replace(quickstart_config(), methods=())
+    choices = dataset_choices(project, base)
+    label = st.session_state.get("run_dataset") or next(iter(choices))
+    preset = st.session_state.get("run_data_preset", "standard")
+    if label not in choices or st.session_state.get(PRESET_FOR) in ((label, preset), (label, None)):
+        return
+    limit = st.session_state.get("run_limit")
+    dataset = replace(choices[label], limit=int(limit) if limit else None,
+                      member_fraction=float(st.session_state.get("run_members", DatasetConfig.member_fraction)))
+    apply_preset(project, dataset, preset)
+    st.session_state[PRESET_FOR] = (label, preset)  # a dataset whose preset failed is not retried on every rerun
+
+
+def estimate_panel(config: ExperimentConfig) -> None:
+    """The plan's time per stage, as `run` prints it before it starts (a few steps timed on this machine)."""
+    try:
+        with st.spinner("Timing a few training steps on this machine for the estimate..."):
+            rows, total, longest = plan_estimate(json.dumps(to_jsonable(config), sort_keys=True))
+    except Exception as err:  # the UI boundary: an estimate that cannot be made does not block the run
+        st.caption(f"No time estimate: {type(err).__name__}: {err}")
+        return
+    st.markdown(f"**Estimated time: {duration_text(total)}** on this machine; the longest stage: {longest}.")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
+                 column_config={"what": st.column_config.TextColumn("what it does", width="large")})
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def plan_estimate(config_json: str) -> tuple[list[dict[str, str]], float | None, str]:
+    config = from_dict(ExperimentConfig, json.loads(config_json))
+    profile = DataProfile.of(shared.dataset(config.dataset), device=config.teacher.device)
+    stages = estimate_stages(config, profile)
+    rows = [{"stage": s.stage, "time": duration_text(s.seconds), "what": s.what} for s in stages]
+    return rows, estimated_wall(stages), dominant(stages)
 
 
 def open_form(project: Project) -> Form:
@@ -84,9 +140,9 @@ def open_form(project: Project) -> Form:
 
 
 def dataset_choices(project: Project, config: ExperimentConfig) -> dict[str, DatasetConfig]:
-    """Datasets of the project's runs by label, the built-in digits, and ``config``'s own dataset: one entry
-    per dataset (the limit and the member fraction have their own widgets)."""
-    choices: dict[str, DatasetConfig] = {}
+    """Datasets registered with the project by name, those of its runs, the built-in digits, and ``config``'s
+    own dataset: one entry per dataset (the limit and the member fraction have their own widgets)."""
+    choices: dict[str, DatasetConfig] = dict(catalog.registered(project.root))
     for known in [*report.known_datasets(project), DatasetConfig()]:
         known = replace(known, limit=None, member_fraction=DatasetConfig.member_fraction)
         if known in choices.values():
@@ -151,12 +207,14 @@ def form_state(config: ExperimentConfig, choices: dict[str, DatasetConfig]) -> d
     return state
 
 
-def fill_form(project: Project, config: ExperimentConfig, origin: str, why: list[str]) -> None:
-    """Make ``config`` the form's starting point and set every widget from it (a callback: before widgets)."""
+def fill_form(project: Project, config: ExperimentConfig, origin: str, why: list[str], preset: str | None = None) -> None:
+    """Make ``config`` the form's starting point and set every widget from it (a callback: before widgets);
+    ``preset``: the preset it was filled from (None: a clone, which no preset replaces on its dataset)."""
     if config.generator not in BACKENDS:
         raise ValueError(f"the form has no {config.generator!r} generator; valid: {', '.join(BACKENDS)}")
     state = form_state(config, dataset_choices(project, config))
-    st.session_state.update({FORM_BASE: config, FORM_ORIGIN: (origin, why), "run_form_open": True, **state})
+    st.session_state.update({FORM_BASE: config, FORM_ORIGIN: (origin, why), "run_form_open": True, **state,
+                             PRESET_FOR: (state["run_dataset"], preset)})
 
 
 def reset_form() -> None:
@@ -177,13 +235,16 @@ def clone(project: Project, run_id: str) -> None:
 def apply_preset(project: Project, dataset: DatasetConfig, preset: str) -> None:
     try:
         config, why = preset_config(dataset, DataProfile.of(shared.dataset(dataset)), preset)
-        fill_form(project, config, f"the {preset} preset for {shared.describe(dataset)}", why)
+        fill_form(project, config, f"the {preset} preset for {shared.describe(dataset)}", why, preset)
     except Exception as err:  # the UI boundary: a dataset that fails to load or profile is said, not raised
         shared.flash("error", f"Preset {preset}: {type(err).__name__}: {err}")
 
 
+OTHER_DATASET = "another dataset (a folder or file of yours)..."
+
+
 def dataset_widgets(form: Form, choices: dict[str, DatasetConfig]) -> DatasetConfig | None:
-    other = "another dataset (path inside the project)..."
+    other = OTHER_DATASET
     cols = st.columns([3, 1, 1])
     label = cols[0].selectbox("Dataset", [*choices, other], key="run_dataset",
                               index=form.start_index([*choices], "run_dataset"))
@@ -192,25 +253,73 @@ def dataset_widgets(form: Form, choices: dict[str, DatasetConfig]) -> DatasetCon
     members = cols[2].number_input("Member fraction", min_value=0.05, max_value=1.0, step=0.05, key="run_members",
                                    value=form.initial["run_members"])
     if label == other:
-        cols = st.columns([1, 3])
-        source = cols[0].selectbox("Source", [s for s in SOURCES.names() if s != "digits"], key="run_source")
-        path = shared.confined_path(form.project, cols[1].text_input("Path (inside the project)", key="run_path"))
-        if path is None:
+        chosen = other_dataset(form.project)
+        if chosen is None:
             return None
-        chosen = DatasetConfig(source=source, path=str(path))
     else:
         chosen = choices[label]
     return replace(chosen, limit=int(limit) or None, member_fraction=float(members))
+
+
+def other_dataset(project: Project) -> DatasetConfig | None:
+    """A dataset typed by path: one inside the project is used as is; one elsewhere is registered with the
+    project by name first, after a confirmation naming the folder (the studio never opens a typed path
+    outside the project otherwise), and is picked from the list afterwards."""
+    cols = st.columns([1, 3, 1.5])
+    sources = sorted((s for s in SOURCES.names() if s != "digits"), key=lambda s: (s != "imagefolder", s))
+    source = cols[0].selectbox("Source", sources, key="run_source",
+                               help="imagefolder: a folder with one sub-folder of images per class (or train/ and "
+                                    "test/ of those); parquet: Hugging Face style parquet files; hf: a Hub id or a "
+                                    "save_to_disk folder")
+    text = cols[1].text_input("Folder or file", key="run_path", placeholder="/data/chest-xray or parquet folder")
+    if not text.strip():
+        return None
+    try:
+        return DatasetConfig(source=source, path=str(project.confine(text.strip())))
+    except ValueError:
+        pass  # outside the project: register it
+    outside = Path(text.strip()).expanduser()
+    outside = outside if outside.is_absolute() else (project.root / outside)
+    name = cols[2].text_input("Register as", key="run_register_name",
+                              value=catalog.suggested_name(project.root, outside.resolve().name))
+    st.info(f"`{outside.resolve()}` is outside the project folder. Register it once under a name: runs and the "
+            "studio of this project will then read images from that folder (nothing there is changed), and it is "
+            "picked by name from the list above — or from the CLI with `--dataset NAME`.")
+    sure = st.checkbox(f"Read images from {outside.resolve()} in this project", key="run_register_sure")
+    st.button(f"Register {name.strip() or '...'}", key="run_register", disabled=not (sure and name.strip()),
+              on_click=register_dataset, args=(project, name.strip(), DatasetConfig(source=source, path=str(outside))),
+              icon=":material/library_add:")
+    return None
+
+
+def register_dataset(project: Project, name: str, config: DatasetConfig) -> None:
+    """Check that the data loads, register it and pick it in the form (a callback: before the widgets)."""
+    try:
+        catalog.check_name(name)
+        if name in catalog.registered(project.root):
+            raise ValueError(f"a dataset called {name!r} is already registered")
+        config = catalog.resolved(config)
+        loaded = shared.dataset(config)
+        catalog.register(project.root, name, config)
+    except Exception as err:  # the UI boundary: a folder that does not load is said, not raised
+        shared.flash("error", f"Not registered: {type(err).__name__}: {err}")
+        return
+    for key in ("run_path", "run_register_name", "run_register_sure"):
+        st.session_state.pop(key, None)
+    st.session_state["run_dataset"] = name
+    shared.flash("success", f"Registered {name!r}: {len(loaded):,} images in {len(loaded.class_names)} classes from "
+                            f"{config.path}. The form now holds the preset for it.")
 
 
 def preset_widgets(project: Project, dataset: DatasetConfig | None) -> None:
     cols = st.columns([1, 1, 3], vertical_alignment="bottom")
     preset = cols[0].selectbox("Preset from the data", PRESETS, index=PRESETS.index("standard"),
                                key="run_data_preset")
-    cols[1].button("Fill the form from the preset", key="run_apply_preset", on_click=apply_preset,
+    cols[1].button("Refill the form from the preset", key="run_apply_preset", on_click=apply_preset,
                    args=(project, dataset, preset), disabled=dataset is None, icon=":material/auto_fix_high:")
-    cols[2].caption("Models, training lengths and audit chosen from this dataset's image size, colour, size and "
-                    "the device, as `python -m pipeline run --dataset ... --preset` does (paper: needs a GPU).")
+    cols[2].caption("Picking a dataset or a preset fills the form with the models, training lengths and audit "
+                    "chosen from the data's image size, colour and size and the device, as `python -m pipeline run "
+                    "--dataset ... --preset` does (paper: needs a GPU); refill it after editing to start over.")
 
 
 def origin_note() -> None:
