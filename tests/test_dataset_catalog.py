@@ -95,6 +95,15 @@ def test_the_studio_registers_an_outside_folder_then_fills_its_preset_and_estima
     assert any("Estimated time" in m.value for m in at.markdown)
     stages = next(d.value for d in at.dataframe if "stage" in d.value.columns)
     assert {"generator", "teacher", "student", "audit"} <= set(stages["stage"])
-    # the digits recipe is gone: another dataset picked brings its own preset
+    # another dataset picked brings its own preset
     at.selectbox(key="run_dataset").set_value("digits (built-in)").run()
     assert any("the standard preset for digits" in i.value for i in at.info)
+    assert at.text_input(key="run_class_template").value == "a photo of a {label}"  # a dataset-neutral preset
+
+
+def test_the_form_opens_with_the_preset_of_the_dataset_it_shows(env, outside, open_page):
+    catalog.register(env.root, "scans", DatasetConfig(source="imagefolder", path=str(outside)))
+    at = open_page("runs")
+    assert at.selectbox(key="run_dataset").value == "scans"  # the project's own data first
+    assert any("the standard preset for imagefolder:scans" in i.value for i in at.info)
+    assert at.text_input(key="run_class_template").value == "a photo of a {label}"  # not the digits recipe

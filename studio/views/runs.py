@@ -87,14 +87,16 @@ PRESET_FOR = "run_preset_for"  # session state: the (dataset label, preset) the 
 
 
 def follow_dataset(project: Project) -> None:
-    """The form holds the preset of the dataset it shows: the project's newest at first, then whichever is
-    picked (or the preset picked for it). A clone keeps its own config until another dataset is picked.
-    Runs before the form's widgets, like their callbacks."""
+    """The form holds the preset of the dataset it shows, with the preset picked for it: picking another
+    dataset or preset fills the form again. The config the form starts from (the quickstart's for the
+    built-in data, a clone's) stays until then. Runs before the form's widgets, like their callbacks."""
     base: ExperimentConfig = st.session_state.get(FORM_BASE) or replace(quickstart_config(), methods=())
     choices = dataset_choices(project, base)
     label = st.session_state.get("run_dataset") or next(iter(choices))
     preset = st.session_state.get("run_data_preset", "standard")
-    if label not in choices or st.session_state.get(PRESET_FOR) in ((label, preset), (label, None)):
+    if PRESET_FOR not in st.session_state and dataset_label(choices, base.dataset) == label:
+        st.session_state[PRESET_FOR] = (label, preset)  # the starting config is already this dataset's
+    if label not in choices or st.session_state.get(PRESET_FOR) == (label, preset):
         return
     limit = st.session_state.get("run_limit")
     dataset = replace(choices[label], limit=int(limit) if limit else None,
@@ -209,12 +211,13 @@ def form_state(config: ExperimentConfig, choices: dict[str, DatasetConfig]) -> d
 
 def fill_form(project: Project, config: ExperimentConfig, origin: str, why: list[str], preset: str | None = None) -> None:
     """Make ``config`` the form's starting point and set every widget from it (a callback: before widgets);
-    ``preset``: the preset it was filled from (None: a clone, which no preset replaces on its dataset)."""
+    ``preset``: the preset it was filled from (None: a clone, kept until another dataset or preset is picked)."""
     if config.generator not in BACKENDS:
         raise ValueError(f"the form has no {config.generator!r} generator; valid: {', '.join(BACKENDS)}")
     state = form_state(config, dataset_choices(project, config))
     st.session_state.update({FORM_BASE: config, FORM_ORIGIN: (origin, why), "run_form_open": True, **state,
-                             PRESET_FOR: (state["run_dataset"], preset)})
+                             PRESET_FOR: (state["run_dataset"], preset or st.session_state.get("run_data_preset",
+                                                                                              "standard"))})
 
 
 def reset_form() -> None:
