@@ -20,6 +20,7 @@ benchmark is long on a CPU (the preset's generator trained once per ε and per p
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import tempfile
@@ -53,7 +54,8 @@ def tiny(config: ExperimentConfig) -> ExperimentConfig:
                                      method_modes=("pipeline",)))
 
 
-def dp_runs(spec: str, epsilons: tuple[float, ...], small: bool) -> tuple[list[Any], int] | None:
+def dp_runs(spec: str, epsilons: tuple[float, ...], small: bool, options: dict[str, Any] | None = None
+            ) -> tuple[list[Any], int] | None:
     """The planned DP runs of one dataset (None when its data is absent) and its member count."""
     path_spec, _, limit = spec.partition("@")
     dataset_config = parse_dataset_spec(path_spec, limit=int(limit) if limit else None)
@@ -67,6 +69,7 @@ def dp_runs(spec: str, epsilons: tuple[float, ...], small: bool) -> tuple[list[A
     config = tiny(config) if small else replace(config, audit=replace(config.audit, modes=(HEADLINE_MODE,),
                                                                       method_modes=(HEADLINE_MODE,)))
     dp_sgd = {"epochs": 2} if small else {}
+    config = replace(config, generator_options={**dict(config.generator_options), **(options or {})})
     config = replace(config, methods=tuple(("dp-sgd", {"epsilon": e, **dp_sgd}) for e in epsilons))
     return [p for p in plan_comparison(config, epsilons, profile.members) if p.epsilon is not None], profile.members
 
@@ -114,14 +117,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epsilons", default=None, help="comma-separated ε (default 1,4,10; --tiny: 10)")
     parser.add_argument("--tiny", action="store_true", help="a smoke test: 240 digits, tiny models (about 90 s on 2 CPU cores)")
     parser.add_argument("--out", type=Path, default=None, help="keep the projects here (default: a temp folder)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a generator option over the preset's (JSON value), e.g. --set train_steps=300")
     args = parser.parse_args(argv)
+    options = {}
+    for item in args.set:
+        field, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set takes FIELD=VALUE, got {item!r}")
+        try:
+            options[field] = json.loads(value)
+        except json.JSONDecodeError:
+            options[field] = value
     epsilons = parse_epsilons(args.epsilons or ("10" if args.tiny else "1,4,10"))
     datasets = args.datasets or (["digits"] if args.tiny else DEFAULT_DATASETS)
     out = args.out or Path(tempfile.mkdtemp(prefix="tckr-dp-"))
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores; projects in {out}")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores; projects in {out}"
+          + (f"; generator options over the preset's: {options}" if options else ""))
     rows: list[dict[str, Any]] = []
     for spec in datasets:
-        planned = dp_runs(spec, epsilons, args.tiny)
+        planned = dp_runs(spec, epsilons, args.tiny, options)
         if planned is None:
             continue
         runs, members = planned

@@ -319,9 +319,10 @@ def _training_seconds(recipe: TrainConfig, images: int, image_s: float) -> float
 def _generator_seconds(config: ExperimentConfig, profile: DataProfile) -> dict[str, float] | None:
     from .generators import create_generator
 
-    generator = create_generator(config.generator, **dict(config.generator_options))
-    return _memo(("generator", config.generator, config.generator_options, profile.side, profile.channels,
-                  profile.classes), lambda: generator.time_steps(profile.side, profile.channels, profile.classes))
+    options = config.backend_options()  # a DP run times a DP-SGD step (per-example gradients: ~10x a plain one)
+    generator = create_generator(config.generator, **options)
+    return _memo(("generator", config.generator, options, profile.side, profile.channels, profile.classes),
+                 lambda: generator.time_steps(profile.side, profile.channels, profile.classes))
 
 
 def _method_seconds(name: str, options: dict[str, Any], config: ExperimentConfig, profile: DataProfile,

@@ -167,6 +167,16 @@ def test_estimate_times_every_stage_from_a_few_steps():
     assert two < one
 
 
+def test_a_dp_run_is_estimated_with_a_dp_step():
+    small = profile(8, 1, 40)
+    config, _ = preset_config(DatasetConfig(), small, "standard")
+    config = replace(config, generator_options={"block_out_channels": [8, 16], "norm_groups": 4, "batch_size": 16,
+                                                "dp_noise_multiplicity": 2})
+    plain = estimate_stages(config, small)[0]
+    private = estimate_stages(replace(config, privacy="dp", epsilon=10.0), small)[0]
+    assert private.seconds > 2 * plain.seconds  # per-example gradients of K draws each, not a plain step
+
+
 def test_run_print_config_gives_an_editable_config(tmp_path: Path, capsys):
     root = write_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=8, size=28)
     assert main(["run", "--dataset", f"imagefolder:{root}", "--print-config"]) == 0

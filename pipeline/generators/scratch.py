@@ -259,10 +259,12 @@ class ScratchGenerator(Generator):
         resolution -= resolution % cfg.patch
         state = {"num_classes": num_classes, "channels": cfg.channels or channels, "resolution": resolution,
                  "output_size": (side, side), "patch": cfg.patch}
-        shape = (16, state["channels"] * cfg.patch ** 2, resolution // cfg.patch, resolution // cfg.patch)
+        # as many rows as a batch: a DP step Poisson-samples about batch_size of them
+        shape = (max(16, cfg.batch_size), state["channels"] * cfg.patch ** 2, resolution // cfg.patch,
+                 resolution // cfg.patch)
         data = (torch.randn(shape), torch.randint(0, num_classes, (shape[0],)))
         with _torch_threads(cfg.threads), tempfile.TemporaryDirectory() as out:
-            run = _Training.start(cfg, state, Path(out), n=max(shape[0], cfg.batch_size))
+            run = _Training.start(cfg, state, Path(out), n=shape[0])
             times = []
             for step in range(1, 5):  # the first step warms up and is not counted
                 start = time.perf_counter()
