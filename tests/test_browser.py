@@ -14,6 +14,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from itertools import combinations
 from pathlib import Path
 
 import pytest
@@ -171,6 +172,47 @@ def test_the_curator_name_survives_a_reload(studio, page):
     wait_idle(page)
     assert page.get_by_label("Curator", exact=True).input_value() == "dr. reload"
     assert not page.get_by_text("Type your name under").count()
+
+
+def overlap(a: dict, b: dict) -> bool:
+    """Whether two bounding boxes (Playwright's x, y, width, height) share any area; touching is no overlap."""
+    return (a["x"] < b["x"] + b["width"] and b["x"] < a["x"] + a["width"]
+            and a["y"] < b["y"] + b["height"] and b["y"] < a["y"] + a["height"])
+
+
+@pytest.mark.parametrize("width, height", [(1280, 900), (1400, 900), (1920, 1080)])
+def test_the_viewer_fits_its_column_and_the_window(studio, page, width, height, tmp_path):
+    """Issue 25 item 3: at 1,400 px the enlarged image ran under the caption column (its 'Image N of M' line
+    and key hints drawn over it); at 1,920 px it ran below the fold. Choosing the viewer shows the image and
+    its caption whole, left of the caption column and overlapping none of its lines (screenshot: tmp_path)."""
+    url, _ = studio
+    size = page.viewport_size
+    page.set_viewport_size({"width": width, "height": height})
+    try:
+        open_page(page, url, "Captions")
+        segment(page, "Viewer").click()
+        page.locator('[class*="st-key-cap_vtext_"] textarea').wait_for()
+        wait_idle(page)
+        image = page.locator('[data-testid="stImage"] img').first
+        page.wait_for_function("i => i.complete && i.naturalWidth > 0", arg=image.element_handle())
+        page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
+        page.screenshot(path=str(tmp_path / f"viewer-{width}.png"))
+        column = page.locator('[data-testid="stColumn"]').filter(has=page.locator('[class*="st-key-cap_vtext_"]'))
+        boxes = {"image": image.bounding_box(),
+                 "image caption": page.locator('[data-testid="stImageCaption"]').first.bounding_box(),
+                 "Image N of M": page.get_by_text(re.compile(r"^Image 1 of 40 ")).bounding_box(),
+                 "key hints": page.get_by_text(re.compile(r"^Keys: ")).bounding_box()}
+        caption_column = column.bounding_box()  # holds the two lines: they are checked against the image
+        overlapping = [(a, b) for a, b in combinations(boxes, 2) if overlap(boxes[a], boxes[b])]
+        assert not overlapping, (overlapping, boxes)
+        header = page.locator('[data-testid="stHeader"]').bounding_box()
+        for name in ("image", "image caption"):  # left of the caption column, on screen below Streamlit's header
+            box = boxes[name]
+            assert box["x"] + box["width"] <= caption_column["x"], (name, box, caption_column)
+            assert header["y"] + header["height"] <= box["y"], (name, box, header)
+            assert box["y"] + box["height"] <= height, (name, box, height)
+    finally:
+        page.set_viewport_size(size)
 
 
 def test_curator_walks_20_captions_with_the_keyboard_and_approves_a_class(studio, page):

@@ -239,6 +239,23 @@ def test_viewer_buttons_have_keyboard_shortcuts(captioned):
     assert any("tckrCaptionKeys" in h.proto.body for h in at.get("html"))  # Ctrl+S commits the text box
 
 
+def test_choosing_the_viewer_scrolls_it_into_view_once(captioned):
+    """Issue 25 item 3: the viewer sits under half a screen of filters. Choosing it scrolls it to the top of
+    the window (a script sent on that run only: stepping through images keeps the scroll), and a style fits
+    its image to its column and the window (tests/test_browser.py measures the layout)."""
+    def scrolls(at: AppTest) -> list[str]:
+        return [h.value for h in at.get("html") if "scrollIntoView" in h.value]
+
+    at = viewer(studio())
+    assert len(scrolls(at)) == 1 and runs_javascript(at, scrolls(at)[0])
+    assert any(".st-key-cap_image" in h.value and "max-height" in h.value for h in at.get("html"))
+    at.button(key="view_next").click().run()
+    assert not scrolls(at)
+    at.segmented_control(key="cap_mode").set_value("Grid").run()
+    assert not scrolls(at)
+    assert len(scrolls(viewer(at))) == 1  # chosen again
+
+
 def test_viewer_save_records_the_curator_as_author(captioned):
     at = viewer(studio(curator="dr. ng"))
     image_id = shown(at)

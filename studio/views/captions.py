@@ -63,6 +63,32 @@ if (!window.tckrCaptionKeys) {
   }, true);
 }
 </script>"""
+# The viewer fits its column and the window (issue 25). Streamlit gives an image of a set pixel width
+# (the PNG's own, see show_image) and its caption that width even in a narrower column, where the caption
+# column drew over it; and a 768-px image under half a screen of filters ran below the fold. Here the image is
+# at most as wide as its column and as tall as the window less Streamlit's header (4rem), the toggle above
+# and the caption below, keeping its shape (width and height auto; not in Streamlit's fullscreen view, which
+# sets object-fit); choosing the viewer scrolls it to the top of the window.
+VIEWER = "cap_viewer"  # the viewer's container key: Streamlit gives it the CSS class st-key-cap_viewer
+TO_VIEWER = "cap_to_viewer"  # session key: the curator just chose the viewer (scroll it into view)
+VIEWER_STYLE = """<style>
+.st-key-cap_viewer { scroll-margin-top: 4rem; }
+.st-key-cap_image [data-testid="stElementContainer"]:has([data-testid="stImage"]),
+.st-key-cap_image [data-testid="stImage"], .st-key-cap_image [data-testid="stImageContainer"],
+.st-key-cap_image [data-testid="stImageCaption"] { width: 100% !important; min-width: 0; }
+.st-key-cap_image [data-testid="stImage"] img:not([style*="object-fit"]) {
+  width: auto !important; height: auto; max-width: 100% !important; max-height: calc(100vh - 12rem);
+}
+</style>"""
+# after the image has loaded (before that the page may be too short to scroll that far)
+VIEWER_SCROLL = """<script>
+(function toViewer(tries) {
+  const viewer = document.querySelector(".st-key-cap_viewer");
+  const image = viewer && viewer.querySelector("img");
+  if (viewer && (!image || image.complete)) viewer.scrollIntoView({block: "start", behavior: "instant"});
+  else if (tries > 0) setTimeout(() => toViewer(tries - 1), 50);
+})(100);
+</script>"""
 
 
 @dataclass(frozen=True)
@@ -207,6 +233,10 @@ def load_dataset(config: DatasetConfig | None, by_hand: bool, meta: dict[str, An
 
 
 # 3. filters and the page of captions ------------------------------------------------------------------------
+def chose_mode() -> None:
+    st.session_state[TO_VIEWER] = st.session_state.get("cap_mode") == "Viewer"
+
+
 def filter_captions(opened: Opened) -> Shown:
     """The filter and page widgets -> the captions on this page."""
     root, name, view = opened.root, opened.name, opened.view
@@ -217,6 +247,7 @@ def filter_captions(opened: Opened) -> Shown:
     who = cols[2].selectbox("Curator (last edit or review)", [ANYONE, *shared.curator_names(root, name, view)],
                             key="cap_who", format_func=lambda c: c or "anyone")
     mode = cols[3].segmented_control("Show", MODES, default="Grid", required=True, key="cap_mode",
+                                     on_change=chose_mode,
                                      help="Grid: a page of captions to edit inline. Viewer: one image at full size.")
     cols = st.columns([6, 1, 1], vertical_alignment="bottom")
     status = cols[0].radio("Status", curation.FILTERS, horizontal=True, key="cap_status",
@@ -403,8 +434,9 @@ def show_viewer(opened: Opened, shown: Shown, config: DatasetConfig | None, data
     next_id = ids[position + 1] if position + 1 < len(ids) else None
     record = everything[image_id]
     name, base, editable = opened.name, opened.base, opened.editable
-    left, right = st.columns([3, 2])
-    with left:
+    st.html(VIEWER_STYLE)
+    left, right = st.container(key=VIEWER).columns([3, 2])
+    with left.container(key="cap_image"):
         show_image(image_id, config, dataset)
     with right:
         st.selectbox("Image", page_ids, key=PICK, format_func=lambda i: f"{i} · {everything[i].label}")
@@ -430,6 +462,8 @@ def show_viewer(opened: Opened, shown: Shown, config: DatasetConfig | None, data
                       shortcut=KEYS["review"], width="stretch",
                       help="Approve this caption as it reads (saving your change first), then go to the next image.")
         st.caption("Keys: **N** next · **P** previous · **E** edit · **Ctrl+S** save · **A** mark reviewed")
+    if st.session_state.pop(TO_VIEWER, False):  # below the viewer: its empty block shifts nothing above
+        st.html(VIEWER_SCROLL, unsafe_allow_javascript=True)
 
 
 # 5. tools ----------------------------------------------------------------------------------------------------
