@@ -68,11 +68,14 @@ if (!window.tckrCaptionKeys) {
 # column drew over it; and a 768-px image under half a screen of filters ran below the fold. Here the image is
 # at most as wide as its column and as tall as the window less Streamlit's header (4rem), the toggle above
 # and the caption below, keeping its shape (width and height auto; not in Streamlit's fullscreen view, which
-# sets object-fit); choosing the viewer scrolls it to the top of the window.
+# sets object-fit); choosing the viewer scrolls it to the top of the window, and while it is shown the page
+# has room below it for that scroll (a short page could not scroll the filters away: at 1,920 px the image
+# stayed half a screen down).
 VIEWER = "cap_viewer"  # the viewer's container key: Streamlit gives it the CSS class st-key-cap_viewer
 TO_VIEWER = "cap_to_viewer"  # session key: the curator just chose the viewer (scroll it into view)
 VIEWER_STYLE = """<style>
 .st-key-cap_viewer { scroll-margin-top: 4rem; }
+[data-testid="stMainBlockContainer"] { padding-bottom: 100vh; }
 .st-key-cap_image [data-testid="stElementContainer"]:has([data-testid="stImage"]),
 .st-key-cap_image [data-testid="stImage"], .st-key-cap_image [data-testid="stImageContainer"],
 .st-key-cap_image [data-testid="stImageCaption"] { width: 100% !important; min-width: 0; }
