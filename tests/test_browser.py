@@ -24,6 +24,7 @@ from pipeline.captions.captioners import CaptionerConfig
 from pipeline.captions.store import caption_store
 from pipeline.core.launch import child_env, studio_command
 from pipeline.data.datasets import DatasetConfig
+from tests.conftest import write_image_folder
 
 pytestmark = pytest.mark.browser
 
@@ -258,14 +259,33 @@ def test_curator_walks_20_captions_with_the_keyboard_and_approves_a_class(studio
     assert all(r.reviewed for r in store.records().values() if r.label == "3")
 
 
-def test_start_a_tiny_run_and_see_it_finish(studio, page):
+def test_register_own_data_and_start_a_tiny_run_on_it(studio, page):
+    """A new user's first hour: their data lives outside the project; the form registers it (a confirmation
+    naming the folder), fills the preset for it with the time per stage, and a run started on it finishes
+    (the later tests open it on every page)."""
     from playwright.sync_api import expect
 
     url, project = studio
+    outside = write_image_folder(project.root.parent / "hospital" / "scans", classes=("effusion", "nodule", "normal"),
+                                 per_class=20)
     open_page(page, url + "/runs", "Runs")
-    # the form comes up with the quickstart's caption template and query views (waited for: on a busy
-    # machine the first paint lands after the page counts as idle)
-    expect(page.get_by_label("Class template (classname captioner)")).to_have_value("a handwritten digit {label}")
+    # 1. the folder outside the project is not opened as a typed path: it is offered for registration
+    page.get_by_label("Dataset", exact=True).click()
+    page.get_by_role("option", name="another dataset (a folder or file of yours)...").click()
+    wait_idle(page)
+    field = page.get_by_label("Folder or file", exact=True)
+    field.fill(str(outside))
+    field.press("Enter")
+    wait_idle(page)
+    page.get_by_text(f"Read images from {outside} in this project").click()
+    wait_idle(page)
+    page.get_by_role("button", name="Register scans").click()
+    page.get_by_text("Registered 'scans'").wait_for()
+    wait_idle(page)
+    # 2. picked, with its preset (the reasons) and the time per stage, before Start
+    expect(page.get_by_text("Starting from the standard preset for imagefolder:scans")).to_be_visible()
+    expect(page.get_by_label("Class template (classname captioner)")).to_have_value("a photo of a {label}")
+    page.get_by_text("Estimated time").wait_for(timeout=120_000)
     views = page.locator('[data-testid="stMultiSelect"]').filter(has_text="Query views")
     expect(views).to_contain_text("orig")
     expect(views).to_contain_text("shift")
@@ -288,6 +308,7 @@ def test_start_a_tiny_run_and_see_it_finish(studio, page):
     wait_for_run_end(page, "the run did not finish in time")
     [run] = project.registry().list(kind="experiment")
     assert run.status == "done", f"{run.error}\n{(run.run_dir / 'log.txt').read_text()[-3000:]}"
+    assert run.config["dataset"]["path"] == str(outside)
     page.get_by_text("See it on the trade-off plot").wait_for()
     wait_idle(page)
     shoot(page, "runs")
@@ -296,7 +317,7 @@ def test_start_a_tiny_run_and_see_it_finish(studio, page):
 def test_tradeoffs_and_generations_show_the_run(studio, page):
     url, project = studio
     if not project.registry().list(kind="experiment", status="done"):
-        pytest.skip("needs the run of test_start_a_tiny_run_and_see_it_finish")
+        pytest.skip("needs the run of test_register_own_data_and_start_a_tiny_run_on_it")
     open_page(page, url + "/tradeoffs", "Trade-offs")
     page.locator(".js-plotly-plot").first.wait_for()
     assert page.locator(".js-plotly-plot").count() == 3
@@ -313,7 +334,7 @@ def test_tradeoffs_and_generations_show_the_run(studio, page):
 def test_leak_explorer_and_synthetic_set_show_images(studio, page):
     url, project = studio
     if not project.registry().list(kind="experiment", status="done"):
-        pytest.skip("needs the run of test_start_a_tiny_run_and_see_it_finish")
+        pytest.skip("needs the run of test_register_own_data_and_start_a_tiny_run_on_it")
     open_page(page, url + "/leaks", "Leak explorer")
     page.locator('[data-testid="stImage"]').nth(1).wait_for(timeout=120_000)  # a member and a synthetic image
     page.locator(".js-plotly-plot").nth(1).wait_for()  # histogram and per-class chart
@@ -332,7 +353,7 @@ def test_leak_explorer_and_synthetic_set_show_images(studio, page):
 def test_tradeoffs_axes_toggle_and_offline_report(studio, page):
     url, project = studio
     if not project.registry().list(kind="experiment", status="done"):
-        pytest.skip("needs the run of test_start_a_tiny_run_and_see_it_finish")
+        pytest.skip("needs the run of test_register_own_data_and_start_a_tiny_run_on_it")
     open_page(page, url + "/tradeoffs", "Trade-offs")
     page.locator(".js-plotly-plot").first.wait_for()
     x_range = "document.querySelector('.js-plotly-plot')._fullLayout.xaxis.range"
@@ -373,7 +394,7 @@ def test_clone_compare_and_archive_runs(studio, page):
     registry = project.registry()
     done = registry.list(kind="experiment", status="done")
     if not done:
-        pytest.skip("needs the run of test_start_a_tiny_run_and_see_it_finish")
+        pytest.skip("needs the run of test_register_own_data_and_start_a_tiny_run_on_it")
     first = done[0]
     open_page(page, url + "/runs", "Runs")
     # 1. clone the finished run into the form (it opens, filled from its config), change one field, start;
