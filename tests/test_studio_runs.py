@@ -188,7 +188,7 @@ def test_live_panel_shows_progress_curves_log_and_cancels(env, open_page):
 
 
 def test_finished_and_failed_runs(env, add_finished_run, fake_metrics, open_page):
-    from pipeline.views.report import model_name
+    from pipeline.views.legend import model_name
 
     metrics = fake_metrics()
     metrics["teacher"]["mia"]["empirical_epsilon"] = 0.42
@@ -314,6 +314,7 @@ def test_png_export_renders_with_the_installed_kaleido(fake_metrics):
         pytest.skip("no Chrome / Chromium on this machine (.ci/run and the Dockerfile install one)")
     import plotly.graph_objects as go
 
+    from pipeline.views.legend import look
     from pipeline.views.report import points_from_metrics
     from studio import figures
 
@@ -330,7 +331,7 @@ def test_png_export_renders_with_the_installed_kaleido(fake_metrics):
     drawn, without = (np.asarray(Image.open(io.BytesIO(b)).convert("RGB"), dtype=int) for b in (png, figures.to_png(bare)))
     assert drawn.shape == without.shape == (1040, 2200, 3)  # 1100 x 520 at scale 2
     for role in ("teacher", "student"):
-        rgb = np.array(ImageColor.getrgb(figures.role_style(role)["color"]))
+        rgb = np.array(ImageColor.getrgb(look(role).color))
         new = (np.abs(drawn - rgb).sum(-1) <= 30) & (np.abs(without - rgb).sum(-1) > 30)
         assert _has_solid_block(new, 5), role
 
