@@ -400,3 +400,12 @@ def test_tradeoffs_page_explains_its_terms_and_names_every_model_in_words(projec
     assert at.multiselect(key="to_roc_models").options == ["teacher (real data)", GKD, AM, BSS, DP8]
     assert "synthetic images per member" in at.multiselect(key="to_cards").label
 
+
+def test_report_without_chromium_falls_back_and_says_how_to_get_one(project, tmp_path, monkeypatch):
+    """kaleido itself, pointed at no browser: the HTML has the plot, the PDF the rest, the note how to get one."""
+    monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-chromium"))
+    run_id, _ = add_run(project)
+    report = stakeholder.build_report(stakeholder.ReportConfig((run_id,), out_dir=tmp_path / "out"), project)
+    assert not report.plot_in_pdf and report.pdf.read_bytes().startswith(b"%PDF-")
+    assert "Plotly.newPlot" in report.html.read_text(encoding="utf-8")
+    assert "`apt install chromium`" in report.notes[0] and "plotly_get_chrome" in report.notes[0]

@@ -55,6 +55,9 @@ logger = logging.getLogger(__name__)
 
 AOP_LEVELS = (0.25, 0.5, 0.75, 1.0)
 COIN_FLIP = "AUC 0.5 = coin flip"  # where an attack does no better than guessing, on every plot that shows it
+CHROMIUM_HINT = ("Rendering a plot as an image needs a Chromium or Chrome that kaleido can find: `apt install "
+                 "chromium` (Debian, Ubuntu; the Docker image has it), `plotly_get_chrome` (downloads one), or "
+                 "BROWSER_PATH=/path/to/chrome.")
 REPORT_COLUMNS = ("model", "accuracy", "audit mode", "attack", "MIA AUC", "AUC 95% CI", "TPR@1%FPR", "AOP", "formal ε",
                   "empirical ε")
 IMAGE_SIDE = 256  # synthetic examples larger than this are embedded as thumbnails of this side
@@ -650,8 +653,8 @@ def build_report(config: ReportConfig, project: Project, progress: ProgressFn = 
             png = plot_png(figure)
         except _render_errors() as err:
             logger.warning("the report's PDF has no plot: %s", err)
-            notes.append(f"The PDF has no plot: rendering it needs kaleido with a Chrome/Chromium it can find "
-                         f"({type(err).__name__}: {str(err)[:200]}). The HTML report has the interactive plot.")
+            notes.append(f"The PDF has no plot; the HTML report has it, interactive. {CHROMIUM_HINT} "
+                         f"({type(err).__name__}: {str(err)[:200]})")
     else:
         notes.append("The PDF has no plot (plot rendering was turned off). The HTML report has the interactive plot.")
     progress(Progress("report", 2, 3))

@@ -84,8 +84,8 @@ def export_buttons(figure, stem: str, key: str) -> None:
                 st.session_state[f"{key}_png_bytes"] = figures.to_png(figure)
         except Exception as err:  # kaleido raises several kinds when no browser is found: UI boundary
             st.session_state.pop(f"{key}_png_bytes", None)
-            st.warning(f"PNG export needs kaleido with a Chrome/Chromium browser it can find ({err}). "
-                       "Download the HTML instead: it opens in any browser and keeps the figure interactive.")
+            st.warning(f"No PNG: {stakeholder.CHROMIUM_HINT} Download the HTML instead: it opens in any browser "
+                       f"and keeps the figure interactive. ({type(err).__name__}: {str(err)[:200]})")
     png = st.session_state.get(f"{key}_png_bytes")
     if png:
         cols[2].download_button("Download PNG", png, file_name=f"{stem}.png", mime="image/png", key=f"{key}_png_dl")
