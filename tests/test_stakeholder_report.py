@@ -388,7 +388,7 @@ def test_tradeoffs_page_explains_its_terms_and_names_every_model_in_words(projec
     glossary = next(e for e in at.expander if e.label == "What the terms mean")
     text = " ".join(m.value for m in glossary.markdown)
     for term in ("GKD", "Activation maximisation", "Cardinality", "AOP", "0.5 = a coin flip", "transfer", "pipeline",
-                 "Formal ε", "Empirical ε", "TPR@1%FPR", "Pareto front", "RMIA"):
+                 "Formal ε", "Empirical ε", "TPR@1%FPR", "Pareto front", "RMIA", "ROC curve", "Shadow models"):
         assert term in text, term
     # the table: every model in words, no method's key, no column that says the same for every row
     table = at.table[0].value

@@ -106,10 +106,15 @@ GLOSSARY = (
                 "(non-members): 0.5 = a coin flip, the attacker cannot tell them apart; 1.0 = it always can. Lower "
                 "is more private. Bars and brackets: the 95% interval."),
     ("Attack", "RMIA (the headline), LiRA or loss threshold: ways to guess membership from the model's answers."),
+    ("Shadow models", "models the attacker trains the same way on data it knows, to learn how members and "
+                      "non-members look to such a model."),
     ("Audit mode", "transfer: the attacker's shadow models are trained like the teacher, on real data; pipeline: "
                    "every shadow model reruns the whole synthetic-data pipeline, the honest audit of a student."),
     ("TPR@1%FPR", "the share of members the attack finds while wrongly flagging 1% of non-members; n/a when the "
                   "audit has under 100 non-members."),
+    ("ROC curve", "the share of members the attack finds against the share of non-members it wrongly flags, as "
+                  "its threshold moves; the diagonal is a coin flip. Log-log axes show the low false-positive rates "
+                  "that matter; nothing below 1 / non-members can be measured."),
     ("AOP", "accuracy / (2·AUC)²: one number for the trade-off, higher is better; the dotted curves join points "
             "of equal AOP."),
     ("Pareto front", "the models no other model beats on both accuracy and AUC."),
