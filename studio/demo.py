@@ -28,6 +28,7 @@ from pipeline.views.demo import (  # noqa: E402
     SyntheticSample,
     as_scores,
     load_demo,
+    model_names,
     predict,
     read_upload,
     samples_of,
@@ -43,14 +44,20 @@ def _display(sample: SyntheticSample) -> tuple[Image.Image, str]:
     return image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST), sample.class_name
 
 
-def _summary(demo: DemoModels) -> str:
+def summary(demo: DemoModels) -> str:
+    """The page's heading, what each model learned from, and their accuracy and AUC (names as on the
+    Trade-offs page)."""
+    names = model_names(demo)
     lines = [f"## What a model trained on synthetic data sees — run `{demo.run_id}`",
-             "The **teacher** was trained on real images. The **student** never saw a real image: it learned "
-             "from synthetic images and the teacher's answers only. The images below are all synthetic."]
+             f"The **{names['teacher']}** was trained on real images. The **{names['student']}** never saw a real "
+             "image: it learned from synthetic images and the teacher's answers only. The images below are all "
+             "synthetic."]
     m = demo.metrics
     if "teacher" in m and "student" in m:
-        lines.append("| model | test accuracy | membership-inference AUC (0.5 = no leak) |\n|---|---|---|\n" + "\n".join(
-            f"| {role} | {m[role]['accuracy']:.3f} | {m[role]['mia']['auc']:.3f} |" for role in ("teacher", "student")))
+        lines.append("| model | test accuracy | membership-inference AUC (0.5 = a coin flip: the attack cannot tell "
+                     "training images from others) |\n|---|---|---|\n" + "\n".join(
+                         f"| {names[role]} | {m[role]['accuracy']:.3f} | {m[role]['mia']['auc']:.3f} |"
+                         for role in ("teacher", "student")))
     return "\n\n".join(lines)
 
 
@@ -82,8 +89,9 @@ def build_demo(project: Project, run_id: str):
         chosen = samples_of(demo, None if class_name == "all classes" else class_name, limit=60)
         return [_display(s) for s in chosen]
 
+    names = model_names(demo)
     with gr.Blocks(title=f"TCKR demo · {run_id}") as blocks:
-        gr.Markdown(_summary(demo))
+        gr.Markdown(summary(demo))
         with gr.Tab("Classify"):
             with gr.Row():
                 with gr.Column():
@@ -96,8 +104,8 @@ def build_demo(project: Project, run_id: str):
                     gallery = gr.Gallery([_display(s) for s in picks], label="...or pick a synthetic sample",
                                          columns=6, height=300, allow_preview=False, object_fit="contain")
                 with gr.Column():
-                    teacher = gr.Label(label="Teacher (trained on real images)", num_top_classes=len(demo.class_names))
-                    student = gr.Label(label="Student (synthetic images only)", num_top_classes=len(demo.class_names))
+                    teacher = gr.Label(label=names["teacher"], num_top_classes=len(demo.class_names))
+                    student = gr.Label(label=names["student"], num_top_classes=len(demo.class_names))
             button.click(classify, [image, top_k], [teacher, student])
             image.upload(classify, [image, top_k], [teacher, student])
             gallery.select(pick, [top_k], [image, teacher, student])

@@ -319,8 +319,8 @@ def test_tradeoffs_and_generations_show_the_run(studio, page):
     if not project.registry().list(kind="experiment", status="done"):
         pytest.skip("needs the run of test_register_own_data_and_start_a_tiny_run_on_it")
     open_page(page, url + "/tradeoffs", "Trade-offs")
-    page.locator(".js-plotly-plot").first.wait_for()
-    assert page.locator(".js-plotly-plot").count() == 3
+    # trade-off, ROC, per-class: drawn one after the other, the last below a table that wraps (issue 25)
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length === 3")
     shoot(page, "tradeoffs")
     open_page(page, url + "/generations", "Generations")
     page.get_by_role("button", name="Generate", exact=True).click()
@@ -426,3 +426,33 @@ def test_clone_compare_and_archive_runs(studio, page):
     page.get_by_text(f"Archived run {first.id}").wait_for()
     assert registry.get(first.id).archived
     wait_idle(page)
+
+
+def test_tradeoffs_table_fits_the_page_and_names_models_in_words(studio, page, fake_metrics, add_finished_run):
+    """Issue 25 item 5: the table was cut off on the right. Two hand-made runs of every method (so the run and
+    cardinality columns are shown too) in a 1280-px window: nothing in the table scrolls sideways."""
+    url, project = studio
+    for cardinality in (1.0, 2.0):
+        metrics = fake_metrics(cardinality=cardinality)
+        metrics["methods"] = {"am": {**metrics["student"], "accuracy": 0.7},
+                              "gkd+bss": {**metrics["student"], "accuracy": 0.91},
+                              "bss": {**metrics["teacher"], "reads_real_training_images": True},
+                              "dp-sgd ε=8": {**metrics["teacher"], "accuracy": 0.6, "epsilon": 7.99}}
+        add_finished_run(project, metrics)
+    size = page.viewport_size
+    page.set_viewport_size({"width": 1280, "height": 900})
+    try:
+        open_page(page, url + "/tradeoffs", "Trade-offs")
+        table = page.locator('[data-testid="stTable"], [data-testid="stDataFrame"]').first
+        table.wait_for()
+        page.wait_for_timeout(500)
+        shoot(page, "tradeoffs-table")
+        sideways = table.evaluate("""el => [el, ...el.querySelectorAll('*')].filter(e =>
+            e.scrollWidth > e.clientWidth + 1 && ['auto', 'scroll'].includes(getComputedStyle(e).overflowX)).length""")
+        assert sideways == 0
+        main = page.locator('[data-testid="stMain"]').bounding_box()
+        box = table.bounding_box()
+        assert box["x"] + box["width"] <= main["x"] + main["width"]
+        assert table.get_by_text("data-free student (activation maximisation)").first.is_visible()
+    finally:
+        page.set_viewport_size(size)

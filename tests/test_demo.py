@@ -132,7 +132,9 @@ def test_build_demo_makes_blocks_without_launching(finished_run):
     kinds = {type(b).__name__ for b in blocks.blocks.values()}
     assert {"Image", "Label", "Gallery", "Slider", "Dropdown"} <= kinds
     labels = [b.label for b in blocks.blocks.values() if type(b).__name__ == "Label"]
-    assert labels == ["Teacher (trained on real images)", "Student (synthetic images only)"]
+    assert labels == ["teacher (real data)", "student on synthetic data (GKD)"]  # as on the Trade-offs page
+    markdown = " ".join(b.value for b in blocks.blocks.values() if type(b).__name__ == "Markdown")
+    assert "| student on synthetic data (GKD) | 0.900 | 0.520 |" in markdown and "0.5 = a coin flip" in markdown
 
 
 def test_launch_commands_bind_to_localhost(tmp_path):

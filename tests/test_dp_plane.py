@@ -11,6 +11,9 @@ import pytest
 import torch
 
 from pipeline.views import report, stakeholder
+from pipeline.views.legend import GLOSSARY, model_name
+
+DPG, DP4, GKD = (model_name(k) for k in ("dp-generator ε=4", "dp-sgd ε=4", "student"))  # the models in words
 
 
 def _dp_run(fake_metrics, student_formal=None) -> dict:
@@ -37,16 +40,16 @@ def _dp_run(fake_metrics, student_formal=None) -> dict:
 def test_a_dp_runs_points_carry_formal_and_empirical_epsilon(fake_metrics, recorded):
     teacher, student, dp_sgd = report.points_from_metrics("dp-run", _dp_run(fake_metrics, recorded))
     assert (student.epsilon, student.empirical_epsilon, student.dp_generator) == (3.98, 0.12, 4.0)
-    assert student.name == "DP-generator student ε=4" and student.series == "dp-generator ε=4"
-    assert (teacher.epsilon, teacher.dp_generator, teacher.name) == (None, None, "teacher")
-    assert dp_sgd.epsilon == 3.97 and dp_sgd.name == "dp-sgd ε=4"
+    assert student.name == DPG == "student of a DP generator (ε=4)" and student.series == "dp-generator ε=4"
+    assert (teacher.epsilon, teacher.dp_generator, teacher.name) == (None, None, "teacher (real data)")
+    assert dp_sgd.epsilon == 3.97 and dp_sgd.name == DP4
     rows = {r["model"]: r for r in report.points_table([teacher, student, dp_sgd])}
-    assert (rows["DP-generator student ε=4"]["formal ε"], rows["DP-generator student ε=4"]["empirical ε"]) == ("3.98", "0.12")
-    assert (rows["teacher"]["formal ε"], rows["teacher"]["empirical ε"]) == ("none", "0.80")
-    assert rows["dp-sgd ε=4"]["formal ε"] == "3.97"
+    assert (rows[DPG]["formal ε"], rows[DPG]["empirical ε"]) == ("3.98", "0.12")
+    assert (rows["teacher (real data)"]["formal ε"], rows["teacher (real data)"]["empirical ε"]) == ("none", "0.80")
+    assert rows[DP4]["formal ε"] == "3.97"
     # a run without DP: its student stays the GKD student, without a guarantee
     plain = report.points_from_metrics("plain", fake_metrics())[1]
-    assert (plain.name, plain.epsilon, plain.dp_generator) == ("GKD student", None, None)
+    assert (plain.name, plain.epsilon, plain.dp_generator) == (GKD, None, None)
 
 
 def test_the_plane_labels_every_point_with_its_epsilons(fake_metrics):
@@ -54,12 +57,12 @@ def test_the_plane_labels_every_point_with_its_epsilons(fake_metrics):
         report.points_from_metrics("plain", fake_metrics())
     figure = stakeholder.tradeoff_figure(points)
     markers = {t.name: t for t in figure.data if t.mode == "markers"}
-    assert {"teacher", "GKD student", "DP-generator student ε=4", "dp-sgd ε=4"} <= set(markers)
-    assert markers["DP-generator student ε=4"].marker.symbol == "diamond-open"
+    assert {"teacher (real data)", GKD, DPG, DP4} <= set(markers)
+    assert markers[DPG].marker.symbol == "diamond-open"
     labels = next(t for t in figure.data if t.mode == "text")
     assert labels.name == "ε: formal · empirical" and len(labels.text) == len(points) == 5
     assert {"ε 3.98 · emp. 0.12", "ε none · emp. 0.80", "ε 3.97 · emp. 0.05", "ε none · emp. n/a"} <= set(labels.text)
-    assert "formal ε 3.98 · empirical ε 0.12 (attack's lower bound)" in markers["DP-generator student ε=4"].text[0]
+    assert "formal ε 3.98 · empirical ε 0.12 (attack's lower bound)" in markers[DPG].text[0]
     assert not [t for t in stakeholder.tradeoff_figure(points, epsilon_labels=False).data if t.mode == "text"]
 
 
@@ -67,23 +70,23 @@ def test_the_report_says_which_figure_is_a_guarantee(fake_metrics):
     points = report.points_from_metrics("dp-run", _dp_run(fake_metrics))
     found = stakeholder.conclusions(points)
     text = " ".join(found)
-    assert found[0].startswith("The DP-generator student ε=4, trained on synthetic images only, keeps")
+    assert found[0].startswith(f"The {DPG}, which never saw a real training image, keeps")
     assert ("formal ε = 3.98 is a guarantee for everything that reached it. The run's teacher, trained on the real "
             "images, is shown for reference; it is not covered by that guarantee.") in text
-    assert "DP-SGD at ε=3.97 gives up more accuracy than the DP-generator student ε=4 (0.600 vs 0.800)" in text
-    assert "DP-SGD at ε=3.98" not in text  # the DP-generator student is not compared with itself
-    assert ("Guarantee (formal ε, proven by differential privacy): DP-generator student ε=4 ε = 3.98, dp-sgd ε=4 "
-            "ε = 3.97. No guarantee: teacher.") in found
+    assert f"The {DP4} gives up more accuracy than the {DPG}: accuracy 0.600 against 0.800" in text
+    assert text.count("gives up") == 1  # the DP-generator student is not compared with itself
+    assert (f"Formal ε, a guarantee proven by differential privacy: the {DPG} has ε = 3.98 and the {DP4} has "
+            "ε = 3.97. No guarantee for the teacher (real data).") in found
     assert any(f.startswith("Empirical ε is an attack's lower bound, not a guarantee") for f in found)
     teacher = next(p for p in points if p.role == "teacher")
     dp_teacher = stakeholder.dp_generator_finding(points[1], replace(teacher, epsilon=2.5))
     assert dp_teacher.endswith("Its labels came from a teacher trained with DP-SGD (formal ε = 2.50), composed into "
                                "that guarantee by the accountant.")
-    assert any(g.startswith("DP-generator student:") for g in stakeholder.GLOSSARY)
+    assert any(term == "DP generator" for term, _ in GLOSSARY)
     setup = stakeholder.run_setup("dp-run", _dp_run(fake_metrics), points)
     assert setup.generator == ("scratch, with differential privacy (DP-SGD, ε = 3.98, δ = 0.0001; prompted with class "
                                "names only), trained on the members only")
-    assert "DP-generator student ε=4" in setup.models
+    assert DPG in setup.models
 
 
 def test_the_dp_student_and_a_dp_teacher_carry_their_guarantee_into_the_audit(tiny_config, project):
@@ -166,9 +169,9 @@ def test_compare_methods_closing_table_shows_both_epsilons(fake_metrics, capsys)
                        SimpleNamespace(run_id="dp", metrics=_dp_run(fake_metrics, 3.98))])
     out = capsys.readouterr().out
     assert "formal ε (guarantee)" in out and "empirical ε (attack's lower bound)" in out
-    student = next(line for line in out.splitlines() if "DP-generator student ε=4" in line).split()
+    student = next(line for line in out.splitlines() if DPG in line).split()
     assert student[0] == "dp" and student[-2:] == ["3.98", "0.12"]
-    assert next(line for line in out.splitlines() if "GKD student" in line).split()[-2:] == ["none", "n/a"]
+    assert next(line for line in out.splitlines() if GKD in line).split()[-2:] == ["none", "n/a"]
 
 
 # -- the benchmark ------------------------------------------------------------------------------------------------
@@ -188,16 +191,17 @@ def test_the_tradeoffs_page_shows_a_dp_run_with_its_epsilons(env, add_finished_r
     """The studio: the DP run's student in the table with both ε, and the ε labels on the plot (a toggle)."""
     add_finished_run(env, _dp_run(fake_metrics, 3.98))
     at = open_page("tradeoffs")
-    table = at.dataframe[0].value
-    row = table[table["model"] == "DP-generator student ε=4"].iloc[0]
+    table = at.table[0].value
+    row = table[table["model"] == DPG].iloc[0]
     assert (row["formal ε"], row["empirical ε"]) == ("3.98", "0.12")
-    assert table.loc[table["model"] == "teacher", "formal ε"].item() == "none"
+    assert table.loc[table["model"] == "teacher (real data)", "formal ε"].item() == "none"
 
     def text_traces() -> list[dict]:
         spec = json.loads(at.get("plotly_chart")[0].proto.spec)
         return [t for t in spec["data"] if t.get("mode") == "text"]
 
     assert "ε 3.98 · emp. 0.12" in text_traces()[0]["text"]
-    assert any("never a guarantee" in c.value for c in at.caption)
+    glossary = next(e for e in at.expander if e.label == "What the terms mean")
+    assert any("lower bound on ε, not a guarantee" in m.value for m in glossary.markdown)
     at.toggle(key="to_eps_labels").set_value(False).run()
     assert not text_traces()

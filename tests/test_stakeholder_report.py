@@ -23,11 +23,13 @@ from streamlit.testing.v1 import AppTest
 from pipeline.core.common import write_json
 from pipeline.data.datasets import DatasetConfig, load_dataset
 from pipeline.views import stakeholder
+from pipeline.views.legend import model_name
 from pipeline.views.report import points_from_metrics
 
 APP = str(Path(__file__).resolve().parents[1] / "studio" / "app.py")
 CLASSES = [str(d) for d in range(10)]
 PLANTED = "digit-0042"  # the real image planted in the synthetic round as a flagged near-copy
+GKD, AM, BSS, DP8 = (model_name(k) for k in ("student", "am", "bss", "dp-sgd ε=8"))  # the models in words
 
 
 def model(acc: float, auc: float, ci: tuple[float, float], mode: str = "transfer", n_nonmembers: int = 50,
@@ -184,12 +186,14 @@ def test_html_has_the_table_values_setup_and_conclusions_of_the_metrics(built):
         assert f"<td>{round(m['aop'], 4)}</td>" in page
     assert "<td>0.0731</td>" in page  # the teacher's audit has 200 non-members: 1% FPR is measurable
     assert page.count("<td>n/a</td>") == 4  # 50 non-members: one false positive is already 2% FPR
-    assert "<td>8.00</td>" in page and "<td>GKD student</td>" in page and "<td>pipeline</td>" in page
+    assert "<td>8.00</td>" in page and f"<td>{GKD}</td>" in page and "<td>pipeline</td>" in page
     for text in ("60 members (training images), 50 non-members", "scratch, 6 training steps", "transfer: 4, pipeline: 2",
                  "keeps 99.2 % of the teacher", "lowers the RMIA AUC from 0.634 to 0.588", "do not overlap",
-                 "Best accuracy–privacy trade-off: dp-sgd ε=8 (AOP 0.740", "DP-SGD at ε=8 gives up more accuracy than the GKD student",
-                 "Guarantee (formal ε, proven by differential privacy): dp-sgd ε=8 ε = 8.00",
-                 "Empirical ε is an attack's lower bound, not a guarantee", "Empirical ε: an attack's lower bound"):
+                 f"The {DP8} has the best accuracy–privacy trade-off (AOP 0.740",
+                 f"The {DP8} gives up more accuracy than the {GKD}",
+                 f"Formal ε, a guarantee proven by differential privacy: the {DP8} has ε = 8.00",
+                 "Empirical ε is an attack's lower bound, not a guarantee", "Empirical ε: an attack's lower bound",
+                 "GKD: generative knowledge distillation", "MIA AUC: how well", "0.5 = a coin flip"):
         assert text in page.replace("&#x27;", "'"), text
 
 
@@ -225,30 +229,30 @@ def test_examples_skip_near_copies_and_files_outside_the_round(project, tmp_path
 # -- conclusions ---------------------------------------------------------------------------------------------
 def test_conclusions_follow_the_numbers():
     base = " ".join(stakeholder.conclusions(points_from_metrics("r", run_metrics()), run_metrics()["memorisation"]))
-    assert "keeps 99.2 % of the teacher's accuracy (0.942 vs 0.950)" in base
+    assert "keeps 99.2 % of the teacher's accuracy (0.942 against 0.950)" in base
     assert "the 95% intervals do not overlap" in base
-    assert "Best accuracy–privacy trade-off: dp-sgd ε=8 (AOP 0.740; the teacher's is 0.591)" in base
-    assert "DP-SGD at ε=8 gives up more accuracy than the GKD student (0.800 vs 0.942)" in base
-    assert "Read the real training images, like the teacher: bss, dp-sgd ε=8" in base
-    assert "1 synthetic images (8.3 %) were flagged" in base
+    assert f"The {DP8} has the best accuracy–privacy trade-off (AOP 0.740; the teacher's is 0.591)" in base
+    assert f"The {DP8} gives up more accuracy than the {GKD}: accuracy 0.800 against 0.942" in base
+    assert f"Like the teacher, the {BSS} and the {DP8} read the real training images; the {GKD} and the {AM} never" in base
+    assert "1 synthetic image (8.3 %) was flagged as a near-copy" in base
     other = run_metrics(student_acc=0.90, student_ci=(0.55, 0.62), dp_acc=0.97, copies=0)
     changed = " ".join(stakeholder.conclusions(points_from_metrics("r", other), other["memorisation"]))
     assert "keeps 94.7 % of the teacher's accuracy" in changed and "the 95% intervals overlap" in changed
-    assert "DP-SGD at ε=8 gives up less accuracy than the GKD student (0.970 vs 0.900)" in changed
+    assert f"The {DP8} gives up less accuracy than the {GKD}: accuracy 0.970 against 0.900" in changed
     assert "No synthetic image was flagged" in changed
     best = max(points_from_metrics("r", other), key=lambda p: p.aop)
-    assert f"Best accuracy–privacy trade-off: {best.name} (AOP {best.aop:.3f}" in changed
+    assert f"The {best.name} has the best accuracy–privacy trade-off (AOP {best.aop:.3f}" in changed
 
 
 def test_epsilon_findings_say_which_figure_is_a_guarantee_and_flag_a_broken_claim():
     metrics = run_metrics()
     found = stakeholder.epsilon_findings(points_from_metrics("r", metrics))
-    assert found[0] == ("Guarantee (formal ε, proven by differential privacy): dp-sgd ε=8 ε = 8.00. No guarantee: "
-                        "teacher, GKD student, am, bss.")
+    assert found[0] == (f"Formal ε, a guarantee proven by differential privacy: the {DP8} has ε = 8.00. No guarantee "
+                        f"for the teacher (real data), the {GKD}, the {AM} and the {BSS}.")
     assert found[1].startswith("Empirical ε is an attack's lower bound, not a guarantee") and len(found) == 2
     metrics["methods"]["dp-sgd ε=8"]["mia"]["empirical_epsilon"] = 9.1  # the attack proves more than the claim
     found = stakeholder.epsilon_findings(points_from_metrics("r", metrics))
-    assert "exceeds the claimed guarantee of dp-sgd ε=8 (9.10 > 8.00)" in found[2]
+    assert f"exceeds the claimed guarantee of the {DP8} (9.10 > 8.00): its DP training" in found[2]
     metrics["methods"] = {}
     assert stakeholder.epsilon_findings(points_from_metrics("r", metrics))[0].startswith("No model here has a privacy")
 
@@ -263,7 +267,8 @@ def test_best_trade_off_and_chance_findings():
     assert "raises the RMIA AUC from 0.634 to 0.700" in found[0]
     metrics["student"] = model(0.9, 0.5, (0.45, 0.55))
     found = stakeholder.conclusions(points_from_metrics("r", metrics))
-    assert any("coin flip" in f and f.endswith(": GKD student.") for f in found)
+    assert f"Against the {GKD}, the attack does no better than a coin flip: its AUC's 95% interval includes 0.5." \
+        in found
 
 
 # -- the PDF -------------------------------------------------------------------------------------------------
@@ -299,7 +304,7 @@ def test_pdf_without_a_browser_keeps_the_table_and_says_so(project, tmp_path, mo
     assert data.count(b"/Subtype /Image") == len(report.examples)
     text = pdf_text(data)
     assert "The plot is not in this PDF" in text and "0.9424" in text and "[0.565, 0.605]" in text
-    assert "DP-SGD at eps=8 gives up more accuracy" in text  # Latin-1 fallback spells ε out
+    assert r"DP-SGD classifier on real data \(eps=8\) gives up" in text  # ε spelt out in Latin-1; ( ) escaped
     assert report.html.exists() and "Plotly.newPlot" in report.html.read_text(encoding="utf-8")
 
 
@@ -338,11 +343,11 @@ def test_tradeoffs_page_zooms_and_builds_the_report(project, monkeypatch):
     assert 0.4 < lo < 0.47 and 0.66 < hi < 0.72  # the AUCs and their intervals (0.47 .. 0.658), padded
     at.toggle(key="to_zoom").set_value(False).run()
     assert x_range() == [0.0, 1.0]
-    table = at.dataframe[0].value
-    assert {"audit mode", "attack", "AUC 95% CI", "TPR@1%FPR", "formal ε", "empirical ε"} <= set(table.columns)
-    assert table.loc[table["model"] == "dp-sgd ε=8", "formal ε"].item() == "8.00"
-    assert table.loc[table["model"] == "teacher", "formal ε"].item() == "none"
-    assert table.loc[table["model"] == "teacher", "empirical ε"].item() == "0.25"
+    table = at.table[0].value
+    assert {"audit", "AUC 95% CI", "TPR@1%FPR", "formal ε", "empirical ε"} <= set(table.columns)
+    assert table.loc[table["model"] == DP8, "formal ε"].item() == "8.00"
+    assert table.loc[table["model"] == "teacher (real data)", "formal ε"].item() == "none"
+    assert table.loc[table["model"] == "teacher (real data)", "empirical ε"].item() == "0.25"
 
     assert not [d for d in at.get("download_button") if d.proto.label.startswith("Report")]
     at.button(key="to_report").click().run()
@@ -359,3 +364,48 @@ def test_tradeoffs_page_zooms_and_builds_the_report(project, monkeypatch):
     monkeypatch.setattr(stakeholder, "plot_png", no_browser)
     at.button(key="to_report").click().run()
     assert any("The PDF has no plot" in w.value for w in at.warning)
+
+
+# -- issue 25 item 5: no unexplained term, models named in words --------------------------------------------------
+def test_the_coin_flip_finding_names_one_or_several_models_in_words():
+    metrics = run_metrics()
+    metrics["methods"] = {"am": metrics["methods"]["am"]}  # the only interval that includes 0.5
+    one = stakeholder.chance_finding(points_from_metrics("r", metrics))
+    assert one == f"Against the {AM}, the attack does no better than a coin flip: its AUC's 95% interval includes 0.5."
+    several = stakeholder.chance_finding(points_from_metrics("r", run_metrics()))
+    assert several == (f"Against the {AM} and the {DP8}, the attack does no better than a coin flip: each AUC's 95% "
+                       "interval includes 0.5.")
+    found = " ".join(stakeholder.conclusions(points_from_metrics("r", run_metrics())))
+    assert not re.search(r"\b(am|bss|gkd|dp-sgd)\b", found)  # no method's key in a sentence
+
+
+def test_tradeoffs_page_explains_its_terms_and_names_every_model_in_words(project, monkeypatch):
+    monkeypatch.setenv("TCKR_PROJECT", str(project.root))
+    add_run(project)
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.switch_page("views/tradeoffs.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    glossary = next(e for e in at.expander if e.label == "What the terms mean")
+    text = " ".join(m.value for m in glossary.markdown)
+    for term in ("GKD", "Activation maximisation", "Cardinality", "AOP", "0.5 = a coin flip", "transfer", "pipeline",
+                 "Formal ε", "Empirical ε", "TPR@1%FPR", "Pareto front", "RMIA", "ROC curve", "Shadow models"):
+        assert term in text, term
+    # the table: every model in words, no method's key, no column that says the same for every row
+    table = at.table[0].value
+    assert list(table["model"]) == ["teacher (real data)", GKD, AM, BSS, DP8]
+    assert not {"run", "dataset", "generator", "cardinality", "attack"} & set(table.columns)
+    # the plot's legend and the ROC picker: the same words
+    plot = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert {t["name"] for t in plot["data"] if t.get("mode") == "markers"} == set(table["model"])
+    assert at.multiselect(key="to_roc_models").options == ["teacher (real data)", GKD, AM, BSS, DP8]
+    assert "synthetic images per member" in at.multiselect(key="to_cards").label
+
+
+def test_report_without_chromium_falls_back_and_says_how_to_get_one(project, tmp_path, monkeypatch):
+    """kaleido itself, pointed at no browser: the HTML has the plot, the PDF the rest, the note how to get one."""
+    monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-chromium"))
+    run_id, _ = add_run(project)
+    report = stakeholder.build_report(stakeholder.ReportConfig((run_id,), out_dir=tmp_path / "out"), project)
+    assert not report.plot_in_pdf and report.pdf.read_bytes().startswith(b"%PDF-")
+    assert "Plotly.newPlot" in report.html.read_text(encoding="utf-8")
+    assert "`apt install chromium`" in report.notes[0] and "plotly_get_chrome" in report.notes[0]

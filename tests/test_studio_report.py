@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline.data.datasets import DatasetConfig
-from pipeline.views import report
+from pipeline.views import legend, report
 
 
 def test_pareto_front_hand_values():
@@ -130,9 +130,10 @@ def test_other_methods_are_points_on_the_plane_with_their_intervals(fake_metrics
     assert points[2].accuracy == 0.7 and points[3].auc_ci95 == pytest.approx((0.58, 0.62))
     figure = figures.tradeoff_figure(points)
     traces = {t.name: t for t in figure.data}
-    assert {"teacher", "GKD student", "am", "dp-sgd ε=1"} <= set(traces)
-    assert traces["dp-sgd ε=1"].marker.symbol == "x" and traces["am"].marker.symbol == "square"
-    assert list(traces["am"].error_x.array) == pytest.approx([0.02]) and traces["am"].error_x.arrayminus[0] > 0
+    dp, am = legend.model_name("dp-sgd ε=1"), legend.model_name("am")
+    assert {legend.model_name("teacher"), legend.model_name("student"), am, dp} <= set(traces)
+    assert traces[dp].marker.symbol == "x" and traces[am].marker.symbol == "square"
+    assert list(traces[am].error_x.array) == pytest.approx([0.02]) and traces[am].error_x.arrayminus[0] > 0
     assert [(t.role, s.role) for t, s in report.run_pairs(points)] == [("teacher", "student")]
 
 
@@ -170,7 +171,7 @@ def test_points_table_says_na_below_the_fpr_floor_and_shows_epsilon(fake_metrics
     rows = report.points_table(report.points_from_metrics("a", metrics))
     teacher, student, dp = rows
     assert teacher["TPR@1%FPR"] == "0.0500" and teacher["TPR@0.1%FPR"] == "0.0100"  # 1000 non-members
-    assert student["TPR@1%FPR"] == "n/a" and student["model"] == "GKD student"  # 10: floor 10% FPR
+    assert student["TPR@1%FPR"] == "n/a" and student["model"] == "student on synthetic data (GKD)"  # 10: floor 10% FPR
     assert (teacher["audit mode"], teacher["attack"]) == ("transfer", "rmia")
     assert teacher["AUC 95% CI"] == "[0.580, 0.620]" and teacher["formal ε"] == "none" and dp["formal ε"] == "8.00"
     assert teacher["empirical ε"] == "n/a"  # an audit from before empirical ε was recorded
@@ -189,10 +190,12 @@ def test_tradeoff_figure_zooms_and_gives_each_method_its_marker(fake_metrics):
     assert list(zoomed.layout.yaxis.range) == pytest.approx(report.axis_ranges(points).accuracy)
     assert list(fixed.layout.xaxis.range) == [0, 1] and list(fixed.layout.yaxis.range) == [0, 1.02]
     traces = {t.name: t for t in zoomed.data if t.mode == "markers"}
-    assert set(traces) == {"teacher", "GKD student", "dp-sgd ε=1", "dp-sgd ε=8", "gkd+bss"}
+    keys = ("teacher", "student", "dp-sgd ε=1", "dp-sgd ε=8", "gkd+bss")
+    assert set(traces) == {legend.model_name(k) for k in keys}
     markers = {(t.marker.symbol, t.marker.color) for t in traces.values()}
     assert len(markers) == 5  # each its own marker, though both DP runs are x's
-    assert traces["dp-sgd ε=1"].marker.symbol == traces["dp-sgd ε=8"].marker.symbol == "x"
+    one, eight = traces[legend.model_name("dp-sgd ε=1")], traces[legend.model_name("dp-sgd ε=8")]
+    assert one.marker.symbol == eight.marker.symbol == "x"
     assert all(t.showlegend is not False for t in traces.values())
 
 
@@ -207,3 +210,60 @@ def test_roc_axes_start_at_the_audit_resolution(fake_metrics):
     assert roc.layout.yaxis.range[0] == pytest.approx(math.log10(0.1) - 0.05)  # 10 members
     # 0.1% FPR is below what 109 non-members resolve: the 1% FPR is marked instead
     assert [s.x0 for s in roc.layout.shapes] == [0.01]
+
+
+# -- issue 25 item 5: one name in words and one colour per model, on every plot ----------------------------------
+def _every_method(fake_metrics) -> dict:
+    metrics = fake_metrics(teacher=(0.95, 0.60), student=(0.90, 0.52))
+    metrics["methods"] = {"am": {**fake_metrics()["student"], "accuracy": 0.7},
+                          "gkd+bss": {**fake_metrics()["student"], "accuracy": 0.91},
+                          "dp-sgd ε=8": {**fake_metrics()["teacher"], "accuracy": 0.6, "epsilon": 7.99}}
+    return metrics
+
+
+def test_every_plot_gives_a_model_the_same_name_and_colour(fake_metrics):
+    """The teacher was blue on the trade-off plane and red on the ROC plot; the AM student was 'am' in both."""
+    from studio import figures
+
+    points = report.points_from_metrics("a", _every_method(fake_metrics))
+    plane = {t.name: t.marker.color for t in figures.tradeoff_figure(points).data if t.mode == "markers"}
+    roc = {t.name.split(" (AUC")[0]: t.line.color for t in figures.roc_figure(points).data
+           if t.mode == "lines" and "coin flip" not in t.name}
+    bars = {t.name: t.marker.color for t in figures.per_class_figure(points, ["0", "1", "2"]).data}
+    names = ["teacher (real data)", "student on synthetic data (GKD)", "data-free student (activation maximisation)",
+             "student on synthetic data + boundary samples (GKD+BSS)", "DP-SGD classifier on real data (ε=8)"]
+    assert list(plane) == list(roc) == list(bars) == names
+    assert plane == roc == bars
+    assert len(set(plane.values())) == len(names)
+    assert plane["teacher (real data)"] == legend.look("teacher").color
+
+
+def test_legend_looks_depend_on_the_key_alone():
+    """A model looks the same whatever else is drawn: dp-sgd at the product's ε get a shade each (darker: a
+    smaller ε), a method this module does not know keeps its label and a stable colour."""
+    shades = [legend.look(f"dp-sgd ε={e}") for e in (1, 4, 8, 10)]
+    assert len({s.color for s in shades}) == 4 and {s.symbol for s in shades} == {"x"}
+    assert legend.look("dp-generator ε=4").name == "student of a DP generator (ε=4)"
+    assert legend.look("new-method").name == "new-method" and legend.look("new-method") == legend.look("new-method")
+    assert legend.listing(["A"]) == "the A" and legend.listing(["A", "B", "C"]) == "the A, the B and the C"
+
+
+def test_plots_say_that_an_auc_of_one_half_is_a_coin_flip(fake_metrics):
+    from studio import figures
+
+    points = report.points_from_metrics("a", fake_metrics(teacher=(0.95, 0.60), student=(0.90, 0.49)))
+    plane = figures.tradeoff_figure(points)
+    assert [a.text for a in plane.layout.annotations if "0.5" in a.text] == ["AUC 0.5 = coin flip"]
+    assert "0.5 = a coin flip" in plane.layout.xaxis.title.text
+    assert figures.roc_figure(points).data[0].name == "AUC 0.5 = coin flip"
+
+
+def test_page_table_has_the_columns_that_differ_and_text_cells(fake_metrics):
+    points = report.points_from_metrics("a", _every_method(fake_metrics))
+    rows = report.page_table(points)
+    assert list(rows[0]) == ["model", "accuracy", "MIA AUC", "AUC 95% CI", "audit", "TPR@1%FPR", "AOP", "formal ε",
+                             "empirical ε", "Pareto front"]  # one run, dataset, generator, cardinality, attack
+    assert rows[2]["model"] == "data-free student (activation maximisation)" and rows[0]["accuracy"] == "0.9500"
+    assert all(isinstance(v, str) for r in rows for v in r.values())
+    other = report.points_from_metrics("b", fake_metrics(cardinality=2.0))
+    assert list(report.page_table(points + other)[0])[:3] == ["model", "run", "cardinality"]

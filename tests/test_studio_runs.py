@@ -188,7 +188,7 @@ def test_live_panel_shows_progress_curves_log_and_cancels(env, open_page):
 
 
 def test_finished_and_failed_runs(env, add_finished_run, fake_metrics, open_page):
-    from pipeline.views.report import model_name
+    from pipeline.views.legend import model_name
 
     metrics = fake_metrics()
     metrics["teacher"]["mia"]["empirical_epsilon"] = 0.42
@@ -260,29 +260,32 @@ def test_a_cancelled_queued_run_logs_the_stage_it_stopped_in(env, monkeypatch, c
 
 
 def test_tradeoff_figure_filters_and_exports(env, monkeypatch, add_finished_run, fake_metrics, open_page):
+    from pipeline.views.legend import model_name
+
+    teacher_name = model_name("teacher")
     gone = add_finished_run(env, fake_metrics(teacher=(0.95, 0.62), student=(0.90, 0.52)))
     add_finished_run(env, fake_metrics(teacher=(0.80, 0.70), student=(0.70, 0.55), backend="sd-lora"))
     at = open_page("tradeoffs")
     scatter = plotly_specs(at)[0]
     names = [t.get("name") for t in scatter["data"]]
-    assert {"teacher", "GKD student", "Pareto front", "iso-AOP curves"} <= set(names)
-    teacher = next(t for t in scatter["data"] if t.get("name") == "teacher")
+    assert {teacher_name, model_name("student"), "Pareto front", "iso-AOP curves"} <= set(names)
+    teacher = next(t for t in scatter["data"] if t.get("name") == teacher_name)
     assert sorted(teacher["y"]) == [0.8, 0.95]
     front = next(t for t in scatter["data"] if t.get("name") == "Pareto front")
     assert front["x"] == [0.52, 0.62] and front["y"] == [0.90, 0.95]
-    table = at.dataframe[0].value
-    assert table["Pareto"].tolist().count(True) == 2
+    table = at.table[0].value
+    assert table["Pareto front"].tolist().count("yes") == 2
     assert len(plotly_specs(at)) == 3  # trade-off, ROC, per-class
     # filters
     at.multiselect(key="to_generators").set_value(["sd-lora"]).run()
-    teacher = next(t for t in plotly_specs(at)[0]["data"] if t.get("name") == "teacher")
+    teacher = next(t for t in plotly_specs(at)[0]["data"] if t.get("name") == teacher_name)
     assert teacher["y"] == [0.8]
     # an archived run leaves the plot until the toggle asks for archived runs too
     env.registry().archive(gone)
     at = open_page("tradeoffs")
-    assert sorted(next(t for t in plotly_specs(at)[0]["data"] if t.get("name") == "teacher")["y"]) == [0.8]
+    assert sorted(next(t for t in plotly_specs(at)[0]["data"] if t.get("name") == teacher_name)["y"]) == [0.8]
     at.toggle(key="to_archived").set_value(True).run()
-    assert sorted(next(t for t in plotly_specs(at)[0]["data"] if t.get("name") == "teacher")["y"]) == [0.8, 0.95]
+    assert sorted(next(t for t in plotly_specs(at)[0]["data"] if t.get("name") == teacher_name)["y"]) == [0.8, 0.95]
     # export: HTML always, PNG degrades to a message when kaleido finds no browser
     assert at.get("download_button")
     monkeypatch.setattr("studio.figures.to_png", lambda fig: (_ for _ in ()).throw(RuntimeError("no Chrome")))
@@ -314,6 +317,7 @@ def test_png_export_renders_with_the_installed_kaleido(fake_metrics):
         pytest.skip("no Chrome / Chromium on this machine (.ci/run and the Dockerfile install one)")
     import plotly.graph_objects as go
 
+    from pipeline.views.legend import look
     from pipeline.views.report import points_from_metrics
     from studio import figures
 
@@ -330,7 +334,7 @@ def test_png_export_renders_with_the_installed_kaleido(fake_metrics):
     drawn, without = (np.asarray(Image.open(io.BytesIO(b)).convert("RGB"), dtype=int) for b in (png, figures.to_png(bare)))
     assert drawn.shape == without.shape == (1040, 2200, 3)  # 1100 x 520 at scale 2
     for role in ("teacher", "student"):
-        rgb = np.array(ImageColor.getrgb(figures.role_style(role)["color"]))
+        rgb = np.array(ImageColor.getrgb(look(role).color))
         new = (np.abs(drawn - rgb).sum(-1) <= 30) & (np.abs(without - rgb).sum(-1) > 30)
         assert _has_solid_block(new, 5), role
 

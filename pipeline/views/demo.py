@@ -21,6 +21,8 @@ from ..core.common import from_dict, read_json
 from ..core.project import Project
 from ..data.images import open_checked
 from ..generate import SyntheticSet
+from .legend import model_name
+from .report import points_from_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +129,16 @@ def samples_of(demo: DemoModels, class_name: str | None = None, limit: int = 48)
             if k < len(items) and len(picked) < limit:
                 picked.append(items[k])
     return picked
+
+
+def model_names(demo: DemoModels) -> dict[str, str]:
+    """The teacher's and the student's names in words, as the Trade-offs page and the report give them (a DP
+    run's student is the DP generator's)."""
+    try:
+        names = {p.role: p.name for p in points_from_metrics(demo.run_id, demo.metrics)}
+    except (KeyError, TypeError, ValueError):  # no metrics.json, or one without an audit: the plain names
+        names = {}
+    return {role: names.get(role, model_name(role)) for role in ROLES}
 
 
 def as_scores(predictions: Sequence[Prediction]) -> dict[str, float]:

@@ -22,6 +22,7 @@ from ..core.common import from_dict
 from ..core.project import Project
 from ..core.runs import RunRecord
 from ..data.datasets import DatasetConfig
+from .legend import model_name
 
 logger = logging.getLogger(__name__)
 
@@ -72,21 +73,13 @@ class ModelPoint:
 
     @property
     def name(self) -> str:
-        """The model as a reader knows it: the student is the GKD student, a DP run's the DP-generator student."""
+        """The model in words (:mod:`.legend`): "student on synthetic data (GKD)", not "student"."""
         return model_name(self.series)
 
     @property
     def fpr_floor(self) -> float:
         """The smallest non-zero FPR this audit can measure (0 when the count is not recorded)."""
         return 1.0 / self.n_nonmembers if self.n_nonmembers else 0.0
-
-
-def model_name(role: str) -> str:
-    """Display name of a role: ``student`` is the GKD student, ``dp-generator ε=4`` the DP-generator student
-    ε=4 (a DP run's); methods keep their label (``dp-sgd ε=8``)."""
-    if role.startswith("dp-generator"):
-        return "DP-generator student" + role[len("dp-generator"):]
-    return {"student": "GKD student"}.get(role, role)
 
 
 def _number(value: Any) -> float:
@@ -249,6 +242,25 @@ def points_table(points: Sequence[ModelPoint]) -> list[dict[str, Any]]:
              "TPR@0.1%FPR": tpr_text(p.tpr_at_01pct, 0.001, p.fpr_floor), "AOP": round(p.aop, 4),
              "formal ε": formal_epsilon_text(p), "empirical ε": empirical_epsilon_text(p), "Pareto": bool(on_front)}
             for p, on_front in zip(points, optimal)]
+
+
+PAGE_SPLITS = ("run", "dataset", "generator", "cardinality")  # page columns shown only when the rows differ
+
+
+def page_table(points: Sequence[ModelPoint]) -> list[dict[str, str]]:
+    """The models as the Trade-offs page lists them, every cell text (a table that wraps to fit the page):
+    the columns of :func:`points_table` that compare models; the run, dataset, generator and cardinality
+    only when the rows differ in them, the attack beside the audit mode only when it differs. The CSV keeps
+    every column of :func:`points_table`."""
+    rows = points_table(points)
+    split = [c for c in PAGE_SPLITS if len({str(r[c]) for r in rows}) > 1]
+    attacks = len({r["attack"] for r in rows}) > 1
+    return [{"model": r["model"],
+             **{c: f"×{r[c]:g}" if c == "cardinality" else str(r[c]) for c in split},
+             "accuracy": f"{r['accuracy']:.4f}", "MIA AUC": f"{r['MIA AUC']:.4f}", "AUC 95% CI": r["AUC 95% CI"],
+             "audit": r["audit mode"] + (f" · {r['attack']}" if attacks else ""), "TPR@1%FPR": r["TPR@1%FPR"],
+             "AOP": f"{r['AOP']:.4f}", "formal ε": r["formal ε"], "empirical ε": r["empirical ε"],
+             "Pareto front": "yes" if r["Pareto"] else ""} for r in rows]
 
 
 # -- plot axes ---------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from ..core.common import (
 )
 from ..core.project import Project
 from ..core.runs import RunRecord
+from .legend import glossary_lines, listing, look
 from .report import (
     ModelPoint,
     aop_iso_curve,
@@ -44,7 +45,6 @@ from .report import (
     empirical_epsilon_text,
     formal_epsilon_text,
     front_line,
-    model_name,
     points_from_metrics,
     points_table,
     run_pairs,
@@ -54,12 +54,10 @@ from .report import (
 logger = logging.getLogger(__name__)
 
 AOP_LEVELS = (0.25, 0.5, 0.75, 1.0)
-ROLE_STYLE = {"teacher": {"symbol": "circle", "color": "#1f77b4"}, "student": {"symbol": "diamond", "color": "#d62728"}}
-# other transfer methods, by the family of their label: data-free students, real-data references, DP
-METHOD_STYLE = {"am": {"symbol": "square", "color": "#ff7f0e"}, "gkd+bss": {"symbol": "star", "color": "#9467bd"},
-                "bss": {"symbol": "triangle-up", "color": "#7f7f7f"}, "dp-sgd": {"symbol": "x", "color": "#17becf"},
-                "dp-generator": {"symbol": "diamond-open", "color": "#e6550d"}}  # a DP run's student
-SPARE_COLORS = ("#e377c2", "#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39", "#5254a3", "#7b4173")
+COIN_FLIP = "AUC 0.5 = coin flip"  # where an attack does no better than guessing, on every plot that shows it
+CHROMIUM_HINT = ("Rendering a plot as an image needs a Chromium or Chrome that kaleido can find: `apt install "
+                 "chromium` (Debian, Ubuntu; the Docker image has it), `plotly_get_chrome` (downloads one), or "
+                 "BROWSER_PATH=/path/to/chrome.")
 REPORT_COLUMNS = ("model", "accuracy", "audit mode", "attack", "MIA AUC", "AUC 95% CI", "TPR@1%FPR", "AOP", "formal ε",
                   "empirical ε")
 IMAGE_SIDE = 256  # synthetic examples larger than this are embedded as thumbnails of this side
@@ -67,48 +65,9 @@ IMAGE_SIDE = 256  # synthetic examples larger than this are embedded as thumbnai
 FONT_CANDIDATES = ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/dejavu/DejaVuSans.ttf",
                    "/usr/share/fonts/TTF/DejaVuSans.ttf", "/Library/Fonts/Arial Unicode.ttf",
                    "C:/Windows/Fonts/arial.ttf")
-GLOSSARY = (
-    "Accuracy: the share of real test images the model classifies correctly.",
-    "MIA AUC: how well a membership-inference attack tells the images a model was trained on (members) from "
-    "others (non-members); 0.5 is a coin flip, 1 always right. Lower is more private. Bars and brackets: the "
-    "95% bootstrap interval.",
-    "TPR@1%FPR: the share of members the attack finds while wrongly flagging 1% of non-members; n/a when the "
-    "audit has too few non-members (under 100) to measure a 1% false-positive rate.",
-    "AOP = accuracy / (2·AUC)²: one number for the trade-off; higher is better.",
-    "Formal ε: the guarantee — the privacy budget a model trained with differential privacy (DP-SGD) is proven to "
-    "spend (smaller is stronger); none: the model has no guarantee.",
-    "Empirical ε: an attack's lower bound on ε, read from its ROC with 95% Clopper–Pearson bounds — not a "
-    "guarantee. It shows how much privacy the attack proves lost; a weak attack gives a small figure whatever "
-    "the model leaks. For a DP model it must stay at or below the formal ε.",
-    "DP-generator student: the student of a run whose generator was trained with differential privacy "
-    "(DP-SGD) on the training images, prompted with class names only; its formal ε covers everything that "
-    "reached it. The teacher of such a run is trained on the real images without that guarantee and is shown "
-    "for reference only.",
-    "Audit modes: transfer — the attacker's shadow models are trained like the teacher, on real data; "
-    "pipeline — the attacker reruns the whole synthetic-data pipeline for every shadow model.",
-)
 
 
 # -- the trade-off figure ------------------------------------------------------------------------------------
-def role_style(role: str) -> dict[str, str]:
-    """Marker of a role: teacher, student, or a method label such as ``dp-sgd ε=8`` (by its name)."""
-    if role in ROLE_STYLE:
-        return ROLE_STYLE[role]
-    return METHOD_STYLE.get(role.split(" ")[0], {"symbol": "hexagon", "color": "#8c564b"})
-
-
-def marker_styles(roles: Sequence[str]) -> dict[str, dict[str, str]]:
-    """A distinct marker per role: its family's symbol (every ``dp-sgd ε=…`` an x), and a spare colour
-    when another role of the family already has the family's colour."""
-    styles: dict[str, dict[str, str]] = {}
-    for role in dict.fromkeys(roles):
-        style = dict(role_style(role))
-        taken = {(s["symbol"], s["color"]) for s in styles.values()}
-        free = [c for c in (style["color"], *SPARE_COLORS) if (style["symbol"], c) not in taken]
-        styles[role] = {**style, "color": free[0] if free else style["color"]}
-    return styles
-
-
 def epsilon_label(p: ModelPoint) -> str:
     """The ε text beside a point on the plane: the guarantee first, then the attack's lower bound."""
     return f"ε {formal_epsilon_text(p)} · emp. {empirical_epsilon_text(p)}"
@@ -142,21 +101,22 @@ def tradeoff_figure(points: Sequence[ModelPoint], zoom: bool = True,
             fig.add_annotation(x=grid[k], y=curve[k], text=f"AOP {level:g}", showarrow=False,
                                font={"size": 10, "color": "#777"}, xanchor="right", yanchor="bottom")
     if ranges.auc[0] < 0.5 < ranges.auc[1]:
-        fig.add_vline(x=0.5, line={"dash": "dash", "color": "#bbb", "width": 1}, annotation_text="chance",
+        fig.add_vline(x=0.5, line={"dash": "dash", "color": "#bbb", "width": 1}, annotation_text=COIN_FLIP,
                       annotation_font={"size": 10, "color": "#999"})
     # 2. teacher → student of the same run
     for teacher, student in run_pairs(points):
         fig.add_trace(go.Scatter(x=[teacher.auc, student.auc], y=[teacher.accuracy, student.accuracy],
                                  mode="lines", line={"color": "#bbb", "width": 1.5}, hoverinfo="skip",
                                  showlegend=False))
-    # 3. the models: one trace (legend entry, marker) per role, the AUC's 95% interval as a horizontal bar
-    for role, style in marker_styles([p.series for p in points]).items():
-        chosen = [p for p in points if p.series == role]
+    # 3. the models: one trace (legend entry, marker, colour: .legend's) per kind, the AUC's 95% interval as a
+    # horizontal bar
+    for role in dict.fromkeys(p.series for p in points):
+        chosen, style = [p for p in points if p.series == role], look(role)
         fig.add_trace(go.Scatter(
-            x=[p.auc for p in chosen], y=[p.accuracy for p in chosen], mode="markers", name=model_name(role),
-            marker={"size": 11, "symbol": style["symbol"], "color": style["color"], "line": {"width": 1}},
+            x=[p.auc for p in chosen], y=[p.accuracy for p in chosen], mode="markers", name=style.name,
+            marker={"size": 11, "symbol": style.symbol, "color": style.color, "line": {"width": 1}},
             text=[_hover(p) for p in chosen], hovertemplate="%{text}<extra></extra>",
-            error_x={"type": "data", "symmetric": False, "thickness": 1, "width": 3, "color": style["color"],
+            error_x={"type": "data", "symmetric": False, "thickness": 1, "width": 3, "color": style.color,
                      "array": [p.auc_ci95[1] - p.auc if p.auc_ci95 else 0 for p in chosen],
                      "arrayminus": [p.auc - p.auc_ci95[0] if p.auc_ci95 else 0 for p in chosen]},
             customdata=[p.run_id for p in chosen]))
@@ -174,7 +134,7 @@ def tradeoff_figure(points: Sequence[ModelPoint], zoom: bool = True,
                                  marker={"symbol": "circle-open", "size": 18, "color": "#2ca02c", "line": {"width": 2}},
                                  hoverinfo="skip"))
     fig.update_layout(title="Accuracy vs membership-inference AUC",
-                      xaxis_title="MIA AUC (headline attack; bars: 95% CI) — lower is more private",
+                      xaxis_title="MIA AUC (0.5 = a coin flip; bars: 95% interval) — lower is more private",
                       yaxis_title="test accuracy", template="plotly_white", height=520,
                       legend={"orientation": "h", "y": -0.18},
                       margin={"t": 50, "b": 40})
@@ -270,7 +230,7 @@ def run_setup(run_id: str, metrics: dict[str, Any], points: Sequence[ModelPoint]
         run_id=run_id, created_at=created_at,
         dataset=f"{data.get('name', '?')}: {data.get('members', '?')} members (training images), "
                 f"{data.get('nonmembers', '?')} non-members, {data.get('test', '?')} test images",
-        models=", ".join(p.name for p in points) + (f" (read real training images: {', '.join(real)})" if real else ""),
+        models=", ".join(p.name for p in points) + (f"; read real training images: {listing(real)}" if real else ""),
         generator=f"{generator.get('backend', '?')}{steps}, trained on the members only",
         synthetic=f"{synthetic.get('rounds', '?')} round(s) × {synthetic.get('images_per_round', '?')} images "
                   f"(×{float(synthetic.get('cardinality', float('nan'))):g} the members)",
@@ -286,7 +246,7 @@ def _overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
 def _attack_auc(a: ModelPoint, b: ModelPoint) -> str:
     if a.attack == b.attack:
         return f"{a.attack.upper()} AUC"
-    return f"membership-inference AUC ({a.name}: {a.attack.upper()}, {b.name}: {b.attack.upper()})"
+    return f"membership-inference AUC ({a.attack.upper()} for the {a.name}, {b.attack.upper()} for the {b.name})"
 
 
 def student_finding(teacher: ModelPoint, student: ModelPoint) -> str:
@@ -296,9 +256,9 @@ def student_finding(teacher: ModelPoint, student: ModelPoint) -> str:
     kept = f"keeps {share:.1f} % of" if share <= 100 else f"exceeds ({share:.1f} %)"
     moved = ("lowers" if student.auc < teacher.auc - 5e-4 else "raises" if student.auc > teacher.auc + 5e-4
              else "leaves unchanged")
-    text = (f"The {student.name}, trained on synthetic images only, {kept} the teacher's accuracy ({student.accuracy:.3f}"
-            f" vs {teacher.accuracy:.3f}) and {moved} the {_attack_auc(teacher, student)} from {teacher.auc:.3f} "
-            f"to {student.auc:.3f}")
+    text = (f"The {student.name}, which never saw a real training image, {kept} the teacher's accuracy "
+            f"({student.accuracy:.3f} against {teacher.accuracy:.3f}) and {moved} the {_attack_auc(teacher, student)} "
+            f"from {teacher.auc:.3f} to {student.auc:.3f}")
     if not (teacher.auc_ci95 and student.auc_ci95):
         return text + " (no confidence intervals were recorded)."
     if _overlap(teacher.auc_ci95, student.auc_ci95):
@@ -308,15 +268,14 @@ def student_finding(teacher: ModelPoint, student: ModelPoint) -> str:
 
 def dp_finding(dp: ModelPoint, reference: ModelPoint) -> str:
     """DP-SGD against the GKD student (or the teacher): does it give up more accuracy, for what AUC."""
-    eps = f"ε={dp.epsilon:.3g}" if dp.epsilon is not None else dp.role.partition(" ")[2] or "its ε"
     if dp.accuracy < reference.accuracy:
         verdict = f"gives up more accuracy than the {reference.name}"
     elif dp.accuracy > reference.accuracy:
         verdict = f"gives up less accuracy than the {reference.name}"
     else:
-        verdict = f"matches the {reference.name}'s accuracy"
-    return (f"DP-SGD at {eps} {verdict} ({dp.accuracy:.3f} vs {reference.accuracy:.3f}); its "
-            f"{_attack_auc(dp, reference)} is {dp.auc:.3f} against {reference.auc:.3f}.")
+        verdict = f"is as accurate as the {reference.name}"
+    return (f"The {dp.name} {verdict}: accuracy {dp.accuracy:.3f} against {reference.accuracy:.3f}, "
+            f"{_attack_auc(dp, reference)} {dp.auc:.3f} against {reference.auc:.3f}.")
 
 
 def dp_generator_finding(student: ModelPoint, teacher: ModelPoint | None = None) -> str:
@@ -338,19 +297,38 @@ def epsilon_findings(points: Sequence[ModelPoint]) -> list[str]:
     if not measured:
         return []
     guaranteed = [p for p in points if p.epsilon is not None]
-    found = [("Guarantee (formal ε, proven by differential privacy): "
-              + ", ".join(f"{p.name} ε = {formal_epsilon_text(p)}" for p in guaranteed)
-              + f". No guarantee: {', '.join(p.name for p in points if p.epsilon is None) or 'none'}.")
-             if guaranteed else "No model here has a privacy guarantee (formal ε: none for every model).",
-             "Empirical ε is an attack's lower bound, not a guarantee: the attack proves at least this much "
-             "privacy lost (" + ", ".join(f"{p.name} {empirical_epsilon_text(p)}" for p in measured)
-             + "); a stronger attack could prove more."]
+    unguaranteed = [p.name for p in points if p.epsilon is None]
+    if guaranteed:
+        found = ["Formal ε, a guarantee proven by differential privacy: "
+                 + listing([f"{p.name} has ε = {formal_epsilon_text(p)}" for p in guaranteed])
+                 + (f". No guarantee for {listing(unguaranteed)}." if unguaranteed else ".")]
+    else:
+        found = ["No model here has a privacy guarantee (formal ε: none for every model)."]
+    found.append("Empirical ε is an attack's lower bound, not a guarantee: the attack proves at least this much "
+                 "privacy lost — " + listing([f"{empirical_epsilon_text(p)} for the {p.name}" for p in measured], "")
+                 + "; a stronger attack could prove more.")
     broken = [p for p in measured if p.epsilon is not None and p.empirical_epsilon > p.epsilon + 1e-9]
     if broken:
         found.append("The attack's lower bound exceeds the claimed guarantee of "
-                     + ", ".join(f"{p.name} ({empirical_epsilon_text(p)} > {formal_epsilon_text(p)})" for p in broken)
-                     + ": that model's DP training or its privacy accounting is wrong; do not rely on its ε.")
+                     + listing([f"{p.name} ({empirical_epsilon_text(p)} > {formal_epsilon_text(p)})" for p in broken])
+                     + ": " + ("its" if len(broken) == 1 else "their") + " DP training or privacy accounting is "
+                     "wrong; do not rely on " + ("its" if len(broken) == 1 else "their") + " ε.")
     return found
+
+
+def chance_finding(points: Sequence[ModelPoint]) -> str | None:
+    """Which models the attack cannot tell from a coin flip (their AUC's 95% interval includes 0.5), in one
+    sentence whether they are one or several; None when no interval was recorded."""
+    chance = [p.name for p in points if p.auc_ci95 and p.auc_ci95[0] <= 0.5 <= p.auc_ci95[1]]
+    if len(chance) == 1:
+        return (f"Against the {chance[0]}, the attack does no better than a coin flip: its AUC's 95% interval "
+                "includes 0.5.")
+    if chance:
+        return (f"Against {listing(chance)}, the attack does no better than a coin flip: each AUC's 95% interval "
+                "includes 0.5.")
+    if points and all(p.auc_ci95 for p in points):
+        return "The attack beats a coin flip on every model: no AUC interval includes 0.5."
+    return None
 
 
 def conclusions(points: Sequence[ModelPoint], memorisation: dict[str, Any] | None = None) -> list[str]:
@@ -364,19 +342,16 @@ def conclusions(points: Sequence[ModelPoint], memorisation: dict[str, Any] | Non
     if teacher and student:
         found.append(student_finding(teacher, student))
     # 2. attacks no better than chance
-    chance = [p.name for p in points if p.auc_ci95 and p.auc_ci95[0] <= 0.5 <= p.auc_ci95[1]]
+    chance = chance_finding(points)
     if chance:
-        found.append(f"The attack does no better than a coin flip (the AUC's 95% interval includes 0.5) on: "
-                     f"{', '.join(chance)}.")
-    elif all(p.auc_ci95 for p in points):
-        found.append("The attack beats a coin flip on every model: no AUC interval includes 0.5.")
+        found.append(chance)
     # 3. the best trade-off
     best = max(points, key=lambda p: p.aop)
     if best.role == "teacher":
         found.append(f"The teacher itself has the best accuracy–privacy trade-off (AOP {best.aop:.3f}): no other "
                      "model improved on it in this run.")
     else:
-        found.append(f"Best accuracy–privacy trade-off: {best.name} (AOP {best.aop:.3f}"
+        found.append(f"The {best.name} has the best accuracy–privacy trade-off (AOP {best.aop:.3f}"
                      + (f"; the teacher's is {teacher.aop:.3f})." if teacher else ")."))
     # 4. differential privacy: what a DP run's student is guaranteed; DP-SGD against the (GKD or DP-generator)
     # student of the same run
@@ -390,16 +365,19 @@ def conclusions(points: Sequence[ModelPoint], memorisation: dict[str, Any] | Non
     real = [p.name for p in points if p.reads_real and p.role != "teacher"]
     if real:
         free = [p.name for p in points if not p.reads_real]
-        found.append(f"Read the real training images, like the teacher: {', '.join(real)}. Learned from the "
-                     f"teacher and synthetic images only: {', '.join(free) or 'none'}.")
+        found.append(f"Like the teacher, {listing(real)} read the real training images"
+                     + (f"; {listing(free)} never saw one." if free else "."))
     # 6. which figure is a guarantee and which an attack's lower bound
     found += epsilon_findings(points)
     # 7. memorisation of the synthetic set
     if memorisation and memorisation.get("copies") is not None:
         copies = int(memorisation["copies"])
+        rate = f"{100 * float(memorisation.get('copy_rate', 0)):.1f} %"
         found.append("No synthetic image was flagged as a near-copy of a training image." if not copies else
-                     f"{copies} synthetic images ({100 * float(memorisation.get('copy_rate', 0)):.1f} %) were "
-                     "flagged as near-copies of training images; none of them is shown in this report.")
+                     f"1 synthetic image ({rate}) was flagged as a near-copy of a training image; it is not shown "
+                     "in this report." if copies == 1 else
+                     f"{copies} synthetic images ({rate}) were flagged as near-copies of training images; none of "
+                     "them is shown in this report.")
     return found
 
 
@@ -525,7 +503,7 @@ def render_html(content: ReportContent, figure: go.Figure) -> str:
     parts += ["<h2>Accuracy and privacy</h2>",
               figure.to_html(full_html=False, include_plotlyjs=True, config={"displaylogo": False}),
               "<h2>Models</h2>", _table_html(list(content.table[0]), [list(r.values()) for r in content.table]),
-              "<ul class='small'>" + "".join(f"<li>{esc(g)}</li>" for g in GLOSSARY) + "</ul>", "<h2>Setup</h2>"]
+              "<ul class='small'>" + "".join(f"<li>{esc(g)}</li>" for g in glossary_lines()) + "</ul>", "<h2>Setup</h2>"]
     for setup in content.setups:
         parts.append(_table_html(None, setup.rows()))
     parts.append("<h2>Synthetic examples</h2><p>Images the generator made and the student learned from. "
@@ -588,7 +566,7 @@ def render_pdf(content: ReportContent, plot: bytes | None) -> bytes:
         text("(The plot is not in this PDF: it could not be rendered here. The HTML report has it.)", 9)
     text("Models", 13, "B", 9)
     _pdf_table(pdf, family, clean, list(content.table[0]), [list(r.values()) for r in content.table], 7)
-    for line in GLOSSARY:
+    for line in glossary_lines():
         text(line, 7, height=3.5)
     text("Setup", 13, "B", 9)
     for setup in content.setups:
@@ -675,8 +653,8 @@ def build_report(config: ReportConfig, project: Project, progress: ProgressFn = 
             png = plot_png(figure)
         except _render_errors() as err:
             logger.warning("the report's PDF has no plot: %s", err)
-            notes.append(f"The PDF has no plot: rendering it needs kaleido with a Chrome/Chromium it can find "
-                         f"({type(err).__name__}: {str(err)[:200]}). The HTML report has the interactive plot.")
+            notes.append(f"The PDF has no plot; the HTML report has it, interactive. {CHROMIUM_HINT} "
+                         f"({type(err).__name__}: {str(err)[:200]})")
     else:
         notes.append("The PDF has no plot (plot rendering was turned off). The HTML report has the interactive plot.")
     progress(Progress("report", 2, 3))

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from pipeline.core.project import Project
-from pipeline.views import report, stakeholder
+from pipeline.views import legend, report, stakeholder
 from pipeline.views.report import ModelPoint
 from studio import figures, shared
 
@@ -31,8 +31,10 @@ def filter_points(points: list[ModelPoint]) -> list[ModelPoint]:
                                    placeholder="all")
     generators = cols[1].multiselect("Generator", sorted({p.generator for p in points}), key="to_generators",
                                      placeholder="all")
-    cardinalities = cols[2].multiselect("Cardinality", sorted({p.cardinality for p in points}), key="to_cards",
-                                        placeholder="all", format_func=lambda c: f"×{c:g}")
+    cardinalities = cols[2].multiselect("Cardinality (synthetic images per member)",
+                                        sorted({p.cardinality for p in points}), key="to_cards", placeholder="all",
+                                        format_func=lambda c: f"×{c:g}",
+                                        help="Synthetic images per real member in each round (×2: twice as many).")
     shown = report.filter_points(points, datasets, generators, cardinalities)
     if not shown:
         st.warning("No model matches these filters.")
@@ -52,18 +54,23 @@ def show_tradeoff(shown: list[ModelPoint]) -> bool:
                                  "ε (emp.: an attack's lower bound).")
     fig = figures.tradeoff_figure(shown, zoom=zoom, epsilon_labels=labels)
     st.plotly_chart(fig, key="to_scatter")
-    st.caption("Each run's teacher (real data) and GKD student (synthetic data only) are joined by a line; bars "
-               "are the AUC's 95% interval. AOP = accuracy / (2·AUC)²; the green step line is the Pareto front "
-               "(higher accuracy, lower AUC). TPR@1%FPR is n/a when the audit has under 100 non-members. "
-               "Formal ε is a guarantee (differential privacy; none: the model has none). Empirical ε (emp.) is "
-               "an attack's lower bound on ε, never a guarantee; for a DP model it must not exceed the formal ε. "
-               "A DP-generator student (open diamond) comes from a run whose generator trained with DP-SGD.")
-    table = pd.DataFrame(report.points_table(shown))
-    st.dataframe(table, hide_index=True, width="stretch")
+    attacks = sorted({p.attack.upper() for p in shown})
+    st.caption(f"Each run's teacher and its student on synthetic data are joined by a grey line; bars are the "
+               f"AUC's 95% interval; an AUC of 0.5 is a coin flip. The AUC is the {' / '.join(attacks)} attack's, "
+               "the dotted curves join models of equal AOP and the green step line is the Pareto front. Every term "
+               "is explained under **What the terms mean** below.")
+    glossary()
+    st.table(pd.DataFrame(report.page_table(shown)), hide_index=True)
     export_buttons(fig, "tradeoff", "to_export")
-    st.download_button("Table (CSV)", table.to_csv(index=False), file_name="tradeoff.csv", mime="text/csv",
-                       key="to_csv")
+    st.download_button("Table (CSV, every column)", pd.DataFrame(report.points_table(shown)).to_csv(index=False),
+                       file_name="tradeoff.csv", mime="text/csv", key="to_csv")
     return zoom
+
+
+def glossary() -> None:
+    """Every term the page shows, in words (the report prints the same list)."""
+    with st.expander("What the terms mean", icon=":material/menu_book:"):
+        st.markdown("\n".join(f"- **{term}**: {text}" for term, text in legend.GLOSSARY))
 
 
 def export_buttons(figure, stem: str, key: str) -> None:
@@ -77,8 +84,8 @@ def export_buttons(figure, stem: str, key: str) -> None:
                 st.session_state[f"{key}_png_bytes"] = figures.to_png(figure)
         except Exception as err:  # kaleido raises several kinds when no browser is found: UI boundary
             st.session_state.pop(f"{key}_png_bytes", None)
-            st.warning(f"PNG export needs kaleido with a Chrome/Chromium browser it can find ({err}). "
-                       "Download the HTML instead: it opens in any browser and keeps the figure interactive.")
+            st.warning(f"No PNG: {stakeholder.CHROMIUM_HINT} Download the HTML instead: it opens in any browser "
+                       f"and keeps the figure interactive. ({type(err).__name__}: {str(err)[:200]})")
     png = st.session_state.get(f"{key}_png_bytes")
     if png:
         cols[2].download_button("Download PNG", png, file_name=f"{stem}.png", mime="image/png", key=f"{key}_png_dl")
@@ -116,8 +123,10 @@ def stakeholder_report(project: Project, shown: list[ModelPoint], zoom: bool) ->
 # 4. attack ROC curves --------------------------------------------------------------------------------------------
 def show_roc(shown: list[ModelPoint]) -> None:
     st.subheader("Attack ROC curves")
-    labels = [p.label for p in shown]
-    picked = st.multiselect("Models", labels, default=labels[:2], key="to_roc_models")
+    runs = list(dict.fromkeys(p.run_id for p in shown))
+    names = {p.label: figures.trace_name(p, runs) for p in shown}
+    picked = st.multiselect("Models", list(names), default=list(names)[:2], key="to_roc_models",
+                            format_func=names.get)
     roc = figures.roc_figure([p for p in shown if p.label in picked])
     st.plotly_chart(roc, key="to_roc")
     export_buttons(roc, "roc", "to_roc_export")
