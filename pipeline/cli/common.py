@@ -120,13 +120,17 @@ def add_project_arg(p: argparse.ArgumentParser) -> None:
                         "(default: $TCKR_PROJECT or ./workspace)")
 
 
+def add_column_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image-column", default=None, help="image column of parquet / HF data (default: detect)")
+    p.add_argument("--label-column", default=None, help="label column of parquet / HF data (default: detect)")
+
+
 def add_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="digits",
                    help="dataset spec: digits (built-in), imagefolder:DIR, parquet:FILE_OR_DIR, "
                         "hf:HUB_ID_OR_DIR, or the NAME of a dataset registered with `datasets add` "
                         "(default: digits)")
-    p.add_argument("--image-column", default=None, help="image column of parquet / HF data (default: detect)")
-    p.add_argument("--label-column", default=None, help="label column of parquet / HF data (default: detect)")
+    add_column_args(p)
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of training images held out for validation (default 0.1)")
     p.add_argument("--member-fraction", type=float, default=0.5,

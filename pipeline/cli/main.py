@@ -19,6 +19,7 @@ from ..core.runs import RunCancelled, RunInterrupted
 from .common import (
     ProgressBars,
     _short,
+    add_column_args,
     add_dataset_args,
     add_project_arg,
     dataset_config,
@@ -335,8 +336,7 @@ def _add_datasets(sub: Any) -> None:
     add_project_arg(p)
     p.add_argument("name", help="the name to pick it by (letters, digits, '.', '_', '-')")
     p.add_argument("spec", help="imagefolder:DIR, parquet:FILE_OR_DIR or hf:HUB_ID_OR_DIR")
-    p.add_argument("--image-column", default=None, help="image column of parquet / HF data (default: detect)")
-    p.add_argument("--label-column", default=None, help="label column of parquet / HF data (default: detect)")
+    add_column_args(p)
     p.add_argument("--yes", action="store_true", help="register without asking")
     p.add_argument("--replace", action="store_true", help="replace a dataset registered under the same name")
     p.set_defaults(func=cmd_datasets_add)
