@@ -102,7 +102,7 @@ def train_private_teacher(members: TensorData, validation: TensorData | None, co
                  private=privacy)
     sample_rate = float(privacy.optimizer.expected_batch_size / len(members))
     steps = int(sum(h[2] for h in privacy.engine.accountant.history))
-    part = DPPart("teacher", privacy.epoch_info()["epsilon"], delta, dp.accountant,
+    part = DPPart("teacher", privacy.spent(), delta, dp.accountant,
                   float(privacy.optimizer.noise_multiplier), sample_rate, steps, dp.max_grad_norm, dp.epsilon)
     return _saved(result, Path(out_dir) / "teacher.pt", {"train_images": len(members), "privacy": part.to_dict()})
 

@@ -346,7 +346,9 @@ def _method_seconds(name: str, options: dict[str, Any], config: ExperimentConfig
         steps = train_s / max(student_img * min(recipe.batch_size, images), 1e-12)
         return train_s + 0.75 * steps * cfg.attack_steps * cfg.attack_size * teacher_img
     if name == "dp-sgd":
-        return 3.0 * (cfg.epochs or recipe.epochs) * profile.members * student_img
+        from .methods.dp import dp_recipe
+
+        return 3.0 * dp_recipe(recipe, cfg, profile.members).epochs * profile.members * student_img
     return _training_seconds(recipe, synthetic, student_img)
 
 

@@ -107,8 +107,8 @@ def _broken_method():
             self.optimizer.noise_multiplier = 0.0
             return wrapped
 
-        def epoch_info(self):
-            return {"epsilon": self.config.epsilon}
+        def spent(self):
+            return self.config.epsilon
 
     class BrokenDPSGD(dp.DPSGD):
         def train(self, context, out_dir, progress):
@@ -139,7 +139,7 @@ def test_dp_sgd_empirical_epsilon_stays_under_the_claim_and_a_broken_accountant_
     recipe = TrainConfig(epochs=40, batch_size=16, lr=0.03, device="cpu", augment=())
     context = MethodContext(nn.Identity(), recipe, recipe, 4.0, 1.0, 4, SHAPE, (), 1,
                             RealData(_noise_images(32, 1), None), 0)
-    config = dp.DPConfig(epsilon=1.0, delta=1e-5, epochs=40, batch_size=16, accountant="rdp")
+    config = dp.DPConfig(epsilon=1.0, delta=1e-5, epochs=40, batch_size=16, lr=0.03, accountant="rdp")
     pool = _noise_images(200, 2)
     private = dp.one_run_audit(config, context, pool, tmp_path / "dp")
     broken = dp.one_run_audit(config, context, pool, tmp_path / "broken", method=_broken_method())

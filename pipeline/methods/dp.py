@@ -13,6 +13,7 @@ Opacus replaces the model (per-example gradients), the optimiser (clipping and n
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,6 +36,16 @@ from . import MethodContext, MethodResult, RealData, TransferMethod, register
 
 logger = logging.getLogger(__name__)
 
+# The DP-SGD classifier's recipe, measured on digits at ε = 10 (644 members, tiny-cnn, 3-4 seeds each):
+# every example's gradient clipped (C = 0.1 is below every per-example norm, so each step is normalised
+# DP-SGD, Bu et al. 2022; Adam's update then has the scale of the learning rate) and a learning rate of
+# 0.1: the non-DP recipe's 3e-3 with C = 1 stayed at chance (0.07 test accuracy, loss 2.33 -> 2.26), 3e-2
+# reached 0.48. Steps matter more than epochs: 150 steps 0.57, 300 steps 0.62 (0.53-0.74), 1,000 steps 0.63
+# at three times the cost.
+DP_MAX_GRAD_NORM = 0.1
+DP_LR = 0.1
+DP_MIN_STEPS = 300
+
 
 @schema
 @dataclass(frozen=True)
@@ -43,10 +54,10 @@ class DPConfig:
 
     epsilon: float = 8.0  # target ε
     delta: float | None = None  # target δ (None: 1 / (2 · members))
-    max_grad_norm: float = 1.0  # per-example gradient clipping bound
-    epochs: int | None = None  # passes (None: the student recipe's)
+    max_grad_norm: float = DP_MAX_GRAD_NORM  # per-example gradient clipping bound
+    epochs: int | None = None  # passes (None: the student recipe's, at least DP_MIN_STEPS steps)
     batch_size: int | None = None  # expected batch (None: 4× the recipe's: DP prefers large batches)
-    lr: float | None = None  # (None: the recipe's)
+    lr: float | None = None  # (None: DP_LR)
     accountant: str = "prv"  # Opacus accountant: prv | rdp | gdp
 
     def __post_init__(self) -> None:
@@ -72,12 +83,17 @@ class _PoissonRows:
 
 class OpacusPrivacy:
     """The one loop's privacy wrapper: Opacus' ``make_private_with_epsilon`` calibrates the noise to
-    (ε, δ) over the planned epochs; ε spent is read back from its accountant after every epoch."""
+    (ε, δ) over the planned epochs; ε spent is read back from its accountant at ``EPSILON_READINGS``
+    evenly spaced epochs and the last (one PRV reading costs more than a small model's epoch: read after
+    every epoch, it was 60 % of a 130-epoch run)."""
+
+    EPSILON_READINGS = 10
 
     def __init__(self, config: DPConfig, delta: float, seed: int) -> None:
         self.config, self.delta, self.seed = config, delta, seed
         self.engine: Any = None
         self.optimizer: Any = None
+        self.epochs, self.epoch = 1, 0  # planned, and done so far
 
     def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer, n_rows: int, config: TrainConfig
              ) -> tuple[nn.Module, torch.optim.Optimizer, _PoissonRows]:
@@ -90,19 +106,29 @@ class OpacusPrivacy:
         model, self.optimizer, loader = self.engine.make_private_with_epsilon(
             module=model, optimizer=optimizer, data_loader=loader, target_epsilon=self.config.epsilon,
             target_delta=self.delta, epochs=config.epochs, max_grad_norm=self.config.max_grad_norm)
+        self.epochs, self.epoch = config.epochs, 0
         return model, self.optimizer, _PoissonRows(loader, self.seed)
 
     def epoch_info(self) -> dict[str, float]:
-        return {"epsilon": float(self.engine.get_epsilon(self.delta))}
+        """ε spent so far, on the epochs where it is read (an empty row otherwise)."""
+        self.epoch += 1
+        stride = max(1, self.epochs // self.EPSILON_READINGS)
+        return {"epsilon": self.spent()} if self.epoch % stride == 0 or self.epoch >= self.epochs else {}
+
+    def spent(self) -> float:
+        """ε spent so far at δ, from the accountant."""
+        return float(self.engine.get_epsilon(self.delta))
 
 
 def dp_recipe(config: TrainConfig, dp: DPConfig, n: int) -> TrainConfig:
     """A classifier recipe under DP-SGD: 4x the batch (DP prefers large batches), no augmentation or weight
-    decay, float32 (per-example gradients), exactly the planned epochs (the noise is calibrated to them).
+    decay, float32 (per-example gradients), exactly the planned epochs (the noise is calibrated to them),
+    at least ``DP_MIN_STEPS`` optimiser steps unless ``dp.epochs`` is set, and ``DP_LR`` unless ``dp.lr`` is.
     The DP-SGD student here and the DP teacher of a DP experiment (``distill.train_private_teacher``)."""
-    return replace(config, epochs=dp.epochs or config.epochs, batch_size=min(dp.batch_size or 4 * config.batch_size, n),
-                   lr=dp.lr or config.lr, weight_decay=0.0, augment=(), patience=None, patience_share=None,
-                   min_steps=0, max_steps=None, amp=False)
+    batch = min(dp.batch_size or 4 * config.batch_size, n)
+    epochs = dp.epochs or max(config.epochs, math.ceil(DP_MIN_STEPS / max(1, math.ceil(n / batch))))
+    return replace(config, epochs=epochs, batch_size=batch, lr=dp.lr or DP_LR, weight_decay=0.0, augment=(),
+                   patience=None, patience_share=None, min_steps=0, max_steps=None, amp=False)
 
 
 @register
@@ -133,7 +159,7 @@ class DPSGD(TransferMethod):
         privacy = OpacusPrivacy(cfg, delta, recipe.seed)
         result = fit(model, members, HardLabels(), recipe, val=context.real.validation, progress=progress,
                      stage="dp-sgd", private=privacy)
-        spent = privacy.epoch_info()["epsilon"]
+        spent = privacy.spent()
         noise = float(privacy.optimizer.noise_multiplier)
         logger.info("dp-sgd: ε = %.3f at δ = %.2g (target %.3g), noise multiplier %.3f", spent, delta, cfg.epsilon, noise)
         return MethodResult.saved(result, out_dir, epsilon=spent, target_epsilon=cfg.epsilon, delta=delta,
