@@ -8,6 +8,15 @@ arguments are factory fixtures that return them (``fake_metrics``, ``add_finishe
 
 from __future__ import annotations
 
+import os
+
+# The suite runs in one pytest-xdist worker per core (the README's test command). Each worker and the
+# processes it starts get their share of the cores' threads before numpy and torch are imported: two processes
+# each on every core make OpenMP threads spin against each other, ten times slower than one thread each.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _share = len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _share)))
+
 import time
 from dataclasses import replace
 from pathlib import Path

@@ -167,14 +167,27 @@ def test_estimate_times_every_stage_from_a_few_steps():
     assert two < one
 
 
-def test_a_dp_run_is_estimated_with_a_dp_step():
+def test_a_dp_run_is_estimated_with_a_dp_step(monkeypatch):
+    """The estimate times the step the run will take: a DP-SGD step for a DP run (per-example gradients of
+    K draws each), a plain one otherwise (the timer's own figures replaced: timings are not asserted)."""
+    from pipeline.generators.scratch import ScratchGenerator
+
+    timed = []
+
+    def time_steps(self, side, channels, num_classes):
+        timed.append(self.config.dp_epsilon)
+        return {"train_step_s": 1.0 if self.config.dp_epsilon is None else 10.0, "image_s": 0.01,
+                "train_steps": self.config.train_steps}
+
+    monkeypatch.setattr(ScratchGenerator, "time_steps", time_steps)
     small = profile(8, 1, 40)
     config, _ = preset_config(DatasetConfig(), small, "standard")
     config = replace(config, generator_options={"block_out_channels": [8, 16], "norm_groups": 4, "batch_size": 16,
                                                 "dp_noise_multiplicity": 2})
     plain = estimate_stages(config, small)[0]
     private = estimate_stages(replace(config, privacy="dp", epsilon=10.0), small)[0]
-    assert private.seconds > 2 * plain.seconds  # per-example gradients of K draws each, not a plain step
+    assert timed == [None, 10.0]  # one timing each, the DP run's with its budget
+    assert private.seconds > 5 * plain.seconds
 
 
 def test_run_print_config_gives_an_editable_config(tmp_path: Path, capsys):
