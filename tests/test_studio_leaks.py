@@ -16,6 +16,7 @@ from streamlit.testing.v1 import AppTest
 from pipeline.classifiers.train import images_to_tensor
 from pipeline.data.datasets import load_dataset
 from pipeline.views import leaks
+from pipeline.views.legend import model_name
 from pipeline.views.synthetic_set import SyntheticImage, load_synthetic_set
 
 APP = str(Path(__file__).resolve().parents[1] / "studio" / "app.py")
@@ -167,6 +168,9 @@ def test_leak_explorer_page_shows_the_top_member_with_its_neighbours_and_charts(
     assert not at.exception, [e.message for e in at.exception]
     # the student in pipeline mode (the honest audit) by default
     assert (at.selectbox(key="leak_model").value, at.selectbox(key="leak_mode").value) == ("student", "pipeline")
+    keys = list(next(a for a in leaks.audited_experiments(project) if a.experiment.id == run_id).targets)
+    assert at.selectbox(key="leak_model").options == [model_name(k) for k in keys]  # models named in words
+    assert "teacher" not in at.selectbox(key="leak_model").options and len(keys) >= 2
     at.number_input(key="leak_top").set_value(3).run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     report = leaks.explore_leaks(leaks.LeakConfig(experiment=run_id, model="student", mode="pipeline", top=3),

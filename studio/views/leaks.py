@@ -15,7 +15,7 @@ from PIL import Image
 from pipeline.core.common import from_dict
 from pipeline.core.project import Project
 from pipeline.data.datasets import DatasetConfig
-from pipeline.views import leaks
+from pipeline.views import leaks, legend
 from studio import shared
 
 MIN_SIDE = 128  # images are shown at least this large (tiny ones upscaled, nearest neighbour)
@@ -56,10 +56,11 @@ def widgets(audited: list[leaks.AuditedExperiment]) -> tuple[leaks.AuditedExperi
     exp_id = cols[0].selectbox("Audited experiment", [a.experiment.id for a in audited], key="leak_run")
     entry = next(a for a in audited if a.experiment.id == exp_id)
     models = list(entry.targets)
-    model = cols[1].selectbox("Model", models, key="leak_model",
+    model = cols[1].selectbox("Model", models, key="leak_model", format_func=legend.model_name,
                               index=models.index("student") if "student" in models else 0,
-                              help="teacher: trained on the real members; student: distilled on synthetic images "
-                                   "only; others: further transfer methods of the run")
+                              help="each model of the run in words, as on the Trade-offs page: the teacher trained "
+                                   "on the real members, the student distilled on synthetic images only, and the "
+                                   "run's other transfer methods")
     modes = list(entry.targets[model])
     if st.session_state.get("leak_mode") not in modes:  # the teacher has no pipeline mode
         st.session_state["leak_mode"] = modes[-1]
