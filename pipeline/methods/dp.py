@@ -127,7 +127,8 @@ def dp_recipe(config: TrainConfig, dp: DPConfig, n: int) -> TrainConfig:
     at least ``DP_MIN_STEPS`` optimiser steps unless ``dp.epochs`` is set, and ``DP_LR`` unless ``dp.lr`` is.
     The DP-SGD student here and the DP teacher of a DP experiment (``distill.train_private_teacher``)."""
     batch = min(dp.batch_size or 4 * config.batch_size, n)
-    epochs = dp.epochs or max(config.epochs, math.ceil(DP_MIN_STEPS / max(1, math.ceil(n / batch))))
+    floor = replace(config, min_steps=DP_MIN_STEPS, max_steps=None)  # the loop's own floor of steps
+    epochs = dp.epochs or floor.planned_epochs(math.ceil(n / batch))  # an epoch: ceil(n / batch) Poisson steps
     return replace(config, epochs=epochs, batch_size=batch, lr=dp.lr or DP_LR, weight_decay=0.0, augment=(),
                    patience=None, patience_share=None, min_steps=0, max_steps=None, amp=False)
 
