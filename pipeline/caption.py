@@ -89,11 +89,57 @@ def caption(
     pending_key = config_hash({"source": source, "fingerprint": dataset.fingerprint})
 
     # 2. decide what is left to do
+    plan = _plan(config, dataset, store, pending_key)
+
+    # 3. register the run
+    registry = project.registry()
+    run = registry.create("caption", config, links=[Link("data", "dataset", dataset.fingerprint)])
+    write_json(run.run_dir / "membership.json", dataset.membership().to_dict())
+    report = RecordedProgress.for_run(registry, run.id, forward=progress)
+    with registry.track(run.id):
+        # 4. caption batch by batch, appending to the pending file
+        _caption_all(captioner, dataset, store, pending_key, source, plan.todo, config.captioner.batch_size, report)
+        # 5. commit everything pending as one store version; edits and reviews made meanwhile (also
+        #    while a killed run waited to resume) win over the pending machine captions
+        new = store.read_pending(pending_key)
+        version, kept = store.save_captioned(
+            new.values(), since=plan.since, replace=plan.replace, author=f"run {run.id}",
+            message=f"caption with {source['captioner']} ({source.get('model') or 'no model'})")
+        store.clear_pending(pending_key)
+        saved = len(new) - len(kept)
+        kept_curated = len(set(kept) | (plan.curated - plan.replace if plan.overwrite else set()))
+        replaced = len(plan.replace & set(new) - set(kept))
+        registry.link(run.id, Link("captions", "captions", f"{store.name}@{version}"))
+        registry.report(run.id, captioned=saved, already_done=len(plan.done), curated_kept=kept_curated,
+                        curated_replaced=replaced, corrupt=len(dataset.skipped), store=store.name,
+                        version=version)
+
+    if dataset.skipped:
+        write_json(run.run_dir / "corrupt_images.json", dataset.skipped)
+    return CaptionResult(run.id, store.name, version, saved, len(plan.done), dict(dataset.skipped),
+                         time.monotonic() - started, kept_curated, replaced)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a caption run has left to do, from the store's head and the pending file."""
+
+    since: int  # the store version the run starts from
+    done: dict[str, CaptionRecord]  # id -> caption kept as it is
+    todo: list[ImageRecord]  # images still to caption
+    curated: set[str]  # wanted ids whose caption a person edited or reviewed
+    replace: set[str]  # of those, the ones to caption again (overwrite_reviewed)
+    overwrite: bool
+
+
+def _plan(config: CaptionConfig, dataset: ImageDataset, store: CaptionStore, pending_key: str) -> _Plan:
+    """The images to caption: the chosen subset less those captioned already (unless overwritten) and
+    those pending from an earlier run; edited and reviewed captions are a person's work, replaced only
+    when ``overwrite_reviewed`` asks for them by name."""
     wanted = select_images(dataset, config.subset)
     since = store.head()
     existing = store.records(since)
     overwrite = config.overwrite or config.overwrite_reviewed
-    # edited and reviewed captions are a person's work: replaced only when asked for by name
     curated = {r.id for r in wanted if r.id in existing and existing[r.id].curated}
     replace = curated if config.overwrite_reviewed else set()
     done = {i: r for i, r in existing.items() if not overwrite or r.curated and i not in replace}
@@ -105,34 +151,7 @@ def caption(
                        ", ".join(sorted({existing[i].curator for i in replace} - {""})) or "unnamed")
     logger.info("captioning %d images (%d already captioned, %d pending from an earlier run)",
                 len(todo), len(done), len(pending))
-
-    # 3. register the run
-    registry = project.registry()
-    run = registry.create("caption", config, links=[Link("data", "dataset", dataset.fingerprint)])
-    write_json(run.run_dir / "membership.json", dataset.membership().to_dict())
-    report = RecordedProgress.for_run(registry, run.id, forward=progress)
-    with registry.track(run.id):
-        # 4. caption batch by batch, appending to the pending file
-        _caption_all(captioner, dataset, store, pending_key, source, todo, config.captioner.batch_size, report)
-        # 5. commit everything pending as one store version; edits and reviews made meanwhile (also
-        #    while a killed run waited to resume) win over the pending machine captions
-        new = store.read_pending(pending_key)
-        version, kept = store.save_captioned(
-            new.values(), since=since, replace=replace, author=f"run {run.id}",
-            message=f"caption with {source['captioner']} ({source.get('model') or 'no model'})")
-        store.clear_pending(pending_key)
-        saved = len(new) - len(kept)
-        kept_curated = len(set(kept) | (curated - replace if overwrite else set()))
-        replaced = len(replace & set(new) - set(kept))
-        registry.link(run.id, Link("captions", "captions", f"{store.name}@{version}"))
-        registry.report(run.id, captioned=saved, already_done=len(done), curated_kept=kept_curated,
-                        curated_replaced=replaced, corrupt=len(dataset.skipped), store=store.name,
-                        version=version)
-
-    if dataset.skipped:
-        write_json(run.run_dir / "corrupt_images.json", dataset.skipped)
-    return CaptionResult(run.id, store.name, version, saved, len(done), dict(dataset.skipped),
-                         time.monotonic() - started, kept_curated, replaced)
+    return _Plan(since, done, todo, curated, replace, overwrite)
 
 
 def _caption_all(captioner: Captioner, dataset: ImageDataset, store: CaptionStore, key: str, source: dict[str, Any],
