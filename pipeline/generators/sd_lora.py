@@ -545,7 +545,7 @@ class SDLoraGenerator(Generator):
                 progress(Progress("generate", done, len(prompts), info))
                 return callback_kwargs
 
-            # PIL images are made here from the decoded arrays, so that NaN (black in PIL) is seen first
+            # PIL images are made by _checked from the decoded arrays
             result = self.pipe(
                 prompt=list(prompts[chunk]),
                 height=cfg.resolution,
@@ -558,11 +558,7 @@ class SDLoraGenerator(Generator):
                 callback_on_step_end=on_step_end,
                 callback_on_step_end_tensor_inputs=["latents"],
             )
-            images = result.images
-            finite = np.isfinite(images).all() if output_type != "pt" else bool(torch.isfinite(images).all())
-            if not finite:  # the VAE's decoding overflowed (fp16) or NaN came through
-                raise SamplerDiverged(self._diverged("the decoded images"))
-            outputs.append(self.pipe.numpy_to_pil(images) if output_type == "pil" else images)
+            outputs.append(self._checked(result.images, output_type))
             finished = min(len(prompts), (b + 1) * batch)
             rate = finished / (time.perf_counter() - started)
             progress(Progress("generate", finished, len(prompts), {"images_per_s": rate}))
@@ -572,6 +568,15 @@ class SDLoraGenerator(Generator):
         if output_type == "pt":
             return torch.cat(outputs) if outputs else torch.zeros(0, 3, cfg.resolution, cfg.resolution)
         return [image for images in outputs for image in images]
+
+    def _checked(self, images: np.ndarray | torch.Tensor, output_type: str) -> Any:
+        """A batch's decoded images, refused when not finite (the VAE's decoding overflowed in fp16, or NaN
+        came through), as PIL images when asked for (made here from the arrays, so that NaN, black in PIL,
+        is seen first)."""
+        finite = np.isfinite(images).all() if output_type != "pt" else bool(torch.isfinite(images).all())
+        if not finite:
+            raise SamplerDiverged(self._diverged("the decoded images"))
+        return self.pipe.numpy_to_pil(images) if output_type == "pil" else images
 
     def _diverged(self, where: str) -> str:
         cfg = self.config
