@@ -251,6 +251,33 @@ def test_fuse_matches_unfused_and_unfuse_restores_the_base(trained, base_dir):
     np.testing.assert_allclose(generator.sample(PROMPTS, SEEDS, output_type="np"), base, atol=1e-5)
 
 
+def test_nan_from_the_sampler_is_refused_at_its_step_not_saved_as_black_images(trained, monkeypatch):
+    """NaN in the latents stops the sampler at that step; NaN that only the VAE's decoding makes (fp16
+    overflow) is refused before PIL turns it into black images. Both name the fix."""
+    from pipeline.generators import SamplerDiverged
+
+    generator = trained[0]
+    generator.sample(PROMPTS[:1], SEEDS[:1], output_type="np")  # the pipeline is built
+    pipe = generator.pipe
+
+    def nan_output(forward):
+        def wrapped(*args, **kwargs):
+            out = forward(*args, **kwargs)
+            (out[0] if isinstance(out, tuple) else out.sample).fill_(float("nan"))
+            return out
+        return wrapped
+
+    monkeypatch.setattr(pipe.vae, "decode", nan_output(pipe.vae.decode))
+    with pytest.raises(SamplerDiverged, match="decoded images.*guidance_scale"):
+        generator.generate(PROMPTS[:1], [0], SEEDS[:1])
+    monkeypatch.undo()
+    monkeypatch.setattr(pipe.unet, "forward", nan_output(pipe.unet.forward))
+    with pytest.raises(SamplerDiverged, match="latents at step 1 of"):
+        generator.sample(PROMPTS[:1], SEEDS[:1], output_type="np")
+    monkeypatch.undo()
+    assert np.isfinite(generator.sample(PROMPTS[:1], SEEDS[:1], output_type="np")).all()
+
+
 def test_config_fuse_fuses_at_first_sample(trained, base_dir):
     cfg = config(base_dir, lora_path=str(trained[3]), fuse=True)
     fused = SDLoraGenerator.from_pipeline(plain_pipeline(base_dir), cfg)
