@@ -1,6 +1,7 @@
 """The cost curve: the default run (``run --dataset SPEC``, the preset chosen from the data) at several
 dataset sizes, with the wall time of every stage, the plan's estimate beside the measured total, and the
-headline figures. Asserts nothing; run it with nothing else on the machine.
+headline figures; under each run a row with the plan's estimate of every stage (to see which one it misjudges).
+Asserts nothing; run it with nothing else on the machine.
 
     python -m benchmarks.scaling --dataset parquet:../shared/datasets/fashion --limits 250 500 1000 1500
     python -m benchmarks.scaling --dataset digits --limits 0          # 0: the whole dataset (the quickstart's data)
@@ -20,7 +21,7 @@ from pipeline.core.project import Project
 from pipeline.data.context import DataContext
 from pipeline.data.datasets import parse_dataset_spec
 from pipeline.experiment import run_experiment
-from pipeline.presets import DataProfile, estimate_stages, estimated_wall, preset_config
+from pipeline.presets import DataProfile, StageEstimate, estimate_stages, estimated_wall, preset_config
 
 STAGES = ("caption", "generator", "generate", "teacher", "student", "methods", "fidelity", "audit")
 
@@ -41,7 +42,8 @@ def main() -> None:
         data = DataContext.open(spec)
         profile = DataProfile.of(data.dataset)
         config, _ = preset_config(spec, profile, args.preset)
-        estimate = estimated_wall(estimate_stages(config, profile))
+        stages = estimate_stages(config, profile)
+        estimate = estimated_wall(stages)
         root = Path(args.project) if args.project else Path(tempfile.mkdtemp(prefix="scaling-"))
         started = time.monotonic()
         metrics = run_experiment(config, Project.open(root / f"limit-{limit}")).metrics
@@ -55,6 +57,22 @@ def main() -> None:
               + f" | {split} | {total:.0f} | {estimate:.0f} | {metrics['teacher']['accuracy']:.3f} | {student['accuracy']:.3f} | "
               f"{metrics['fidelity']['class_fidelity']:.3f} | {metrics['teacher']['mia']['auc']:.3f} | "
               f"{student['mia']['auc']:.3f} |", flush=True)
+        print(estimate_row(stages), flush=True)
+
+
+def estimate_row(stages: list[StageEstimate]) -> str:
+    """The plan's estimate of every stage, in the measured row's columns (the audit's transfer shadows and
+    attacks, then its pipeline shadows, as the plan splits them)."""
+    planned = {s.stage: s.seconds for s in stages}
+
+    def f(value: float | None) -> str:  # "–": not a stage of this plan (or not estimated)
+        return "–" if value is None else f"{value:.0f}"
+
+    audit = [planned.get("audit"), planned.get("pipeline shadows"), planned.get("method shadows")]
+    known = [a for a in audit if a is not None]
+    cells = [f(planned.get(s)) if s != "audit" else f(sum(known) if known else None) for s in STAGES]
+    return (f"| (estimate) | | {' | '.join(cells)} | {f(planned.get('audit'))} / {f(planned.get('pipeline shadows'))} "
+            f"| | {f(estimated_wall(stages))} | | | | | |")
 
 
 if __name__ == "__main__":

@@ -56,6 +56,17 @@ def test_small_images_get_a_resnet_and_the_generator_recipe_for_their_side():
     assert config.dataset == DATA and len(why) >= 5
 
 
+def test_resnet_teachers_train_twice_the_students_passes_and_small_sets_stay_at_the_floor():
+    """A set past the floor gets 80 teacher passes (40 stopped 3-4 points short of converging on 2,250
+    CIFAR-10 members); the student keeps 40; a small set still trains the floor of steps, no more."""
+    large, _ = preset_config(DATA, profile(32, members=2250), "standard")
+    assert large.teacher.planned_epochs(36) == 80 and large.distill.student.planned_epochs(36) == 40
+    small, _ = preset_config(DATA, profile(28, 1, members=680), "standard")
+    assert small.teacher.planned_epochs(10) * 10 == 1000  # the floor, as before
+    quick, _ = preset_config(DATA, profile(32, members=2250), "quick")
+    assert quick.teacher.planned_epochs(36) == 40 and quick.distill.student.planned_epochs(36) == 20
+
+
 def test_large_images_are_modelled_at_64_px():
     config, _ = preset_config(DATA, profile(224), "standard")
     assert config.teacher.image_size == 64 and dict(config.generator_options)["resolution"] == 64
