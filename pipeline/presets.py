@@ -108,9 +108,9 @@ def preset_config(dataset: DatasetConfig, profile: DataProfile, preset: str = "s
 # CIFAR-10 subset of 300 members the small ResNet reached 0.25 test accuracy after 200 steps (its 40
 # epochs), 0.34 after 1,000 and 0.35 after 4,000; on 2,250 CIFAR-10 members, where the floor is passed,
 # 0.469 after 40 epochs, 0.505 after 80 (early-stopped at 75) and 0.498 after 200 (stopped at 139), so
-# the small ResNet teacher gets 80 passes: every set measured plateaus at about 80-100 (Fashion's 680
-# members reach it through the floor: 94 passes). The student keeps 40: it sees a new synthetic round
-# every few epochs, and its passes are over sets 2x the members.
+# the small ResNet teacher gets 80 passes (the smaller sets measured get more through the floor: Fashion's
+# 680 members 94, within 2 points of 5x). The student keeps 40: it sees a new synthetic round every few
+# epochs, and its passes are over sets 2x the members.
 FLOOR_STEPS = 1000
 PATIENCE_SHARE = 0.25
 RESNET_TEACHER_EPOCHS = 80
